@@ -1,0 +1,400 @@
+"""NIfTI readers and writer: one 4D file, or a folder of 3D phases.
+
+Frames are read lazily (one dask chunk per frame) when the file is large, so a viewer can show the
+first frame before the rest is read. Every header is checked against the file size before anything is
+allocated: a header that claims more data than the file can hold is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import json
+import os
+import re
+import struct
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..volume import DCEReadError, DCEReadWarning, DCEVolume, sanitize
+from .orient import canonical_plan, reorient_xyz
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: above this many bytes of voxel data a file is opened lazily
+LAZY_THRESHOLD_BYTES = 256 * 2**20
+#: deflate cannot compress better than about 1032:1; used to bound what a .gz can hold
+_DEFLATE_MAX_RATIO = 1032
+
+
+def is_nifti(path) -> bool:
+    name = str(path).lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def sidecar_path(path) -> Path:
+    return Path(path).with_name(nifti_stem(path) + ".json")
+
+
+def read_sidecar(path) -> dict:
+    side = sidecar_path(path)
+    if not side.exists():
+        return {}
+    try:
+        content = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"{side}: sidecar ignored, not valid JSON ({exc})", DCEReadWarning, stacklevel=2)
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------------
+# header checks
+# --------------------------------------------------------------------------------------------------
+def _gzip_isize(path) -> int | None:
+    """Uncompressed size modulo 2**32 recorded in a gzip footer (last member only)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", fh.read(4))[0]
+    except OSError:
+        return None
+
+
+def _load_image(path: Path):
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError:
+        raise DCEReadError(path, "file not found") from None
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+        kind = "gzip stream is corrupt or truncated" if isinstance(exc, (EOFError, zlib.error)) else ""
+        detail = kind or f"not a readable NIfTI file ({exc})"
+        raise DCEReadError(path, detail) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DCEReadError(path, f"expected a NIfTI image, found {type(img).__name__}")
+    return img
+
+
+def _checked_shape(path: Path, img) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in img.shape)
+    if any(s == 0 for s in shape):
+        raise DCEReadError(path, f"image has a zero-length axis (shape {shape})")
+    while len(shape) > 4 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 4:
+        raise DCEReadError(
+            path, f"{len(shape)}D image (shape {shape}) is not a DCE series; expected 4D (x, y, z, t)"
+        )
+    if len(shape) < 3:
+        raise DCEReadError(path, f"{len(shape)}D image (shape {shape}); expected 3D or 4D")
+    return shape
+
+
+def _check_size(path: Path, img, shape) -> int:
+    """Refuse headers that claim more voxel data than the file can hold; return the data size."""
+    dtype = img.get_data_dtype()
+    n_bytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    offset = int(img.dataobj.offset) if hasattr(img.dataobj, "offset") else 0
+    file_size = path.stat().st_size
+    if str(path).lower().endswith(".gz"):
+        ceiling = _DEFLATE_MAX_RATIO * file_size + 2**20
+        if n_bytes + offset > ceiling:
+            raise DCEReadError(
+                path,
+                f"header claims {_human(n_bytes)} of voxels (shape {shape}, {dtype}) but a "
+                f"{_human(file_size)} gzip file cannot hold more than {_human(ceiling)}: "
+                "the header is corrupt or the file is truncated",
+            )
+    elif n_bytes + offset > file_size:
+        raise DCEReadError(
+            path,
+            f"file is truncated: header needs {_human(n_bytes + offset)} "
+            f"(shape {shape}, {dtype}) but the file has {_human(file_size)}",
+        )
+    return n_bytes
+
+
+def _gzip_complete(path: Path, expected_total: int) -> bool:
+    """True when the gzip footer agrees with the expected uncompressed size (a cheap truncation test)."""
+    isize = _gzip_isize(path)
+    return isize is not None and isize == expected_total % 2**32
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --------------------------------------------------------------------------------------------------
+# 4D file
+# --------------------------------------------------------------------------------------------------
+def _frame_times_from(path: Path, img, n_frames: int, sidecar: dict) -> np.ndarray | None:
+    times = sidecar.get("FrameTimes")
+    if times is not None:
+        times = np.asarray(times, dtype=float)
+        if times.shape == (n_frames,) and np.all(np.isfinite(times)):
+            return times
+        warnings.warn(
+            f"{path}: sidecar lists {times.size} frame times for {n_frames} frames; ignored",
+            DCEReadWarning,
+            stacklevel=3,
+        )
+    if n_frames > 1 and len(img.header.get_zooms()) > 3:
+        step = float(img.header.get_zooms()[3])
+        if step > 0 and np.isfinite(step):
+            unit = img.header.get_xyzt_units()[1]
+            factor = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+            return np.arange(n_frames) * step * factor
+    return None
+
+
+def _read_frame(path: str, frame_index: int, ornt: np.ndarray, dims: int) -> np.ndarray:
+    img = nib.load(path)
+    try:
+        if dims == 4:
+            block = img.dataobj[..., frame_index]
+        else:
+            block = img.dataobj[...]
+        block = np.asarray(block, dtype=np.float32)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise DCEReadError(path, f"could not read frame {frame_index}: file is truncated or corrupt ({exc})")
+    block = block.reshape(block.shape[:3])
+    return sanitize(reorient_xyz(block, ornt), path, warn=False)
+
+
+def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
+    """Read a 3D or 4D NIfTI file as a DCE volume in canonical RAS orientation.
+
+    ``lazy=None`` chooses lazy reading for files whose voxel data exceed ``LAZY_THRESHOLD_BYTES``.
+    A 3D file is accepted as a single frame (with a warning).
+    """
+    path = Path(path)
+    img = _load_image(path)
+    shape = _checked_shape(path, img)
+    n_bytes = _check_size(path, img, shape)
+    dims = len(shape)
+    n_frames = shape[3] if dims == 4 else 1
+    if dims == 3:
+        warnings.warn(f"{path}: 3D image opened as a single frame", DCEReadWarning, stacklevel=2)
+
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DCEReadError(path, "header has no valid voxel-to-world affine")
+    ornt, canonical_affine = canonical_plan(affine, shape[:3])
+    sidecar = read_sidecar(path)
+    frame_times = _frame_times_from(path, img, n_frames, sidecar)
+
+    metadata = {
+        "format": "nifti",
+        "source_shape_xyzt": list(shape),
+        "source_dtype": str(img.get_data_dtype()),
+        "source_orientation": "".join(nib.aff2axcodes(affine)),
+        "sidecar": sidecar,
+    }
+    if lazy is None:
+        lazy = n_bytes > LAZY_THRESHOLD_BYTES
+    if lazy and path.suffix.lower() == ".gz" and not _gzip_complete(path, n_bytes + int(img.dataobj.offset)):
+        lazy = False  # footer disagrees: read now so that truncation is reported at open time
+    if lazy:
+        import dask
+        import dask.array as da
+
+        frame_shape = tuple(shape[:3][int(ornt[i, 0])] for i in range(3))[::-1]
+        frames = [
+            da.from_delayed(
+                dask.delayed(_read_frame)(str(path), t, ornt, dims), shape=frame_shape, dtype=np.float32
+            )
+            for t in range(n_frames)
+        ]
+        data = da.stack(frames)
+        metadata["lazy"] = True
+    else:
+        try:
+            raw = np.asarray(img.dataobj, dtype=np.float32)
+        except (EOFError, OSError, zlib.error, ValueError) as exc:
+            raise DCEReadError(path, f"file is truncated or corrupt ({exc})") from None
+        raw = raw.reshape(shape if dims == 4 else (*shape, 1))
+        data = np.stack([reorient_xyz(raw[..., t], ornt) for t in range(n_frames)])
+        data = sanitize(data, str(path))
+        metadata["lazy"] = False
+    return DCEVolume(data, canonical_affine, frame_times, metadata, source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# folder of 3D phases
+# --------------------------------------------------------------------------------------------------
+def _natural_key(name: str):
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def _sidecar_time(sidecar: dict) -> float | None:
+    for key in ("FrameTime", "AcquisitionTimeSeconds"):
+        if isinstance(sidecar.get(key), (int, float)):
+            return float(sidecar[key])
+    stamp = sidecar.get("AcquisitionTime")
+    if isinstance(stamp, str):
+        for fmt in ("%H:%M:%S.%f", "%H:%M:%S", "%H%M%S.%f", "%H%M%S"):
+            try:
+                t = _dt.datetime.strptime(stamp, fmt)
+            except ValueError:
+                continue
+            return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond * 1e-6
+    return None
+
+
+def list_phase_files(folder) -> list[Path]:
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
+    """Stack a folder of 3D NIfTI phases into one DCE volume.
+
+    Phases are ordered by the time in their JSON sidecars when every phase has one, else by name
+    (natural order: phase2 before phase10). All phases must share shape and geometry.
+    """
+    folder = Path(folder)
+    files = list_phase_files(folder)
+    if not files:
+        raise DCEReadError(folder, "no NIfTI files (.nii / .nii.gz) in this folder")
+    if len(files) == 1:
+        return load_nifti(files[0], lazy=lazy)
+
+    phases = [load_nifti(f, lazy=True) for f in files] if lazy or lazy is None else None
+    if phases is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DCEReadWarning)
+            phases = [load_nifti(f, lazy=False) for f in files]
+    else:
+        for phase, f in zip(phases, files):
+            if phase.n_frames != 1:
+                raise DCEReadError(f, f"a phase folder must hold 3D files; this one has {phase.n_frames} frames")
+
+    reference = phases[0]
+    for phase, f in zip(phases[1:], files[1:]):
+        if phase.shape[1:] != reference.shape[1:]:
+            raise DCEReadError(
+                f, f"shape {phase.shape[1:]} differs from {reference.shape[1:]} of {files[0].name}"
+            )
+        if not np.allclose(phase.affine, reference.affine, atol=1e-3):
+            raise DCEReadError(f, f"geometry (affine) differs from that of {files[0].name}")
+
+    times = [_sidecar_time(read_sidecar(f)) for f in files]
+    frame_times = None
+    order = list(range(len(files)))
+    if all(t is not None for t in times):
+        order = sorted(order, key=lambda i: times[i])
+        t0 = times[order[0]]
+        frame_times = np.array([times[i] - t0 for i in order])
+
+    if any(p.is_lazy for p in phases) and (lazy or lazy is None):
+        import dask.array as da
+
+        total = sum(int(np.prod(p.shape)) * 4 for p in phases)
+        if lazy is None and total <= LAZY_THRESHOLD_BYTES:
+            data = np.concatenate([phases[i].load().data for i in order])
+            lazy_flag = False
+        else:
+            data = da.concatenate([da.asarray(phases[i].data) for i in order])
+            lazy_flag = True
+    else:
+        data = np.concatenate([phases[i].data for i in order])
+        lazy_flag = False
+    metadata = {
+        "format": "nifti-phases",
+        "phase_files": [str(files[i]) for i in order],
+        "ordered_by": "sidecar time" if frame_times is not None else "file name",
+        "lazy": lazy_flag,
+        "source_orientation": reference.metadata.get("source_orientation"),
+    }
+    return DCEVolume(data, reference.affine, frame_times, metadata, source=str(folder))
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_nifti_image(data_tzyx: np.ndarray, affine: np.ndarray, dtype=np.float32, frame_step: float | None = None):
+    """A NIfTI image (x, y, z[, t]) from an array in (t, z, y, x) or (z, y, x) order."""
+    data = np.asarray(data_tzyx)
+    if data.ndim == 4:
+        arr = data.transpose(3, 2, 1, 0)
+        if arr.shape[3] == 1:
+            arr = arr[..., 0]
+    elif data.ndim == 3:
+        arr = data.transpose(2, 1, 0)
+    else:
+        raise ValueError(f"expected a 3D (z, y, x) or 4D (t, z, y, x) array, got shape {data.shape}")
+    img = nib.Nifti1Image(np.ascontiguousarray(arr).astype(dtype, copy=False), np.asarray(affine, float))
+    img.header.set_xyzt_units("mm", "sec")
+    if arr.ndim == 4 and frame_step:
+        zooms = list(img.header.get_zooms())
+        zooms[3] = float(frame_step)
+        img.header.set_zooms(zooms)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def save_nifti(path, data_tzyx: np.ndarray, affine: np.ndarray, *, dtype=np.float32,
+               frame_times=None, sidecar: dict | None = None) -> Path:
+    """Write an array with its geometry (and an optional JSON sidecar) atomically and reproducibly.
+
+    ``.nii.gz`` output is byte-identical for identical input (gzip timestamp fixed at 0).
+    """
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: file name must end with .nii or .nii.gz")
+    data = np.asarray(data_tzyx)
+    step = None
+    if frame_times is not None and len(frame_times) > 1:
+        diffs = np.diff(np.asarray(frame_times, float))
+        if np.allclose(diffs, diffs[0], rtol=1e-3):
+            step = float(diffs[0])
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        data = np.clip(np.rint(data), info.min, info.max)
+    img = to_nifti_image(data, affine, dtype=dtype, frame_step=step)
+    payload = img.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
+    _atomic_write_bytes(path, payload)
+    meta = dict(sidecar or {})
+    if frame_times is not None:
+        meta["FrameTimes"] = [round(float(t), 6) for t in frame_times]
+    if meta:
+        _atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=1) + "\n").encode())
+    return path
+
+
+def save_dce(volume: DCEVolume, path, *, dtype=np.float32, sidecar: dict | None = None) -> Path:
+    """Write a DCE volume as a 4D NIfTI with its frame times in a JSON sidecar."""
+    return save_nifti(path, volume.load().data, volume.affine, dtype=dtype,
+                      frame_times=volume.frame_times, sidecar=sidecar)

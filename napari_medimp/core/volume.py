@@ -1,0 +1,148 @@
+"""The one DCE volume type every reader returns and every consumer takes.
+
+Conventions
+-----------
+* ``data`` is indexed ``(t, z, y, x)``. After canonical reorientation the array axes x, y, z
+  increase towards patient Right, Anterior and Superior (RAS+).
+* ``affine`` is the 4x4 voxel-to-world matrix in the NIfTI convention: it maps a homogeneous voxel
+  index ``(x, y, z, 1)`` (note: reversed with respect to the array order) to RAS millimetres.
+* ``spacing`` is given in array order ``(z, y, x)`` in millimetres, derived from ``affine``.
+* ``frame_times`` are seconds from the first frame when the source records them, else ``None``.
+
+``data`` may be a lazy array (dask) so that a large file is displayed before it is fully read;
+``load()`` returns a copy whose data are a NumPy array.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+AXIS_LABELS = ("t", "z", "y", "x")
+
+
+class DCEReadError(ValueError):
+    """An image could not be read; the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class DCEReadWarning(UserWarning):
+    """An image was read but something about it deserves the user's attention."""
+
+
+@dataclass
+class DCEVolume:
+    data: Any
+    affine: np.ndarray
+    frame_times: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self):
+        self.affine = np.asarray(self.affine, dtype=float)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+        if len(self.data.shape) != 4:
+            raise ValueError(f"DCE data must be 4D (t, z, y, x), got shape {tuple(self.data.shape)}")
+        if self.frame_times is not None:
+            self.frame_times = np.asarray(self.frame_times, dtype=float)
+            if self.frame_times.shape != (self.n_frames,):
+                raise ValueError(
+                    f"{self.n_frames} frames but {self.frame_times.size} frame times were given"
+                )
+
+    # -- geometry ---------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm, array order (z, y, x)."""
+        sizes = np.linalg.norm(self.affine[:3, :3], axis=0)  # along x, y, z index axes
+        return tuple(float(s) for s in sizes[::-1])
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """World position (mm) of voxel (0, 0, 0), in napari's axis order (S, A, R)."""
+        return tuple(float(v) for v in self.affine[:3, 3][::-1])
+
+    def layer_geometry(self) -> dict:
+        """``scale``/``translate`` (and ``rotate`` for oblique volumes) for a napari layer.
+
+        napari composes ``world = translate + rotate @ diag(scale) @ index`` with index and world both in
+        array order. We express the NIfTI affine in that order: index (z, y, x) -> world (S, A, R).
+        """
+        flip = np.eye(3)[::-1]
+        linear = flip @ self.affine[:3, :3] @ flip
+        scale = np.linalg.norm(linear, axis=0)
+        rotation = linear / scale
+        geometry = {
+            "scale": (1.0, *[float(s) for s in scale]),
+            "translate": (0.0, *self.origin),
+        }
+        if not np.allclose(rotation, np.eye(3), atol=1e-6):
+            rotate4 = np.eye(4)
+            rotate4[1:, 1:] = rotation
+            geometry["rotate"] = rotate4
+        return geometry
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def is_lazy(self) -> bool:
+        return not isinstance(self.data, np.ndarray)
+
+    def load(self) -> DCEVolume:
+        """A copy with the whole array in memory (float32, finite)."""
+        if not self.is_lazy:
+            return self
+        array = np.asarray(self.data.compute() if hasattr(self.data, "compute") else self.data)
+        return replace(self, data=sanitize(array, self.source))
+
+    def frame(self, index: int) -> np.ndarray:
+        frame = self.data[index]
+        return np.asarray(frame.compute() if hasattr(frame, "compute") else frame)
+
+
+def sanitize(array: np.ndarray, source: str = "", warn: bool = True) -> np.ndarray:
+    """float32 copy with NaN/Inf replaced by 0; warns with the count when any are found."""
+    array = np.asarray(array, dtype=np.float32)
+    bad = ~np.isfinite(array)
+    n_bad = int(bad.sum())
+    if n_bad:
+        array = np.where(bad, np.float32(0), array)
+        if warn:
+            warnings.warn(
+                f"{source or 'image'}: {n_bad} NaN/Inf voxels ({100 * n_bad / array.size:.3g}%) "
+                "were replaced by 0",
+                DCEReadWarning,
+                stacklevel=3,
+            )
+    return array
+
+
+def affine_from_geometry(scale, translate, rotate=None) -> np.ndarray:
+    """Inverse of :meth:`DCEVolume.layer_geometry` for the spatial axes (z, y, x) of a layer.
+
+    ``scale``/``translate`` may carry a leading time axis; only the last three entries are used.
+    """
+    scale = np.asarray(scale, dtype=float)[-3:]
+    translate = np.asarray(translate, dtype=float)[-3:]
+    rotation = np.eye(3) if rotate is None else np.asarray(rotate, dtype=float)[-3:, -3:]
+    linear = rotation @ np.diag(scale)
+    flip = np.eye(3)[::-1]
+    affine = np.eye(4)
+    affine[:3, :3] = flip @ linear @ flip
+    affine[:3, 3] = translate[::-1]
+    return affine

@@ -1,0 +1,1 @@
+"""MEDIMP contrastive pretraining and prognosis evaluation, reusing napari_medimp.core."""
