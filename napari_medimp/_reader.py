@@ -1,0 +1,68 @@
+"""npe2 reader: kidney DCE-MRI as napari image layers with their physical geometry."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ._layers import labels_layer_data, volume_layer_data
+from .core.io import DCEReadError, load_dce
+from .core.io.cohort import classify_folder, load_exam, patient_exams
+from .core.io.nifti import is_nifti, load_nifti
+
+
+def _supported(path: Path) -> bool:
+    if path.is_dir():
+        try:
+            classify_folder(path)
+        except (DCEReadError, OSError):
+            return False
+        return True
+    if is_nifti(path):
+        return True
+    from .core.io.dicom import is_dicom_file
+
+    return path.is_file() and is_dicom_file(path)
+
+
+def get_reader(path):
+    """Return a reader for a supported file or folder, else None (napari then tries others)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    if not path.exists() or not _supported(path):
+        return None
+    return read_dce
+
+
+def _exam_layers(exam_folder: Path, name: str | None = None) -> list[tuple]:
+    volume, seg_file = load_exam(exam_folder)
+    layers = [volume_layer_data(volume, name=name)]
+    if seg_file is not None:
+        seg = load_nifti(seg_file, lazy=False)
+        if seg.shape[1:] == volume.shape[1:]:
+            layers.append(labels_layer_data(seg.data[0].astype("uint8"), volume,
+                                            name=f"{layers[0][1]['name']} labels"))
+        else:
+            warnings.warn(f"{seg_file}: segmentation grid {seg.shape[1:]} differs from the DCE grid "
+                          f"{volume.shape[1:]}; not shown", stacklevel=2)
+    return layers
+
+
+def read_dce(path) -> list[tuple]:
+    """Read one path into layer data tuples. Errors carry the file name and the problem."""
+    if isinstance(path, list):
+        path = path[0]
+    path = Path(path)
+    if path.is_dir():
+        kind = classify_folder(path)
+        if kind.kind == "exam":
+            return _exam_layers(path)
+        if kind.kind == "patient":
+            layers = []
+            for exam, folder in patient_exams(path).items():
+                layers.extend(_exam_layers(folder, name=f"{path.name} {exam}"))
+            return layers
+    return [volume_layer_data(load_dce(path))]

@@ -1,0 +1,141 @@
+"""Folders: a DICOM series, a folder of NIfTI phases, or a MEDIMP-style cohort tree.
+
+A cohort tree is ``cohort/<patient>/<exam>/<sequence>/*.nii.gz`` (optionally with ``clinical.csv`` at its
+root). An exam folder opens as one 4D stack from its DCE sequence; a patient folder lists its exams.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..volume import DCEReadError, DCEReadWarning, DCEVolume
+from .nifti import is_nifti, list_phase_files, load_nifti, load_phase_folder
+
+EXAMS = ("D15", "D30", "M3", "M12")
+#: sequence folder names that hold segmentations rather than DCE images
+SEGMENTATION_NAMES = re.compile(r"^(seg|segmentation|labels?|masks?|roi)$", re.IGNORECASE)
+#: preferred sequence names, best first
+DCE_NAMES = re.compile(r"dce|dyn|perf|vibe|t1", re.IGNORECASE)
+
+
+def _visible_children(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _has_dicom(folder: Path, probe: int = 8) -> bool:
+    from .dicom import is_dicom_file
+
+    files = [p for p in _visible_children(folder) if p.is_file() and not is_nifti(p)]
+    return any(is_dicom_file(p) for p in files[:probe])
+
+
+def _holds_images(folder: Path) -> bool:
+    return bool(list_phase_files(folder)) or _has_dicom(folder)
+
+
+@dataclass
+class FolderKind:
+    kind: str  # "dicom", "nifti", "exam", "patient", "cohort"
+    path: Path
+
+
+def classify_folder(folder) -> FolderKind:
+    """What a folder holds, judged from its files and one or two levels of sub-folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DCEReadError(folder, "not a folder")
+    if list_phase_files(folder):
+        return FolderKind("nifti", folder)
+    if _has_dicom(folder):
+        return FolderKind("dicom", folder)
+    subdirs = [p for p in _visible_children(folder) if p.is_dir()]
+    if any(_holds_images(d) for d in subdirs):
+        return FolderKind("exam", folder)
+    if any(any(_holds_images(s) for s in _visible_children(d) if s.is_dir()) for d in subdirs):
+        return FolderKind("patient", folder)
+    if (folder / "clinical.csv").exists() or any(
+        any(s.is_dir() for s in _visible_children(d)) for d in subdirs
+    ):
+        return FolderKind("cohort", folder)
+    raise DCEReadError(folder, "no NIfTI or DICOM images found in this folder or its sub-folders")
+
+
+def exam_sequences(exam_folder) -> tuple[Path | None, Path | None]:
+    """(DCE sequence folder, segmentation folder or None) of an exam folder."""
+    exam_folder = Path(exam_folder)
+    image_dirs = [d for d in _visible_children(exam_folder) if d.is_dir() and _holds_images(d)]
+    seg = next((d for d in image_dirs if SEGMENTATION_NAMES.match(d.name)), None)
+    candidates = [d for d in image_dirs if not SEGMENTATION_NAMES.match(d.name)]
+    if not candidates:
+        return None, seg
+    preferred = [d for d in candidates if DCE_NAMES.search(d.name)] or candidates
+    if len(preferred) > 1:
+        warnings.warn(
+            f"{exam_folder}: several sequences ({', '.join(d.name for d in preferred)}); "
+            f"opening {preferred[0].name}",
+            DCEReadWarning,
+            stacklevel=3,
+        )
+    return preferred[0], seg
+
+
+def _exam_order(name: str):
+    return (EXAMS.index(name.upper()), name) if name.upper() in EXAMS else (len(EXAMS), name)
+
+
+def patient_exams(patient_folder) -> dict[str, Path]:
+    """Exam name -> exam folder, in follow-up order (D15, D30, M3, M12, then others by name)."""
+    patient_folder = Path(patient_folder)
+    exams = {
+        d.name: d
+        for d in _visible_children(patient_folder)
+        if d.is_dir() and any(s.is_dir() and _holds_images(s) for s in _visible_children(d))
+    }
+    return dict(sorted(exams.items(), key=lambda kv: _exam_order(kv[0])))
+
+
+def load_sequence(folder, lazy: bool | None = None) -> DCEVolume:
+    """A sequence folder: DICOM series, one 4D NIfTI, or several 3D NIfTI phases."""
+    folder = Path(folder)
+    files = list_phase_files(folder)
+    if files:
+        if len(files) == 1:
+            return load_nifti(files[0], lazy=lazy)
+        return load_phase_folder(folder, lazy=lazy)
+    from .dicom import load_dicom_series
+
+    return load_dicom_series(folder, lazy=lazy)
+
+
+def load_exam(exam_folder, lazy: bool | None = None) -> tuple[DCEVolume, Path | None]:
+    """The DCE volume of an exam folder and the path of its segmentation (if any)."""
+    exam_folder = Path(exam_folder)
+    dce, seg = exam_sequences(exam_folder)
+    if dce is None:
+        raise DCEReadError(exam_folder, "exam folder has no DCE sequence sub-folder with images")
+    volume = load_sequence(dce, lazy=lazy)
+    volume.metadata.setdefault("exam", exam_folder.name)
+    volume.metadata.setdefault("patient", exam_folder.parent.name)
+    seg_file = list_phase_files(seg)[0] if seg is not None and list_phase_files(seg) else None
+    return volume, seg_file
+
+
+def load_folder(folder, lazy: bool | None = None) -> DCEVolume:
+    """Open a folder as one DCE volume: a series, a phase folder, or an exam of a cohort tree."""
+    kind = classify_folder(folder)
+    if kind.kind in ("nifti", "dicom"):
+        return load_sequence(kind.path, lazy=lazy)
+    if kind.kind == "exam":
+        return load_exam(kind.path, lazy=lazy)[0]
+    if kind.kind == "patient":
+        exams = list(patient_exams(kind.path))
+        raise DCEReadError(
+            kind.path,
+            f"patient folder with exams {', '.join(exams)}: open one exam folder "
+            "(or open the patient folder in napari to get every exam as a layer)",
+        )
+    n = sum(1 for d in _visible_children(kind.path) if d.is_dir())
+    raise DCEReadError(kind.path, f"cohort folder of {n} patients: open a patient or exam folder")

@@ -1,0 +1,41 @@
+"""The bundled sample exam: generated deterministically on first use, then read from a disk cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .io.nifti import load_nifti, save_nifti
+from .volume import DCEVolume
+
+SAMPLE_SEED = 2023
+SAMPLE_EXAM = "D30"
+
+
+def cache_dir() -> Path:
+    """``$NAPARI_MEDIMP_CACHE`` if set, else the user cache folder."""
+    env = os.environ.get("NAPARI_MEDIMP_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-medimp"))
+
+
+def sample_exam(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM) -> tuple[DCEVolume, np.ndarray]:
+    """(DCE volume, tissue labels) of the synthetic sample patient."""
+    from . import synth
+
+    folder = cache_dir() / "sample" / f"{synth.GENERATOR_VERSION}-seed{seed}-{exam}"
+    image, seg = folder / "dce.nii.gz", folder / "seg.nii.gz"
+    if not (image.exists() and seg.exists()):
+        made = synth.simulate_exam(seed=seed, patient_index=0, exam=exam)
+        save_nifti(seg, made.labels, made.volume.affine, dtype=np.uint8)
+        save_nifti(image, made.volume.data, made.volume.affine, dtype=np.float32,
+                   frame_times=made.volume.frame_times)
+    volume = load_nifti(image, lazy=False)
+    volume.metadata.update(patient="synthetic", exam=exam, synthetic=True, seed=seed)
+    labels = load_nifti(seg, lazy=False).data[0].astype(np.uint8)
+    return volume, labels

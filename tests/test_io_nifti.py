@@ -1,0 +1,267 @@
+"""NIfTI readers and writer: geometry, orientation, laziness and refusal of bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tracemalloc
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+
+from napari_medimp.core.io import DCEReadError, DCEReadWarning, load_dce, load_nifti, save_nifti
+from napari_medimp.core.io.nifti import load_phase_folder
+from napari_medimp.core.volume import affine_from_geometry
+
+EXAMPLE4D = os.path.join(data_path, "example4d.nii.gz")
+
+
+def _write(path, array_xyzt, affine, dtype=np.float32):
+    img = nib.Nifti1Image(np.asarray(array_xyzt, dtype=dtype), affine)
+    nib.save(img, str(path))
+    return path
+
+
+def _napari_world(geometry, index_zyx):
+    """World coordinate of an array index under napari's scale/rotate/translate composition."""
+    rotate = geometry.get("rotate", np.eye(4))[1:, 1:]
+    return np.asarray(geometry["translate"][1:]) + rotate @ (np.asarray(geometry["scale"][1:]) * index_zyx)
+
+
+def test_nibabel_example4d_shape_axis_order_and_spacing():
+    ref = nib.load(EXAMPLE4D)
+    vol = load_dce(EXAMPLE4D)
+    nx, ny, nz, nt = ref.shape
+    assert vol.shape == (nt, nz, ny, nx)
+    zx, zy, zz, tr = ref.header.get_zooms()
+    np.testing.assert_allclose(vol.spacing, (zz, zy, zx), rtol=1e-5)
+    # the file is LAS: reorientation to RAS flips x, nothing else
+    assert vol.metadata["source_orientation"] == "LAS"
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+    raw = np.asarray(ref.dataobj, dtype=np.float32)
+    np.testing.assert_array_equal(vol.data[1, 5, 7, 9], raw[nx - 1 - 9, 7, 5, 1])
+    np.testing.assert_allclose(vol.frame_times, [0.0, tr])
+    assert vol.data.dtype == np.float32
+
+
+def test_marker_voxel_keeps_its_world_position(tmp_path):
+    # an LPI, permuted (y-x swapped) acquisition with anisotropic voxels
+    affine = np.array([[0.0, -1.5, 0.0, 90.0], [-2.0, 0.0, 0.0, 40.0], [0.0, 0.0, -4.0, 30.0], [0, 0, 0, 1]])
+    data = np.zeros((10, 12, 6, 3), np.float32)
+    ijk = (3, 8, 2)
+    data[ijk + (1,)] = 100.0
+    path = _write(tmp_path / "oblique.nii", data, affine)
+    world = affine @ np.array([*ijk, 1.0])
+
+    vol = load_dce(path)
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+    assert vol.shape == (3, 6, 10, 12)  # x<->y swapped by the permutation
+    t, z, y, x = np.argwhere(vol.data == 100.0)[0]
+    assert t == 1
+    np.testing.assert_allclose(vol.affine @ [x, y, z, 1.0], world)
+    np.testing.assert_allclose(vol.spacing, (4.0, 2.0, 1.5))
+    # napari's layer transform puts it at the same place (world axes S, A, R)
+    np.testing.assert_allclose(_napari_world(vol.layer_geometry(), np.array([z, y, x])), world[:3][::-1])
+
+
+def test_oblique_volume_gets_a_rotation_and_round_trips(tmp_path):
+    angle = np.deg2rad(12)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([2.0, 2.0, 3.0])
+    affine[:3, 3] = [-50, 20, 10]
+    data = np.random.default_rng(0).random((8, 9, 5, 2)).astype(np.float32)
+    vol = load_dce(_write(tmp_path / "obl.nii.gz", data, affine))
+    geometry = vol.layer_geometry()
+    assert "rotate" in geometry
+    np.testing.assert_allclose(affine_from_geometry(geometry["scale"], geometry["translate"], geometry["rotate"]),
+                               vol.affine, atol=1e-9)
+    idx = np.array([4.0, 6.0, 2.0])  # z, y, x
+    np.testing.assert_allclose(_napari_world(geometry, idx), (vol.affine @ [*idx[::-1], 1])[:3][::-1])
+
+
+def test_save_load_round_trip_with_frame_times(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.random((4, 5, 6, 7)).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[:3, 3] = [-10, 5, 2]
+    times = [0.0, 4.0, 10.0, 30.0]
+    path = save_nifti(tmp_path / "rt.nii.gz", data, affine, frame_times=times)
+    assert json.loads((tmp_path / "rt.json").read_text())["FrameTimes"] == times
+    vol = load_dce(path)
+    np.testing.assert_array_equal(vol.data, data)
+    np.testing.assert_allclose(vol.affine, affine)
+    np.testing.assert_allclose(vol.frame_times, times)
+    # reproducible bytes: same input, same file
+    again = save_nifti(tmp_path / "rt2.nii.gz", data, affine, frame_times=times)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_uniform_frame_times_come_from_the_header(tmp_path):
+    data = np.zeros((3, 2, 2, 2), np.float32)
+    path = save_nifti(tmp_path / "u.nii", data, np.eye(4), frame_times=[0, 2.5, 5.0])
+    (tmp_path / "u.json").unlink()
+    np.testing.assert_allclose(load_dce(path).frame_times, [0, 2.5, 5.0])
+
+
+def test_lazy_read_matches_eager_and_defers_io(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.random((6, 4, 5, 7)).astype(np.float32)  # t, z, y, x
+    for name in ("lazy.nii", "lazy.nii.gz"):
+        path = save_nifti(tmp_path / name, data, np.diag([-2.0, 2.0, 2.0, 1.0]))
+        lazy = load_nifti(path, lazy=True)
+        eager = load_nifti(path, lazy=False)
+        assert lazy.is_lazy and not eager.is_lazy
+        assert lazy.shape == eager.shape == (6, 4, 5, 7)
+        np.testing.assert_array_equal(lazy.frame(3), eager.data[3])
+        np.testing.assert_array_equal(lazy.load().data, eager.data)
+        np.testing.assert_array_equal(eager.data[:, :, :, ::-1], data)  # x flipped to RAS
+
+
+def test_3d_opens_as_one_frame_with_a_warning(tmp_path):
+    path = _write(tmp_path / "three.nii.gz", np.ones((4, 5, 6)), np.eye(4))
+    with pytest.warns(DCEReadWarning, match="single frame"):
+        vol = load_dce(path)
+    assert vol.shape == (1, 6, 5, 4)
+
+
+def test_5d_is_refused_but_trailing_singletons_are_fine(tmp_path):
+    bad = _write(tmp_path / "five.nii.gz", np.ones((3, 3, 3, 2, 2)), np.eye(4))
+    with pytest.raises(DCEReadError, match=r"five\.nii\.gz.*5D"):
+        load_dce(bad)
+    ok = _write(tmp_path / "ok.nii.gz", np.ones((3, 3, 3, 2, 1)), np.eye(4))
+    assert load_dce(ok).shape == (2, 3, 3, 3)
+
+
+def test_zero_length_axis_is_refused(tmp_path):
+    path = _write(tmp_path / "empty.nii", np.ones((3, 0, 3, 2)), np.eye(4))
+    with pytest.raises(DCEReadError, match="zero-length"):
+        load_dce(path)
+
+
+def test_nan_and_inf_voxels_are_zeroed_and_counted(tmp_path):
+    data = np.ones((3, 3, 3, 2), np.float32)
+    data[0, 0, 0, 0] = np.nan
+    data[1, 1, 1, 1] = np.inf
+    path = _write(tmp_path / "nan.nii.gz", data, np.eye(4))
+    with pytest.warns(DCEReadWarning, match="2 NaN/Inf voxels"):
+        vol = load_dce(path)
+    assert np.isfinite(vol.data).all()
+    assert vol.data.sum() == pytest.approx(data.size - 2)
+
+
+def test_truncated_gzip_is_reported_at_open(tmp_path):
+    data = np.random.default_rng(3).random((20, 20, 20, 4)).astype(np.float32)
+    path = save_nifti(tmp_path / "full.nii.gz", data, np.eye(4))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for lazy in (None, True, False):
+        with pytest.raises(DCEReadError, match=r"cut\.nii\.gz.*(truncated|corrupt)"):
+            load_nifti(cut, lazy=lazy)
+
+
+def test_truncated_uncompressed_file(tmp_path):
+    path = save_nifti(tmp_path / "full.nii", np.ones((2, 10, 10, 10), np.float32), np.eye(4))
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(DCEReadError, match="truncated"):
+        load_dce(cut)
+
+
+def test_text_file_named_nifti(tmp_path):
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("patient notes, not an image\n" * 10)
+    with pytest.raises(DCEReadError, match=r"notes\.nii\.gz"):
+        load_dce(path)
+    gz = tmp_path / "text.nii.gz"
+    gz.write_bytes(gzip.compress(b"hello world" * 100))
+    with pytest.raises(DCEReadError, match=r"text\.nii\.gz"):
+        load_dce(gz)
+
+
+def test_huge_header_in_tiny_file_allocates_nothing(tmp_path):
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000, 50))
+    header.set_data_dtype(np.float32)
+    for name, opener in (("huge.nii", open), ("huge.nii.gz", gzip.open)):
+        path = tmp_path / name
+        with opener(path, "wb") as fh:
+            fh.write(header.binaryblock + b"\x00" * 4 + b"\x00" * 4096)
+        tracemalloc.start()
+        with pytest.raises(DCEReadError, match="(truncated|header claims)"):
+            load_dce(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 50 * 2**20
+
+
+def test_phase_folder_natural_order_and_sidecar_times(tmp_path):
+    folder = tmp_path / "phases"
+    folder.mkdir()
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    for k in (1, 2, 10):
+        _write(folder / f"phase{k}.nii.gz", np.full((3, 4, 5), k, np.float32), affine)
+    vol = load_phase_folder(folder)
+    assert vol.shape == (3, 5, 4, 3)
+    assert [float(vol.data[t].mean()) for t in range(3)] == [1.0, 2.0, 10.0]
+    assert vol.frame_times is None and vol.metadata["ordered_by"] == "file name"
+    # sidecar times override the name order
+    for k, stamp in ((1, "10:00:20"), (2, "10:00:00.5"), (10, "10:00:05")):
+        (folder / f"phase{k}.json").write_text(json.dumps({"AcquisitionTime": stamp}))
+    vol = load_dce(folder)
+    assert [float(vol.data[t].mean()) for t in range(3)] == [2.0, 10.0, 1.0]
+    np.testing.assert_allclose(vol.frame_times, [0.0, 4.5, 19.5])
+
+
+def test_phase_folder_with_mismatched_phase_names_the_file(tmp_path):
+    folder = tmp_path / "phases"
+    folder.mkdir()
+    _write(folder / "a.nii.gz", np.zeros((3, 4, 5)), np.eye(4))
+    _write(folder / "b.nii.gz", np.zeros((3, 4, 6)), np.eye(4))
+    with pytest.raises(DCEReadError, match=r"b\.nii\.gz.*shape"):
+        load_dce(folder)
+
+
+def test_cohort_tree_exam_and_patient_folders(tmp_path):
+    from napari_medimp.core.io.cohort import classify_folder, load_exam, patient_exams
+
+    affine = np.eye(4)
+    for exam in ("M3", "D15"):
+        seq = tmp_path / "cohort" / "P01" / exam / "dce"
+        seq.mkdir(parents=True)
+        for k in range(3):
+            _write(seq / f"t{k}.nii.gz", np.full((4, 4, 2), k, np.float32), affine)
+        (tmp_path / "cohort" / "P01" / exam / "seg").mkdir()
+        _write(tmp_path / "cohort" / "P01" / exam / "seg" / "seg.nii.gz", np.ones((4, 4, 2), np.uint8), affine)
+    (tmp_path / "cohort" / "clinical.csv").write_text("patient_id\nP01\n")
+
+    assert classify_folder(tmp_path / "cohort").kind == "cohort"
+    assert classify_folder(tmp_path / "cohort" / "P01").kind == "patient"
+    assert list(patient_exams(tmp_path / "cohort" / "P01")) == ["D15", "M3"]
+    vol, seg = load_exam(tmp_path / "cohort" / "P01" / "M3")
+    assert vol.shape == (3, 2, 4, 4) and seg.name == "seg.nii.gz"
+    assert vol.metadata["patient"] == "P01" and vol.metadata["exam"] == "M3"
+    with pytest.raises(DCEReadError, match="exams D15, M3"):
+        load_dce(tmp_path / "cohort" / "P01")
+    with pytest.raises(DCEReadError, match="cohort folder of 1 patients"):
+        load_dce(tmp_path / "cohort")
+
+
+def test_missing_path_and_unknown_file_type(tmp_path):
+    with pytest.raises(DCEReadError, match="no such file"):
+        load_dce(tmp_path / "nothing.nii.gz")
+    other = tmp_path / "image.png"
+    other.write_bytes(b"\x89PNG....")
+    with pytest.raises(DCEReadError, match="unsupported file type"):
+        load_dce(other)
+
+
+def test_no_warning_for_a_clean_4d_file(tmp_path):
+    path = save_nifti(tmp_path / "clean.nii.gz", np.ones((2, 3, 3, 3), np.float32), np.eye(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dce(path)
