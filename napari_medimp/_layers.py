@@ -34,6 +34,12 @@ def time_axis(volume: DCEVolume) -> tuple[float, str]:
 
 def volume_layer_data(volume: DCEVolume, name: str | None = None, **extra) -> tuple:
     geometry = volume.layer_geometry()
+    if volume.obliquity_deg > 0.5:
+        import warnings
+
+        warnings.warn(f"{volume.source}: oblique acquisition ({volume.obliquity_deg:.1f} degrees from the "
+                      "scanner axes) shown in its voxel frame; saved files keep the exact geometry",
+                      stacklevel=2)
     t_scale, t_unit = time_axis(volume)
     geometry["scale"] = (t_scale, *geometry["scale"][1:])
     kwargs = {
@@ -67,8 +73,6 @@ def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney
         "opacity": 0.35,
         "metadata": {"affine": volume.affine.tolist(), "source": volume.source},
     }
-    if "rotate" in geometry:
-        kwargs["rotate"] = geometry["rotate"][1:, 1:]
     return (np.asarray(labels), kwargs, "labels")
 
 

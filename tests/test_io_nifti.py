@@ -76,7 +76,9 @@ def test_oblique_volume_gets_a_rotation_and_round_trips(tmp_path):
     affine[:3, 3] = [-50, 20, 10]
     data = np.random.default_rng(0).random((8, 9, 5, 2)).astype(np.float32)
     vol = load_dce(_write(tmp_path / "obl.nii.gz", data, affine))
-    geometry = vol.layer_geometry()
+    assert vol.obliquity_deg == pytest.approx(12.0)
+    assert "rotate" not in vol.layer_geometry()
+    geometry = vol.layer_geometry(include_rotation=True)
     assert "rotate" in geometry
     np.testing.assert_allclose(affine_from_geometry(geometry["scale"], geometry["translate"], geometry["rotate"]),
                                vol.affine, atol=1e-9)

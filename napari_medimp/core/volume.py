@@ -78,11 +78,21 @@ class DCEVolume:
         """World position (mm) of voxel (0, 0, 0), in napari's axis order (S, A, R)."""
         return tuple(float(v) for v in self.affine[:3, 3][::-1])
 
-    def layer_geometry(self) -> dict:
-        """``scale``/``translate`` (and ``rotate`` for oblique volumes) for a napari layer.
+    @property
+    def obliquity_deg(self) -> float:
+        """Largest angle (degrees) between a voxel axis and the nearest world axis."""
+        directions = self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0)
+        cosines = np.clip(np.abs(directions).max(axis=0), -1.0, 1.0)
+        return float(np.degrees(np.arccos(cosines)).max())
+
+    def layer_geometry(self, include_rotation: bool = False) -> dict:
+        """``scale`` and ``translate`` (and optionally ``rotate``) for a napari layer.
 
         napari composes ``world = translate + rotate @ diag(scale) @ index`` with index and world both in
-        array order. We express the NIfTI affine in that order: index (z, y, x) -> world (S, A, R).
+        array order; we express the NIfTI affine in that order: index (z, y, x) -> world (S, A, R).
+        napari slices rotated volumes only approximately, so by default an oblique volume is shown in
+        its own voxel frame (distances exact, axes not rotated); the exact affine travels in the layer
+        metadata and files written from the layer keep it.
         """
         flip = np.eye(3)[::-1]
         linear = flip @ self.affine[:3, :3] @ flip
@@ -92,7 +102,7 @@ class DCEVolume:
             "scale": (1.0, *[float(s) for s in scale]),
             "translate": (0.0, *self.origin),
         }
-        if not np.allclose(rotation, np.eye(3), atol=1e-6):
+        if include_rotation and not np.allclose(rotation, np.eye(3), atol=1e-6):
             rotate4 = np.eye(4)
             rotate4[1:, 1:] = rotation
             geometry["rotate"] = rotate4
