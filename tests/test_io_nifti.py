@@ -124,6 +124,16 @@ def test_lazy_read_matches_eager_and_defers_io(tmp_path):
         np.testing.assert_array_equal(eager.data[:, :, :, ::-1], data)  # x flipped to RAS
 
 
+def test_lazy_shape_of_a_sagittal_file(tmp_path):
+    # sagittal acquisition: voxel axes (i, j, k) run along (A, S, R), a cyclic permutation
+    affine = np.array([[0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    data = np.random.default_rng(4).random((4, 5, 6, 2)).astype(np.float32)
+    path = _write(tmp_path / "sag.nii", data, affine)
+    lazy, eager = load_nifti(path, lazy=True), load_nifti(path, lazy=False)
+    assert lazy.shape == eager.shape == (2, 5, 4, 6)
+    np.testing.assert_array_equal(lazy.load().data, eager.data)
+
+
 def test_3d_opens_as_one_frame_with_a_warning(tmp_path):
     path = _write(tmp_path / "three.nii.gz", np.ones((4, 5, 6)), np.eye(4))
     with pytest.warns(DCEReadWarning, match="single frame"):
@@ -211,6 +221,9 @@ def test_phase_folder_natural_order_and_sidecar_times(tmp_path):
     assert vol.shape == (3, 5, 4, 3)
     assert [float(vol.data[t].mean()) for t in range(3)] == [1.0, 2.0, 10.0]
     assert vol.frame_times is None and vol.metadata["ordered_by"] == "file name"
+    lazy = load_phase_folder(folder, lazy=True)
+    assert lazy.is_lazy
+    np.testing.assert_array_equal(lazy.load().data, vol.data)
     # sidecar times override the name order
     for k, stamp in ((1, "10:00:20"), (2, "10:00:00.5"), (10, "10:00:05")):
         (folder / f"phase{k}.json").write_text(json.dumps({"AcquisitionTime": stamp}))

@@ -172,7 +172,9 @@ def _read_frame(path: str, frame_index: int, ornt: np.ndarray, dims: int) -> np.
             block = img.dataobj[...]
         block = np.asarray(block, dtype=np.float32)
     except (EOFError, OSError, zlib.error, ValueError) as exc:
-        raise DCEReadError(path, f"could not read frame {frame_index}: file is truncated or corrupt ({exc})")
+        raise DCEReadError(
+            path, f"could not read frame {frame_index}: file is truncated or corrupt ({exc})"
+        ) from None
     block = block.reshape(block.shape[:3])
     return sanitize(reorient_xyz(block, ornt), path, warn=False)
 
@@ -214,7 +216,10 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
         import dask
         import dask.array as da
 
-        frame_shape = tuple(shape[:3][int(ornt[i, 0])] for i in range(3))[::-1]
+        canonical_xyz = [0, 0, 0]
+        for axis in range(3):  # input axis `axis` becomes output axis ornt[axis, 0]
+            canonical_xyz[int(ornt[axis, 0])] = shape[axis]
+        frame_shape = tuple(canonical_xyz[::-1])
         frames = [
             da.from_delayed(
                 dask.delayed(_read_frame)(str(path), t, ornt, dims), shape=frame_shape, dtype=np.float32
@@ -263,6 +268,15 @@ def list_phase_files(folder) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
+def _load_phase(path: Path, lazy: bool) -> DCEVolume:
+    with warnings.catch_warnings():  # a phase is 3D by definition: no notice for that
+        warnings.filterwarnings("ignore", message=".*single frame", category=DCEReadWarning)
+        phase = load_nifti(path, lazy=lazy)
+    if phase.n_frames != 1:
+        raise DCEReadError(path, f"a phase folder must hold 3D files; this one has {phase.n_frames} frames")
+    return phase
+
+
 def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
     """Stack a folder of 3D NIfTI phases into one DCE volume.
 
@@ -276,18 +290,9 @@ def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
     if len(files) == 1:
         return load_nifti(files[0], lazy=lazy)
 
-    phases = [load_nifti(f, lazy=True) for f in files] if lazy or lazy is None else None
-    if phases is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DCEReadWarning)
-            phases = [load_nifti(f, lazy=False) for f in files]
-    else:
-        for phase, f in zip(phases, files):
-            if phase.n_frames != 1:
-                raise DCEReadError(f, f"a phase folder must hold 3D files; this one has {phase.n_frames} frames")
-
+    phases = [_load_phase(f, lazy=True) for f in files]  # headers only
     reference = phases[0]
-    for phase, f in zip(phases[1:], files[1:]):
+    for phase, f in zip(phases[1:], files[1:], strict=True):
         if phase.shape[1:] != reference.shape[1:]:
             raise DCEReadError(
                 f, f"shape {phase.shape[1:]} differs from {reference.shape[1:]} of {files[0].name}"
@@ -303,24 +308,19 @@ def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
         t0 = times[order[0]]
         frame_times = np.array([times[i] - t0 for i in order])
 
-    if any(p.is_lazy for p in phases) and (lazy or lazy is None):
+    if lazy is None:
+        lazy = sum(int(np.prod(p.shape)) * 4 for p in phases) > LAZY_THRESHOLD_BYTES
+    if lazy:
         import dask.array as da
 
-        total = sum(int(np.prod(p.shape)) * 4 for p in phases)
-        if lazy is None and total <= LAZY_THRESHOLD_BYTES:
-            data = np.concatenate([phases[i].load().data for i in order])
-            lazy_flag = False
-        else:
-            data = da.concatenate([da.asarray(phases[i].data) for i in order])
-            lazy_flag = True
+        data = da.concatenate([phases[i].data for i in order])
     else:
-        data = np.concatenate([phases[i].data for i in order])
-        lazy_flag = False
+        data = np.concatenate([_load_phase(files[i], lazy=False).data for i in order])
     metadata = {
         "format": "nifti-phases",
         "phase_files": [str(files[i]) for i in order],
         "ordered_by": "sidecar time" if frame_times is not None else "file name",
-        "lazy": lazy_flag,
+        "lazy": bool(lazy),
         "source_orientation": reference.metadata.get("source_orientation"),
     }
     return DCEVolume(data, reference.affine, frame_times, metadata, source=str(folder))
