@@ -1,0 +1,709 @@
+"""DICOM reader: one multi-phase MR series (classic one-slice-per-file, or enhanced multi-frame).
+
+Slices are placed by geometry only: sorted by their position along the slice normal, never by file name
+or InstanceNumber. Phases are grouped by TemporalPositionIdentifier (TemporalPositionIndex in enhanced
+files), else AcquisitionTime, else TriggerTime, else ContentTime. The volume is returned in closest
+canonical RAS orientation, like the NIfTI reader.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.dataset
+import pydicom.uid
+from nibabel.orientations import aff2axcodes
+
+from ..volume import DCEReadError, DCEReadWarning, DCEVolume, sanitize
+from .orient import LPS_TO_RAS, canonical_plan, reorient_xyz
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: above this many bytes of float32 voxels a series is opened lazily (one dask chunk per phase)
+LAZY_THRESHOLD_BYTES = 256 * 2**20
+#: tags tried, in order, to group images into phases
+PHASE_TAGS = ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionTime", "TriggerTime",
+              "ContentTime")
+#: tags tried, in order, for the frame times
+TIME_TAGS = ("AcquisitionTime", "TriggerTime", "ContentTime")
+_DICOMDIR_UID = "1.2.840.10008.1.3.10"
+_POSITION_TOL_MM = 0.01
+_ORIENTATION_TOL = 1e-4
+
+
+class _NotDicom(Exception):
+    pass
+
+
+@dataclass
+class _Plane:
+    """One 2D image: a single-frame file, or one frame of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    position: np.ndarray
+    row_cos: np.ndarray
+    col_cos: np.ndarray
+    pixel_spacing: tuple[float, float] | None
+    shape: tuple[int, int]
+    slope: float = 1.0
+    intercept: float = 0.0
+    times: dict[str, float] = field(default_factory=dict)
+    instance: int = 0
+    thickness: float | None = None
+    gap: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name} (frame {self.frame + 1})"
+
+
+# --------------------------------------------------------------------------------------------------
+# file discovery
+# --------------------------------------------------------------------------------------------------
+def _has_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    """Header without pixel data; raises ``_NotDicom`` for files that are not DICOM at all."""
+    magic = _has_magic(path)
+    if not magic and path.suffix.lower() not in DICOM_SUFFIXES:
+        raise _NotDicom(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception as exc:
+        if not magic:
+            raise _NotDicom(path) from None
+        raise DCEReadError(path, f"unreadable or corrupt DICOM file ({exc})") from None
+    if "DirectoryRecordSequence" in ds or any(tag in ds for tag in ("SOPClassUID", "SeriesInstanceUID", "Modality")):
+        return ds
+    if magic:
+        raise DCEReadError(path, "corrupt or truncated DICOM header (no SOPClassUID, SeriesInstanceUID or Modality)")
+    raise _NotDicom(path)
+
+
+def is_dicom_file(path) -> bool:
+    """True for a DICOM file: 'DICM' after the 128-byte preamble, or a readable preamble-less .dcm file."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if _has_magic(path):
+        return True
+    try:
+        _read_header(path)
+    except (_NotDicom, DCEReadError):
+        return False
+    return True
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _scan(folder: Path, first: Path | None = None):
+    """Headers of the folder's DICOM files grouped by series, and the files that could not be read."""
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    unreadable: list[DCEReadError] = []
+    files = _folder_files(folder)
+    if first is not None:
+        files = [first] + [f for f in files if f.name != first.name]
+    for path in files:
+        try:
+            ds = _read_header(path)
+        except _NotDicom:
+            continue
+        except DCEReadError as exc:
+            unreadable.append(exc)
+            continue
+        media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if media_class == _DICOMDIR_UID or "DirectoryRecordSequence" in ds:
+            continue
+        series[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
+    return dict(series), unreadable
+
+
+def find_series(folder) -> dict[str, list[Path]]:
+    """DICOM files of a folder (not its subfolders) grouped by SeriesInstanceUID.
+
+    Non-DICOM files, DICOMDIR files and files whose header cannot be read are left out.
+    """
+    series, _ = _scan(Path(folder))
+    return {uid: [p for p, _ in items] for uid, items in series.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# header parsing
+# --------------------------------------------------------------------------------------------------
+def _tm_seconds(value) -> float | None:
+    """Seconds since midnight of a DICOM TM ('HHMMSS.FFFFFF', also the old 'HH:MM:SS')."""
+    text = str(value).strip().replace(":", "")
+    if len(text) < 2 or not text[:2].isdigit():
+        return None
+    try:
+        hours = int(text[:2])
+        minutes = int(text[2:4]) if len(text) >= 4 else 0
+        seconds = float(text[4:]) if len(text) > 4 else 0.0
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _da_seconds(value) -> float | None:
+    text = str(value).strip().replace(".", "")
+    try:
+        return float(_dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])).toordinal()) * 86400
+    except (ValueError, IndexError):
+        return None
+
+
+def _dt_seconds(value) -> float | None:
+    """Seconds of a DICOM DT ('YYYYMMDDHHMMSS.FFFFFF&ZZXX'); the UTC offset is ignored."""
+    text = str(value).strip()
+    for sign in "+-":
+        if sign in text[8:]:
+            text = text[: 8 + text[8:].index(sign)]
+    day = _da_seconds(text[:8])
+    if day is None:
+        return None
+    clock = _tm_seconds(text[8:]) if len(text) > 8 else 0.0
+    return None if clock is None else day + clock
+
+
+def _acquisition_seconds(ds) -> float | None:
+    if ds.get("AcquisitionDateTime"):
+        return _dt_seconds(ds.AcquisitionDateTime)
+    if not ds.get("AcquisitionTime"):
+        return None
+    clock = _tm_seconds(ds.AcquisitionTime)
+    day = _da_seconds(ds.AcquisitionDate) if ds.get("AcquisitionDate") else None
+    return clock if clock is None or day is None else day + clock
+
+
+def _float(value, default: float | None = None) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if np.isfinite(out) else default
+
+
+def _vector(path: Path, label: str, value, n: int, tag: str) -> np.ndarray:
+    try:
+        vec = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        vec = np.array([])
+    if vec.shape != (n,) or not np.all(np.isfinite(vec)):
+        raise DCEReadError(path, f"{label}: {tag} must hold {n} numbers, found {value!r}")
+    return vec
+
+
+def _cosines(path: Path, label: str, iop) -> tuple[np.ndarray, np.ndarray]:
+    vec = _vector(path, label, iop, 6, "ImageOrientationPatient")
+    row, col = vec[:3], vec[3:]
+    if np.linalg.norm(row) < 0.5 or np.linalg.norm(col) < 0.5 or abs(np.dot(row, col)) > 1e-2:
+        raise DCEReadError(path, f"{label}: ImageOrientationPatient {list(vec)} is not two orthogonal unit vectors")
+    return row / np.linalg.norm(row), col / np.linalg.norm(col)
+
+
+def _pixel_spacing(value) -> tuple[float, float] | None:
+    if value is None or len(value) != 2:
+        return None
+    row, col = _float(value[0]), _float(value[1])
+    return (row, col) if row and col and row > 0 and col > 0 else None
+
+
+def _check_image_tags(path: Path, ds) -> tuple[int, int]:
+    if "Rows" not in ds or "Columns" not in ds:
+        raise DCEReadError(path, "no pixel data (Rows/Columns missing); not an image")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DCEReadError(path, f"colour images (SamplesPerPixel={ds.SamplesPerPixel}) are not supported")
+    return int(ds.Rows), int(ds.Columns)
+
+
+def _missing_position(path: Path, where: str) -> DCEReadError:
+    return DCEReadError(
+        path, f"DICOM without position tags: {where} lacks ImagePositionPatient/ImageOrientationPatient, "
+        "so its slice position is unknown"
+    )
+
+
+def _classic_planes(path: Path, ds) -> list[_Plane]:
+    shape = _check_image_tags(path, ds)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        raise DCEReadError(
+            path, f"multi-frame file ({n_frames} frames) without per-frame geometry is not supported"
+        )
+    if ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None:
+        raise _missing_position(path, "the file")
+    row, col = _cosines(path, path.name, ds.ImageOrientationPatient)
+    times = {}
+    if ds.get("TemporalPositionIdentifier") is not None:
+        times["TemporalPositionIdentifier"] = _float(ds.TemporalPositionIdentifier)
+    times["AcquisitionTime"] = _acquisition_seconds(ds)
+    if ds.get("TriggerTime") is not None:
+        trigger = _float(ds.TriggerTime)
+        times["TriggerTime"] = None if trigger is None else trigger / 1000.0
+    if ds.get("ContentTime"):
+        times["ContentTime"] = _tm_seconds(ds.ContentTime)
+    return [
+        _Plane(
+            path=path,
+            frame=None,
+            position=_vector(path, path.name, ds.ImagePositionPatient, 3, "ImagePositionPatient"),
+            row_cos=row,
+            col_cos=col,
+            pixel_spacing=_pixel_spacing(ds.get("PixelSpacing")),
+            shape=shape,
+            slope=_float(ds.get("RescaleSlope"), 1.0),
+            intercept=_float(ds.get("RescaleIntercept"), 0.0),
+            times={k: v for k, v in times.items() if v is not None},
+            instance=int(_float(ds.get("InstanceNumber"), 0)),
+            thickness=_float(ds.get("SliceThickness")),
+            gap=_float(ds.get("SpacingBetweenSlices")),
+        )
+    ]
+
+
+def _enhanced_planes(path: Path, ds) -> list[_Plane]:
+    shape = _check_image_tags(path, ds)
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    n_frames = int(ds.get("NumberOfFrames", len(per_frame)) or len(per_frame))
+    if len(per_frame) != n_frames:
+        raise DCEReadError(
+            path, f"NumberOfFrames is {n_frames} but PerFrameFunctionalGroupsSequence has {len(per_frame)} items"
+        )
+
+    def lookup(item, sequence: str, tag: str):
+        for group in (item, shared):
+            if group is not None and group.get(sequence):
+                value = group[sequence][0].get(tag)
+                if value is not None and value != "":
+                    return value
+        return None
+
+    planes = []
+    for index, item in enumerate(per_frame):
+        label = f"frame {index + 1}"
+        ipp = lookup(item, "PlanePositionSequence", "ImagePositionPatient")
+        iop = lookup(item, "PlaneOrientationSequence", "ImageOrientationPatient")
+        if ipp is None or iop is None:
+            raise _missing_position(path, label)
+        row, col = _cosines(path, label, iop)
+        times = {}
+        temporal = lookup(item, "FrameContentSequence", "TemporalPositionIndex")
+        if temporal is not None:
+            times["TemporalPositionIndex"] = _float(temporal)
+        stamp = lookup(item, "FrameContentSequence", "FrameAcquisitionDateTime")
+        if stamp is not None:
+            times["AcquisitionTime"] = _dt_seconds(stamp)
+        slope = lookup(item, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = lookup(item, "PixelValueTransformationSequence", "RescaleIntercept")
+        planes.append(
+            _Plane(
+                path=path,
+                frame=index,
+                position=_vector(path, label, ipp, 3, "ImagePositionPatient"),
+                row_cos=row,
+                col_cos=col,
+                pixel_spacing=_pixel_spacing(lookup(item, "PixelMeasuresSequence", "PixelSpacing")),
+                shape=shape,
+                slope=_float(slope if slope is not None else ds.get("RescaleSlope"), 1.0),
+                intercept=_float(intercept if intercept is not None else ds.get("RescaleIntercept"), 0.0),
+                times={k: v for k, v in times.items() if v is not None},
+                instance=index,
+                thickness=_float(lookup(item, "PixelMeasuresSequence", "SliceThickness")),
+                gap=_float(lookup(item, "PixelMeasuresSequence", "SpacingBetweenSlices")),
+            )
+        )
+    return planes
+
+
+def _planes(path: Path, ds) -> list[_Plane]:
+    if ds.get("PerFrameFunctionalGroupsSequence"):
+        return _enhanced_planes(path, ds)
+    return _classic_planes(path, ds)
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry and phases
+# --------------------------------------------------------------------------------------------------
+def _check_consistent(planes: list[_Plane]) -> None:
+    ref = planes[0]
+    for plane in planes[1:]:
+        if plane.shape != ref.shape:
+            raise DCEReadError(
+                plane.path,
+                f"{plane.label} is {plane.shape[0]} rows x {plane.shape[1]} columns but {ref.label} is "
+                f"{ref.shape[0]} x {ref.shape[1]}: all slices of a series must have the same size",
+            )
+        if (np.abs(plane.row_cos - ref.row_cos).max() > _ORIENTATION_TOL
+                or np.abs(plane.col_cos - ref.col_cos).max() > _ORIENTATION_TOL):
+            raise DCEReadError(
+                plane.path, f"{plane.label} has a different ImageOrientationPatient from {ref.label}"
+            )
+        if (plane.pixel_spacing is None) != (ref.pixel_spacing is None) or (
+            plane.pixel_spacing is not None and not np.allclose(plane.pixel_spacing, ref.pixel_spacing, rtol=1e-4)
+        ):
+            raise DCEReadError(
+                plane.path, f"{plane.label} has PixelSpacing {plane.pixel_spacing}, {ref.label} has {ref.pixel_spacing}"
+            )
+
+
+def _slice_indices(planes: list[_Plane], normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slice index of every plane and the sorted distinct positions along the normal."""
+    keys = np.array([float(np.dot(normal, p.position)) for p in planes])
+    order = np.argsort(keys, kind="stable")
+    index = np.empty(len(planes), dtype=int)
+    levels: list[float] = []
+    anchors: list[np.ndarray] = []
+    for i in order:
+        if not levels or keys[i] - levels[-1] > _POSITION_TOL_MM:
+            levels.append(keys[i])
+            anchors.append(planes[i].position)
+        elif np.linalg.norm(planes[i].position - anchors[-1]) > 10 * _POSITION_TOL_MM:
+            raise DCEReadError(
+                planes[i].path,
+                f"{planes[i].label} lies in the same plane as another slice but at a different in-plane "
+                f"position ({list(planes[i].position)} vs {list(anchors[-1])})",
+            )
+        index[i] = len(levels) - 1
+    return index, np.array(levels)
+
+
+def _groups(planes: list[_Plane], tag: str) -> dict[float, list[int]]:
+    groups: dict[float, list[int]] = defaultdict(list)
+    for i, plane in enumerate(planes):
+        groups[round(plane.times[tag], 6)].append(i)
+    return dict(sorted(groups.items()))
+
+
+def _group_problem(groups: dict[float, list[int]], slice_index: np.ndarray, n_slices: int, tag: str) -> str | None:
+    start = next(iter(groups))
+    for number, (value, members) in enumerate(groups.items(), start=1):
+        counts = Counter(slice_index[members].tolist())
+        if len(members) != n_slices or len(counts) != n_slices:
+            when = f"{tag} {value:g}" if tag.startswith("Temporal") else f"{tag} +{value - start:g} s"
+            sizes = Counter(len(m) for m in groups.values())
+            typical = ", ".join(f"{n} phase(s) have {k}" for k, n in sorted(sizes.items()))
+            repeated = sum(c > 1 for c in counts.values())
+            extra = f", {repeated} of them more than once" if repeated else ""
+            return (
+                f"phase {number} of {len(groups)} ({when}) has {len(members)} images at {len(counts)} of the "
+                f"{n_slices} slice positions{extra} ({typical} images): every phase must cover the same slices"
+            )
+    return None
+
+
+def _phases(planes: list[_Plane], slice_index: np.ndarray, n_slices: int, source: Path):
+    """Plane indices per phase (each sorted by slice), in temporal order, and how they were grouped."""
+    available = [t for t in PHASE_TAGS if all(t in p.times for p in planes)]
+    first_problem = None
+    for tag in available:
+        groups = _groups(planes, tag)
+        problem = _group_problem(groups, slice_index, n_slices, tag)
+        if problem is None:
+            phases = [sorted(m, key=lambda i: slice_index[i]) for m in groups.values()]
+            return phases, tag
+        first_problem = first_problem or problem
+
+    per_slice: dict[int, list[int]] = defaultdict(list)
+    for i, k in enumerate(slice_index):
+        per_slice[int(k)].append(i)
+    counts = {len(v) for v in per_slice.values()}
+    if len(counts) == 1:
+        n_phases = counts.pop()
+        if n_phases == 1:
+            return [sorted(range(len(planes)), key=lambda i: slice_index[i])], "none (single phase)"
+        time_tag = next((t for t in TIME_TAGS if t in available), None)
+        if time_tag is None:
+            warnings.warn(
+                f"{source}: no temporal tag separates the {n_phases} images at each slice position; "
+                "phases are ordered by InstanceNumber",
+                DCEReadWarning,
+                stacklevel=3,
+            )
+        for members in per_slice.values():
+            members.sort(key=lambda i: (planes[i].times.get(time_tag, 0.0) if time_tag else 0.0,
+                                        planes[i].instance))
+        phases = [[per_slice[k][t] for k in range(n_slices)] for t in range(n_phases)]
+        return phases, f"order at each slice position ({time_tag or 'InstanceNumber'})"
+    if first_problem:
+        raise DCEReadError(source, first_problem)
+    sizes = Counter(len(v) for v in per_slice.values())
+    raise DCEReadError(
+        source,
+        "slice positions hold different numbers of images ("
+        + ", ".join(f"{n} positions have {k}" for k, n in sorted(sizes.items()))
+        + ") and no temporal tag groups them into phases",
+    )
+
+
+def _frame_times(planes: list[_Plane], phases: list[list[int]], source: Path):
+    for tag in TIME_TAGS:
+        if all(tag in planes[i].times for phase in phases for i in phase):
+            starts = np.array([min(planes[i].times[tag] for i in phase) for phase in phases])
+            times = starts - starts[0]
+            if np.any(np.diff(times) < 0):
+                warnings.warn(
+                    f"{source}: {tag} does not increase with the phase order; frame times may be wrong",
+                    DCEReadWarning,
+                    stacklevel=3,
+                )
+            return times, tag
+    return None, None
+
+
+def _affine(planes: list[_Plane], normal: np.ndarray, levels: np.ndarray, slice_index: np.ndarray,
+            source: Path) -> np.ndarray:
+    """Voxel index (column, row, slice) to RAS mm."""
+    ref = planes[0]
+    if ref.pixel_spacing is None:
+        warnings.warn(f"{source}: no PixelSpacing; 1 mm pixels assumed", DCEReadWarning, stacklevel=3)
+        row_spacing, col_spacing = 1.0, 1.0
+    else:
+        row_spacing, col_spacing = ref.pixel_spacing
+    first = planes[int(np.flatnonzero(slice_index == 0)[0])].position
+    if len(levels) > 1:
+        gaps = np.diff(levels)
+        gap = float((levels[-1] - levels[0]) / (len(levels) - 1))
+        if np.abs(gaps - gap).max() > max(_POSITION_TOL_MM, 0.01 * gap):
+            warnings.warn(
+                f"{source}: slice gaps are not uniform (from {gaps.min():.4g} to {gaps.max():.4g} mm); "
+                f"the mean gap {gap:.4g} mm is used",
+                DCEReadWarning,
+                stacklevel=3,
+            )
+        offsets = np.array([p.position - first - normal * (lv - levels[0])
+                            for p, lv in zip(planes, levels[slice_index], strict=True)])
+        if np.abs(offsets).max() > 10 * _POSITION_TOL_MM:
+            warnings.warn(
+                f"{source}: slice positions are not stacked along the slice normal (sheared/tilted stack); "
+                "the geometry is approximated",
+                DCEReadWarning,
+                stacklevel=3,
+            )
+    else:
+        gap = ref.gap or ref.thickness or 1.0
+    lps = np.eye(4)
+    lps[:3, 0] = ref.row_cos * col_spacing
+    lps[:3, 1] = ref.col_cos * row_spacing
+    lps[:3, 2] = normal * gap
+    lps[:3, 3] = first
+    return LPS_TO_RAS @ lps
+
+
+# --------------------------------------------------------------------------------------------------
+# pixel data
+# --------------------------------------------------------------------------------------------------
+def _set_transfer_syntax(ds) -> None:
+    """A file without file meta (no preamble): record the encoding it was read with."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    if not little:
+        uid = pydicom.uid.ExplicitVRBigEndian
+    else:
+        uid = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+def _pixels(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path), force=True)
+    except Exception as exc:
+        raise DCEReadError(path, f"unreadable or corrupt DICOM file ({exc})") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DCEReadError(path, "no pixel data in this file")
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        _set_transfer_syntax(ds)
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        raise DCEReadError(path, f"pixel data cannot be read: file truncated, corrupt or compressed "
+                                 f"with an unavailable codec ({exc})") from None
+
+
+def _read_phase(planes: list[_Plane], ornt: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """One phase as a float32 (z, y, x) array in canonical orientation; planes sorted by slice."""
+    cache = {} if cache is None else cache
+    rows, cols = planes[0].shape
+    stack = np.empty((len(planes), rows, cols), dtype=np.float32)
+    for k, plane in enumerate(planes):
+        if plane.path not in cache:
+            cache[plane.path] = _pixels(plane.path)
+        array = cache[plane.path]
+        image = array
+        if plane.frame is not None and array.ndim == 3:
+            image = array[plane.frame] if plane.frame < len(array) else None
+        if image is None or image.shape != (rows, cols):
+            raise DCEReadError(
+                plane.path, f"{plane.label}: pixel data has shape {array.shape}, expected {rows} x {cols} images"
+            )
+        stack[k] = image.astype(np.float32) * np.float32(plane.slope) + np.float32(plane.intercept)
+    return sanitize(reorient_xyz(stack.transpose(2, 1, 0), ornt), str(planes[0].path), warn=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# public reader
+# --------------------------------------------------------------------------------------------------
+def _select_series(path: Path, series_uid: str | None):
+    """Folder, the series' (path, header) pairs and the unreadable files of the folder."""
+    if path.is_dir():
+        folder, first = path, None
+    elif path.is_file():
+        folder, first = path.parent, path
+        try:
+            header = _read_header(path)
+        except _NotDicom:
+            raise DCEReadError(path, "not a DICOM file") from None
+        if series_uid is None:
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+    else:
+        raise DCEReadError(path, "no such file or folder")
+
+    series, unreadable = _scan(folder, first)
+    if not series:
+        if unreadable:
+            names = "; ".join(f"{Path(e.path).name}: {e.problem}" for e in unreadable)
+            raise DCEReadError(folder, f"no readable DICOM files in this folder ({names})")
+        raise DCEReadError(folder, "no DICOM files in this folder")
+    if series_uid is None:
+        if len(series) > 1:
+            listing = "; ".join(
+                f"{uid or '(no SeriesInstanceUID)'} '{items[0][1].get('SeriesDescription', '')}' "
+                f"({len(items)} files)"
+                for uid, items in series.items()
+            )
+            raise DCEReadError(
+                folder, f"this folder holds {len(series)} DICOM series; pass series_uid= to choose one: {listing}"
+            )
+        series_uid = next(iter(series))
+    if series_uid not in series:
+        raise DCEReadError(folder, f"no DICOM series with SeriesInstanceUID {series_uid} in this folder")
+    if unreadable and first is None:
+        names = ", ".join(Path(e.path).name for e in unreadable)
+        warnings.warn(
+            f"{folder}: {len(unreadable)} unreadable DICOM file(s) ignored: {names}", DCEReadWarning, stacklevel=3
+        )
+    return folder, series[series_uid], unreadable
+
+
+def _dedupe(items):
+    """Drop copies of the same SOP instance (the same image in other transfer syntaxes, say)."""
+    kept, seen = [], set()
+    for path, ds in items:
+        sop = str(ds.get("SOPInstanceUID", "")) or str(path)
+        if sop not in seen:
+            seen.add(sop)
+            kept.append((path, ds))
+    return kept, len(items) - len(kept)
+
+
+def _metadata(ds, **extra) -> dict:
+    tags = {
+        "series_description": "SeriesDescription",
+        "modality": "Modality",
+        "manufacturer": "Manufacturer",
+        "model": "ManufacturerModelName",
+        "patient_id": "PatientID",
+        "study_date": "StudyDate",
+        "study_uid": "StudyInstanceUID",
+        "sop_class_uid": "SOPClassUID",
+        "repetition_time_ms": "RepetitionTime",
+        "echo_time_ms": "EchoTime",
+        "flip_angle_deg": "FlipAngle",
+        "field_strength_t": "MagneticFieldStrength",
+    }
+    meta = {"format": "dicom"}
+    for key, tag in tags.items():
+        value = ds.get(tag)
+        if value is None or value == "":
+            continue
+        meta[key] = _float(value) if key.endswith(("_ms", "_deg", "_t")) else str(value)
+    meta.update(extra)
+    return meta
+
+
+def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = None) -> DCEVolume:
+    """Read one DICOM series as a (t, z, y, x) float32 DCE volume in canonical RAS orientation.
+
+    ``path`` is a folder (its files, not subfolders) or one file (then its series, looked up among the
+    files of its folder). A folder with several series needs ``series_uid``. Rescale slope/intercept are
+    applied; ``frame_times`` are seconds from the first phase (None when no time tag is present).
+    ``lazy=None`` reads lazily (one dask chunk per phase) above ``LAZY_THRESHOLD_BYTES`` of float32 data.
+    """
+    path = Path(path)
+    folder, items, unreadable = _select_series(path, series_uid)
+    items, n_duplicates = _dedupe(items)
+    planes = [plane for p, ds in items for plane in _planes(p, ds)]
+    source = path if path.is_file() else folder
+    if not planes:
+        raise DCEReadError(source, "the series holds no images")
+    _check_consistent(planes)
+
+    normal = np.cross(planes[0].row_cos, planes[0].col_cos)
+    slice_index, levels = _slice_indices(planes, normal)
+    phases, grouped_by = _phases(planes, slice_index, len(levels), source)
+    frame_times, times_from = _frame_times(planes, phases, source)
+    affine = _affine(planes, normal, levels, slice_index, source)
+
+    rows, cols = planes[0].shape
+    shape_xyz = (cols, rows, len(levels))
+    ornt, canonical_affine = canonical_plan(affine, shape_xyz)
+    shape_ras = [0, 0, 0]
+    for axis, size in enumerate(shape_xyz):
+        shape_ras[int(ornt[axis, 0])] = size
+    frame_shape = tuple(shape_ras[::-1])
+    phase_planes = [[planes[i] for i in phase] for phase in phases]
+
+    n_bytes = len(phases) * len(levels) * rows * cols * 4
+    if lazy is None:
+        lazy = n_bytes > LAZY_THRESHOLD_BYTES
+    if lazy:
+        import dask
+        import dask.array as da
+
+        data = da.stack([
+            da.from_delayed(dask.delayed(_read_phase)(pp, ornt), shape=frame_shape, dtype=np.float32)
+            for pp in phase_planes
+        ])
+    else:
+        cache: dict = {}
+        data = np.stack([_read_phase(pp, ornt, cache) for pp in phase_planes])
+        data = sanitize(data, str(source))
+
+    metadata = _metadata(
+        items[0][1],
+        series_uid=str(items[0][1].get("SeriesInstanceUID", "")),
+        n_files=len(items),
+        n_slices=len(levels),
+        n_phases=len(phases),
+        grouped_by=grouped_by,
+        frame_times_from=times_from,
+        multiframe=any(p.frame is not None for p in planes),
+        source_orientation="".join(aff2axcodes(affine)),
+        duplicates_ignored=n_duplicates,
+        files_ignored=[str(e.path) for e in unreadable] if path.is_dir() else [],
+        lazy=bool(lazy),
+    )
+    return DCEVolume(data, canonical_affine, frame_times, metadata, source=str(source))
