@@ -1,0 +1,140 @@
+"""Model files: safetensors + JSON card; refusal of pickles, tampering and foreign architectures."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medimp.core.checkpoint import (
+    ModelFileError,
+    PrognosisHead,
+    load_model,
+    model_paths,
+    read_card,
+    save_model,
+)
+from napari_medimp.core.models import ModelConfig, build_model
+from napari_medimp.core.prompts import TEMPLATE_VERSION
+
+INPUT = (16, 24, 32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    config = ModelConfig(image_encoder="clip_resnet_tiny", input_size=INPUT, embed_dim=32,
+                         text_trainable_layers=1)
+    return build_model(config).eval()
+
+
+def _head(n=32, horizon="2y"):
+    rng = np.random.default_rng(0)
+    return PrognosisHead(horizon, mean=rng.normal(size=n), scale=rng.uniform(0.5, 2, n),
+                         coef=rng.normal(size=n), intercept=-0.3, features="mean exam embedding")
+
+
+def _save(model, path, **kw):
+    return save_model(path, model, preprocessing={"version": 1, "input_size": list(INPUT)},
+                      prompt_template_version=TEMPLATE_VERSION, **kw)
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    class Evil:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    return pickle.dumps(Evil())
+
+
+def test_round_trip_gives_identical_embeddings_and_a_complete_card(tiny_model, tmp_path):
+    heads = {"2y": _head(), "3y": _head(horizon="3y")}
+    weights = _save(tiny_model, tmp_path / "demo", training={"patients": 3}, metrics={"auc_2y": 0.7},
+                    prognosis=heads)
+    card = read_card(weights)
+    assert card["weights"]["sha256"] and card["prompt_template_version"] == TEMPLATE_VERSION
+    assert card["architecture"]["image_encoder"] == "clip_resnet_tiny"
+    assert card["text_model"]["revision"] and card["licence"]
+    assert set(card["prognosis"]) == {"2y", "3y"}
+    # frozen MiniLM layers are not copied into the file
+    assert weights.stat().st_size < 20 * 2**20
+
+    loaded = load_model(weights)
+    x = torch.randn(2, 1, *INPUT)
+    texts = ["The estimated glomerular filtration rate is low.", "The donor age is high."]
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.model.encode_image(x), tiny_model.encode_image(x), atol=1e-6)
+        np.testing.assert_allclose(loaded.model.encode_text(texts), tiny_model.encode_text(texts), atol=1e-6)
+    features = np.random.default_rng(1).normal(size=(4, 32))
+    np.testing.assert_allclose(loaded.prognosis["2y"].predict_proba(features), heads["2y"].predict_proba(features))
+
+
+def test_prognosis_head_matches_hand_computation():
+    head = PrognosisHead("2y", mean=[1.0, 2.0], scale=[2.0, 4.0], coef=[0.5, -1.0], intercept=0.25)
+    z = ((3.0 - 1.0) / 2.0) * 0.5 + ((6.0 - 2.0) / 4.0) * -1.0 + 0.25  # = -0.25
+    assert head.predict_proba([[3.0, 6.0]])[0] == pytest.approx(1 / (1 + np.exp(-z)))
+    with pytest.raises(ValueError, match="expects 2 features"):
+        head.predict_proba([[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_pickles_are_refused_and_never_run(tiny_model, tmp_path, name):
+    weights = _save(tiny_model, tmp_path / "model")
+    marker = tmp_path / "pwned.txt"
+    payload = _evil_pickle(marker)
+    target = tmp_path / name
+    if name.endswith(".pt"):
+        torch.save({"state": payload}, target)  # zip container, as torch.save writes
+        weights.write_bytes(target.read_bytes())
+    else:
+        weights.write_bytes(payload)
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model(tmp_path / "model")
+    assert not marker.exists()
+
+
+def test_tampered_weights_are_detected(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model")
+    blob = bytearray(weights.read_bytes())
+    blob[-5] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="modified after the card was written"):
+        load_model(weights)
+
+
+def test_architecture_mismatch_is_one_sentence(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model")
+    _, card_path = model_paths(weights)
+    card = json.loads(card_path.read_text())
+    card["architecture"]["embed_dim"] = 48
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelFileError) as info:
+        load_model(weights)
+    message = str(info.value)
+    assert "different architecture" in message and "\n" not in message
+    assert "file (32," in message and "model (48," in message
+
+
+def test_missing_or_foreign_card(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model")
+    _, card_path = model_paths(weights)
+    card_path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelFileError, match="is not a napari-medimp-model card"):
+        load_model(weights)
+    card_path.unlink()
+    with pytest.raises(ModelFileError, match="card .JSON. not found"):
+        load_model(weights)
+
+
+def test_newer_card_format_asks_for_an_update(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model")
+    _, card_path = model_paths(weights)
+    card = json.loads(card_path.read_text())
+    card["format_version"] = 99
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="update napari-medimp"):
+        read_card(weights)
