@@ -1,0 +1,152 @@
+"""Where the model looked: Grad-CAM, Grad-CAM++ and occlusion sensitivity (``monai.visualize``).
+
+Two targets: the similarity between the image and a prompt, or the prognosis logit of one horizon. Maps
+are computed on the model grid, normalised to 0..1 with high = important (MONAI's default normaliser
+maps max to 0, so it is replaced), and resampled into the source volume's geometry inside the ROI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .preprocess import PreparedInput, RoiBox
+from .prognosis import FEATURES_ID
+from .prompts import EXAMS
+from .volume import DCEVolume
+
+METHODS = ("gradcam", "gradcam++", "occlusion")
+
+
+def normalize01(array) -> np.ndarray:
+    """Min-max to 0..1 keeping orientation (high stays high); a constant map becomes zeros."""
+    array = np.nan_to_num(np.asarray(array, np.float32))
+    low, high = float(array.min()), float(array.max())
+    if high - low <= 1e-12:
+        return np.zeros_like(array)
+    return (array - low) / (high - low)
+
+
+class SimilarityTarget(nn.Module):
+    """Scalar per image: cosine similarity of its embedding with a fixed text embedding."""
+
+    def __init__(self, model: nn.Module, text_vector: np.ndarray):
+        super().__init__()
+        self.model = model
+        self.register_buffer("text", torch.as_tensor(np.asarray(text_vector, np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model.encode_image(x) @ self.text.to(x.dtype))[:, None]
+
+
+class PrognosisTarget(nn.Module):
+    """Scalar per image: the prognosis logit of one horizon, treating the image as the only exam."""
+
+    def __init__(self, model: nn.Module, head, exam: str):
+        super().__init__()
+        if head.features != FEATURES_ID:
+            raise ValueError(f"prognosis head uses features {head.features!r}, expected {FEATURES_ID!r}")
+        exam = exam.upper()
+        if exam not in EXAMS:
+            raise ValueError(f"exam must be one of {', '.join(EXAMS)}, got {exam!r}")
+        self.model = model
+        mask = torch.tensor([1.0 if e == exam else 0.0 for e in EXAMS])
+        self.register_buffer("mask", mask)
+        self.register_buffer("mean", torch.as_tensor(head.mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(head.scale, dtype=torch.float32))
+        self.register_buffer("coef", torch.as_tensor(head.coef, dtype=torch.float32))
+        self.intercept = float(head.intercept)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedding = self.model.encode_image(x)
+        features = torch.cat([embedding, self.mask.expand(x.shape[0], -1)], dim=1)
+        return (((features - self.mean) / self.scale) @ self.coef + self.intercept)[:, None]
+
+
+def model_grid_map(target: nn.Module, x: torch.Tensor, method: str, layer: str,
+                   mask_size: int | tuple[int, int, int] = 8, n_batch: int = 8) -> np.ndarray:
+    """Saliency of ``target(x)[:, 0]`` on the model grid ``(z, y, x)``, 0..1, high = important.
+
+    ``layer`` is the dotted name (inside ``target``) of the convolutional stage used by Grad-CAM.
+    """
+    from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
+
+    if method not in METHODS:
+        raise ValueError(f"saliency method must be one of {', '.join(METHODS)}, got {method!r}")
+    target.eval()
+    x = x.detach().clone()
+    if method in ("gradcam", "gradcam++"):
+        cam_class = GradCAM if method == "gradcam" else GradCAMpp
+        cam = cam_class(nn_module=target, target_layers=layer, postprocessing=lambda m: m)
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            raw = cam(x, class_idx=0)
+        return normalize01(raw.detach().cpu().numpy()[0, 0])
+    with torch.no_grad():
+        reference = float(target(x)[0, 0])
+    occlusion = OcclusionSensitivity(nn_module=target, mask_size=mask_size, n_batch=n_batch, verbose=False,
+                                     mode="mean_img", activate=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI's own indexing deprecation notices
+        occluded, _ = occlusion(x)
+    drop = reference - occluded.detach().cpu().numpy()[0, 0]
+    return normalize01(np.clip(drop, 0.0, None))
+
+
+@dataclass
+class SaliencyMap:
+    """A 0..1 map on the source voxel grid inside ``roi`` (same spacing and orientation as the source)."""
+
+    data: np.ndarray
+    roi: RoiBox
+    method: str
+    target: str
+    score: float
+    roi_affine: np.ndarray
+    model_grid: np.ndarray
+
+    def layer_geometry(self, volume: DCEVolume) -> dict:
+        """``scale``/``translate`` of a 3D layer that overlays the source volume's spatial axes."""
+        geometry = volume.layer_geometry()
+        scale = np.asarray(geometry["scale"][1:])
+        translate = np.asarray(geometry["translate"][1:]) + np.asarray(self.roi.start) * scale
+        return {"scale": tuple(float(s) for s in scale), "translate": tuple(float(t) for t in translate)}
+
+
+def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "gradcam",
+                     target: str = "similarity", prompt: str | None = None, exam: str = "D30",
+                     mask_size: int | tuple[int, int, int] = 8,
+                     progress: Callable[[str, float], None] | None = None) -> SaliencyMap:
+    """Saliency of one exam for ``target`` = "similarity" (with ``prompt``) or a prognosis horizon."""
+    if progress:
+        progress("preprocessing", 0.0)
+    roi = predictor.roi_for(volume, roi)
+    prepared: PreparedInput = predictor.prepare(volume, roi)
+    model = predictor.model
+    if target == "similarity":
+        if not prompt:
+            raise ValueError("similarity saliency needs a prompt")
+        wrapper = SimilarityTarget(model, predictor.embed_texts([prompt])[0])
+    elif target in predictor.loaded.prognosis:
+        wrapper = PrognosisTarget(model, predictor.loaded.prognosis[target], exam)
+    else:
+        known = ", ".join(["similarity", *predictor.prognosis_horizons])
+        raise ValueError(f"saliency target must be one of {known}; got {target!r}")
+    wrapper.to(predictor.device)
+    x = prepared.tensor[None].to(predictor.device)
+    if progress:
+        progress(f"computing {method}", 0.3)
+    with torch.no_grad():
+        score = float(wrapper(x)[0, 0])
+    grid = model_grid_map(wrapper, x, method, f"model.{model.gradcam_layer}", mask_size=mask_size)
+    if progress:
+        progress("resampling", 0.9)
+    data, roi = prepared.to_source(grid)
+    if progress:
+        progress("done", 1.0)
+    return SaliencyMap(np.clip(data, 0.0, 1.0), roi, method, target, score, prepared.roi_affine, grid)
