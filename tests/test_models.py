@@ -85,11 +85,11 @@ def test_unknown_encoder_name():
 
 
 def test_paper_clip_resnet50_3d_structure():
-    enc = clip_resnet50_3d(in_channels=1, embed_dim=512, input_size=(96, 144, 192))
+    enc = clip_resnet50_3d(in_channels=1, embed_dim=512, input_size=(192, 144, 96))
     n_params = sum(p.numel() for p in enc.parameters())
-    print(f"ClipResNet3D-50 (width 64, 96x144x192): {n_params / 1e6:.2f} M parameters")
+    print(f"ClipResNet3D-50 (width 64, z,y,x 192x144x96): {n_params / 1e6:.2f} M parameters")
     assert 50e6 < n_params < 70e6
-    assert enc.grid == (3, 5, 6)
+    assert enc.grid == (6, 5, 3)
     assert enc.attnpool.positional_embedding.shape == (3 * 5 * 6 + 1, 2048)
     assert [len(s) for s in (enc.layer1, enc.layer2, enc.layer3, enc.layer4)] == [3, 4, 6, 3]
 
@@ -107,18 +107,18 @@ def test_paper_clip_resnet50_3d_structure():
 
 
 def test_feature_grid_matches_network_at_paper_size():
-    enc = build_image_encoder("clip_resnet_tiny", input_size=(96, 144, 192)).eval()
-    assert feature_grid((96, 144, 192)) == (3, 5, 6) == enc.grid
+    enc = build_image_encoder("clip_resnet_tiny", input_size=(192, 144, 96)).eval()
+    assert feature_grid((192, 144, 96)) == (6, 5, 3) == enc.grid
     with torch.no_grad():
-        feats = enc.forward_features(torch.randn(1, 1, 96, 144, 192))
-    assert tuple(feats.shape[2:]) == (3, 5, 6)
+        feats = enc.forward_features(torch.randn(1, 1, 192, 144, 96))
+    assert tuple(feats.shape[2:]) == (6, 5, 3)
 
 
 @pytest.mark.slow
 def test_paper_clip_resnet50_3d_forward_full_input():
     enc = clip_resnet50_3d().eval()
     with torch.no_grad():
-        out = enc(torch.randn(1, 1, 96, 144, 192))
+        out = enc(torch.randn(1, 1, 192, 144, 96))
     assert out.shape == (1, 512)
 
 

@@ -11,7 +11,7 @@ MEDIMP (Milecki et al., MIDL 2023): a stem of three 3x3x3 convolutions and an av
 anti-aliased bottleneck stages (a stride is an ``AvgPool3d`` after the 3x3x3 convolution, never a
 strided convolution) and attention pooling over the final grid with the mean token as query.
 All average pools use ``ceil_mode`` so that the feature grid is ``ceil(size / 32)`` per axis
-(96x144x192 -> 3x5x6).
+(z, y, x) = 192x144x96 -> 6x5x3; MEDIMP's 96x144x192 is NIfTI (x, y, z) order).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..preprocess import PAPER_INPUT_SIZE
+
 __all__ = [
     "AntiAliasPool3d",
     "AttentionPool3d",
@@ -37,7 +39,6 @@ __all__ = [
     "feature_grid",
 ]
 
-PAPER_INPUT_SIZE: tuple[int, int, int] = (96, 144, 192)
 
 
 def _triple(size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -323,7 +324,7 @@ def clip_resnet50_3d(
     width: int = 64,
     **kwargs: Any,
 ) -> ClipResNet3D:
-    """MEDIMP's image encoder: 3D CLIP ResNet-50 (layers 3-4-6-3, width 64, input 96x144x192)."""
+    """MEDIMP's image encoder: 3D CLIP ResNet-50 (layers 3-4-6-3, width 64, input (z, y, x) 192x144x96)."""
     return ClipResNet3D((3, 4, 6, 3), embed_dim, in_channels, width, input_size, **kwargs)
 
 
