@@ -1,0 +1,299 @@
+"""Inference: embed images and prompts, compare them, read GFR bins zero-shot, predict prognosis.
+
+The :class:`Predictor` owns a loaded model file, picks a device (cuda, then mps, then cpu unless told
+otherwise), runs under ``torch.inference_mode`` with mixed precision where it pays (CUDA), batches, and
+caches embeddings. Cache keys combine everything that changes an embedding: the image content, the ROI,
+the preprocessing config, the weights hash, the text model revision and the prompt template version.
+No Qt here: progress is reported through a plain callback ``progress(stage, fraction)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_model
+from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
+from .prognosis import FEATURES_ID, patient_features
+from .prompts import ATTRIBUTE_BINS, N_VARIANTS, TEMPLATE_VERSION, bin_prompts
+from .volume import DCEVolume
+
+Progress = Callable[[str, float], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# devices
+# --------------------------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """Devices usable here, best first, always ending with "cpu"."""
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    devices.append("cpu")
+    return devices
+
+
+def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``: cuda, then mps, then cpu. An explicit device that is not available is an error."""
+    if preference in (None, "auto"):
+        return torch.device(available_devices()[0])
+    device = torch.device(preference)
+    if device.type not in available_devices():
+        raise ValueError(f"device {device.type!r} is not available here; available: {', '.join(available_devices())}")
+    return device
+
+
+# --------------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------------
+def volume_fingerprint(volume: DCEVolume) -> str:
+    """Content hash of a volume: its voxels when in memory; for a lazy volume, the file identity
+    (path, size, modification time) plus shape, so that a large file is not read just to hash it."""
+    digest = hashlib.sha256()
+    digest.update(repr(volume.shape).encode())
+    digest.update(np.asarray(volume.affine, np.float64).tobytes())
+    if volume.is_lazy:
+        path = Path(volume.source)
+        stat = path.stat() if path.exists() else None
+        digest.update(f"{path.resolve() if stat else volume.source}|{stat and stat.st_size}|"
+                      f"{stat and stat.st_mtime_ns}".encode())
+    else:
+        digest.update(np.ascontiguousarray(volume.data, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """In-memory LRU of embeddings, optionally backed by a folder of ``.npy`` files."""
+
+    def __init__(self, max_items: int = 512, folder: str | os.PathLike | None = None):
+        self.max_items = max_items
+        self.folder = Path(folder) if folder else None
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(**parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, key: str) -> np.ndarray | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        if self.folder is not None and (self.folder / f"{key}.npy").exists():
+            try:
+                value = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+            except (OSError, ValueError):
+                value = None
+            if value is not None:
+                self._remember(key, value)
+                self.hits += 1
+                return value
+        self.misses += 1
+        return None
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        value = np.asarray(value, np.float32)
+        self._remember(key, value)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f".{key}.{os.getpid()}.npy"
+            np.save(tmp, value, allow_pickle=False)
+            os.replace(tmp, self.folder / f"{key}.npy")
+
+    def _remember(self, key: str, value: np.ndarray) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# predictor
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ImageEmbedding:
+    vector: np.ndarray
+    prepared: PreparedInput | None
+    roi: RoiBox
+    cached: bool
+
+
+class Predictor:
+    """Everything the viewer and the CLI ask of a model file."""
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device | None = "auto", amp: str | bool = "auto",
+                 cache: EmbeddingCache | None = None, batch_size: int = 4):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.card = loaded.card
+        self.device = pick_device(device)
+        self.model.to(self.device).eval()
+        self.preprocess_config = PreprocessConfig.from_dict(loaded.card["preprocessing"])
+        if amp == "auto":
+            amp = self.device.type == "cuda"
+        self.amp = bool(amp)
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.batch_size = max(1, int(batch_size))
+        self._auto_rois: dict[str, RoiBox] = {}
+        self._identity = {
+            "weights": loaded.weights_sha256,
+            "text_revision": loaded.card.get("text_model", {}).get("revision"),
+            "templates": loaded.card.get("prompt_template_version", TEMPLATE_VERSION),
+            "amp": self.amp,
+        }
+
+    @classmethod
+    def from_file(cls, path, device="auto", text_model_path=None, **kwargs) -> Predictor:
+        return cls(load_model(path, device="cpu", text_model_path=text_model_path), device=device, **kwargs)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def prognosis_horizons(self) -> list[str]:
+        return list(self.loaded.prognosis)
+
+    def image_key(self, fingerprint: str, roi: RoiBox) -> str:
+        return self.cache.key(kind="image", volume=fingerprint, roi=roi.to_list(),
+                              preprocessing=self.preprocess_config.to_dict(), **self._identity)
+
+    def roi_for(self, volume: DCEVolume, roi=None, fingerprint: str | None = None) -> RoiBox:
+        """The given box (validated), or the automatically found kidney (remembered per volume)."""
+        if roi is not None:
+            return RoiBox.from_sequence(roi).validate(volume.shape[1:])
+        fingerprint = fingerprint or volume_fingerprint(volume)
+        if fingerprint not in self._auto_rois:
+            config = self.preprocess_config
+            self._auto_rois[fingerprint] = find_kidney_roi(volume, margin_mm=config.roi_margin_mm,
+                                                           baseline_frames=config.baseline_frames)
+        return self._auto_rois[fingerprint]
+
+    def prepare(self, volume: DCEVolume, roi=None) -> PreparedInput:
+        return prepare(volume, self.preprocess_config, roi)
+
+    # -- images -------------------------------------------------------------------------------------
+    def embed_images(self, volumes: Sequence[DCEVolume], rois: Sequence | None = None,
+                     progress: Progress | None = None) -> list[ImageEmbedding]:
+        """Unit-norm embeddings of several exams, batched; cached ones are not recomputed."""
+        volumes = list(volumes)
+        rois = [None] * len(volumes) if rois is None else list(rois)
+        if len(rois) != len(volumes):
+            raise ValueError(f"{len(volumes)} volumes but {len(rois)} ROI boxes")
+        results: list[ImageEmbedding | None] = [None] * len(volumes)
+        pending: list[tuple[int, PreparedInput, str]] = []
+        for i, (volume, roi) in enumerate(zip(volumes, rois, strict=True)):
+            if progress:
+                progress("preprocessing", i / max(1, len(volumes)))
+            fingerprint = volume_fingerprint(volume)
+            roi = self.roi_for(volume, roi, fingerprint)
+            key = self.image_key(fingerprint, roi)
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[i] = ImageEmbedding(hit, None, roi, cached=True)
+            else:
+                pending.append((i, self.prepare(volume, roi), key))
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start:start + self.batch_size]
+            if progress:
+                progress("encoding images", start / max(1, len(pending)))
+            batch = torch.stack([p.tensor for _, p, _ in chunk]).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                vectors = self.model.encode_image(batch).float().cpu().numpy()
+            for (i, prepared, key), vector in zip(chunk, vectors, strict=True):
+                self.cache.put(key, vector)
+                results[i] = ImageEmbedding(vector, prepared, prepared.roi, cached=False)
+        if progress:
+            progress("done", 1.0)
+        return results  # type: ignore[return-value]
+
+    def embed_image(self, volume: DCEVolume, roi=None, progress: Progress | None = None) -> ImageEmbedding:
+        return self.embed_images([volume], [roi], progress=progress)[0]
+
+    # -- text ---------------------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings ``(N, D)`` of prompts; each distinct text is encoded once."""
+        texts = [str(t) for t in texts]
+        if not texts or any(not t.strip() for t in texts):
+            raise ValueError("prompts must be non-empty text")
+        keys = [self.cache.key(kind="text", text=t, **self._identity) for t in texts]
+        missing = sorted({t for t, k in zip(texts, keys, strict=True) if self.cache.get(k) is None})
+        for start in range(0, len(missing), 64):
+            chunk = missing[start:start + 64]
+            with torch.inference_mode(), self._autocast():
+                vectors = self.model.encode_text(chunk).float().cpu().numpy()
+            for text, vector in zip(chunk, vectors, strict=True):
+                self.cache.put(self.cache.key(kind="text", text=text, **self._identity), vector)
+        return np.stack([self.cache.get(k) for k in keys])
+
+    # -- readings -----------------------------------------------------------------------------------
+    def logit_scale(self) -> float:
+        return float(self.model.clamped_logit_scale().exp())
+
+    def similarity(self, image_vector: np.ndarray, prompts: Sequence[str] | str) -> np.ndarray:
+        """Cosine similarity of one image embedding with each prompt."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        text = self.embed_texts(prompts)
+        return text @ np.asarray(image_vector, np.float32)
+
+    def zero_shot(self, image_vector: np.ndarray, attribute: str = "gfr",
+                  variants: Sequence[int] | None = None) -> dict[str, float]:
+        """Probability over the bins of ``attribute`` (e.g. the five GFR bins): softmax of the scaled
+        similarity between the image and one prompt per bin, averaged over paraphrase variants."""
+        bins = ATTRIBUTE_BINS[attribute]
+        variants = list(range(N_VARIANTS)) if variants is None else list(variants)
+        probabilities = np.zeros(len(bins))
+        for k in variants:
+            logits = self.logit_scale() * self.similarity(image_vector, bin_prompts(attribute, variant=k))
+            logits = logits - logits.max()
+            probabilities += np.exp(logits) / np.exp(logits).sum()
+        probabilities /= len(variants)
+        return {name: float(p) for name, p in zip(bins, probabilities, strict=True)}
+
+    def prognosis(self, exam_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Probability of graft dysfunction per horizon from the embeddings of a patient's exams."""
+        if not self.loaded.prognosis:
+            raise ValueError("this model file has no prognosis heads (train them with `medimp evaluate`)")
+        features = patient_features(exam_vectors, dim=self.embed_dim)
+        out = {}
+        for horizon, head in self.loaded.prognosis.items():
+            if head.features != FEATURES_ID:
+                raise ValueError(f"prognosis head {horizon} uses features {head.features!r}; this version "
+                                 f"builds {FEATURES_ID!r}")
+            out[horizon] = float(head.predict_proba(features[None])[0])
+        return out
+
+    def model_facts(self) -> dict:
+        """Key facts from the model card, for display next to any result."""
+        card = self.card
+        return {
+            "name": card.get("name"),
+            "architecture": card["architecture"].get("image_encoder"),
+            "training_data": card.get("training", {}).get("data", "unknown"),
+            "metrics": card.get("metrics", {}),
+            "licence": card.get("licence"),
+            "weights_sha256": card["weights"]["sha256"],
+            "device": self.device.type,
+        }
