@@ -48,7 +48,8 @@ def show_sample(viewer) -> dict:
     """Open the sample in ``viewer`` at the frame of peak cortical enhancement; returns the report."""
     from .core.sample import sample_exam
 
-    viewer.open_sample("napari-medimp", "synthetic_graft")
+    _, tissues = viewer.open_sample("napari-medimp", "synthetic_graft")
+    tissues.contour = 1  # outlines keep the enhancement visible
     volume, labels = sample_exam()
     report = sample_report(volume, labels)
     times = np.asarray(report["frame_times_s"])

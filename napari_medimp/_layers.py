@@ -70,7 +70,7 @@ def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney
         "units": ("mm", "mm", "mm"),
         "scale": geometry["scale"][1:],
         "translate": geometry["translate"][1:],
-        "opacity": 0.35,
+        "opacity": 0.6,
         "metadata": {"affine": volume.affine.tolist(), "source": volume.source},
     }
     return (np.asarray(labels), kwargs, "labels")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ._layers import labels_layer_data, volume_layer_data
 from .core.io import DCEReadError, load_dce
 from .core.io.cohort import classify_folder, load_exam, patient_exams
-from .core.io.nifti import is_nifti, load_nifti
+from .core.io.nifti import is_nifti, load_labels
 
 
 def _supported(path: Path) -> bool:
@@ -41,12 +43,11 @@ def _exam_layers(exam_folder: Path, name: str | None = None) -> list[tuple]:
     volume, seg_file = load_exam(exam_folder)
     layers = [volume_layer_data(volume, name=name)]
     if seg_file is not None:
-        seg = load_nifti(seg_file, lazy=False)
-        if seg.shape[1:] == volume.shape[1:]:
-            layers.append(labels_layer_data(seg.data[0].astype("uint8"), volume,
-                                            name=f"{layers[0][1]['name']} labels"))
+        labels, affine = load_labels(seg_file)
+        if labels.shape == volume.shape[1:] and np.allclose(affine, volume.affine, atol=1e-3):
+            layers.append(labels_layer_data(labels, volume, name=f"{layers[0][1]['name']} labels"))
         else:
-            warnings.warn(f"{seg_file}: segmentation grid {seg.shape[1:]} differs from the DCE grid "
+            warnings.warn(f"{seg_file}: segmentation grid {labels.shape} differs from the DCE grid "
                           f"{volume.shape[1:]}; not shown", stacklevel=2)
     return layers
 

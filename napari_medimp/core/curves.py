@@ -28,11 +28,17 @@ def enhancement_summary(curve: np.ndarray, times: np.ndarray, n_baseline: int = 
     enhancement = curve - baseline
     peak_index = int(np.argmax(enhancement))
     peak = float(enhancement[peak_index])
-    half_index = int(np.argmax(enhancement >= 0.5 * peak)) if peak > 0 else peak_index
+    half_time = float(times[peak_index])
+    if peak > 0:
+        i = int(np.argmax(enhancement >= 0.5 * peak))
+        half_time = float(times[i])
+        if i > 0:  # linear interpolation between the frames that bracket half the peak
+            e0, e1 = enhancement[i - 1], enhancement[i]
+            half_time = float(times[i - 1] + (0.5 * peak - e0) / (e1 - e0) * (times[i] - times[i - 1]))
     return {
         "baseline": baseline,
         "peak_enhancement": peak,
         "relative_peak_enhancement": peak / baseline if baseline else float("nan"),
         "time_to_peak_s": float(times[peak_index]),
-        "time_to_half_peak_s": float(times[half_index]),
+        "time_to_half_peak_s": half_time,
     }

@@ -297,3 +297,39 @@ class Predictor:
             "weights_sha256": card["weights"]["sha256"],
             "device": self.device.type,
         }
+
+
+# --------------------------------------------------------------------------------------------------
+# one exam, everything at once (the viewer's "Analyze" and `medimp analyze`)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    exam: str
+    roi: RoiBox
+    prompt: str | None
+    similarity: float | None
+    gfr_reading: dict[str, float]
+    prognosis: dict[str, float]
+    embedding: np.ndarray
+    model: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "exam": self.exam,
+            "roi_zyx": self.roi.to_list(),
+            "prompt": self.prompt,
+            "similarity": self.similarity,
+            "zero_shot_gfr": self.gfr_reading,
+            "prognosis_dysfunction_probability": self.prognosis,
+            "model": self.model,
+        }
+
+
+def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str | None = None, roi=None,
+            progress: Progress | None = None) -> Analysis:
+    """Embedding, similarity with ``prompt`` (if any), zero-shot GFR bins and prognosis of one exam."""
+    embedding = predictor.embed_image(volume, roi, progress=progress)
+    similarity = float(predictor.similarity(embedding.vector, prompt)[0]) if prompt else None
+    prognosis = predictor.prognosis({exam: embedding.vector}) if predictor.loaded.prognosis else {}
+    return Analysis(exam, embedding.roi, prompt, similarity, predictor.zero_shot(embedding.vector, "gfr"),
+                    prognosis, embedding.vector, predictor.model_facts())

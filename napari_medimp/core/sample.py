@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.nifti import load_nifti, save_nifti
+from .io.nifti import load_labels, load_nifti, save_nifti
 from .volume import DCEVolume
 
 SAMPLE_SEED = 2023
@@ -24,6 +24,23 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("napari-medimp"))
 
 
+DEMO_MODEL_NAME = "medimp-demo"
+
+
+def default_model_path() -> Path:
+    """``$NAPARI_MEDIMP_MODEL``, else the demo model in the source tree's ``sample_data/``."""
+    env = os.environ.get("NAPARI_MEDIMP_MODEL")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "sample_data" / f"{DEMO_MODEL_NAME}.safetensors")
+    for candidate in candidates:
+        if candidate.with_suffix(".safetensors").exists():
+            return candidate.with_suffix(".safetensors")
+    from .checkpoint import ModelFileError
+
+    raise ModelFileError(candidates[0], "no model file given and the demo model is not there; pass --model "
+                                        "(or set NAPARI_MEDIMP_MODEL)")
+
+
 def sample_exam(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM) -> tuple[DCEVolume, np.ndarray]:
     """(DCE volume, tissue labels) of the synthetic sample patient."""
     from . import synth
@@ -37,5 +54,5 @@ def sample_exam(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM) -> tuple[DCEVo
                    frame_times=made.volume.frame_times)
     volume = load_nifti(image, lazy=False)
     volume.metadata.update(patient="synthetic", exam=exam, synthetic=True, seed=seed)
-    labels = load_nifti(seg, lazy=False).data[0].astype(np.uint8)
+    labels, _ = load_labels(seg)
     return volume, labels

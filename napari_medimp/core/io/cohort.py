@@ -139,3 +139,19 @@ def load_folder(folder, lazy: bool | None = None) -> DCEVolume:
         )
     n = sum(1 for d in _visible_children(kind.path) if d.is_dir())
     raise DCEReadError(kind.path, f"cohort folder of {n} patients: open a patient or exam folder")
+
+
+def cohort_exams(path) -> list[tuple[str, str, Path]]:
+    """(patient, exam, exam folder) for every exam under a cohort, patient or exam folder."""
+    kind = classify_folder(path)
+    if kind.kind == "exam":
+        return [(kind.path.parent.name, kind.path.name, kind.path)]
+    if kind.kind == "patient":
+        return [(kind.path.name, exam, folder) for exam, folder in patient_exams(kind.path).items()]
+    if kind.kind == "cohort":
+        return [
+            (patient.name, exam, folder)
+            for patient in _visible_children(kind.path) if patient.is_dir()
+            for exam, folder in patient_exams(patient).items()
+        ]
+    return []

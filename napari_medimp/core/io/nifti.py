@@ -240,6 +240,20 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
     return DCEVolume(data, canonical_affine, frame_times, metadata, source=str(path))
 
 
+def load_labels(path) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D label map (z, y, x) in canonical RAS and its affine (e.g. a segmentation beside a DCE exam)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*single frame", category=DCEReadWarning)
+        volume = load_nifti(path, lazy=False)
+    if volume.n_frames != 1:
+        raise DCEReadError(path, f"a label map must be 3D; this file has {volume.n_frames} frames")
+    labels = volume.data[0]
+    if not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
+        raise DCEReadError(path, "a label map must hold non-negative whole numbers")
+    dtype = np.uint8 if labels.max() < 256 else np.int32
+    return labels.astype(dtype), volume.affine
+
+
 # --------------------------------------------------------------------------------------------------
 # folder of 3D phases
 # --------------------------------------------------------------------------------------------------
