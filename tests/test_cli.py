@@ -54,3 +54,91 @@ def test_headless_demo_writes_screenshot_and_report(tmp_path):
     report = json.loads((tmp_path / "demo_report.json").read_text())
     assert report["regions"]["cortex"]["time_to_half_peak_s"] < report["regions"]["medulla"]["time_to_half_peak_s"]
     assert "synthetic" in (tmp_path / "demo_report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory):
+    from napari_medimp.core import synth
+
+    out = tmp_path_factory.mktemp("cohort")
+    synth.generate_cohort(out, n_patients=2, seed=3, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from helpers import make_model_file
+
+    return make_model_file(tmp_path_factory.mktemp("model"))
+
+
+def test_embed_a_cohort_to_npz_and_csv(small_cohort, tiny_model, tmp_path):
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(small_cohort), "--model", str(tiny_model), "--out", str(out)]) == 0
+    saved = np.load(out)
+    ids = list(saved["ids"])
+    assert len(ids) == len(list(small_cohort.rglob("*_dce.nii.gz")))
+    assert all("/" in i for i in ids)
+    np.testing.assert_allclose(np.linalg.norm(saved["embeddings"], axis=1), 1.0, atol=1e-5)
+    csv_out = tmp_path / "emb.csv"
+    assert main(["embed", str(small_cohort / ids[0]), "--model", str(tiny_model), "--out", str(csv_out)]) == 0
+    lines = csv_out.read_text().splitlines()
+    assert lines[0].startswith("id,e0,") and len(lines) == 2
+    np.testing.assert_allclose([float(v) for v in lines[1].split(",")[1:]], saved["embeddings"][0], atol=1e-5)
+
+
+def test_predict_uses_the_clinical_table(small_cohort, tiny_model, tmp_path):
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(small_cohort), "--model", str(tiny_model), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["patients"] and all(0 <= p["p_dysfunction_2y"] <= 1 for p in result["patients"])
+    with_prompt = [e for e in result["exams"] if e["prompt"]]
+    assert with_prompt and all(-1 <= e["similarity"] <= 1 for e in with_prompt)
+    for exam in result["exams"]:
+        gfr = [v for k, v in exam.items() if k.startswith("gfr_")]
+        assert sum(gfr) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_predict_single_file_with_typed_values(small_cohort, tiny_model, tmp_path, capsys):
+    image = sorted(small_cohort.rglob("*_dce.nii.gz"))[0]
+    out = tmp_path / "one.csv"
+    code = main(["predict", str(image), "--model", str(tiny_model), "--exam", "M3", "--gfr", "42",
+                 "--donor-age", "70", "--out", str(out)])
+    assert code == 0
+    header, row = out.read_text().splitlines()[:2]
+    assert "p_dysfunction_4y" in header and "low" in row and "M3" in row
+    # absurd clinical values: a clear message, no traceback
+    code = main(["predict", str(image), "--model", str(tiny_model), "--gfr", "900", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "gfr" in err.lower() and "900" in err and "Traceback" not in err
+
+
+def test_saliency_writes_nifti_in_the_exam_geometry(small_cohort, tiny_model, tmp_path):
+    import nibabel as nib
+
+    from napari_medimp.core.io import load_dce
+
+    image = sorted(small_cohort.rglob("*_dce.nii.gz"))[0]
+    out = tmp_path / "map.nii.gz"
+    roi = ["2", "14", "5", "35", "6", "42"]
+    assert main(["saliency", str(image), "--model", str(tiny_model), "--roi", *roi, "--target", "2y",
+                 "--out", str(out)]) == 0
+    saved = nib.load(str(out))
+    source = load_dce(image)
+    assert saved.shape == (36, 30, 12)  # (x, y, z) of the ROI
+    expected = source.affine.copy()
+    expected[:3, 3] = (source.affine @ [6, 5, 2, 1])[:3]
+    np.testing.assert_allclose(saved.affine, expected, atol=1e-4)
+    values = np.asarray(saved.dataobj)
+    assert values.min() >= 0 and values.max() <= 1
+    assert json.loads(out.with_name("map.json").read_text())["target"] == "2y"
+
+
+def test_model_commands_refuse_a_pickle(small_cohort, tmp_path, capsys):
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"\x80\x04K\x01.")
+    (tmp_path / "model.json").write_text(json.dumps({"format": "napari-medimp-model", "architecture": {},
+                                                     "preprocessing": {}, "weights": {}}))
+    code = main(["embed", str(small_cohort), "--model", str(fake), "--out", str(tmp_path / "e.npz")])
+    assert code == 1 and "pickle" in capsys.readouterr().err
