@@ -7,19 +7,26 @@ import numpy as np
 from .core.volume import AXIS_LABELS, DCEVolume
 
 
-def contrast_limits(volume: DCEVolume, low: float = 1.0, high: float = 99.7) -> tuple[float, float]:
-    """Percentile contrast limits, sampled so that a lazy volume reads at most three frames."""
+def contrast_limits(volume: DCEVolume, low: float = 1.0, high: float = 99.7,
+                    max_samples: int = 1_000_000) -> tuple[float, float]:
+    """Percentile contrast limits from at most ``max_samples`` voxels; a lazy volume reads at most three
+    frames (only the first for gzip files, where later frames cost a decompression of all before)."""
     if volume.is_lazy:
         gz = str(volume.source).lower().endswith(".gz")
         picks = [0] if gz else sorted({0, volume.n_frames // 2, volume.n_frames - 1})
-        sample = np.concatenate([volume.frame(i).ravel() for i in picks])
+        per_frame = max(1, max_samples // len(picks))
+        sample = np.concatenate([_strided(volume.frame(i), per_frame) for i in picks])
     else:
-        step = max(1, volume.data.size // 2_000_000)
-        sample = np.asarray(volume.data).ravel()[::step]
+        sample = _strided(np.asarray(volume.data), max_samples)
     lo, hi = np.percentile(sample, [low, high])
     if not hi > lo:
         hi = lo + 1.0
     return float(lo), float(hi)
+
+
+def _strided(array: np.ndarray, n: int) -> np.ndarray:
+    flat = array.ravel()
+    return flat[:: max(1, flat.size // n)]
 
 
 def time_axis(volume: DCEVolume) -> tuple[float, str]:
