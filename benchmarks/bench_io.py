@@ -45,9 +45,7 @@ def _timed(fn, repeat=1):
 
 def bench_first_display(workdir: Path, size_mb: int) -> list[tuple]:
     from napari_medimp._reader import read_dce
-    from napari_medimp.core.io import load_nifti
-
-    from napari_medimp.core.io import save_nifti
+    from napari_medimp.core.io import load_nifti, save_nifti
 
     warm = save_nifti(workdir / "warm.nii", np.ones((2, 4, 4, 4), np.float32), np.eye(4))
     load_nifti(warm, lazy=True).frame(0)  # imports (dask, ...) are not part of the comparison

@@ -54,6 +54,20 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def prepare_for_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model to ``device`` in the memory format its 3D convolutions run fastest in.
+
+    channels-last 3D is ~5 % faster than the default layout on the development CPU for the paper
+    encoder, and is cuDNN's preferred layout for mixed precision on GPUs. (bf16 autocast on a CPU
+    without bf16 matrix units was many times slower, so CPU inference stays fp32.)
+    """
+    return module.to(device=device, memory_format=torch.channels_last_3d)
+
+
+def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return batch.to(device=device, memory_format=torch.channels_last_3d)
+
+
 # --------------------------------------------------------------------------------------------------
 # cache
 # --------------------------------------------------------------------------------------------------
@@ -143,7 +157,7 @@ class Predictor:
         self.model = loaded.model
         self.card = loaded.card
         self.device = pick_device(device)
-        self.model.to(self.device).eval()
+        prepare_for_device(self.model, self.device).eval()
         self.preprocess_config = PreprocessConfig.from_dict(loaded.card["preprocessing"])
         if amp == "auto":
             amp = self.device.type == "cuda"
@@ -219,7 +233,7 @@ class Predictor:
             chunk = pending[start:start + self.batch_size]
             if progress:
                 progress("encoding images", start / max(1, len(pending)))
-            batch = torch.stack([p.tensor for _, p, _ in chunk]).to(self.device)
+            batch = to_model_input(torch.stack([p.tensor for _, p, _ in chunk]), self.device)
             with torch.inference_mode(), self._autocast():
                 vectors = self.model.encode_image(batch).float().cpu().numpy()
             for (i, prepared, key), vector in zip(chunk, vectors, strict=True):

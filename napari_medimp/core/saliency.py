@@ -69,10 +69,13 @@ class PrognosisTarget(nn.Module):
 
 
 def model_grid_map(target: nn.Module, x: torch.Tensor, method: str, layer: str,
-                   mask_size: int | tuple[int, int, int] = 8, n_batch: int = 8) -> np.ndarray:
+                   mask_size: int | tuple[int, int, int] | None = None, n_batch: int = 8,
+                   overlap: float = 0.25) -> np.ndarray:
     """Saliency of ``target(x)[:, 0]`` on the model grid ``(z, y, x)``, 0..1, high = important.
 
     ``layer`` is the dotted name (inside ``target``) of the convolutional stage used by Grad-CAM.
+    Occlusion costs one forward per patch position: the default patch is a quarter of the grid per
+    axis with 25 % overlap (about 150 forwards), coarse but affordable on a CPU.
     """
     from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
@@ -83,14 +86,23 @@ def model_grid_map(target: nn.Module, x: torch.Tensor, method: str, layer: str,
     if method in ("gradcam", "gradcam++"):
         cam_class = GradCAM if method == "gradcam" else GradCAMpp
         cam = cam_class(nn_module=target, target_layers=layer, postprocessing=lambda m: m)
-        with torch.enable_grad():
-            x.requires_grad_(True)
-            raw = cam(x, class_idx=0)
+        trainable = [p for p in target.parameters() if p.requires_grad]
+        try:  # gradients of activations only: no weight gradients to compute
+            for p in trainable:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                x = x.to(memory_format=torch.channels_last_3d).requires_grad_(True)
+                raw = cam(x, class_idx=0)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
         return normalize01(raw.detach().cpu().numpy()[0, 0])
     with torch.no_grad():
         reference = float(target(x)[0, 0])
+    if mask_size is None:
+        mask_size = tuple(max(2, s // 4) for s in x.shape[2:])
     occlusion = OcclusionSensitivity(nn_module=target, mask_size=mask_size, n_batch=n_batch, verbose=False,
-                                     mode="mean_img", activate=False)
+                                     mode="mean_img", overlap=overlap, activate=False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MONAI's own indexing deprecation notices
         occluded, _ = occlusion(x)
@@ -120,7 +132,7 @@ class SaliencyMap:
 
 def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "gradcam",
                      target: str = "similarity", prompt: str | None = None, exam: str = "D30",
-                     mask_size: int | tuple[int, int, int] = 8,
+                     mask_size: int | tuple[int, int, int] | None = None,
                      progress: Callable[[str, float], None] | None = None) -> SaliencyMap:
     """Saliency of one exam for ``target`` = "similarity" (with ``prompt``) or a prognosis horizon."""
     if progress:
@@ -138,7 +150,7 @@ def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "g
         known = ", ".join(["similarity", *predictor.prognosis_horizons])
         raise ValueError(f"saliency target must be one of {known}; got {target!r}")
     wrapper.to(predictor.device)
-    x = prepared.tensor[None].to(predictor.device)
+    x = prepared.tensor[None].to(predictor.device)  # Grad-CAM hooks need a plain contiguous input
     if progress:
         progress(f"computing {method}", 0.3)
     with torch.no_grad():
