@@ -28,6 +28,16 @@ ACQ_TIMES = ("101455.000000", "101507.500000", "101520.000000")  # 0, 12.5, 25 s
 MARKER = 60000
 
 
+
+def _set_mono16(ds) -> None:
+    """Pixel module tags of an unsigned 16-bit greyscale image."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+
 def _value(t: int, k: int) -> int:
     return 1000 * t + 10 * k
 
@@ -63,12 +73,7 @@ def make_slice(path, *, series_uid, position, pixels, orientation=AXIAL, pixel_s
     ds.SliceThickness = GAP
     pixels = np.asarray(pixels, dtype=np.uint16)
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    _set_mono16(ds)
     ds.PixelData = pixels.tobytes()
     for key, value in tags.items():
         setattr(ds, key, value)
@@ -420,12 +425,7 @@ def make_enhanced(path, n_phases=3, n_slices=4, seed=0, marker=(2, 1, 3, 0)) -> 
     ds.Modality = "MR"
     ds.NumberOfFrames = len(slots)
     ds.Rows, ds.Columns = ROWS, COLS
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    _set_mono16(ds)
     ds.SharedFunctionalGroupsSequence = Sequence([_item(
         PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=list(AXIAL))]),
         PixelMeasuresSequence=Sequence([_item(PixelSpacing=list(PIXEL_SPACING), SliceThickness=GAP)]),
