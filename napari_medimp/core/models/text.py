@@ -114,7 +114,8 @@ def freeze_all_but_last(model: nn.Module, n: int) -> None:
     """Freeze a HuggingFace encoder except its last ``n`` transformer layers.
 
     Embeddings and the first ``len(layers) - n`` layers are frozen. Modules registered after the layer
-    list (BERT's pooler, a final layer norm) follow the last layers: trainable iff ``n > 0``.
+    list (e.g. a final layer norm) follow the last layers: trainable iff ``n > 0``, except BERT's pooler,
+    which masked pooling never uses: it stays frozen so no optimiser (or DDP) waits for its gradients.
     ``n = 0`` freezes the whole transformer; ``n >= len(layers)`` trains all layers (embeddings stay
     frozen). Membership is decided by module identity, never by parameter names.
     """
@@ -128,7 +129,9 @@ def freeze_all_but_last(model: nn.Module, n: int) -> None:
     params = list(model.parameters())
     last_layer_index = max(i for i, p in enumerate(params) if id(p) in layer_params)
     if n > 0:
-        trainable |= {id(p) for p in params[last_layer_index + 1 :]}
+        unused = {id(p) for p in model.pooler.parameters()} if isinstance(getattr(model, "pooler", None),
+                                                                         nn.Module) else set()
+        trainable |= {id(p) for p in params[last_layer_index + 1 :]} - unused
     for p in params:
         p.requires_grad_(id(p) in trainable)
 
