@@ -113,8 +113,9 @@ def augmentations(seed: int = 0):
 class ContrastiveDataset:
     """Items -> {"image": tensor, "text": prompt, "patient", "exam"}; deterministic part cached.
 
-    The paraphrase variant of sample ``i`` in epoch ``e`` is drawn from a generator seeded by
-    ``(seed, e, i)``, so a resumed run draws the same prompts as an uninterrupted one.
+    The paraphrase variant and the augmentation of sample ``i`` in epoch ``e`` are drawn from generators
+    seeded by ``(seed, e, i)``, so a resumed run draws the same prompts and augmentations as an
+    uninterrupted one, whatever was drawn before.
     """
 
     def __init__(self, items: Sequence[ExamItem], config: PreprocessConfig, *,
@@ -155,6 +156,8 @@ class ContrastiveDataset:
     def __getitem__(self, index: int) -> dict:
         sample = dict(self._cache[index])
         if self._augment is not None:
+            seed = int(np.random.default_rng((self.seed, self.epoch, index, 1)).integers(2**31))
+            self._augment.set_random_state(seed=seed)
             sample = self._augment(sample)
         item = self.items[index]
         image = sample["image"]
