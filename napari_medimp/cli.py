@@ -213,8 +213,13 @@ def _model_options(p: argparse.ArgumentParser, clinical: bool = True) -> None:
         p.add_argument("--creatinine-unit", default="umol/L", help="umol/L or mg/dL")
 
 
+TRAINING_COMMANDS = ("train", "evaluate")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medimp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medimp", description=__doc__,
+                                     epilog="medimp train / medimp evaluate: see `medimp train --help` "
+                                            "(same as python -m src_train)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a synthetic renal-graft DCE-MRI cohort")
@@ -254,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAINING_COMMANDS:
+        from src_train.cli import main as train_main
+
+        return train_main(argv, prog="medimp")
     args = build_parser().parse_args(argv)
     from .core.checkpoint import ModelFileError
     from .core.prompts import ClinicalValueError

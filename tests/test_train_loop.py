@@ -88,3 +88,31 @@ def test_bad_configuration_is_refused(tmp_path):
         TrainConfig.from_dict({"epochs": 2, "learning_rate": 1})
     with pytest.raises(ValueError, match="no clinical table"):
         train(TrainConfig(cohort=str(tmp_path), out=str(tmp_path / "o")))
+
+
+def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys):
+    from napari_medimp.cli import main
+    from napari_medimp.core.inference import Predictor
+
+    run = tmp_path / "run"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
+                                                                    input_size=(8, 16, 16)).to_dict(),
+                                  "image_encoder_kwargs": {"width": 8}, "val_fraction": 0.34}))
+    code = main(["train", "--cohort", str(cohort), "--out", str(run), "--config", str(config), "--epochs", "1",
+                 "--batch-size", "2", "--embed-dim", "16", "--json-progress"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines[0]["event"] == "start" and lines[-1]["event"] == "done"
+    model = lines[-1]["model"]
+    code = main(["evaluate", "--model", model, "--cohort", str(cohort), "--out", str(tmp_path / "eval"),
+                 "--splits", "2", "--repeats", "1", "--write-heads"])
+    assert code == 0
+    table = (tmp_path / "eval" / "evaluation.md").read_text()
+    for name in ("MEDIMP", "untrained encoder", "clinical values only"):
+        assert name in table
+    predictor = Predictor.from_file(model)  # the rewritten file still passes its hash check
+    evaluation = predictor.card["metrics"]["evaluation"]
+    assert {row["feature_set"] for row in evaluation} == {"MEDIMP", "untrained encoder", "clinical values only"}
+    # heads exist only for horizons where both classes occur among the three patients
+    assert set(predictor.prognosis_horizons) <= {"2y", "3y", "4y"}
