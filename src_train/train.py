@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_medimp.core.atomic import atomic_write
 from napari_medimp.core.checkpoint import save_model
 from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
@@ -154,17 +153,6 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn) -> di
 # --------------------------------------------------------------------------------------------------
 # training checkpoints: safetensors + JSON, written atomically
 # --------------------------------------------------------------------------------------------------
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_training_state(folder: Path, model, optimizer, scheduler, state: dict) -> None:
     from safetensors.torch import save_file
 
@@ -175,8 +163,8 @@ def save_training_state(folder: Path, model, optimizer, scheduler, state: dict) 
             tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
     state = {**state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
              "torch_rng": torch.get_rng_state().tolist()}
-    _atomic(folder / "last.safetensors", lambda tmp: save_file(tensors, tmp))
-    _atomic(folder / "last.json", lambda tmp: Path(tmp).write_text(json.dumps(state, default=float)))
+    atomic_write(folder / "last.safetensors", lambda tmp: save_file(tensors, tmp))
+    atomic_write(folder / "last.json", lambda tmp: Path(tmp).write_text(json.dumps(state, default=float)))
 
 
 def load_training_state(folder: Path, model, optimizer, scheduler) -> dict:

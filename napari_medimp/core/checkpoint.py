@@ -15,15 +15,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write
 
 CARD_FORMAT = "napari-medimp-model"
 CARD_VERSION = 1
@@ -125,18 +125,6 @@ def sha256_file(path, chunk: int = 2**20) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def model_paths(path) -> tuple[Path, Path]:
     """(weights, card) paths for ``NAME``, ``NAME.safetensors`` or ``NAME.json``."""
     path = Path(path)
@@ -219,7 +207,7 @@ def save_model(
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in keys}
     for head in (prognosis or {}).values():
         tensors.update(head.tensors())
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
 
     text = model.text_encoder
     base = _text_base_weights(text.name_or_path) if not include_frozen_text else None
@@ -251,7 +239,7 @@ def save_model(
             "bytes": weights_path.stat().st_size,
         },
     }
-    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n"))
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n"))
     return weights_path
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..volume import DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import canonical_plan, reorient_xyz
 
@@ -343,18 +343,6 @@ def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
 # --------------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_nifti_image(data_tzyx: np.ndarray, affine: np.ndarray, dtype=np.float32, frame_step: float | None = None):
     """A NIfTI image (x, y, z[, t]) from an array in (t, z, y, x) or (z, y, x) order."""
     data = np.asarray(data_tzyx)
@@ -399,12 +387,12 @@ def save_nifti(path, data_tzyx: np.ndarray, affine: np.ndarray, *, dtype=np.floa
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
-    _atomic_write_bytes(path, payload)
+    atomic_write_bytes(path, payload)
     meta = dict(sidecar or {})
     if frame_times is not None:
         meta["FrameTimes"] = [round(float(t), 6) for t in frame_times]
     if meta:
-        _atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=1) + "\n").encode())
+        atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=1) + "\n").encode())
     return path
 
 
