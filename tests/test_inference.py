@@ -116,3 +116,13 @@ def test_saliency_lands_in_the_roi_geometry(predictor, target):
 def test_saliency_rejects_unknown_targets(predictor):
     with pytest.raises(ValueError, match="similarity, 2y, 3y, 4y"):
         compute_saliency(predictor, kidney_volume(), target="10y")
+
+
+def test_shipped_demo_model_loads_with_prognosis_heads():
+    from napari_medimp.core.sample import default_model_path
+
+    predictor = Predictor.from_file(default_model_path(), device="cpu")
+    assert predictor.prognosis_horizons == list(HORIZONS)
+    assert "evaluation" in predictor.card["metrics"]
+    image = predictor.embed_image(kidney_volume()).vector
+    assert set(predictor.prognosis({"D30": image})) == set(HORIZONS)

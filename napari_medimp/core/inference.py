@@ -264,7 +264,8 @@ class Predictor:
 
     # -- readings -----------------------------------------------------------------------------------
     def logit_scale(self) -> float:
-        return float(self.model.clamped_logit_scale().exp())
+        with torch.no_grad():
+            return float(self.model.clamped_logit_scale().exp())
 
     def similarity(self, image_vector: np.ndarray, prompts: Sequence[str] | str) -> np.ndarray:
         """Cosine similarity of one image embedding with each prompt."""
