@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from napari_medimp.core.atomic import atomic_write
 from napari_medimp.core.checkpoint import save_model
+from napari_medimp.core.configs import strict_from_dict
 from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
 from napari_medimp.core.prompts import ATTRIBUTES, TEMPLATE_VERSION
@@ -67,11 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "training options")
 
 
 PRESETS = {

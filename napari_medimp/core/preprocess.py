@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from .configs import strict_from_dict
 from .volume import DCEVolume
 
 if TYPE_CHECKING:
@@ -325,11 +326,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are refused: they could change what a model sees."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown preprocessing option(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return strict_from_dict(cls, data, "preprocessing option(s)")
 
 
 # --------------------------------------------------------------------------------------------------

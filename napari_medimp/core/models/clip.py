@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import strict_from_dict
 from .image import PAPER_INPUT_SIZE, build_image_encoder
 from .text import DEFAULT_TEXT_MODEL, TextEncoder
 
@@ -100,11 +101,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a newer file format)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; written by a newer napari-medimp?")
-        return cls(**dict(d))
+        return strict_from_dict(cls, d, "model config keys", hint=" (written by a newer napari-medimp?)")
 
 
 class MedimpCLIP(nn.Module):
