@@ -122,6 +122,49 @@ def batch_indices(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool,
     return [order[i:i + batch_size] for i in range(0, stop, batch_size) if len(order[i:i + batch_size]) >= 2]
 
 
+def prefetch(iterable, depth: int = 2):
+    """Produce the items of ``iterable`` in a background thread, ``depth`` ahead of the consumer.
+
+    Batches (augmentation, prompt draw, collation) are built while the model trains on the previous
+    one. The order is unchanged and each sample's randomness is seeded per sample, so results are the
+    same as without prefetching. Stops producing when the consumer stops early.
+    """
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def batches(dataset: ContrastiveDataset, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool):
     for chunk in batch_indices(len(dataset), batch_size, seed, epoch, shuffle, drop_last):
         yield collate([dataset[int(i)] for i in chunk])
@@ -232,8 +275,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: Progress | Non
         first = start_batch if epoch == start_epoch else 0
         losses = list(state.get("epoch_losses", [])) if epoch == start_epoch and first else []
         t0 = time.perf_counter()
-        for b in range(first, len(chunks)):
-            batch = collate([train_set[int(i)] for i in chunks[b]])
+        produced = ((b, collate([train_set[int(i)] for i in chunks[b]])) for b in range(first, len(chunks)))
+        for b, batch in prefetch(produced):
             optimizer.zero_grad(set_to_none=True)
             if config.micro_batch and config.micro_batch < len(batch["text"]):
                 loss = accumulated_step(model, batch["image"], batch["text"], config.micro_batch, loss_fn)
