@@ -86,13 +86,11 @@ def _record(args, exam: str):
 
 def _cohort_records(path: Path) -> dict:
     """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table."""
-    import csv
+    from .core.io.cohort import read_clinical_table
 
     for folder in (path, path.parent, path.parent.parent):
-        table = folder / "clinical.csv"
-        if table.exists():
-            with open(table, newline="") as fh:
-                return {row["patient_id"]: row for row in csv.DictReader(fh)}
+        if (folder / "clinical.csv").exists():
+            return read_clinical_table(folder / "clinical.csv")
     return {}
 
 

@@ -100,9 +100,9 @@ def _untrained(loaded, seed: int):
 def _cmd_evaluate(args) -> int:
     from napari_medimp.core.checkpoint import load_model, save_model
     from napari_medimp.core.inference import Predictor
+    from napari_medimp.core.io.cohort import read_clinical_table
     from napari_medimp.core.prompts import TEMPLATE_VERSION
 
-    from .data import read_clinical_table
     from .evaluate import (
         HORIZONS,
         clinical_features,

@@ -9,7 +9,6 @@ blur, noise, gamma, as in the paper) and the paraphrase variant are drawn per sa
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medimp.core.io import load_dce
-from napari_medimp.core.io.cohort import cohort_exams
+from napari_medimp.core.io.cohort import cohort_exams, read_clinical_table
 from napari_medimp.core.preprocess import PreprocessConfig, prepare
 from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError, prompt_variants
 
@@ -29,16 +28,6 @@ class ExamItem:
     exam: str
     image: Path
     record: ClinicalRecord
-
-
-def read_clinical_table(path) -> dict[str, dict]:
-    """patient id -> row of ``clinical.csv``; a missing ``patient_id`` column is an error."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "patient_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: the clinical table needs a 'patient_id' column")
-        return {row["patient_id"]: row for row in reader}
 
 
 def cohort_items(root, table=None) -> tuple[list[ExamItem], list[str]]:

@@ -6,6 +6,7 @@ root). An exam folder opens as one 4D stack from its DCE sequence; a patient fol
 
 from __future__ import annotations
 
+import csv
 import re
 import warnings
 from dataclasses import dataclass
@@ -155,3 +156,13 @@ def cohort_exams(path) -> list[tuple[str, str, Path]]:
             for exam, folder in patient_exams(patient).items()
         ]
     return []
+
+
+def read_clinical_table(path) -> dict[str, dict]:
+    """patient id -> row of ``clinical.csv``; a missing ``patient_id`` column is an error."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "patient_id" not in reader.fieldnames:
+            raise ValueError(f"{path}: the clinical table needs a 'patient_id' column")
+        return {row["patient_id"]: row for row in reader}
