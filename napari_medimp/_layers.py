@@ -95,3 +95,68 @@ def _default_name(volume: DCEVolume) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name or "DCE"
+
+
+def volume_from_layer_data(data, scale, translate, metadata: dict | None = None, name: str = "") -> DCEVolume:
+    """The DCE volume behind an image layer: its exact affine and frame times when the layer came from
+    this plugin and still has the same geometry, else the ones implied by its scale and translate.
+
+    Raises ``ValueError`` naming the layer when it is not 4D (t, z, y, x)."""
+    from .core.volume import affine_from_geometry
+
+    ndim = len(getattr(data, "shape", ()))
+    if ndim != 4:
+        hint = " (a single 3D volume has no time axis; open the whole dynamic series)" if ndim == 3 else ""
+        raise ValueError(f"layer {name!r} is {ndim}D; MEDIMP needs a 4D DCE series (t, z, y, x){hint}")
+    metadata = dict(metadata or {})
+    affine = affine_from_geometry(scale, translate)
+    exact = metadata.get("affine")
+    if exact is not None:
+        exact = np.asarray(exact, dtype=float)
+        if (exact.shape == (4, 4) and np.allclose(np.linalg.norm(exact[:3, :3], axis=0),
+                                                  np.linalg.norm(affine[:3, :3], axis=0))
+                and np.allclose(exact[:3, 3], affine[:3, 3], atol=1e-4)):
+            affine = exact
+    times = metadata.get("frame_times")
+    if times is not None and len(times) != data.shape[0]:
+        times = None
+    extra = dict(metadata.get("dce_metadata") or {})
+    extra.setdefault("name", name)
+    return DCEVolume(data, affine, frame_times=times, metadata=extra, source=str(metadata.get("source") or name))
+
+
+def roi_from_vertices(vertices: np.ndarray, shape_zyx, fallback=None):
+    """A kidney box (voxel indices, half-open) from the vertices of a drawn rectangle or box.
+
+    ``vertices`` are (N, 3) positions in the volume's voxel coordinates (z, y, x). A rectangle drawn on
+    one slice is flat along one axis: there the box takes ``fallback``'s range (a RoiBox, e.g. the
+    automatic box) or else the whole axis. Raises ``ValueError`` when the box misses the volume."""
+    from .core.preprocess import RoiBox
+
+    vertices = np.asarray(vertices, dtype=float)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) < 2:
+        raise ValueError("the ROI shape must have at least two 3D vertices (z, y, x)")
+    shape = [int(s) for s in shape_zyx]
+    bounds = []
+    for axis in range(3):
+        lo, hi = float(vertices[:, axis].min()), float(vertices[:, axis].max())
+        if hi - lo < 1.0:  # flat: the slice the rectangle was drawn on
+            if fallback is not None:
+                start, stop = fallback.start[axis], fallback.stop[axis]
+            else:
+                start, stop = 0, shape[axis]
+        else:
+            start, stop = int(np.floor(lo + 0.5)), int(np.floor(hi + 0.5)) + 1
+        start, stop = max(0, start), min(shape[axis], stop)
+        if stop - start < 2:
+            raise ValueError(f"the ROI box lies outside the volume along {'zyx'[axis]} "
+                             f"(voxels {lo:.0f}..{hi:.0f}, volume 0..{shape[axis] - 1})")
+        bounds += [start, stop]
+    return RoiBox.from_sequence(bounds)
+
+
+def box_rectangle(roi) -> np.ndarray:
+    """The (4, 3) rectangle (voxel coordinates, z, y, x) showing ``roi`` on its middle slice."""
+    z = (roi.start[0] + roi.stop[0] - 1) / 2.0
+    (y0, x0), (y1, x1) = roi.start[1:], (roi.stop[1] - 1, roi.stop[2] - 1)
+    return np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], dtype=float)

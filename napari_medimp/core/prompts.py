@@ -661,3 +661,45 @@ def generate_paraphrases(
             if len(kept) >= n:
                 break
     return kept[:n]
+
+
+# ------------------------------------------------------------------------------------------- forms
+FORM_FIELDS: tuple[str, ...] = ("exam", "donor_age", "gfr", "creatinine", "creatinine_std", "creatinine_unit")
+
+
+def check_form(values: Mapping[str, Any]) -> tuple[ClinicalRecord | None, dict[str, str]]:
+    """Validate the fields of a clinical form one by one.
+
+    Returns ``(record, {})`` when every field is valid, else ``(None, errors)`` with one message per
+    offending field (all of them, not only the first), so a form can show each next to its field.
+    Unknown keys are refused: a typo in a caller would otherwise drop a value silently.
+    """
+    unknown = set(values) - set(FORM_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown clinical field(s): {', '.join(sorted(unknown))}")
+    exam = values.get("exam")
+    unit = values.get("creatinine_unit") or "umol/L"
+    errors: dict[str, str] = {}
+    try:
+        ClinicalRecord(exam=exam)
+    except ClinicalValueError as exc:
+        errors["exam"] = str(exc)
+        exam = EXAMS[0]  # still check the other fields
+    try:
+        _unit_factor(unit)
+    except ClinicalValueError as exc:
+        errors["creatinine_unit"] = str(exc)
+        unit = "umol/L"
+    for name in ("donor_age", "gfr", "creatinine", "creatinine_std"):
+        try:
+            ClinicalRecord.from_values(exam=exam, creatinine_unit=unit, **{name: values.get(name)})
+        except ClinicalValueError as exc:
+            errors[name] = str(exc)
+    if errors:
+        return None, errors
+    try:
+        record = ClinicalRecord.from_values(**{k: v for k, v in values.items() if k != "creatinine_unit"},
+                                            creatinine_unit=unit)
+    except ClinicalValueError as exc:  # combinations: a creatinine series and its std both given
+        return None, {exc.field: str(exc)}
+    return record, {}

@@ -1,0 +1,59 @@
+"""Key facts of a model card, for display next to every result (so a demo model is never mistaken
+for a clinical tool)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HORIZON_ORDER = ("2y", "3y", "4y")
+
+
+def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, float | None]]:
+    """Cross-validated AUC (mean, std) per horizon recorded in the card by ``medimp evaluate``."""
+    rows = (card.get("metrics") or {}).get("evaluation") or []
+    out: dict[str, tuple[float, float | None]] = {}
+    for row in rows:
+        if row.get("feature_set") == feature_set and row.get("auc_mean") is not None:
+            std = row.get("auc_std")
+            out[str(row.get("horizon"))] = (float(row["auc_mean"]), None if std is None else float(std))
+    return {h: out[h] for h in (*HORIZON_ORDER, "mean") if h in out} | {
+        h: v for h, v in out.items() if h not in (*HORIZON_ORDER, "mean")}
+
+
+def is_synthetic(card: dict) -> bool:
+    training = card.get("training") or {}
+    if training.get("synthetic") is True:
+        return True
+    return "synthetic" in str(training.get("data", "")).lower()
+
+
+def card_facts(card: dict) -> dict[str, Any]:
+    """name, image encoder, training data statement, synthetic flag, CV AUC per horizon, prognosis
+    horizons, licence and the first 12 hex digits of the weights' sha256."""
+    training = card.get("training") or {}
+    return {
+        "name": card.get("name") or "unnamed model",
+        "image_encoder": (card.get("architecture") or {}).get("image_encoder", "unknown"),
+        "training_data": training.get("data") or "not recorded",
+        "synthetic": is_synthetic(card),
+        "cv_auc": cv_auc(card),
+        "horizons": list(card.get("prognosis") or {}),
+        "licence": card.get("licence"),
+        "sha256": str((card.get("weights") or {}).get("sha256", ""))[:12],
+    }
+
+
+def facts_text(facts: dict[str, Any]) -> str:
+    """Plain-text lines of :func:`card_facts` (the widget and reports use the same words)."""
+    lines = [f"{facts['name']} ({facts['image_encoder']}, weights {facts['sha256']})",
+             f"Trained on: {facts['training_data']}"]
+    if facts["cv_auc"]:
+        aucs = ", ".join(f"{h} {m:.2f}" + (f" ± {s:.2f}" if s is not None else "")
+                         for h, (m, s) in facts["cv_auc"].items())
+        lines.append(f"Cross-validated AUC: {aucs}")
+    else:
+        lines.append("No cross-validated AUC recorded")
+    lines.append("Prognosis heads: " + (", ".join(facts["horizons"]) if facts["horizons"] else "none"))
+    if facts["synthetic"]:
+        lines.append("SYNTHETIC-DATA DEMO MODEL: its outputs say nothing about a real patient.")
+    return "\n".join(lines)
