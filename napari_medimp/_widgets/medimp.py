@@ -1,0 +1,850 @@
+"""The MEDIMP dock widget: DCE layer + kidney box + clinical values -> prompt, embeddings, zero-shot GFR
+reading, prognosis, saliency overlay and time-intensity curves. Every computation is a core call run in
+a worker thread; this module only moves values between Qt widgets, layers and those calls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, LineEdit
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
+from ..core.card import card_facts, facts_text
+from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form, gfr_bin
+from ._registry import register
+
+if TYPE_CHECKING:
+    import napari
+
+REGION_NAMES = {2: "cortex", 3: "medulla", 4: "collecting system"}
+FIELD_UNITS = {"donor_age": "years", "gfr": "mL/min/1.73 m²", "creatinine": "", "creatinine_std": "same unit"}
+FIELD_HINTS = {"donor_age": "age of the kidney donor", "gfr": "estimated GFR at this exam",
+               "creatinine": "serum creatinine values up to this exam, separated by ';' (e.g. 120; 135; 150)",
+               "creatinine_std": "creatinine variability (standard deviation), when the values are not at hand"}
+FIELD_PLACEHOLDERS = {"donor_age": "missing", "gfr": "missing", "creatinine": "e.g. 120; 135; 150",
+                      "creatinine_std": "missing"}
+FIELD_TITLES = {"exam": "Exam", "donor_age": "Donor age", "gfr": "GFR", "creatinine": "Creatinine",
+                "creatinine_std": "Creat. std", "creatinine_unit": "Creatinine unit"}
+AUTO_ROI = "automatic (from the enhancement)"
+NO_LABELS = "none"
+SALIENCY_METHODS = ("gradcam", "gradcam++", "occlusion")
+
+
+class _Relay(QObject):
+    """Carries progress from a worker thread to the main thread (queued connection)."""
+
+    progress = Signal(str, float)
+
+
+@dataclass
+class LayerResult:
+    """What was computed for one image layer (results never move to another layer)."""
+
+    layer_name: str
+    inputs: dict
+    prompt: str | None
+    analysis: dict
+    curves: dict
+    times: Any
+    time_unit: str
+    model: dict
+    expected_bin: str | None
+    saliency: dict | None = None
+    saliency_map: Any = None
+    finished: float = field(default_factory=time.time)
+
+
+class MedimpWidget(QWidget):
+    """Dock widget of the plugin (Plugins > MEDIMP graft analysis)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        register(napari_viewer, self)
+        self._predictors: dict[tuple, Any] = {}
+        self._results: dict[int, LayerResult] = {}
+        self._auto_rois: dict[int, Any] = {}
+        self._worker = None
+        self._pbar = None
+        self._prompt_generated = ""
+        self._setting_prompt = False
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self._build()
+        for name in ("inserted", "removed", "moved", "changed"):
+            getattr(self.viewer.layers.events, name).connect(self._refresh_layers)
+        self._refresh_layers()
+        self.set_model_file(self._default_model())
+
+    # ---------------------------------------------------------------------------------------- layout
+    def _build(self) -> None:
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.addWidget(self._build_image_group())
+        layout.addWidget(self._build_clinical_group())
+        layout.addWidget(self._build_prompt_group())
+        layout.addWidget(self._build_model_group())
+        layout.addWidget(self._build_actions_group())
+        layout.addWidget(self._build_results_group())
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(380)
+
+    def _build_image_group(self) -> QGroupBox:
+        box = QGroupBox("Image")
+        form = QFormLayout(box)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("the 4D DCE-MRI layer (t, z, y, x) to analyse")
+        self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("optional tissue labels (2 cortex, 3 medulla, 4 collecting system) for curves")
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip("a Shapes layer with a box around the kidney, or the automatic box")
+        self.roi_combo.currentIndexChanged.connect(lambda *_: self._update_roi_label())
+        self.show_box_button = QPushButton("Show kidney box")
+        self.show_box_button.setToolTip("find the kidney automatically and show it as an editable box")
+        self.show_box_button.clicked.connect(self.show_kidney_box)
+        self.roi_label = QLabel("")
+        self.roi_label.setWordWrap(True)
+        for combo in (self.layer_combo, self.labels_combo, self.roi_combo):
+            _shrinkable(combo)
+        form.addRow("DCE layer", self.layer_combo)
+        form.addRow("Tissue labels", self.labels_combo)
+        form.addRow("Kidney box", self.roi_combo)
+        form.addRow(self.show_box_button, self.roi_label)
+        return box
+
+    def _build_clinical_group(self) -> QGroupBox:
+        box = QGroupBox("Clinical values")
+        self.fields: dict[str, Any] = {"exam": ComboBox(choices=list(EXAMS), value="D30", label=FIELD_TITLES["exam"])}
+        self.errors: dict[str, Label] = {}
+        rows: list = [self.fields["exam"]]
+        self.errors["exam"] = Label(value="", label="")
+        rows.append(self.errors["exam"])
+        for name in ("donor_age", "gfr", "creatinine", "creatinine_std"):
+            edit = LineEdit(value="", label=FIELD_TITLES[name], tooltip=FIELD_HINTS[name])
+            edit.native.setPlaceholderText(FIELD_PLACEHOLDERS[name])
+            self.fields[name] = edit
+            parts = [edit]
+            if FIELD_UNITS[name]:
+                parts.append(Label(value=FIELD_UNITS[name]))
+            if name == "creatinine":
+                self.fields["creatinine_unit"] = ComboBox(choices=["umol/L", "mg/dL"], value="umol/L",
+                                                          tooltip="unit of the creatinine values and std")
+                parts.append(self.fields["creatinine_unit"])
+            rows.append(Container(widgets=parts, layout="horizontal", labels=False, label=FIELD_TITLES[name]))
+            self.errors[name] = Label(value="", label="")
+            rows.append(self.errors[name])
+        self.errors["creatinine_unit"] = self.errors["creatinine"]
+        self.form = Container(widgets=rows)
+        self.form.margins = (0, 0, 0, 0)
+        for row in rows:
+            if isinstance(row, Container):
+                row.margins = (0, 0, 0, 0)
+        for label in set(self.errors.values()):
+            label.native.setStyleSheet("color: #ff6b6b;")
+            label.native.setWordWrap(True)
+            label.visible = False
+        for widget in self.fields.values():
+            widget.changed.connect(self._on_form_changed)
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.form.native)
+        return box
+
+    def _build_prompt_group(self) -> QGroupBox:
+        box = QGroupBox("Prompt")
+        layout = QVBoxLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Paraphrase"))
+        self.variant_spin = QSpinBox()
+        self.variant_spin.setRange(1, N_VARIANTS)
+        self.variant_spin.setToolTip(f"one of the {N_VARIANTS} paraphrases of each sentence")
+        self.variant_spin.valueChanged.connect(lambda *_: self._regenerate_prompt(force=False))
+        row.addWidget(self.variant_spin)
+        row.addStretch(1)
+        self.prompt_state = QLabel("")
+        row.addWidget(self.prompt_state)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setToolTip("replace the text by the prompt generated from the values")
+        self.regenerate_button.clicked.connect(lambda: self._regenerate_prompt(force=True))
+        row.addWidget(self.regenerate_button)
+        layout.addLayout(row)
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setPlaceholderText("type clinical values above, or a prompt here")
+        self.prompt_edit.setMaximumHeight(90)
+        self.prompt_edit.textChanged.connect(self._on_prompt_edited)
+        layout.addWidget(self.prompt_edit)
+        return box
+
+    def _build_model_group(self) -> QGroupBox:
+        from ..core.inference import available_devices
+
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.model_edit = QLineEdit()
+        self.model_edit.setToolTip("model file (.safetensors with its .json card)")
+        self.model_edit.editingFinished.connect(lambda: self.set_model_file(self.model_edit.text()))
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_model)
+        row.addWidget(self.model_edit, 1)
+        row.addWidget(browse)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.setToolTip("auto picks cuda, then mps, then cpu")
+        self.card_label = QLabel("")
+        self.card_label.setWordWrap(True)
+        self.card_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("File", row)
+        form.addRow("Device", self.device_combo)
+        form.addRow(self.card_label)
+        return box
+
+    def _build_actions_group(self) -> QGroupBox:
+        box = QGroupBox("Run")
+        layout = QVBoxLayout(box)
+        self.analyze_button = QPushButton("Analyze")
+        self.analyze_button.setToolTip("embed image and prompt: similarity, zero-shot GFR bins, prognosis")
+        self.analyze_button.clicked.connect(self.analyze)
+        layout.addWidget(self.analyze_button)
+        row = QHBoxLayout()
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(SALIENCY_METHODS)
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("explain the image-prompt similarity or the prognosis at one horizon")
+        self.saliency_button = QPushButton("Saliency")
+        self.saliency_button.setToolTip("add a saliency overlay (where the model looked) over the kidney")
+        self.saliency_button.clicked.connect(self.saliency)
+        row.addWidget(self.method_combo)
+        row.addWidget(self.target_combo, 1)
+        row.addWidget(self.saliency_button)
+        layout.addLayout(row)
+        self.export_button = QPushButton("Export report…")
+        self.export_button.setToolTip("report (JSON + CSV), results figure, screenshot and saliency NIfTI")
+        self.export_button.clicked.connect(self._choose_export_folder)
+        layout.addWidget(self.export_button)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        return box
+
+    def _build_results_group(self) -> QGroupBox:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        box = QGroupBox("Results")
+        layout = QVBoxLayout(box)
+        self.results_label = QLabel("No analysis yet.")
+        self.results_label.setWordWrap(True)
+        self.results_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.results_label)
+        self.results_figure = Figure(figsize=(4.2, 2.4), dpi=90, facecolor="#262930")
+        self.results_canvas = FigureCanvasQTAgg(self.results_figure)
+        self.results_canvas.setMinimumHeight(210)
+        self.results_canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.curves_figure = Figure(figsize=(4.2, 2.2), dpi=90, facecolor="#262930")
+        self.curves_canvas = FigureCanvasQTAgg(self.curves_figure)
+        self.curves_canvas.setMinimumHeight(190)
+        self.curves_canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        layout.addWidget(self.results_canvas)
+        layout.addWidget(self.curves_canvas)
+        self.results_canvas.hide()
+        self.curves_canvas.hide()
+        return box
+
+    # ------------------------------------------------------------------------------------ layer lists
+    def _layers_of(self, kind: str) -> list:
+        import napari.layers
+
+        cls = {"image": napari.layers.Image, "labels": napari.layers.Labels, "shapes": napari.layers.Shapes}[kind]
+        layers = [layer for layer in self.viewer.layers if isinstance(layer, cls)]
+        if kind == "image":
+            layers = [layer for layer in layers if layer.ndim == 4 and not layer.rgb]
+        return layers
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str], keep: str | None, first: str | None = None) -> None:
+        combo.blockSignals(True)
+        combo.clear()
+        if first:
+            combo.addItem(first)
+        combo.addItems(names)
+        index = combo.findText(keep) if keep else -1
+        combo.setCurrentIndex(index if index >= 0 else 0 if combo.count() else -1)
+        combo.blockSignals(False)
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.layer_combo.currentText()
+        images = [layer.name for layer in self._layers_of("image")]
+        if not current and event is not None and getattr(event, "type", "") == "inserted":
+            current = getattr(event, "value", None) and event.value.name
+        self._fill(self.layer_combo, images, current)
+        self._fill(self.labels_combo, [layer.name for layer in self._layers_of("labels")],
+                   self.labels_combo.currentText(), NO_LABELS)
+        self._fill(self.roi_combo, [layer.name for layer in self._layers_of("shapes")],
+                   self.roi_combo.currentText(), AUTO_ROI)
+        if self.layer_combo.currentText() != current:
+            self._on_layer_changed()
+        self._update_buttons()
+
+    def current_layer(self):
+        name = self.layer_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _layer_alive(self, layer) -> bool:
+        return any(other is layer for other in self.viewer.layers)
+
+    def _on_layer_changed(self, *_) -> None:
+        layer = self.current_layer()
+        if layer is not None:
+            exam = str((layer.metadata.get("dce_metadata") or {}).get("exam") or "").upper()
+            if exam in EXAMS:
+                self.fields["exam"].value = exam
+        self._update_roi_label()
+        self._show_results()
+
+    # ------------------------------------------------------------------------------------- clinical
+    def form_values(self) -> dict[str, Any]:
+        return {name: widget.value for name, widget in self.fields.items()}
+
+    def prefill(self, **values) -> None:
+        """Set form fields (exam, donor_age, gfr, creatinine, creatinine_std, creatinine_unit)."""
+        for name, value in values.items():
+            if name not in self.fields:
+                raise ValueError(f"unknown clinical field {name!r}; known: {', '.join(self.fields)}")
+            widget = self.fields[name]
+            if isinstance(widget, LineEdit):
+                if isinstance(value, list | tuple):
+                    value = "; ".join(f"{v:g}" for v in value)
+                value = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+            widget.value = value
+        self._on_form_changed()
+
+    def validate_form(self):
+        """The clinical record, or ``None`` after showing each invalid field's message next to it."""
+        record, errors = check_form(self.form_values())
+        shown = {id(label): "" for label in self.errors.values()}
+        for name, message in errors.items():
+            label = self.errors.get(name)
+            if label is not None:
+                shown[id(label)] = (shown[id(label)] + " " + message).strip()
+        for label in set(self.errors.values()):
+            label.value = shown[id(label)]
+            label.visible = bool(shown[id(label)])
+        return record, errors
+
+    def _on_form_changed(self, *_) -> None:
+        self.validate_form()
+        self._regenerate_prompt(force=False)
+
+    def _attributes(self) -> tuple[str, ...]:
+        card = getattr(self, "_card", None) or {}
+        attributes = ((card.get("training") or {}).get("config") or {}).get("attributes")
+        return tuple(attributes) if attributes else ATTRIBUTES
+
+    def generated_prompt(self) -> str | None:
+        record, errors = check_form(self.form_values())
+        if record is None:
+            return None
+        return build_prompt(record, variant=self.variant_spin.value() - 1, attributes=self._attributes())
+
+    def _regenerate_prompt(self, force: bool) -> None:
+        text = self.generated_prompt()
+        if text is None:
+            return
+        edited = self.prompt_edit.toPlainText() != self._prompt_generated
+        self._prompt_generated = text
+        if force or not edited:
+            self._setting_prompt = True
+            self.prompt_edit.setPlainText(text)
+            self._setting_prompt = False
+        self._on_prompt_edited()
+
+    def _on_prompt_edited(self) -> None:
+        if self._setting_prompt:
+            return
+        edited = self.prompt_edit.toPlainText() != self._prompt_generated
+        self.prompt_state.setText("edited by hand" if edited else "generated")
+        self.regenerate_button.setEnabled(edited)
+
+    def prompt(self) -> str | None:
+        text = self.prompt_edit.toPlainText().strip()
+        return text or None
+
+    # ----------------------------------------------------------------------------------------- model
+    @staticmethod
+    def _default_model() -> str:
+        from ..core.checkpoint import ModelFileError
+        from ..core.sample import default_model_path
+
+        try:
+            return str(default_model_path())
+        except ModelFileError:
+            return ""
+
+    def set_model_file(self, path) -> bool:
+        """Use the model file ``path`` for the next analyses; shows its card. False when unreadable."""
+        from ..core.checkpoint import ModelFileError, read_card
+
+        path = str(path or "").strip()
+        self.model_edit.setText(path)
+        self._card = None
+        if not path:
+            self.card_label.setText("<b>No model file.</b> Choose one, or train one (Layers > Classify).")
+            self._update_buttons()
+            return False
+        try:
+            self._card = read_card(path)
+        except (ModelFileError, OSError) as exc:
+            self.card_label.setText(f"<span style='color:#ff6b6b'>{_html(str(exc))}</span>")
+            self._notify_error(f"model file not usable: {exc}")
+            self._update_buttons()
+            return False
+        facts = card_facts(self._card)
+        lines = facts_text(facts).split("\n")
+        html = "<br>".join(_html(line) for line in lines[:-1] if line) if facts["synthetic"] else \
+            "<br>".join(_html(line) for line in lines)
+        if facts["synthetic"]:
+            html += "<br><b style='color:#ffb347'>" + _html(lines[-1]) + "</b>"
+        self.card_label.setText(html)
+        self.target_combo.clear()
+        self.target_combo.addItems(["similarity", *facts["horizons"]])
+        self._regenerate_prompt(force=False)
+        self._update_buttons()
+        return True
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "MEDIMP model file", str(Path(self.model_edit.text()).parent),
+                                              "MEDIMP model (*.safetensors)")
+        if path:
+            self.set_model_file(path)
+
+    def _predictor(self, path: str, device: str):
+        """Loaded once per (file, modification time, device); called from the worker thread."""
+        from ..core.inference import Predictor
+
+        key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, device)
+        if key not in self._predictors:
+            self._predictors.clear()  # one model in memory at a time
+            self._predictors[key] = Predictor.from_file(path, device=device)
+        return self._predictors[key]
+
+    # ------------------------------------------------------------------------------------------- ROI
+    def _roi_source(self, layer):
+        """(RoiBox or None for automatic, description)."""
+        choice = self.roi_combo.currentText()
+        if not choice or choice == AUTO_ROI or choice not in self.viewer.layers:
+            auto = self._auto_rois.get(id(layer))
+            return auto, "automatic" if auto is None else "automatic (shown)"
+        shapes = self.viewer.layers[choice]
+        if len(shapes.data) == 0:
+            raise ValueError(f"Shapes layer {choice!r} has no box; draw a rectangle around the kidney")
+        selected = sorted(shapes.selected_data)
+        vertices = np.asarray(shapes.data[selected[-1] if selected else len(shapes.data) - 1], dtype=float)
+        world = np.array([shapes.data_to_world(v) for v in vertices])
+        t0 = np.zeros((len(world), max(0, layer.ndim - world.shape[1])))
+        voxels = np.array([layer.world_to_data(w) for w in np.hstack([t0, world])])[:, -3:]
+        fallback = shapes.metadata.get("medimp_roi")
+        if fallback is not None:
+            from ..core.preprocess import RoiBox
+
+            fallback = RoiBox.from_sequence(fallback)
+        else:
+            fallback = self._auto_rois.get(id(layer))
+        return roi_from_vertices(voxels, layer.data.shape[-3:], fallback), f"from {choice!r}"
+
+    def _update_roi_label(self) -> None:
+        layer = self.current_layer()
+        if layer is None:
+            self.roi_label.setText("")
+            return
+        try:
+            roi, how = self._roi_source(layer)
+        except ValueError as exc:
+            self.roi_label.setText(f"<span style='color:#ff6b6b'>{_html(str(exc))}</span>")
+            return
+        if roi is None:
+            self.roi_label.setText("found from the enhancement when you analyse")
+        else:
+            self.roi_label.setText(f"{how}: z {roi.z0}-{roi.z1 - 1}, y {roi.y0}-{roi.y1 - 1}, "
+                                   f"x {roi.x0}-{roi.x1 - 1} (voxels)")
+
+    def show_kidney_box(self) -> None:
+        """Find the kidney (worker thread) and show the box as an editable Shapes layer."""
+        layer = self.current_layer()
+        if layer is None:
+            self._notify_error("choose a 4D DCE layer first")
+            return
+        try:
+            volume = self._volume(layer)
+        except ValueError as exc:
+            self._notify_error(str(exc))
+            return
+        card = getattr(self, "_card", None)
+
+        def job():
+            from ..core.preprocess import PreprocessConfig, find_kidney_roi
+
+            config = PreprocessConfig.from_dict(card["preprocessing"]) if card else PreprocessConfig()
+            return find_kidney_roi(volume, margin_mm=config.roi_margin_mm, baseline_frames=config.baseline_frames)
+
+        self._start(job, lambda roi: self._add_box_layer(layer, roi), "finding the kidney")
+
+    def _add_box_layer(self, layer, roi) -> None:
+        if not self._layer_alive(layer):
+            self._notify_warning(f"layer {layer.name!r} was removed; kidney box discarded")
+            return
+        self._auto_rois[id(layer)] = roi
+        name = f"kidney box · {layer.name}"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_shapes(
+            [box_rectangle(roi)], shape_type="rectangle", ndim=3, name=name, edge_color="#ffd700",
+            face_color="transparent", edge_width=1.0, scale=tuple(layer.scale[-3:]),
+            translate=tuple(layer.translate[-3:]), metadata={"medimp_roi": roi.to_list(), "source_layer": layer.name},
+            **_spatial_axes(layer))
+        self.viewer.layers.selection.active = layer
+        self.roi_combo.setCurrentText(name)
+        self._update_roi_label()
+
+    # ------------------------------------------------------------------------------------- run jobs
+    def _volume(self, layer):
+        return volume_from_layer_data(layer.data, layer.scale, layer.translate, layer.metadata, layer.name)
+
+    def _labels(self, layer):
+        name = self.labels_combo.currentText()
+        if not name or name == NO_LABELS or name not in self.viewer.layers:
+            return None
+        labels = np.asarray(self.viewer.layers[name].data)
+        if labels.shape != tuple(layer.data.shape[-3:]):
+            raise ValueError(f"labels layer {name!r} has shape {labels.shape}, the DCE layer's grid is "
+                             f"{tuple(layer.data.shape[-3:])}; choose matching labels or none")
+        return labels
+
+    def _inputs(self, need_prompt: bool = False):
+        """Everything a job needs, checked in the main thread; None after telling the user why."""
+        layer = self.current_layer()
+        if layer is None:
+            self._notify_error("no 4D DCE layer: open a DCE-MRI series (File > Open, or the sample)")
+            return None
+        record, errors = self.validate_form()
+        if errors:
+            self._notify_error("clinical values: " + "; ".join(errors.values()))
+            return None
+        if self._card is None:
+            self._notify_error("no usable model file; choose one in the Model section")
+            return None
+        prompt = self.prompt()
+        if need_prompt and not prompt:
+            self._notify_error("the similarity target needs a prompt; enter clinical values or type one")
+            return None
+        try:
+            volume = self._volume(layer)
+            roi, roi_how = self._roi_source(layer)
+            labels = self._labels(layer)
+        except ValueError as exc:
+            self._notify_error(str(exc))
+            return None
+        return {"layer": layer, "layer_name": layer.name, "volume": volume, "record": record, "prompt": prompt,
+                "roi": roi, "roi_how": roi_how, "labels": labels, "model": self.model_edit.text(),
+                "device": self.device_combo.currentText(), "exam": record.exam}
+
+    def analyze(self) -> None:
+        """Image-prompt similarity, zero-shot GFR bins, prognosis and curves of the chosen layer."""
+        spec = self._inputs()
+        if spec is None:
+            return
+        relay = self._relay
+
+        def job():
+            from ..core.curves import roi_and_region_curves
+            from ..core.inference import analyze
+
+            relay.progress.emit("loading model", 0.02)
+            predictor = self._predictor(spec["model"], spec["device"])
+            result = analyze(predictor, spec["volume"], exam=spec["exam"], prompt=spec["prompt"], roi=spec["roi"],
+                             progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.8 * f))
+            relay.progress.emit("time-intensity curves", 0.9)
+            curves = roi_and_region_curves(spec["volume"], result.roi, spec["labels"], REGION_NAMES)
+            return result, curves
+
+        self._start(job, lambda out: self._analysis_done(spec, *out), f"analysing {spec['layer_name']!r}")
+
+    def _analysis_done(self, spec: dict, result, curves: dict) -> None:
+        from .._layers import time_axis
+
+        layer = spec["layer"]
+        if not self._layer_alive(layer):
+            self._notify_warning(f"layer {spec['layer_name']!r} was removed during the analysis; result discarded")
+            return
+        volume = spec["volume"]
+        t_scale, t_unit = time_axis(volume)
+        times = volume.frame_times if volume.frame_times is not None else None
+        record = spec["record"]
+        inputs = {
+            "layer": spec["layer_name"], "source": volume.source, "exam": spec["exam"],
+            "clinical_values": {k: v for k, v in self.form_values().items() if v not in ("", None)},
+            "roi_zyx": result.roi.to_list(), "roi_from": spec["roi_how"],
+            "roi_mm": _roi_mm(result.roi, volume), "device": self.device_combo.currentText(),
+        }
+        self._results[id(layer)] = LayerResult(
+            layer_name=spec["layer_name"], inputs=inputs, prompt=spec["prompt"], analysis=result.to_dict(),
+            curves=curves, times=times, time_unit="s" if times is not None else t_unit,
+            model=result.model, expected_bin=gfr_bin(record.gfr) if record.gfr is not None else None)
+        if self.current_layer() is not layer:
+            self._notify_info(f"analysis of {spec['layer_name']!r} finished; select that layer to see it")
+        self._show_results()
+
+    def saliency(self) -> None:
+        """Grad-CAM / occlusion map of the chosen target, added over the source layer."""
+        target = self.target_combo.currentText() or "similarity"
+        spec = self._inputs(need_prompt=target == "similarity")
+        if spec is None:
+            return
+        method = self.method_combo.currentText()
+        relay = self._relay
+
+        def job():
+            from ..core.saliency import compute_saliency
+
+            relay.progress.emit("loading model", 0.02)
+            predictor = self._predictor(spec["model"], spec["device"])
+            return compute_saliency(predictor, spec["volume"], spec["roi"], method=method, target=target,
+                                    prompt=spec["prompt"], exam=spec["exam"],
+                                    progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.9 * f))
+
+        self._start(job, lambda smap: self._saliency_done(spec, smap),
+                    f"{method} saliency of {spec['layer_name']!r}")
+
+    def _saliency_done(self, spec: dict, smap) -> None:
+        layer = spec["layer"]
+        if not self._layer_alive(layer):
+            self._notify_warning(f"layer {spec['layer_name']!r} was removed; saliency discarded")
+            return
+        scale = np.asarray(layer.scale[-3:], dtype=float)
+        translate = np.asarray(layer.translate[-3:], dtype=float) + np.asarray(smap.roi.start) * scale
+        name = f"saliency {smap.method} {smap.target} · {spec['layer_name']}"
+        info = {"method": smap.method, "target": smap.target, "score": smap.score, "roi_zyx": smap.roi.to_list(),
+                "prompt": spec["prompt"] if smap.target == "similarity" else None}
+        metadata = {"affine": np.asarray(smap.roi_affine).tolist(), "source_layer": spec["layer_name"],
+                    "medimp_saliency": info}
+        if name in self.viewer.layers:
+            overlay = self.viewer.layers[name]
+            overlay.data, overlay.scale, overlay.translate = smap.data, scale, translate
+            overlay.metadata = metadata
+        else:
+            overlay = self.viewer.add_image(smap.data, name=name, colormap="inferno", blending="additive",
+                                            opacity=0.7, contrast_limits=(0.0, 1.0), scale=scale,
+                                            translate=translate, metadata=metadata, **_spatial_axes(layer))
+        self.viewer.layers.selection.active = overlay
+        result = self._results.get(id(layer))
+        if result is not None:
+            result.saliency, result.saliency_map = info, smap
+        self.status_label.setText(f"{smap.method} for {smap.target} added over {spec['layer_name']!r} "
+                                  f"(score {smap.score:.3f}); opacity in the layer controls")
+
+    # ----------------------------------------------------------------------------------- the worker
+    def _start(self, fn, on_done, description: str) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self._worker is not None:
+            self._notify_warning("MEDIMP is still busy with the previous request")
+            return
+        self._pbar = progress(total=100, desc=f"MEDIMP: {description}")
+        self._pbar_started = time.perf_counter()
+        worker = create_worker(fn)
+        worker.returned.connect(lambda value: self._safe(on_done, value))
+        worker.errored.connect(lambda exc: self._notify_error(f"{description} failed: {exc}"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self.status_label.setText(f"{description}…")
+        self._update_buttons()
+        worker.start()
+
+    def _safe(self, fn, value) -> None:
+        try:
+            fn(value)
+        except Exception as exc:  # a slot must never let an exception reach Qt
+            self._notify_error(f"could not show the result: {exc}")
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        pbar = self._pbar  # updating it may process events, and the job may finish meanwhile
+        if pbar is None:
+            return
+        target = min(99, int(round(100 * min(1.0, max(0.0, fraction)))))
+        pbar.set_description(f"MEDIMP: {stage}")
+        if target > pbar.n:
+            pbar.update(target - pbar.n)
+        if self._worker is not None:
+            self.status_label.setText(f"{stage}…")
+
+    def _finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self.status_label.text().endswith("…"):
+            self.status_label.setText("")
+        self._worker = None
+        self._update_buttons()
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _update_buttons(self) -> None:
+        ready = not self.busy and self.layer_combo.count() > 0 and getattr(self, "_card", None) is not None
+        for button in (self.analyze_button, self.saliency_button):
+            button.setEnabled(ready)
+        self.show_box_button.setEnabled(not self.busy and self.layer_combo.count() > 0)
+        self.export_button.setEnabled(not self.busy and self.current_result() is not None)
+
+    # -------------------------------------------------------------------------------------- results
+    def current_result(self) -> LayerResult | None:
+        layer = self.current_layer()
+        return None if layer is None else self._results.get(id(layer))
+
+    def _show_results(self) -> None:
+        result = self.current_result()
+        self._update_buttons()
+        if result is None:
+            self.results_label.setText("No analysis of this layer yet.")
+            self.results_canvas.hide()
+            self.curves_canvas.hide()
+            return
+        from ..core.plots import plot_curves, plot_prognosis, plot_zero_shot
+
+        a = result.analysis
+        reading = a["zero_shot_gfr"]
+        best = max(reading, key=reading.get)
+        lines = [f"<b>Results for layer '{_html(result.layer_name)}'</b> (exam {a['exam']})"]
+        if a.get("similarity") is not None:
+            lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
+        lines.append(f"Zero-shot GFR reading: <b>{_html(best)}</b> ({reading[best]:.0%})"
+                     + (f"; entered GFR is <i>{_html(result.expected_bin)}</i>" if result.expected_bin else ""))
+        prognosis = a.get("prognosis_dysfunction_probability") or {}
+        if prognosis:
+            lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.2f}</b>" for h, p in prognosis.items()))
+        if result.model.get("training_data") and "synthetic" in str(result.model["training_data"]).lower():
+            lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
+        self.results_label.setText("<br>".join(lines))
+        self.results_figure.clear()
+        ax_zero, ax_prog = self.results_figure.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
+        plot_zero_shot(ax_zero, reading, result.expected_bin, dark=True)
+        plot_prognosis(ax_prog, prognosis, dark=True)
+        self.results_figure.tight_layout()
+        self.results_canvas.draw_idle()
+        self.results_canvas.show()
+        self.curves_figure.clear()
+        plot_curves(self.curves_figure.add_subplot(1, 1, 1), result.curves, result.times, result.time_unit,
+                    dark=True)
+        self.curves_figure.tight_layout()
+        self.curves_canvas.draw_idle()
+        self.curves_canvas.show()
+
+    # --------------------------------------------------------------------------------------- export
+    def _choose_export_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export MEDIMP report to folder")
+        if folder:
+            self.export_report(folder)
+
+    def export_report(self, folder) -> dict[str, Path] | None:
+        """Report (JSON + CSV), results figure (PNG), viewer screenshot (PNG) and the saliency map
+        (NIfTI, in the ROI's geometry) of the current layer's result, into ``folder``."""
+        from ..core.io import save_nifti
+        from ..core.plots import results_figure
+        from ..core.report import build_report, write_report
+
+        result = self.current_result()
+        if result is None:
+            self._notify_error("nothing to export: analyse the current layer first")
+            return None
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            files: dict[str, Path] = {}
+            saliency = dict(result.saliency) if result.saliency else None
+            if result.saliency_map is not None:
+                files["saliency"] = save_nifti(folder / "saliency.nii.gz", result.saliency_map.data,
+                                               result.saliency_map.roi_affine, dtype=np.float32)
+                saliency["file"] = str(files["saliency"])
+            figure = results_figure(result.analysis, result.curves, result.times, result.expected_bin)
+            files["figure"] = folder / "medimp_results.png"
+            figure.savefig(files["figure"], dpi=120)
+            files["screenshot"] = folder / "medimp_screenshot.png"
+            self.viewer.screenshot(str(files["screenshot"]), canvas_only=False)
+            report = build_report(analysis=result.analysis, inputs=result.inputs, prompt=result.prompt,
+                                  model=result.model, saliency=saliency, curves=result.curves, times=result.times)
+            report.setdefault("files", {}).update({k: str(v) for k, v in files.items()})
+            files.update(write_report(report, folder))
+        except (OSError, ValueError) as exc:
+            self._notify_error(f"export failed: {exc}")
+            return None
+        self.status_label.setText(f"report written to {folder}")
+        return files
+
+    # -------------------------------------------------------------------------------------- messages
+    def _notify_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status_label.setText(f"<span style='color:#ff6b6b'>{_html(message)}</span>")
+        show_error(message)
+
+    def _notify_warning(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status_label.setText(_html(message))
+        show_warning(message)
+
+    def _notify_info(self, message: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+
+
+def _shrinkable(combo: QComboBox) -> None:
+    """Long layer names must not widen the dock: show them elided, full name in the list."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(12)
+
+
+def _spatial_axes(layer) -> dict:
+    """Axis labels and units of a 3D layer laid over the spatial axes of ``layer``."""
+    return {"axis_labels": tuple(layer.axis_labels[-3:]), "units": tuple(str(u) for u in layer.units[-3:])}
+
+
+def _html(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _roi_mm(roi, volume) -> dict:
+    spacing = np.asarray(volume.spacing)
+    return {"size_zyx_mm": [round(float(v), 2) for v in np.asarray(roi.shape) * spacing],
+            "start_offset_zyx_mm": [round(float(v), 2) for v in np.asarray(roi.start) * spacing]}
