@@ -42,3 +42,84 @@ def enhancement_summary(curve: np.ndarray, times: np.ndarray, n_baseline: int = 
         "time_to_peak_s": float(times[peak_index]),
         "time_to_half_peak_s": half_time,
     }
+
+
+#: name of the curve of the whole kidney box in :func:`roi_and_region_curves`
+ROI_CURVE = "kidney ROI"
+
+#: label values of the project's tissue maps (synthetic generator, sample exam) that are kidney regions
+KIDNEY_REGION_NAMES: dict[int, str] = {2: "cortex", 3: "medulla", 4: "collecting system", 5: "artery"}
+
+
+def _array(volume):
+    return volume.data if isinstance(volume, DCEVolume) else volume
+
+
+def _read(block) -> np.ndarray:
+    return np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float64)
+
+
+def roi_curve(volume, roi) -> np.ndarray:
+    """Mean signal per frame inside a ROI box ``(z0, z1, y0, y1, x0, x1)`` (a ``RoiBox`` or 6 numbers).
+
+    ``volume`` is a :class:`DCEVolume` or a 4D ``(t, z, y, x)`` array. Frames are read one at a time
+    and only the box is sliced out, so a lazy (dask) volume is never loaded whole.
+    """
+    from .preprocess import RoiBox
+
+    data = _array(volume)
+    if len(data.shape) != 4:
+        raise ValueError(f"a DCE volume is 4D (t, z, y, x); got shape {tuple(data.shape)}")
+    box = RoiBox.from_sequence(roi).validate(data.shape[1:])
+    return np.array([_read(data[(t, *box.slices)]).mean() for t in range(int(data.shape[0]))])
+
+
+def check_labels(volume, labels) -> np.ndarray:
+    """``labels`` as an array, after checking that it lies on the volume's spatial ``(z, y, x)`` grid."""
+    labels = np.asarray(labels)
+    grid = tuple(int(s) for s in _array(volume).shape[1:])
+    if labels.shape != grid:
+        raise ValueError(f"label map shape {labels.shape} (z, y, x) does not match the image's spatial shape "
+                         f"{grid} (z, y, x); the labels must be drawn on this exam's grid")
+    return labels
+
+
+def default_region_names(labels) -> dict[int, str]:
+    """Kidney regions of the project's tissue maps when present, else ``"label N"`` per non-zero value."""
+    values = [int(v) for v in np.unique(np.asarray(labels)) if v != 0]
+    known = {v: KIDNEY_REGION_NAMES[v] for v in values if v in KIDNEY_REGION_NAMES}
+    return known or {v: f"label {v}" for v in values}
+
+
+def roi_and_region_curves(volume, roi=None, labels=None, names: dict[int, str] | None = None) -> dict[str, np.ndarray]:
+    """Time-intensity curves of the kidney box (``"kidney ROI"``) and of each labelled region.
+
+    ``labels`` must lie on the volume's spatial grid (``ValueError`` naming both shapes otherwise);
+    ``names`` maps label values to region names (default: :func:`default_region_names`). Regions with no
+    voxel are left out. Each frame is read once for all regions.
+    """
+    curves: dict[str, np.ndarray] = {}
+    if labels is not None:
+        labels = check_labels(volume, labels)
+    if roi is not None:
+        curves[ROI_CURVE] = roi_curve(volume, roi)
+    if labels is None:
+        return curves
+    names = default_region_names(labels) if names is None else dict(names)
+    masks = {name: labels == value for value, name in names.items()}
+    masks = {name: mask for name, mask in masks.items() if mask.any()}
+    if not masks:
+        return curves
+    data = _array(volume)
+    # read only the bounding box of all regions
+    where = np.argwhere(np.logical_or.reduce(list(masks.values())))
+    lo, hi = where.min(axis=0), where.max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    masks = {name: mask[box] for name, mask in masks.items()}
+    values = {name: np.empty(int(data.shape[0])) for name in masks}
+    for t in range(int(data.shape[0])):
+        frame = _read(data[(t, *box)])
+        for name, mask in masks.items():
+            values[name][t] = frame[mask].mean()
+    curves.update(values)
+    return curves
