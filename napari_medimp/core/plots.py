@@ -1,0 +1,218 @@
+"""Result plots: zero-shot GFR bins, prognosis per horizon, time-intensity curves.
+
+Object-oriented matplotlib only (an ``Axes`` is passed in, or a :class:`matplotlib.figure.Figure` is
+built here), never pyplot's global state: the same functions draw into a Qt canvas of a dock widget and
+into a headless PNG. ``dark=True`` matches napari's dark theme; the default suits a saved white-background
+image. Colours are chosen to stay readable on both.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "DARK",
+    "LIGHT",
+    "REGION_COLORS",
+    "plot_curves",
+    "plot_prognosis",
+    "plot_zero_shot",
+    "results_figure",
+    "style_axes",
+    "theme",
+]
+
+#: colours of the light (saved PNG) theme
+LIGHT = {
+    "background": "#ffffff",
+    "text": "#1f2328",
+    "muted": "#6e7781",
+    "grid": "#d0d7de",
+    "bar": "#4c78a8",
+    "highlight": "#e8793a",
+    "reference": "#6e7781",
+}
+#: colours of the dark theme (napari's dark canvas background)
+DARK = {
+    "background": "#262930",
+    "text": "#f0f1f2",
+    "muted": "#a8adb4",
+    "grid": "#4a505a",
+    "bar": "#6ea8dc",
+    "highlight": "#ffa657",
+    "reference": "#c9ced6",
+}
+#: line colours of the curves, readable on white and on napari's dark grey
+REGION_COLORS = ("#e8793a", "#4c9be8", "#3fb950", "#d2a8ff", "#f778ba", "#d4a72c", "#56d4dd", "#a5a5a5")
+
+FONT_SIZE = 9
+N_BASELINE = 2  # frames averaged as the pre-contrast baseline of relative enhancement
+
+
+def theme(dark: bool = False) -> dict[str, str]:
+    return DARK if dark else LIGHT
+
+
+def style_axes(ax, dark: bool = False) -> dict[str, str]:
+    """Apply the theme to one ``Axes`` (background, spines, ticks, labels); returns the colours."""
+    colors = theme(dark)
+    ax.set_facecolor(colors["background"])
+    for spine in ax.spines.values():
+        spine.set_color(colors["muted"])
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(colors=colors["text"], labelsize=FONT_SIZE)
+    ax.xaxis.label.set_color(colors["text"])
+    ax.yaxis.label.set_color(colors["text"])
+    ax.xaxis.label.set_fontsize(FONT_SIZE)
+    ax.yaxis.label.set_fontsize(FONT_SIZE)
+    ax.title.set_color(colors["text"])
+    ax.title.set_fontsize(FONT_SIZE + 1)
+    return colors
+
+
+def _empty(ax, message: str, colors: Mapping[str, str]) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color=colors["muted"],
+            fontsize=FONT_SIZE, wrap=True)
+
+
+def _value_labels(ax, xs, values, colors: Mapping[str, str]) -> None:
+    """Probability written above each bar (inside the top of bars close to 1, to stay within 0..1)."""
+    for x, value in zip(xs, values, strict=True):
+        inside = value > 0.88
+        ax.text(x, value - 0.02 if inside else value + 0.02, f"{value:.2f}", ha="center",
+                va="top" if inside else "bottom", fontsize=FONT_SIZE,
+                color="#ffffff" if inside else colors["text"])
+
+
+def plot_zero_shot(ax, reading: Mapping[str, float], expected: str | None = None, *, dark: bool = False) -> None:
+    """Bars of the zero-shot probability of each GFR bin (in the order given), y from 0 to 1.
+
+    ``expected`` (the bin of the GFR typed for this exam) is drawn in the highlight colour with an outline.
+    """
+    colors = style_axes(ax, dark)
+    ax.set_title("zero-shot GFR bin")
+    if not reading:
+        _empty(ax, "no zero-shot reading", colors)
+        return
+    names = list(reading)
+    if expected is not None and expected not in reading:
+        raise ValueError(f"expected GFR bin {expected!r} is not one of the bins {names}")
+    values = [float(reading[n]) for n in names]
+    xs = np.arange(len(names))
+    bars = ax.bar(xs, values, width=0.7, color=colors["bar"])
+    for name, bar in zip(names, bars, strict=True):
+        if name == expected:
+            bar.set_facecolor(colors["highlight"])
+            bar.set_edgecolor(colors["text"])
+            bar.set_linewidth(1.5)
+            bar.set_label("bin of the entered GFR")
+    _value_labels(ax, xs, values, colors)
+    ax.set_xticks(xs, [textwrap.fill(n, 10) for n in names])
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("probability")
+    ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
+    ax.set_axisbelow(True)
+    if expected is not None:
+        legend = ax.legend(loc="upper left", fontsize=FONT_SIZE - 1, frameon=False)
+        for text in legend.get_texts():
+            text.set_color(colors["text"])
+
+
+def _horizon_label(horizon: str) -> str:
+    text = str(horizon)
+    return f"{text[:-1]} years" if text.endswith("y") and text[:-1].isdigit() else text
+
+
+def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False) -> None:
+    """Bars of the probability of graft dysfunction per horizon (2y/3y/4y), 0..1, with a 0.5 line."""
+    colors = style_axes(ax, dark)
+    ax.set_title("graft dysfunction (prognosis)")
+    if not prognosis:
+        _empty(ax, "no prognosis heads in this model\n(add them with\n`medimp evaluate --write-heads`)", colors)
+        return
+    names = list(prognosis)
+    values = [float(prognosis[n]) for n in names]
+    xs = np.arange(len(names))
+    ax.bar(xs, values, width=0.6, color=colors["bar"])
+    ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
+    ax.text(xs[-1] + 0.45, 0.5, "0.5", va="bottom", ha="right", color=colors["muted"], fontsize=FONT_SIZE - 1)
+    _value_labels(ax, xs, values, colors)
+    ax.set_xticks(xs, [_horizon_label(n) for n in names])
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("probability of dysfunction")
+    ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def plot_curves(ax, curves: Mapping[str, np.ndarray], times: np.ndarray | None, unit: str = "s", *,
+                relative: bool = True, dark: bool = False) -> None:
+    """Time-intensity curves, one line per region, with a legend.
+
+    ``relative=True`` plots the relative enhancement ``(S - S0) / S0`` (``S0``: mean of the first two
+    frames) when every curve has a positive baseline, else the raw mean signal; the y label says which.
+    x is the time in ``unit`` (``times``), or the frame index when ``times`` is None.
+    """
+    colors = style_axes(ax, dark)
+    ax.set_title("time-intensity curves")
+    if not curves:
+        _empty(ax, "no curves", colors)
+        return
+    arrays = {name: np.asarray(curve, float) for name, curve in curves.items()}
+    n_frames = {a.shape[0] for a in arrays.values()}
+    if len(n_frames) != 1:
+        raise ValueError(f"curves have different numbers of frames: {sorted(n_frames)}")
+    n = n_frames.pop()
+    if times is None:
+        x = np.arange(n)
+        ax.set_xlabel("frame")
+    else:
+        x = np.asarray(times, float)
+        if x.shape != (n,):
+            raise ValueError(f"{x.size} frame times for curves of {n} frames")
+        ax.set_xlabel(f"time ({unit})")
+    baselines = {name: float(a[:N_BASELINE].mean()) for name, a in arrays.items()}
+    relative = relative and all(b > 0 for b in baselines.values())
+    for i, (name, curve) in enumerate(arrays.items()):
+        y = (curve - baselines[name]) / baselines[name] if relative else curve
+        ax.plot(x, y, color=REGION_COLORS[i % len(REGION_COLORS)], linewidth=1.6, marker="o", markersize=2.5,
+                label=name)
+    ax.set_ylabel("relative enhancement (S - S0) / S0" if relative else "mean signal (a.u.)")
+    ax.grid(color=colors["grid"], linewidth=0.6)
+    legend = ax.legend(fontsize=FONT_SIZE - 1, frameon=False, loc="best")
+    for text in legend.get_texts():
+        text.set_color(colors["text"])
+
+
+def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | None, times,
+                   expected_bin: str | None = None, *, dark: bool = False, unit: str = "s") -> Figure:
+    """The three panels side by side (zero-shot bins, prognosis, curves) with the prompt as title.
+
+    ``analysis_dict`` is :meth:`Analysis.to_dict` (or the ``results`` section of a report): it needs
+    ``zero_shot_gfr`` and ``prognosis_dysfunction_probability``; ``prompt``, ``similarity`` and ``exam``
+    are shown when present.
+    """
+    colors = theme(dark)
+    figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
+    axes = figure.subplots(1, 3, width_ratios=(1.1, 0.8, 1.4))
+    plot_zero_shot(axes[0], analysis_dict.get("zero_shot_gfr") or {}, expected_bin, dark=dark)
+    plot_prognosis(axes[1], analysis_dict.get("prognosis_dysfunction_probability") or {}, dark=dark)
+    plot_curves(axes[2], curves or {}, times, unit, dark=dark)
+    parts = []
+    if analysis_dict.get("exam"):
+        parts.append(f"exam {analysis_dict['exam']}")
+    if analysis_dict.get("similarity") is not None:
+        parts.append(f"image-prompt similarity {float(analysis_dict['similarity']):.3f}")
+    parts.append("research software, not for clinical use")
+    title = " - ".join(parts)
+    if analysis_dict.get("prompt"):
+        title += "\n" + textwrap.fill(f"prompt: {analysis_dict['prompt']}", 160)
+    figure.suptitle(title, color=colors["text"], fontsize=FONT_SIZE + 1)
+    return figure
