@@ -1,0 +1,333 @@
+"""Analysis report: everything needed to trace one result back to its inputs, model and software.
+
+:func:`build_report` assembles one JSON-serialisable dict (inputs as entered, the prompt, model facts
+with the weights hash and the card's training-data statement, results, saliency settings, curve
+summaries, software versions, a UTC timestamp and a disclaimer); :func:`write_report` writes it as
+``<stem>.json`` and a flat ``<stem>.csv`` (``key,value`` rows, nested keys dotted), atomically.
+The viewer's dock widget and ``medimp analyze`` both go through here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_bytes
+from .curves import enhancement_summary
+
+__all__ = [
+    "DISCLAIMER",
+    "REPORT_VERSION",
+    "SYNTHETIC_DISCLAIMER",
+    "build_report",
+    "clinical_inputs",
+    "describe_inputs",
+    "flatten",
+    "report_summary",
+    "roi_in_mm",
+    "saliency_info",
+    "software_versions",
+    "trained_on_synthetic_data",
+    "write_report",
+]
+
+REPORT_VERSION = 1
+DISCLAIMER = "Research software, not for clinical use: not a medical device; do not base care decisions on it."
+SYNTHETIC_DISCLAIMER = ("The model was trained on synthetic data only: its outputs demonstrate the method and "
+                        "say nothing about real patients.")
+
+#: units of the clinical values as the forms and the command line take them
+CLINICAL_UNITS = {"gfr": "mL/min/1.73 m2", "donor_age": "years"}
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON-native values
+# --------------------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays, tuples, paths converted; NaN/Inf become None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "to_list"):  # RoiBox
+        return _jsonable(value.to_list())
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# pieces
+# --------------------------------------------------------------------------------------------------
+def software_versions() -> dict[str, str | None]:
+    """Installed versions of napari_medimp, torch and monai (None where one is missing)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for module, distribution in (("napari_medimp", "napari-medimp"), ("torch", "torch"), ("monai", "monai")):
+        try:
+            versions[module] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[module] = None
+    if versions["napari_medimp"] is None:
+        from .. import __version__
+
+        versions["napari_medimp"] = __version__
+    return versions
+
+
+def roi_in_mm(roi, affine) -> dict:
+    """A voxel box ``(z0, z1, y0, y1, x0, x1)`` in world millimetres (RAS) through the volume's affine.
+
+    Gives the world positions of the centres of its first and last voxels, of the box centre, and its
+    size along each voxel axis ``(z, y, x)`` (number of voxels x voxel size).
+    """
+    from .preprocess import RoiBox
+
+    box = RoiBox.from_sequence(roi)
+    affine = np.asarray(affine, float)
+
+    def world(zyx) -> list[float]:
+        z, y, x = zyx
+        return [round(float(v), 3) for v in (affine @ np.array([x, y, z, 1.0]))[:3]]
+
+    last = [b - 1 for b in box.stop]
+    centre = [(a + b - 1) / 2 for a, b in zip(box.start, box.stop, strict=True)]
+    spacing_zyx = np.linalg.norm(affine[:3, :3], axis=0)[::-1]
+    return {
+        "first_voxel_centre_ras_mm": world(box.start),
+        "last_voxel_centre_ras_mm": world(last),
+        "centre_ras_mm": world(centre),
+        "size_zyx_mm": [round(float(n * s), 3) for n, s in zip(box.shape, spacing_zyx, strict=True)],
+    }
+
+
+def clinical_inputs(*, gfr=None, donor_age=None, creatinine=None, creatinine_std=None,
+                    creatinine_unit: str = "umol/L", record=None, source: str = "typed") -> dict:
+    """Clinical values as entered (text or numbers, with their units) and, with ``record`` (a
+    validated :class:`~napari_medimp.core.prompts.ClinicalRecord`), the values used, in canonical units."""
+    entered = {}
+    for name, value in (("gfr", gfr), ("donor_age", donor_age)):
+        if value is not None and str(value).strip() != "":
+            entered[name] = {"value": value, "unit": CLINICAL_UNITS[name]}
+    for name, value in (("creatinine", creatinine), ("creatinine_std", creatinine_std)):
+        if value is not None and str(value).strip() != "":
+            if isinstance(value, (list, tuple, np.ndarray)):
+                value = [float(v) for v in value]
+            entered[name] = {"value": value, "unit": creatinine_unit}
+    out: dict[str, Any] = {"source": source, "entered": entered}
+    if record is not None:
+        out["used"] = {
+            "exam": record.exam,
+            "gfr_ml_min_1_73m2": record.gfr,
+            "donor_age_years": record.donor_age,
+            "creatinine_umol_l": list(record.creatinine),
+            "creatinine_std_umol_l": record.creatinine_std,
+        }
+    return out
+
+
+def describe_inputs(volume, *, exam: str, roi=None, roi_source: str | None = None, clinical: dict | None = None,
+                    layer_name: str | None = None, source: str | None = None) -> dict:
+    """The ``inputs`` section of a report from a :class:`DCEVolume` and what the user chose."""
+    info: dict[str, Any] = {
+        "source_file": source if source is not None else (volume.source or None),
+        "layer_name": layer_name,
+        "exam": exam,
+        "shape_tzyx": list(volume.shape),
+        "spacing_zyx_mm": [round(float(s), 4) for s in volume.spacing],
+        "frame_times_s": None if volume.frame_times is None else [round(float(t), 3) for t in volume.frame_times],
+        "clinical": clinical or {"source": None, "entered": {}},
+    }
+    if roi is not None:
+        info["roi"] = {"voxels_zyx": list(roi.to_list() if hasattr(roi, "to_list") else roi),
+                       "voxels_order": "z0, z1, y0, y1, x0, x1 (half-open)",
+                       "source": roi_source, **roi_in_mm(roi, volume.affine)}
+    return info
+
+
+def saliency_info(saliency, file=None) -> dict:
+    """The ``saliency`` section of a report from a :class:`~napari_medimp.core.saliency.SaliencyMap`."""
+    return {
+        "method": saliency.method,
+        "target": saliency.target,
+        "score": float(saliency.score),
+        "roi_zyx": saliency.roi.to_list(),
+        "file": None if file is None else os.fspath(file),
+    }
+
+
+def trained_on_synthetic_data(model: Mapping) -> bool:
+    """Whether a model's facts (``Predictor.model_facts()`` or a card) say it was trained on synthetic data."""
+    training = model.get("training")
+    texts = [model.get("training_data"), model.get("licence"), model.get("name")]
+    if isinstance(training, Mapping):
+        if training.get("synthetic") is True:
+            return True
+        texts.append(training.get("data"))
+    return any(isinstance(t, str) and "synthetic" in t.lower() for t in texts)
+
+
+def _curve_section(curves: Mapping[str, np.ndarray], times) -> dict:
+    arrays = {name: np.asarray(c, float) for name, c in curves.items()}
+    n = len(next(iter(arrays.values())))
+    unit = "s" if times is not None else "frame"
+    grid = np.asarray(times, float) if times is not None else np.arange(n, dtype=float)
+    regions = {}
+    for name, curve in arrays.items():
+        summary = enhancement_summary(curve, grid)
+        if times is None:  # the summary's "_s" keys hold frame indices here: say so in the names
+            summary = {(k[:-2] + "_frame") if k.endswith("_s") else k: v for k, v in summary.items()}
+        regions[name] = {**summary, "mean_signal": curve}
+    return {"time_unit": unit, "times": grid, "regions": regions}
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dict, saliency: dict | None = None,
+                 curves: dict | None = None, times=None, software: dict | None = None) -> dict:
+    """One JSON-serialisable dict describing an analysis.
+
+    ``analysis``: :meth:`Analysis.to_dict`; ``inputs``: :func:`describe_inputs`; ``model``:
+    :meth:`Predictor.model_facts`; ``saliency``: :func:`saliency_info` (or None); ``curves``: region
+    name -> mean signal per frame with their ``times`` in seconds (None: frame indices);
+    ``software``: :func:`software_versions` by default.
+    """
+    from .prompts import GFR_BINS, gfr_bin
+
+    reading = {str(k): float(v) for k, v in (analysis.get("zero_shot_gfr") or {}).items()}
+    results: dict[str, Any] = {
+        "exam": analysis.get("exam"),
+        "roi_zyx": analysis.get("roi_zyx"),
+        "similarity": analysis.get("similarity"),
+        "zero_shot_gfr": reading,
+        "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
+        "prognosis_dysfunction_probability": dict(analysis.get("prognosis_dysfunction_probability") or {}),
+    }
+    used = ((inputs.get("clinical") or {}).get("used") or {})
+    gfr = used.get("gfr_ml_min_1_73m2")
+    results["entered_gfr_bin"] = gfr_bin(gfr) if gfr is not None else None
+    if reading and results["entered_gfr_bin"] in reading:
+        order = [b for b in GFR_BINS if b in reading]
+        results["zero_shot_bin_distance"] = abs(order.index(results["zero_shot_gfr_most_likely"])
+                                                - order.index(results["entered_gfr_bin"]))
+    synthetic = trained_on_synthetic_data(model)
+    report = {
+        "report_version": REPORT_VERSION,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "disclaimer": DISCLAIMER + (" " + SYNTHETIC_DISCLAIMER if synthetic else ""),
+        "inputs": inputs,
+        "prompt": prompt,
+        "model": {**model, "trained_on_synthetic_data": synthetic},
+        "results": results,
+        "saliency": saliency,
+        "curves": _curve_section(curves, times) if curves else None,
+        "software": software if software is not None else software_versions(),
+    }
+    return _jsonable(report)
+
+
+def flatten(report: Mapping, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, text)`` rows of a nested dict; lists of numbers or text joined with ``;``,
+    lists of dicts indexed (``key.0.field``), None as an empty cell."""
+    rows: list[tuple[str, str]] = []
+    for key, value in report.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if value:
+                rows.extend(flatten(value, name + "."))
+            else:
+                rows.append((name, ""))
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
+            rows.extend(flatten({str(i): v for i, v in enumerate(value)}, name + "."))
+        elif isinstance(value, (list, tuple)):
+            rows.append((name, ";".join(_cell(v) for v in value)))
+        else:
+            rows.append((name, _cell(value)))
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str, Path]:
+    """Write ``<stem>.json`` and ``<stem>.csv`` into ``out_dir`` (created) atomically; returns the paths."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report folder {out_dir} exists and is a file; give a folder")
+    if not stem or any(sep in stem for sep in ("/", "\\")) or stem in (".", ".."):
+        raise ValueError(f"report name {stem!r} must be a plain file name without folders")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["key", "value"])
+    writer.writerows(flatten(_jsonable(report)))
+    paths = {"json": out_dir / f"{stem}.json", "csv": out_dir / f"{stem}.csv"}
+    atomic_write_bytes(paths["json"], payload.encode("utf-8"))
+    atomic_write_bytes(paths["csv"], buffer.getvalue().encode("utf-8"))
+    return paths
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
+
+
+def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None = None) -> str:
+    """A few lines for a person: prompt, similarity, most likely GFR bin, prognosis, saliency, files."""
+    results = report.get("results") or {}
+    lines = [f"exam: {results.get('exam')}    ROI (z0 z1 y0 y1 x0 x1): {results.get('roi_zyx')}"]
+    lines.append(f"prompt: {report.get('prompt') or '(none: no clinical values given)'}")
+    if results.get("similarity") is not None:
+        lines.append(f"image-prompt similarity: {results['similarity']:.3f}")
+    reading = results.get("zero_shot_gfr") or {}
+    if reading:
+        best = results["zero_shot_gfr_most_likely"]
+        line = f"most likely GFR bin (zero-shot): {best} ({_percent(reading[best])})"
+        given = results.get("entered_gfr_bin")
+        if given in reading:
+            gfr = ((report.get("inputs") or {}).get("clinical") or {}).get("used", {}).get("gfr_ml_min_1_73m2")
+            line += f"; the given GFR ({gfr:g}) is {given} ({_percent(reading[given])})"
+        lines.append(line)
+    prognosis = results.get("prognosis_dysfunction_probability") or {}
+    if prognosis:
+        lines.append("probability of graft dysfunction: "
+                     + ", ".join(f"{h} {_percent(p)}" for h, p in prognosis.items()))
+    else:
+        lines.append("prognosis: this model has no prognosis heads")
+    saliency = report.get("saliency")
+    if saliency:
+        lines.append(f"saliency: {saliency['method']} for {saliency['target']} (score {saliency['score']:.3f})")
+    if files:
+        items = files.values() if isinstance(files, Mapping) else files
+        lines.append("files: " + ", ".join(os.fspath(f) for f in items))
+    lines.append(report.get("disclaimer") or DISCLAIMER)
+    return "\n".join(lines)
