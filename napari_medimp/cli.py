@@ -196,8 +196,179 @@ def _cmd_saliency(args) -> int:
     return 0
 
 
-def _model_options(p: argparse.ArgumentParser, clinical: bool = True) -> None:
-    p.add_argument("path", help="a DCE file or series, an exam folder, or a cohort/patient folder")
+# --------------------------------------------------------------------------------------------------
+# medimp analyze: one exam, everything at once, with a report
+# --------------------------------------------------------------------------------------------------
+SAMPLE_ARGUMENT = "sample"
+
+
+def _refuse_typed_non_numbers(args) -> None:
+    """A typed 'nan' / 'inf' is a mistake on the command line (a CSV cell 'nan' means missing)."""
+    from .core.prompts import ClinicalValueError
+
+    for name in ("gfr", "donor_age", "creatinine_std"):
+        value = getattr(args, name)
+        if value is not None and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ClinicalValueError(name, value, f"--{name.replace('_', '-')} {value!r} is not a number")
+
+
+def _label_names(path: Path) -> dict[int, str] | None:
+    """Region names from a label map's JSON sidecar (``{"Labels": {"2": "cortex", ...}}``), if any."""
+    from .core.io.nifti import read_sidecar
+
+    labels = read_sidecar(path).get("Labels")
+    if not isinstance(labels, dict):
+        return None
+    names = {}
+    for key, name in labels.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            continue
+        if value != 0 and str(name).lower() not in ("background", "soft_tissue", "soft tissue"):
+            names[value] = str(name).replace("_", " ")
+    return names or None
+
+
+def _load_exam(path: Path):
+    """(volume, exam folder's label file or None): one exam, refusing 3D images and images without signal."""
+    import warnings
+
+    import numpy as np
+
+    from .core.io import load_dce
+    from .core.volume import DCEReadError, DCEReadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DCEReadWarning)
+        volume = load_dce(path)
+    notes = [str(w.message) for w in caught if issubclass(w.category, DCEReadWarning)]
+    if volume.n_frames < 2:
+        raise DCEReadError(path, "a 3D image (one frame); a DCE exam needs several time frames (4D)")
+    if not volume.is_lazy and float(np.ptp(volume.data)) == 0.0:
+        nan = any("NaN" in n for n in notes)
+        raise DCEReadError(path, "every voxel is NaN/Inf: nothing to analyse" if nan else
+                           "the image is constant (no signal): nothing to analyse")
+    for note in notes:
+        print(f"medimp: warning: {note}", file=sys.stderr)
+    labels = None
+    if path.is_dir():
+        from .core.io.cohort import classify_folder, exam_sequences
+
+        if classify_folder(path).kind == "exam":
+            from .core.io.nifti import list_phase_files
+
+            seg = exam_sequences(path)[1]
+            files = list_phase_files(seg) if seg is not None else []
+            labels = files[0] if len(files) == 1 else None
+    return volume, labels
+
+
+def _cmd_analyze(args) -> int:
+    import numpy as np
+
+    from .core.curves import KIDNEY_REGION_NAMES, check_labels, roi_and_region_curves
+    from .core.inference import analyze
+    from .core.io import save_nifti
+    from .core.io.nifti import load_labels
+    from .core.plots import results_figure
+    from .core.prompts import ClinicalRecord, build_prompt, gfr_bin, normalize_exam
+    from .core.report import (
+        build_report,
+        clinical_inputs,
+        describe_inputs,
+        report_summary,
+        saliency_info,
+        write_report,
+    )
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is a file; give a folder for the report")
+    _refuse_typed_non_numbers(args)
+    exam = normalize_exam(args.exam)
+    names = None
+    record_source = "typed"
+    if args.path == SAMPLE_ARGUMENT:
+        from .core.sample import SAMPLE_SEED, sample_exam
+
+        volume, labels = sample_exam(exam=exam)
+        source = f"bundled synthetic sample (seed {SAMPLE_SEED}, exam {exam}; not patient data)"
+        names = KIDNEY_REGION_NAMES
+        label_file = None
+        table: dict = {}
+        patient = None
+    else:
+        sources = _sources(Path(args.path))
+        if len(sources) != 1:
+            raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
+                             "(a file, a series or an exam folder); use `medimp predict` for a cohort")
+        ident, tree_exam, path = sources[0]
+        exam = normalize_exam(tree_exam or exam)
+        volume, label_file = _load_exam(path)
+        source = str(path)
+        labels = None
+        table = _cohort_records(Path(path))
+        patient = ident.split("/")[0]
+    if args.labels or label_file:
+        label_file = Path(args.labels) if args.labels else label_file
+        labels, label_affine = load_labels(label_file)
+        names = _label_names(label_file)
+        if labels.shape == volume.shape[1:] and not np.allclose(label_affine, volume.affine, atol=1e-3):
+            print(f"medimp: warning: {label_file} has the exam's grid but not its position/orientation "
+                  "(affine); region curves assume they are aligned", file=sys.stderr)
+    if labels is not None:
+        check_labels(volume, labels)  # before the model runs: a mismatch is an input error
+
+    record = _record(args, exam)
+    if record is None and patient in table:
+        record = ClinicalRecord.from_csv_row(table[patient], exam)
+        record_source = "clinical.csv"
+    prompt = args.prompt or (build_prompt(record) if record is not None else None)
+
+    predictor = _predictor(args)
+    analysis = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args))
+    times = volume.frame_times
+    curves = roi_and_region_curves(volume, analysis.roi, labels, names)
+
+    files: dict[str, Path] = {}
+    saliency = None
+    target = args.target or ("similarity" if prompt else next(iter(predictor.prognosis_horizons), None))
+    if args.saliency != "none" and target is None:
+        print("medimp: no saliency map: no prompt and no prognosis heads to explain", file=sys.stderr)
+    elif args.saliency != "none":
+        from .core.saliency import compute_saliency
+
+        result = compute_saliency(predictor, volume, analysis.roi, method=args.saliency, target=target,
+                                  prompt=prompt, exam=exam)
+        files["saliency"] = out / "saliency.nii.gz"
+        save_nifti(files["saliency"], result.data, result.roi_affine,
+                   sidecar={"method": result.method, "target": result.target, "prompt": prompt,
+                            "score": result.score, "roi_zyx": result.roi.to_list(),
+                            "model_sha256": predictor.loaded.weights_sha256})
+        saliency = saliency_info(result, files["saliency"])
+
+    entered = clinical_inputs(gfr=args.gfr, donor_age=args.donor_age, creatinine=args.creatinine,
+                              creatinine_std=args.creatinine_std, creatinine_unit=args.creatinine_unit,
+                              record=record, source=record_source if record is not None else None)
+    inputs = describe_inputs(volume, exam=exam, roi=analysis.roi, clinical=entered, source=source,
+                             roi_source="given" if args.roi else "automatic (enhancing kidney)")
+    report = build_report(analysis=analysis.to_dict(), inputs=inputs, prompt=prompt,
+                          model=predictor.model_facts(), saliency=saliency, curves=curves, times=times)
+    files.update(write_report(report, out))
+
+    from .core.atomic import atomic_write
+
+    expected = gfr_bin(record.gfr) if record is not None and record.gfr is not None else None
+    figure = results_figure(analysis.to_dict(), curves, times, expected)
+    files["figure"] = atomic_write(out / "results.png",
+                                   lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    print(report_summary(report, files))
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, clinical: bool = True, path_help: str | None = None) -> None:
+    p.add_argument("path", help=path_help or "a DCE file or series, an exam folder, or a cohort/patient folder")
     p.add_argument("--model", help="model file (.safetensors with its .json card); default: the demo model")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     p.add_argument("--roi", type=int, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
@@ -247,6 +418,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="prompt text for the similarity target (default: built from the values)")
     p.add_argument("--out", required=True, help="a .nii.gz for one exam, or a folder")
     p.set_defaults(func=_cmd_saliency)
+
+    p = sub.add_parser("analyze", help="one exam, everything at once: prognosis, zero-shot GFR bins, "
+                                       "saliency, time-intensity curves, a report and a figure",
+                       description="Analyse one DCE-MRI exam and write DIR/medimp_report.json/.csv, "
+                                   "DIR/results.png and DIR/saliency.nii.gz. Research software, "
+                                   "not for clinical use.")
+    _model_options(p, path_help="a DCE file or series or an exam folder; `sample` for the bundled synthetic "
+                                "sample exam (with its tissue labels)")
+    p.add_argument("--prompt", help="prompt text (default: built from the clinical values)")
+    p.add_argument("--labels", help="label map (NIfTI) on the exam's grid: one curve per region "
+                                    "(default: the exam folder's segmentation, if any)")
+    p.add_argument("--saliency", default="gradcam", choices=["gradcam", "gradcam++", "occlusion", "none"])
+    p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
+                                    "there is a prompt, else the first prognosis horizon)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("demo", help="open napari with the synthetic sample graft")
     p.add_argument("--headless", action="store_true",

@@ -1,0 +1,214 @@
+"""``medimp analyze``: one exam in, report + figure + saliency map out; bad inputs refused clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import kidney_volume, make_model_file
+
+from napari_medimp.cli import main
+from napari_medimp.core.io import load_dce, save_nifti
+
+ROI = ["2", "18", "6", "32", "10", "42"]
+OUTPUTS = ("medimp_report.json", "medimp_report.csv", "results.png", "saliency.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_model_file(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def exam(tmp_path_factory):
+    """A small 4D NIfTI (8 frames, 20 x 40 x 48 voxels) and a cortex/medulla label map on its grid."""
+    folder = tmp_path_factory.mktemp("exam")
+    volume = kidney_volume()
+    image = save_nifti(folder / "graft.nii.gz", volume.data, volume.affine, frame_times=volume.frame_times)
+    z, y, x = np.mgrid[:20, :40, :48]
+    r = ((z - 10) / 6) ** 2 + ((y - 18) / 10) ** 2 + ((x - 26) / 12) ** 2
+    labels = np.where(r <= 0.4, 3, np.where(r <= 1, 2, 0)).astype(np.uint8)
+    seg = save_nifti(folder / "seg.nii.gz", labels, volume.affine, dtype=np.uint8)
+    return image, seg, labels
+
+
+@pytest.fixture(scope="module")
+def analyzed(exam, tiny_model, tmp_path_factory):
+    image, seg, _ = exam
+    out = tmp_path_factory.mktemp("analysis")
+    argv = ["analyze", str(image), "--model", str(tiny_model), "--exam", "M3", "--gfr", "42",
+            "--donor-age", "70", "--creatinine", "1.2;1.4;1.9", "--creatinine-unit", "mg/dL",
+            "--roi", *ROI, "--labels", str(seg), "--out", str(out)]
+    return main(argv), out
+
+
+def test_analyze_writes_the_four_files(analyzed, capsys):
+    code, out = analyzed
+    assert code == 0
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_analyze_report_contents(analyzed, exam, tiny_model):
+    _, out = analyzed
+    image, _, labels = exam
+    report = json.loads((out / "medimp_report.json").read_text())
+    inputs = report["inputs"]
+    assert inputs["source_file"] == str(image) and inputs["exam"] == "M3"
+    assert inputs["roi"]["voxels_zyx"] == [int(v) for v in ROI] and inputs["roi"]["source"] == "given"
+    assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.4;1.9", "unit": "mg/dL"}
+    assert inputs["clinical"]["used"]["gfr_ml_min_1_73m2"] == 42.0
+    prompt = report["prompt"]
+    assert "glomerular filtration rate is low" in prompt and "third month" in prompt
+    results = report["results"]
+    assert -1 <= results["similarity"] <= 1
+    assert sum(results["zero_shot_gfr"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert results["entered_gfr_bin"] == "low"
+    assert set(results["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert report["model"]["weights_sha256"] == card["weights"]["sha256"]
+    assert report["model"]["training_data"] == "random weights (test)"
+    assert "not for clinical use" in report["disclaimer"].lower()
+    assert report["saliency"]["method"] == "gradcam" and report["saliency"]["target"] == "similarity"
+    assert report["saliency"]["file"] == str(out / "saliency.nii.gz")
+    regions = report["curves"]["regions"]
+    assert list(regions) == ["kidney ROI", "cortex", "medulla"]
+    volume = load_dce(image)
+    expected = volume.data[:, labels == 2].mean(axis=1)
+    np.testing.assert_allclose(regions["cortex"]["mean_signal"], expected, rtol=1e-5)
+    assert report["curves"]["times"] == [float(t) for t in volume.frame_times]
+    assert set(report["software"]) == {"napari_medimp", "torch", "monai"}
+    with open(out / "medimp_report.csv", newline="") as fh:
+        table = dict(list(csv.reader(fh))[1:])
+    assert table["inputs.exam"] == "M3" and table["results.entered_gfr_bin"] == "low"
+
+
+def test_analyze_saliency_has_the_roi_affine(analyzed, exam):
+    _, out = analyzed
+    image, _, _ = exam
+    saved = nib.load(str(out / "saliency.nii.gz"))
+    source = load_dce(image)
+    z0, z1, y0, y1, x0, x1 = (int(v) for v in ROI)
+    assert saved.shape == (x1 - x0, y1 - y0, z1 - z0)
+    expected = source.affine.copy()
+    expected[:3, 3] = (source.affine @ [x0, y0, z0, 1])[:3]
+    np.testing.assert_allclose(saved.affine, expected, atol=1e-4)
+    values = np.asarray(saved.dataobj)
+    assert values.min() >= 0 and values.max() <= 1
+    assert json.loads((out / "saliency.json").read_text())["target"] == "similarity"
+
+
+def test_analyze_prints_a_summary(exam, tiny_model, tmp_path, capsys):
+    image, _, _ = exam
+    out = tmp_path / "noprompt"
+    assert main(["analyze", str(image), "--model", str(tiny_model), "--roi", *ROI, "--saliency", "none",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "no clinical values" in text and "most likely GFR bin" in text and "2y" in text
+    assert str(out / "medimp_report.json") in text and "results.png" in text
+    assert not (out / "saliency.nii.gz").exists()
+    report = json.loads((out / "medimp_report.json").read_text())
+    assert report["prompt"] is None and report["saliency"] is None
+    assert report["inputs"]["roi"]["source"] == "given"
+
+
+def test_analyze_without_prompt_explains_the_first_horizon(exam, tiny_model, tmp_path):
+    image, _, _ = exam
+    out = tmp_path / "horizon"
+    assert main(["analyze", str(image), "--model", str(tiny_model), "--out", str(out)]) == 0
+    report = json.loads((out / "medimp_report.json").read_text())
+    assert report["saliency"]["target"] == "2y"
+    assert report["inputs"]["roi"]["source"].startswith("automatic")
+    assert list(report["curves"]["regions"]) == ["kidney ROI"]
+
+
+def test_analyze_the_bundled_sample(tiny_model, tmp_path, capsys):
+    out = tmp_path / "sample"
+    assert main(["analyze", "sample", "--gfr", "48", "--model", str(tiny_model), "--saliency", "none",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "medimp_report.json").read_text())
+    assert "sample" in report["inputs"]["source_file"] and report["results"]["entered_gfr_bin"] == "medium"
+    assert {"kidney ROI", "cortex", "medulla"} <= set(report["curves"]["regions"])
+    cortex = report["curves"]["regions"]["cortex"]
+    assert cortex["peak_enhancement"] > 0
+    assert "medium" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# bad inputs: exit code 1 (unusable input) or 2 (invalid option), a message naming the problem
+# --------------------------------------------------------------------------------------------------
+def _fails(capsys, argv, code, *words):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for word in words:
+        assert word.lower() in err.lower(), (word, err)
+    return err
+
+
+def test_analyze_refuses_a_3d_file(tmp_path, tiny_model, capsys):
+    image = save_nifti(tmp_path / "t1.nii.gz", kidney_volume().data[0], np.eye(4))
+    _fails(capsys, ["analyze", str(image), "--model", str(tiny_model), "--out", str(tmp_path / "o")], 1,
+           "t1.nii.gz", "3D", "frames")
+    assert not (tmp_path / "o").exists()
+
+
+def test_analyze_refuses_an_all_nan_image(tmp_path, tiny_model, capsys):
+    image = save_nifti(tmp_path / "nan.nii.gz", np.full((4, 6, 8, 8), np.nan, np.float32), np.eye(4))
+    _fails(capsys, ["analyze", str(image), "--model", str(tiny_model), "--out", str(tmp_path / "o")], 1,
+           "nan.nii.gz", "NaN")
+
+
+def test_analyze_refuses_absurd_and_non_numeric_clinical_values(exam, tiny_model, tmp_path, capsys):
+    image = str(exam[0])
+    base = ["analyze", image, "--model", str(tiny_model), "--out", str(tmp_path / "o")]
+    _fails(capsys, [*base, "--gfr", "900"], 1, "gfr", "900")
+    _fails(capsys, [*base, "--donor-age", "140"], 1, "donor_age", "140")
+    _fails(capsys, [*base, "--gfr", "nan"], 1, "gfr", "not a number")
+    _fails(capsys, [*base, "--gfr", "forty"], 1, "gfr", "forty")
+    _fails(capsys, [*base, "--creatinine", "1.2;1.4", "--creatinine-unit", "g/L"], 1, "g/L")
+    _fails(capsys, [*base, "--exam", "Y5"], 1, "exam", "Y5")
+
+
+def test_analyze_refuses_unreadable_files_and_models(exam, tiny_model, tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image at all")
+    _fails(capsys, ["analyze", str(bad), "--model", str(tiny_model), "--out", str(tmp_path / "o")], 1,
+           "broken.nii.gz")
+    _fails(capsys, ["analyze", str(tmp_path / "missing.nii.gz"), "--model", str(tiny_model),
+                    "--out", str(tmp_path / "o")], 1, "missing.nii.gz", "no such file")
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"\x80\x04K\x01.")
+    (tmp_path / "model.json").write_text(json.dumps({"format": "napari-medimp-model", "architecture": {},
+                                                     "preprocessing": {}, "weights": {}}))
+    _fails(capsys, ["analyze", str(exam[0]), "--model", str(fake), "--out", str(tmp_path / "o")], 1, "pickle")
+
+
+def test_analyze_refuses_invalid_options(exam, tiny_model, tmp_path, capsys):
+    image, _, _ = exam
+    base = ["analyze", str(image), "--model", str(tiny_model)]
+    wrong_grid = save_nifti(tmp_path / "seg_small.nii.gz", np.zeros((10, 40, 48), np.uint8), np.eye(4),
+                            dtype=np.uint8)
+    _fails(capsys, [*base, "--labels", str(wrong_grid), "--out", str(tmp_path / "o")], 2,
+           "(10, 40, 48)", "(20, 40, 48)")
+    _fails(capsys, [*base, "--roi", "0", "30", "0", "10", "0", "10", "--out", str(tmp_path / "o")], 2,
+           "ROI", "outside")
+    _fails(capsys, [*base, "--roi", *ROI, "--target", "5y", "--out", str(tmp_path / "o")], 2, "5y", "2y")
+    _fails(capsys, [*base, "--roi", *ROI, "--target", "similarity", "--out", str(tmp_path / "o")], 2,
+           "prompt")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    _fails(capsys, [*base, "--out", str(taken)], 2, "taken", "is a file")
+
+
+def test_analyze_help_mentions_the_sample(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "sample" in text and "--saliency" in text and "--labels" in text
