@@ -1,0 +1,358 @@
+"""The training dialog's logic without Qt: form validation, command line, progress events, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_medimp.core import training_job as tj
+
+CLINICAL = "patient_id,donor_age,gfr_D15,outcome_2y\nP0001,44,70.2,0\nP0002,64,47.5,1\n"
+
+
+@pytest.fixture
+def cohort(tmp_path) -> Path:
+    """A cohort skeleton: clinical.csv and patient folders (enough for the form's checks)."""
+    folder = tmp_path / "cohort"
+    for patient in ("P0001", "P0002"):
+        (folder / patient / "D15" / "dce").mkdir(parents=True)
+    (folder / "clinical.csv").write_text(CLINICAL)
+    return folder
+
+
+def _options(cohort_path, tmp_path, **kw) -> tj.TrainingOptions:
+    values = dict(cohort=str(cohort_path), out=str(tmp_path / "run"), epochs=2, batch_size=4)
+    values.update(kw)
+    return tj.TrainingOptions(**values)
+
+
+def _fake_checkpoint(run: Path, state: dict, in_metadata: bool = True, json_copy: bool = True) -> None:
+    from safetensors.numpy import save_file
+
+    run.mkdir(parents=True, exist_ok=True)
+    metadata = {tj.STATE_KEY: json.dumps(state)} if in_metadata else None
+    save_file({"model.w": np.zeros(2, np.float32)}, str(run / tj.CHECKPOINT_FILE), metadata=metadata)
+    if json_copy:
+        (run / "last.json").write_text(json.dumps(state))
+    (run / "train_config.json").write_text(json.dumps(state["config"]))
+
+
+STATE = {"next_epoch": 1, "next_batch": 2, "step": 6, "best_val_loss": 0.7,
+         "config": {"epochs": 30, "batch_size": 2, "attributes": ["gfr", "exam"], "cohort": "/c", "out": "/r"}}
+
+
+# --------------------------------------------------------------------------------------------------
+# cohort, config, presets
+# --------------------------------------------------------------------------------------------------
+def test_cohort_folder_or_its_clinical_csv(cohort):
+    assert tj.resolve_cohort(cohort) == cohort
+    assert tj.resolve_cohort(cohort / "clinical.csv") == cohort
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("", "choose a cohort folder or its clinical.csv"),
+    ("missing", "does not exist"),
+    ("other.csv", "must be the cohort's clinical.csv"),
+    ("notes.txt", "neither a cohort folder nor its clinical.csv"),
+    ("no_table", "no clinical.csv"),
+    ("no_id", "no patient_id column"),
+    ("no_folders", "none of the 2 patients"),
+])
+def test_cohort_problems_say_what_is_expected(cohort, tmp_path, case, expected):
+    path: str | Path = ""
+    if case == "missing":
+        path = tmp_path / "nowhere"
+    elif case in ("other.csv", "notes.txt"):
+        path = cohort / case
+        path.write_text(CLINICAL)
+    elif case == "no_table":
+        (cohort / "clinical.csv").unlink()
+        path = cohort
+    elif case == "no_id":
+        (cohort / "clinical.csv").write_text("id,donor_age\nP0001,40\n")
+        path = cohort
+    elif case == "no_folders":
+        path = tmp_path / "table_only"
+        path.mkdir()
+        (path / "clinical.csv").write_text(CLINICAL)
+    with pytest.raises(ValueError, match=expected) as info:
+        tj.resolve_cohort(path)
+    if case in ("", "other.csv", "notes.txt", "no_table", "no_folders"):
+        assert tj.COHORT_HINT in str(info.value)  # says what a cohort is
+
+
+def test_presets_follow_the_training_program():
+    from src_train.train import PRESETS
+
+    assert set(tj.PRESET_LABELS) == set(PRESETS)
+    assert tj.preset_defaults("cpu-small") == {"epochs": PRESETS["cpu-small"]["epochs"],
+                                               "batch_size": PRESETS["cpu-small"]["batch_size"]}
+    with pytest.raises(ValueError, match="unknown preset"):
+        tj.preset_defaults("huge")
+    assert tj.preset_warning("paper", ["cpu"]) and "CUDA" in tj.preset_warning("paper", ["mps", "cpu"])
+    assert tj.preset_warning("paper", ["cuda", "cpu"]) is None
+    assert tj.preset_warning("cpu-small", ["cpu"]) is None
+
+
+def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"epochs": 3, "embed_dim": 16}))
+    assert tj.read_config(good) == {"epochs": 3, "embed_dim": 16}
+    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": 8}
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "typo.json").write_text(json.dumps({"epoch": 3}))
+    for name, message in (("missing.json", "does not exist"), ("bad.json", "not valid JSON"),
+                          ("list.json", "JSON object"), ("typo.json", "unknown training option")):
+        with pytest.raises(ValueError, match=message):
+            tj.read_config(tmp_path / name)
+    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {"epochs": 30, "batch_size": 8}
+
+
+# --------------------------------------------------------------------------------------------------
+# the form
+# --------------------------------------------------------------------------------------------------
+def test_valid_options_give_a_command_the_training_program_accepts(cohort, tmp_path):
+    from src_train.cli import build_parser, train_config_from_args
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"embed_dim": 16}))
+    options = _options(cohort / "clinical.csv", tmp_path, attributes=("donor_age", "gfr"), config=str(config))
+    assert options.problems() == {}
+    command = options.command(python="PY")
+    assert command[:4] == ["PY", "-m", "src_train", "train"] and command[-1] == "--json-progress"
+    assert "--resume" not in command
+    args = build_parser().parse_args(command[3:])
+    train_config = train_config_from_args(args)
+    assert Path(train_config.cohort) == cohort.absolute()
+    assert Path(train_config.out).is_absolute()
+    assert (train_config.epochs, train_config.batch_size, train_config.embed_dim) == (2, 4, 16)
+    assert train_config.attributes == ("gfr", "donor_age")  # always in the prompt's order
+
+
+@pytest.mark.parametrize("changes, field, message", [
+    ({"epochs": 0}, "epochs", "at least 1 epoch"),
+    ({"batch_size": 1}, "batch_size", "at least 2"),
+    ({"attributes": ()}, "attributes", "at least one"),
+    ({"attributes": ("gfr", "height")}, "attributes", "height"),
+    ({"preset": "huge"}, "preset", "unknown preset"),
+    ({"config": "/no/such/options.json"}, "config", "does not exist"),
+    ({"out": ""}, "out", "choose an output folder"),
+    ({"cohort": ""}, "cohort", "choose a cohort"),
+])
+def test_each_bad_field_is_named(cohort, tmp_path, changes, field, message):
+    options = _options(cohort, tmp_path, **changes)
+    problems = options.problems()
+    assert list(problems) == [field] and message in problems[field]
+    with pytest.raises(tj.OptionsError) as info:
+        options.command()
+    assert info.value.problems == problems
+
+
+def test_a_previous_run_is_never_overwritten(cohort, tmp_path):
+    run = tmp_path / "run"
+    _fake_checkpoint(run, STATE)
+    problems = _options(cohort, tmp_path).problems()
+    assert "tick Resume" in problems["out"] and "step 6, in epoch 2/30" in problems["out"]
+    (run / tj.CHECKPOINT_FILE).unlink()
+    (run / "last.json").unlink()
+    (run / "log.csv").write_text("epoch\n")
+    assert "files of a previous run" in _options(cohort, tmp_path).problems()["out"]
+    assert "nothing to resume" in _options(cohort, tmp_path, resume=True).problems()["out"]
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in _options(cohort, tmp_path, out=str(tmp_path / "afile")).problems()["out"]
+    assert "outside the cohort" in _options(cohort, tmp_path, out=str(cohort / "runs")).problems()["out"]
+    # an unrelated, existing folder is fine
+    assert _options(cohort, tmp_path, out=str(tmp_path / "cohort" / ".." / "fresh")).problems() == {}
+
+
+def test_resume_uses_the_runs_own_settings(cohort, tmp_path):
+    from src_train.cli import build_parser
+
+    run = tmp_path / "run"
+    _fake_checkpoint(run, STATE)
+    options = _options(cohort, tmp_path, resume=True, epochs=40, batch_size=16, config="/ignored.json")
+    assert options.problems() == {}
+    args = build_parser().parse_args(options.command()[3:])
+    assert args.resume and args.config == str(run.absolute() / "train_config.json")
+    assert args.epochs == 40 and args.batch_size is None and args.attributes is None
+
+
+def test_run_folder_state_from_the_checkpoint(tmp_path):
+    assert not tj.inspect_run_folder(tmp_path / "none").exists
+    run = tmp_path / "a"
+    _fake_checkpoint(run, STATE, json_copy=False)  # state inside the safetensors metadata
+    info = tj.inspect_run_folder(run)
+    assert info.checkpoint and (info.next_epoch, info.next_batch, info.step, info.epochs) == (1, 2, 6, 30)
+    assert info.config["attributes"] == ["gfr", "exam"] and not info.finished
+    old = tmp_path / "b"
+    _fake_checkpoint(old, {**STATE, "next_epoch": 30, "next_batch": 0}, in_metadata=False)  # last.json only
+    info = tj.inspect_run_folder(old)
+    assert info.checkpoint and info.finished and info.describe() == "step 6, 30/30 epochs done"
+    broken = tmp_path / "c"
+    broken.mkdir()
+    (broken / tj.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    info = tj.inspect_run_folder(broken)
+    assert not info.checkpoint and info.previous_files == [tj.CHECKPOINT_FILE]
+
+
+def test_evaluation_command_and_child_environment(tmp_path):
+    command = tj.evaluation_command("m.safetensors", "cohort", tmp_path, splits=2, repeats=1, python="PY")
+    assert command[:4] == ["PY", "-m", "src_train", "evaluate"] and command[-1] == "--write-heads"
+    assert command[command.index("--splits") + 1] == "2"
+    with pytest.raises(ValueError):
+        tj.evaluation_command("m", "c", tmp_path, splits=1)
+    env = tj.child_environment({"PYTHONPATH": "/elsewhere"})
+    root = str(tj.source_root())
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"]
+    assert (Path(root) / "src_train" / "__main__.py").exists()
+    assert env["PYTHONUNBUFFERED"] == "1" and env["MPLBACKEND"] == "Agg"
+    assert tj.child_environment({"PYTHONPATH": root})["PYTHONPATH"] == root
+
+
+# --------------------------------------------------------------------------------------------------
+# progress events
+# --------------------------------------------------------------------------------------------------
+EVENTS = [
+    {"event": "start", "train_exams": 8, "val_exams": 4, "skipped": [], "steps_per_epoch": 4, "epochs": 2,
+     "device": "cpu"},
+    {"event": "step", "epoch": 0, "step": 1, "loss": 1.5, "lr": 3e-4, "total_steps": 8},
+    {"event": "step", "epoch": 0, "step": 2, "loss": float("nan"), "lr": 3e-4, "total_steps": 8},
+    {"event": "epoch", "epoch": 0, "step": 4, "train_loss": 1.0, "val_loss": 0.74, "recall_at_1": 0.25,
+     "recall_at_5": 1.0, "mean_rank": 2.5, "n_val": 4, "seconds": 0.9, "best_val_loss": 0.74},
+    {"event": "stopped", "epoch": 1, "step": 5, "checkpoint": "/run/last.safetensors"},
+    {"event": "done", "epoch": 1, "step": 8, "train_loss": 1.4, "model": "/run/best.safetensors"},
+    {"event": "resumed", "epoch": 1, "batch": 1, "step": 5},
+]
+
+
+def test_events_as_the_training_prints_them_are_parsed():
+    for event in EVENTS:
+        line = json.dumps(event, default=float)  # as src_train.cli prints them
+        parsed = tj.parse_event(line + "\n")
+        assert parsed is not None and parsed["event"] == event["event"]
+        assert tj.parse_event(line.encode()) is not None
+    assert math.isnan(tj.parse_event(json.dumps(EVENTS[2]))["loss"])
+
+
+@pytest.mark.parametrize("line", [
+    "", "Loading weights: 100%", "{not json", "[1, 2]", '"text"', '{"no": "event"}',
+    '{"event": "party"}',
+    '{"event": "step", "epoch": 0, "step": 1, "loss": 1.0}',  # no total_steps
+    '{"event": "step", "epoch": 0, "step": true, "loss": 1.0, "total_steps": 8}',  # bool is no int
+    '{"event": "step", "epoch": 0, "step": 1, "loss": "1.0", "total_steps": 8}',
+    '{"event": "epoch", "epoch": 0, "step": 4, "train_loss": 1.0, "val_loss": "low"}',
+    '{"event": "done", "model": ""}',
+    '{"event": "stopped", "epoch": 0, "step": 1}',
+])
+def test_anything_else_is_a_log_line(line):
+    assert tj.parse_event(line) is None
+
+
+def test_lines_are_whole_whatever_the_chunks():
+    splitter = tj.LineSplitter()
+    text = '{"event": "done", "model": "/r/é.safetensors"}\nhalf'.encode()
+    cut = text.index("é".encode()) + 1  # inside the two bytes of é
+    assert splitter.feed(text[:cut]) == []
+    assert splitter.feed(text[cut:]) == ['{"event": "done", "model": "/r/é.safetensors"}']
+    assert splitter.feed(b" a line\r\n") == ["half a line"]
+    assert splitter.feed(b"embedding 1/4\rembedding 4/4\r\n") == ["embedding 4/4"]
+    assert splitter.feed(b"no newline at the end") == []
+    assert splitter.finish() == ["no newline at the end"] and splitter.finish() == []
+    assert tj.LineSplitter().feed(b"\xff\n") == ["\ufffd"]
+
+
+def test_progress_folds_events_into_status_and_curves():
+    progress = tj.TrainingProgress()
+    assert progress.status_text() == "preparing the data..." and progress.fraction == 0
+    for event in EVENTS[:4]:
+        progress.apply(event)
+    assert progress.total_steps == 8 and progress.step == 4 and progress.fraction == 0.5
+    text = progress.status_text()
+    assert "epoch 1/2" in text and "step 4/8" in text and "val loss 0.740" in text and "recall@1 0.25" in text
+    steps, losses, val_steps, val_losses = progress.curves()
+    assert (steps, losses, val_steps, val_losses) == ([1], [1.5], [4], [0.74])  # the NaN step is left out
+    progress.apply(EVENTS[4])
+    assert progress.stopped and progress.checkpoint == "/run/last.safetensors"
+    progress.apply(EVENTS[5])
+    assert progress.done and progress.model == "/run/best.safetensors"
+
+
+def test_resumed_run_shows_its_earlier_epochs(tmp_path):
+    (tmp_path / "log.csv").write_text("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
+                                      "0,4,1.1,0.0002,0.8,0.25,1.0,2.5\n")
+    progress = tj.TrainingProgress()
+    progress.add_history(tj.read_training_log(tmp_path))
+    progress.apply(EVENTS[6])
+    progress.apply({"event": "epoch", "epoch": 1, "step": 8, "train_loss": 0.9, "val_loss": 0.7})
+    assert progress.first_step == 5
+    assert progress.curves()[2:] == ([4, 8], [0.8, 0.7])
+    assert tj.read_training_log(tmp_path / "none") == []
+
+
+def test_exit_codes_in_words():
+    level, text = tj.describe_exit("train", 3, False, checkpoint="/run/last.safetensors")
+    assert level == "info" and text == ("stopped; checkpoint saved at /run/last.safetensors; "
+                                        "Start with resume to continue")
+    level, text = tj.describe_exit("training", 1, False, ["Traceback", "ValueError: bad cohort"])
+    assert level == "error" and "exit code 1" in text and "ValueError: bad cohort" in text
+    assert tj.describe_exit("evaluation", 0, False)[0] == "info"
+    assert "killed" in tj.describe_exit("training", 9, True)[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation table
+# --------------------------------------------------------------------------------------------------
+EVALUATION_CSV = """feature_set,horizon,n_patients,n_positive,n_splits,n_folds,n_auc_skipped,auc_mean,auc_std,f1_mean,f1_std,status,message
+MEDIMP,2y,4,2,2,4,0,0.625,0.25,0.5,0.5,ok,
+MEDIMP,mean,,,,,,0.625,,0.5,,ok,
+clinical values only,2y,3,2,0,0,0,,,,,not enough patients,"not enough patients: 2 positive and 1 negative"
+"""
+
+
+def test_evaluation_table_is_read_with_types(tmp_path):
+    (tmp_path / "evaluation.csv").write_text(EVALUATION_CSV)
+    rows = tj.read_evaluation_table(tmp_path)  # the folder or the file
+    assert rows == tj.read_evaluation_table(tmp_path / "evaluation.csv")
+    assert len(rows) == 3
+    assert rows[0]["n_patients"] == 4 and rows[0]["auc_mean"] == 0.625 and rows[0]["feature_set"] == "MEDIMP"
+    assert rows[1]["n_patients"] is None and rows[2]["auc_mean"] is None
+    cells = tj.evaluation_display_rows(rows)
+    assert cells[0][0] == ["MEDIMP", "2y", "0.62 ± 0.25", "0.50 ± 0.50", "4 (2 pos.)", "ok"]
+    assert cells[1][0][2] == "0.62" and cells[1][0][4] == ""
+    assert cells[2][0][2] == "–" and "2 positive" in cells[2][1]
+    assert len(tj.DISPLAY_COLUMNS) == len(cells[0][0])
+
+
+def test_evaluation_table_problems(tmp_path):
+    with pytest.raises(ValueError, match="no evaluation table"):
+        tj.read_evaluation_table(tmp_path)
+    (tmp_path / "evaluation.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not an evaluation table"):
+        tj.read_evaluation_table(tmp_path)
+
+
+def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
+    from src_train.evaluate import evaluate_feature_sets, write_csv
+
+    rng = np.random.default_rng(0)
+    labels = {"2y": np.array([0, 1] * 5)}
+    table = evaluate_feature_sets({"MEDIMP": rng.normal(size=(10, 3))}, labels, n_splits=2, n_repeats=1)
+    rows = tj.read_evaluation_table(write_csv(table, tmp_path / "evaluation.csv"))
+    assert [r["horizon"] for r in rows] == ["2y", "mean"]
+    assert isinstance(rows[0]["auc_mean"], float) and rows[0]["n_patients"] == 10
+
+
+def test_module_needs_no_qt():
+    import subprocess
+
+    code = ("import sys; import napari_medimp.core.training_job; "
+            "assert not any(m.split('.')[0] in ('qtpy', 'PyQt6', 'PyQt5', 'napari') for m in sys.modules), "
+            "[m for m in sys.modules if m.startswith(('qtpy', 'PyQt', 'napari.'))]")
+    subprocess.run([sys.executable, "-c", code], check=True)
