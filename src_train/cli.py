@@ -20,7 +20,7 @@ def train_config_from_args(args):
     if args.config:
         values.update(json.loads(Path(args.config).read_text()))
     for key in ("epochs", "batch_size", "micro_batch", "lr", "seed", "embed_dim", "text_model",
-                "text_trainable_layers"):
+                "text_trainable_layers", "device", "amp"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -52,7 +52,7 @@ def _printer(json_lines: bool):
 def _cmd_train(args) -> int:
     import signal
 
-    from .train import train
+    from .train import command_line, train
 
     config = train_config_from_args(args)
     stop = {"requested": False}
@@ -63,7 +63,7 @@ def _cmd_train(args) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     summary = train(config, resume=args.resume, progress=_printer(args.json_progress),
-                    should_stop=lambda: stop["requested"])
+                    should_stop=lambda: stop["requested"], command=command_line(args.argv, args.prog))
     return 3 if summary.get("stopped") else 0
 
 
@@ -167,6 +167,11 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--text-model", help="local HuggingFace encoder folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--text-trainable-layers", type=int)
     p.add_argument("--attributes", help="prompt attributes, comma-separated: gfr,exam,creatinine,donor_age")
+    p.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:1...; under "
+                                    "torchrun each process takes cuda:LOCAL_RANK")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16 with loss "
+                        "scaling; off on the CPU")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(func=_cmd_train)
@@ -187,7 +192,9 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
 
 
 def main(argv=None, prog: str = "python -m src_train") -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog).parse_args(argv)
+    args.argv, args.prog = argv, prog  # recorded in the model card as the training command
     from napari_medimp.core.checkpoint import ModelFileError
     from napari_medimp.core.volume import DCEReadError
 

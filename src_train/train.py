@@ -1,16 +1,29 @@
-"""MEDIMP contrastive pretraining loop (single process; the loss already supports DDP's gather).
+"""MEDIMP contrastive pretraining loop: one process, or one process per GPU (or CPU rank) under torchrun.
 
-Every epoch ends with an atomic training checkpoint (``last``: weights, optimiser and scheduler state as
-safetensors + a JSON state; nothing is pickled) and, when the validation loss improves, an exported model
-file (``best``). ``resume=True`` continues from ``last`` exactly: data order, prompt draws and
-augmentations are seeded by (seed, epoch), and the random states are restored.
+Every epoch ends with an atomic training checkpoint (``last.safetensors``: weights and optimiser state,
+with the JSON training state in the file's metadata, so that one rename publishes all of it; nothing is
+pickled; ``last.json`` is a readable copy of the state) and, when the validation loss improves, an
+exported model file (``best``). ``resume=True`` continues from ``last`` exactly: data order, prompt draws
+and augmentations are seeded by (seed, epoch, sample), and the random states of every rank and the
+mixed-precision loss scale are restored.
+
+Under torchrun (``WORLD_SIZE`` > 1) each rank trains on its share of every global batch (the same
+batches as a single process), image and text features are gathered across ranks for the loss (every
+rank's pairs are negatives for all), gradients are averaged, batch norm uses the global batch's
+statistics, and only rank 0 writes files and progress. A stop request on any rank stops all of them
+at the same step.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
 import json
 import math
+import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +40,20 @@ from napari_medimp.core.preprocess import PreprocessConfig
 from napari_medimp.core.prompts import ATTRIBUTES, TEMPLATE_VERSION
 
 from .data import ContrastiveDataset, cohort_items, split_by_patient
-from .losses import ContrastiveLoss, accumulated_step
+from .distributed import (
+    DistributedRun,
+    all_gather_objects,
+    all_reduce_gradients,
+    any_rank,
+    broadcast_module,
+    broadcast_object,
+    convert_sync_batchnorm,
+    mean_over_ranks,
+    setup_distributed,
+)
+from .losses import ContrastiveLoss, accumulated_step, clip_loss
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 Progress = Callable[[dict], None]
 
@@ -53,6 +79,10 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     augment: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+    text_dropout: float | None = None
+    sync_batchnorm: bool = True
 
     def __post_init__(self):
         self.attributes = tuple(self.attributes)
@@ -60,6 +90,10 @@ class TrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (a contrastive batch needs negatives)")
         if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
             raise ValueError(f"micro_batch must be between 1 and batch_size ({self.batch_size})")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -79,6 +113,58 @@ PRESETS = {
               "preprocessing": PreprocessConfig(target_spacing=(1.0, 1.0, 1.0),
                                                 input_size=(192, 144, 96)).to_dict()},
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# mixed precision
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    """How the forward passes run: ``mode`` is "off", "bf16" or "fp16" (fp16 with a loss scaler)."""
+
+    mode: str
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mode)
+
+    def autocast(self):
+        if self.mode == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, active for fp16 only (a disabled one passes everything through)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.mode == "fp16")
+
+
+def resolve_amp(mode: str, device: torch.device) -> Precision:
+    """``"auto"``: bf16 on a CUDA GPU that supports it, else fp16 with loss scaling; off elsewhere.
+    ``"bf16"`` runs on CUDA and the CPU; ``"fp16"`` needs CUDA; ``"off"`` is float32."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    kind = device.type
+    if mode == "auto":
+        if kind != "cuda":
+            return Precision("off", kind)
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and kind != "cuda":
+        raise ValueError(f"amp 'fp16' needs a CUDA GPU (training on {kind}); use 'bf16' or 'off'")
+    if mode == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16 support; use amp 'fp16' or 'auto'")
+    if mode == "bf16" and kind not in ("cuda", "cpu"):
+        raise ValueError(f"amp 'bf16' runs on CUDA or the CPU, not {kind}; use 'off'")
+    return Precision(mode, kind)
+
+
+def _float32_loss(loss_fn, device_type: str):
+    """The contrastive loss in float32 whatever the autocast state (logits and softmax stay exact)."""
+    def loss(image_features, text_features, logit_scale):
+        with torch.autocast(device_type, enabled=False):
+            scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else logit_scale
+            return loss_fn(image_features.float(), text_features.float(), scale)
+    return loss
 
 
 def model_config(config: TrainConfig) -> ModelConfig:
@@ -170,15 +256,30 @@ def batches(dataset: ContrastiveDataset, batch_size: int, seed: int, epoch: int,
         yield collate([dataset[int(i)] for i in chunk])
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images to the training device; channels-last 3D on CUDA (cuDNN's preferred layout for AMP)."""
+    if device.type == "cuda":
+        return images.to(device=device, memory_format=torch.channels_last_3d, non_blocking=True)
+    return images.to(device)
+
+
 @torch.no_grad()
-def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn) -> dict:
-    """Validation loss and image->text retrieval: recall@1/5 and the mean rank of the true prompt."""
+def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_loss,
+             precision: Precision | None = None) -> dict:
+    """Validation loss and image->text retrieval: recall@1/5 and the mean rank of the true prompt.
+
+    ``loss_fn`` must not gather across ranks (every rank validates the whole set)."""
     model.eval()
+    device = next(model.parameters()).device
+    autocast = precision.autocast if precision else contextlib.nullcontext
     images, texts = [], []
     losses = []
     for batch in batches(dataset, batch_size, 0, 0, shuffle=False, drop_last=False):
-        img, txt = model.encode_image(batch["image"]), model.encode_text(batch["text"])
-        losses.append(float(loss_fn(img, txt, model.clamped_logit_scale().exp())))
+        with autocast():
+            img = model.encode_image(to_device(batch["image"], device))
+            txt = model.encode_text(batch["text"])
+        img, txt = img.float(), txt.float()
+        losses.append(float(loss_fn(img, txt, model.clamped_logit_scale().exp().float())))
         images.append(img)
         texts.append(txt)
     if not images:
@@ -191,9 +292,34 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn) -> di
 
 
 # --------------------------------------------------------------------------------------------------
-# training checkpoints: safetensors + JSON, written atomically
+# training checkpoints: one safetensors file (state in its metadata), written atomically
 # --------------------------------------------------------------------------------------------------
-def save_training_state(folder: Path, model, optimizer, scheduler, state: dict) -> None:
+CHECKPOINT = "last.safetensors"
+STATE_KEY = "medimp_training_state"
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's random states (CPU, and CUDA when training there), JSON-able."""
+    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if device.type == "cuda":
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state(device).numpy().tobytes()).decode()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["cpu"]))
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state(tensor(state["cuda"]), device)
+
+
+def save_training_state(folder: Path, model, optimizer, scheduler, state: dict, *,
+                        rng: list[dict] | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Write ``last.safetensors`` (model + optimiser tensors, the JSON state in its metadata) with one
+    atomic rename, then ``last.json``, a readable copy of the state. ``rng``: every rank's random state
+    (default: this process's)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -201,17 +327,49 @@ def save_training_state(folder: Path, model, optimizer, scheduler, state: dict) 
     for pid, entry in opt["state"].items():
         for key, value in entry.items():
             tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
+    device = next(model.parameters()).device
     state = {**state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state().tolist()}
-    atomic_write(folder / "last.safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write(folder / "last.json", lambda tmp: Path(tmp).write_text(json.dumps(state, default=float)))
+             "rng": rng if rng is not None else [rng_state(device)],
+             "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+    text = json.dumps(state, default=float)
+    atomic_write(folder / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: text}))
+    atomic_write(folder / "last.json", lambda tmp: Path(tmp).write_text(text))
 
 
-def load_training_state(folder: Path, model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_file
+def read_checkpoint(folder: Path) -> tuple[bytes, str | None] | None:
+    """``(last.safetensors bytes, last.json text)`` of a run folder, or ``None`` without a checkpoint."""
+    weights, state = Path(folder) / CHECKPOINT, Path(folder) / "last.json"
+    if not weights.exists():
+        return None
+    return weights.read_bytes(), (state.read_text() if state.exists() else None)
 
-    state = json.loads((folder / "last.json").read_text())
-    tensors = load_file(str(folder / "last.safetensors"))
+
+def _checkpoint_state(payload: bytes, json_text: str | None) -> dict:
+    """The training state: from the weights file's own metadata (always consistent with its tensors);
+    from ``last.json`` only for checkpoints written before the state moved into the file."""
+    n = int.from_bytes(payload[:8], "little")
+    metadata = json.loads(payload[8:8 + n]).get("__metadata__") or {}
+    if STATE_KEY in metadata:
+        return json.loads(metadata[STATE_KEY])
+    if json_text is None:
+        raise ValueError("the training checkpoint has no state (last.json is missing)")
+    return json.loads(json_text)
+
+
+def load_training_state(folder: Path, model, optimizer, scheduler, *, checkpoint=None,
+                        scaler: torch.amp.GradScaler | None = None, rank: int = 0) -> dict:
+    """Restore model, optimiser, scheduler, loss scale and this rank's random state; returns the state.
+
+    ``checkpoint``: what :func:`read_checkpoint` returned (rank 0 reads it and broadcasts it), else
+    read from ``folder``."""
+    from safetensors.torch import load as load_bytes
+
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(folder)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{folder}: no training checkpoint ({CHECKPOINT})")
+    payload, json_text = checkpoint
+    state = _checkpoint_state(payload, json_text)
+    tensors = load_bytes(payload)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state: dict = {}
     for name, value in tensors.items():
@@ -220,20 +378,122 @@ def load_training_state(folder: Path, model, optimizer, scheduler) -> dict:
             opt_state.setdefault(int(pid), {})[key] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    device = next(model.parameters()).device
+    if "rng" in state:
+        states = state["rng"]
+        set_rng_state(states[rank] if rank < len(states) else states[0], device)
+    elif "torch_rng" in state:  # checkpoints of earlier versions
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    if scaler is not None and scaler.is_enabled() and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     return state
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files of checkpoint writes that a killed run left behind (``.last.*.part``)."""
+    removed = []
+    for path in Path(folder).glob(".last.*.part"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+LOG_HEADER = "epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
+
+
+def _reset_log(log_path: Path, keep_before_epoch: int) -> None:
+    """``log.csv`` with the rows of the epochs before ``keep_before_epoch`` only: a resumed run logs the
+    epochs after its checkpoint again, so rows a killed run wrote after it are dropped."""
+    rows = []
+    if keep_before_epoch > 0 and log_path.exists():
+        with open(log_path, newline="") as fh:
+            rows = [r for r in csv.reader(fh)][1:]
+        rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) < keep_before_epoch]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            fh.write(LOG_HEADER)
+            csv.writer(fh).writerows(rows)
+    atomic_write(log_path, write)
+
+
+# --------------------------------------------------------------------------------------------------
+# provenance
+# --------------------------------------------------------------------------------------------------
+def command_line(argv: list[str] | None = None, prog: str | None = None) -> str:
+    """The command that started this training, as typed: ``prog`` + ``argv`` (e.g. ``python -m src_train
+    train --cohort ...``); under torchrun the launcher's own command line when it can be read."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        try:
+            parts = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+            parts = [p for p in parts if p]
+            if any("torch" in p for p in parts):
+                return shlex.join(parts)
+        except OSError:
+            pass
+    if argv is None:
+        argv = sys.argv[1:]
+        prog = prog or shlex.join([Path(sys.executable).name, sys.argv[0]])
+    return shlex.join([*shlex.split(prog or "python -m src_train"), *argv])
+
+
+def cohort_provenance(cohort) -> dict:
+    """What the cohort folder records about how it was made: the data seed and generator of a
+    synthetic cohort (``ground_truth.json``), else nothing."""
+    truth = Path(cohort) / "ground_truth.json"
+    try:
+        data = json.loads(truth.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    if isinstance(data, dict) and "seed" in data:
+        out["data_seed"] = data["seed"]
+        if data.get("generator"):
+            out["data_generator"] = f"{data['generator']} {data.get('generator_version', '')}".strip()
+        if data.get("n_patients") is not None:
+            out["data_patients"] = data["n_patients"]
+    return out
+
+
+def set_text_dropout(model, p: float) -> None:
+    """Dropout probability of every dropout of the text encoder (BERT's attention reads the module's p)."""
+    for module in model.text_encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = float(p)
 
 
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, command: str | None = None) -> dict:
     """Train; returns the summary. ``should_stop`` is polled after every step: a stop saves ``last``
-    with the position inside the epoch, and ``resume=True`` continues from there."""
+    with the position inside the epoch, and ``resume=True`` continues from there.
+
+    Under torchrun every rank calls this with the same config; the process group is joined here and
+    left at the end. ``command``: the command line recorded in the model card (default: ``sys.argv``).
+    """
+    run = setup_distributed(config.device)
+    try:
+        return _train(config, run, resume, progress, should_stop, command)
+    finally:
+        run.close()
+
+
+def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Progress | None,
+           should_stop: Callable[[], bool] | None, command: str | None) -> dict:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    emit = progress or (lambda event: None)
+    main = run.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    emit = (progress or (lambda event: None)) if main else (lambda event: None)
+    if config.batch_size % run.world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of processes ({run.world})")
+    n_local = config.batch_size // run.world
+    if run.world > 1 and n_local < 1:
+        raise ValueError("every process needs at least one sample of each batch")
+    device = run.device
+    precision = resolve_amp(config.amp, device)
     torch.manual_seed(config.seed)
     prep = PreprocessConfig.from_dict(config.preprocessing)
     items, skipped = cohort_items(config.cohort)
@@ -243,31 +503,91 @@ def train(config: TrainConfig, *, resume: bool = False, progress: Progress | Non
     val_set = ContrastiveDataset(val_items, prep, attributes=config.attributes, augment=False,
                                  seed=config.seed) if val_items else None
     model = build_model(model_config(config))
+    if config.text_dropout is not None:
+        set_text_dropout(model, config.text_dropout)
+    if run.world > 1 and config.sync_batchnorm:
+        model = convert_sync_batchnorm(model, device)
+    if device.type == "cuda":
+        model = model.to(device=device, memory_format=torch.channels_last_3d)
+    else:
+        model = model.to(device)
+    broadcast_module(model)
+    if run.world > 1:  # identical weights everywhere, then each rank its own dropout stream
+        torch.manual_seed(config.seed * 1000 + run.rank)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     steps_per_epoch = max(1, len(train_set) // config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total))
-    loss_fn = ContrastiveLoss()
+    scaler = precision.grad_scaler()
+    loss_fn = _float32_loss(ContrastiveLoss(), precision.device_type)
     state: dict = {}
     start_epoch, start_batch, step, best = 0, 0, 0, float("inf")
-    if resume and (out / "last.json").exists():
-        state = load_training_state(out, model, optimizer, scheduler)
+    checkpoint_data = broadcast_object(read_checkpoint(out) if main and resume else None)
+    if checkpoint_data is not None:
+        state = load_training_state(out, model, optimizer, scheduler, checkpoint=checkpoint_data,
+                                    scaler=scaler, rank=run.rank)
         start_epoch, start_batch = state["next_epoch"], state["next_batch"]
         step, best = state["step"], state["best_val_loss"]
         emit({"event": "resumed", "epoch": start_epoch, "batch": start_batch, "step": step})
-    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    commands = [*state.get("commands", []), command or command_line()]
     log_path = out / "log.csv"
-    if not resume or not log_path.exists():
-        log_path.write_text("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n")
+    if main:
+        remove_stale_temporaries(out)
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        if not resume or not log_path.exists() or checkpoint_data is None:
+            _reset_log(log_path, 0)
+        else:
+            _reset_log(log_path, start_epoch)
+    card = {**cohort_provenance(config.cohort), "command": commands[0], "resume_commands": commands[1:],
+            "world_size": run.world, "device": device.type, "amp": precision.mode}
     emit({"event": "start", "train_exams": len(train_set), "val_exams": len(val_set or []),
-          "skipped": skipped + train_set.skipped, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs})
+          "skipped": skipped + train_set.skipped, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
+          "world_size": run.world, "device": str(device), "amp": precision.mode})
 
     def checkpoint(next_epoch: int, next_batch: int, losses: list) -> None:
-        save_training_state(out, model, optimizer, scheduler,
-                            {"next_epoch": next_epoch, "next_batch": next_batch, "step": step,
-                             "best_val_loss": best, "epoch_losses": losses, "config": config.to_dict()})
+        rngs = all_gather_objects(rng_state(device))  # every rank takes part
+        if main:
+            save_training_state(out, model, optimizer, scheduler,
+                                {"next_epoch": next_epoch, "next_batch": next_batch, "step": step,
+                                 "best_val_loss": best, "epoch_losses": losses, "config": config.to_dict(),
+                                 "world_size": run.world, "commands": commands},
+                                rng=rngs, scaler=scaler)
+
+    def backward(loss: torch.Tensor) -> None:
+        with torch.autocast(precision.device_type, enabled=False):
+            scaler.scale(loss).backward()
+
+    def train_step(images: torch.Tensor, texts: list[str]) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        if config.micro_batch and config.micro_batch < len(texts):  # per-rank micro-batches, all negatives
+            with precision.autocast():
+                loss = accumulated_step(model, images, texts, config.micro_batch, loss_fn, backward=backward)
+        else:
+            with precision.autocast():
+                img, txt, scale = model(images, texts)
+            loss_t = loss_fn(img, txt, scale)
+            backward(loss_t)
+            loss = float(loss_t.detach())
+        all_reduce_gradients(model)
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        model.clamp_logit_scale_()
+        scheduler.step()
+        return loss
+
+    lo, hi = run.rank * n_local, (run.rank + 1) * n_local
+    pin = device.type == "cuda"
+
+    def local_batch(chunk) -> dict:
+        batch = collate([train_set[int(i)] for i in chunk[lo:hi]])
+        if pin:
+            batch["image"] = batch["image"].pin_memory()
+        return batch
 
     summary: dict = {}
+    stop_requested = False
     for epoch in range(start_epoch, config.epochs):
         model.train()
         train_set.set_epoch(epoch)
@@ -275,58 +595,57 @@ def train(config: TrainConfig, *, resume: bool = False, progress: Progress | Non
         first = start_batch if epoch == start_epoch else 0
         losses = list(state.get("epoch_losses", [])) if epoch == start_epoch and first else []
         t0 = time.perf_counter()
-        produced = ((b, collate([train_set[int(i)] for i in chunks[b]])) for b in range(first, len(chunks)))
+        produced = ((b, local_batch(chunks[b])) for b in range(first, len(chunks)))
         for b, batch in prefetch(produced):
-            optimizer.zero_grad(set_to_none=True)
-            if config.micro_batch and config.micro_batch < len(batch["text"]):
-                loss = accumulated_step(model, batch["image"], batch["text"], config.micro_batch, loss_fn)
-            else:
-                img, txt, scale = model(batch["image"], batch["text"])
-                loss_t = loss_fn(img, txt, scale)
-                loss_t.backward()
-                loss = float(loss_t)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            model.clamp_logit_scale_()
-            scheduler.step()
+            local_loss = train_step(to_device(batch["image"], device), batch["text"])
             step += 1
+            loss, stop_now = mean_over_ranks(local_loss, bool(should_stop and should_stop()))
             losses.append(loss)
             emit({"event": "step", "epoch": epoch, "step": step, "loss": loss,
                   "lr": scheduler.get_last_lr()[0], "total_steps": total})
-            if should_stop and should_stop() and b + 1 < len(chunks):
+            stop_requested = stop_requested or stop_now
+            if stop_now and b + 1 < len(chunks):
                 checkpoint(epoch, b + 1, losses)
-                emit({"event": "stopped", "epoch": epoch, "step": step,
-                      "checkpoint": str(out / "last.safetensors")})
+                emit({"event": "stopped", "epoch": epoch, "step": step, "checkpoint": str(out / CHECKPOINT)})
                 return {"epoch": epoch, "step": step, "stopped": True}
-        metrics = validate(model, val_set, config.batch_size, loss_fn) if val_set else {}
+        metrics = validate(model, val_set, config.batch_size, _float32_loss(clip_loss, precision.device_type),
+                           precision) if val_set else {}
         train_loss = float(np.mean(losses)) if losses else float("nan")
-        with open(log_path, "a", newline="") as fh:
-            csv.writer(fh).writerow([epoch, step, train_loss, scheduler.get_last_lr()[0],
-                                     *(metrics.get(k, "") for k in ("val_loss", "recall_at_1",
-                                                                      "recall_at_5", "mean_rank"))])
+        if main:
+            with open(log_path, "a", newline="") as fh:
+                csv.writer(fh).writerow([epoch, step, train_loss, scheduler.get_last_lr()[0],
+                                         *(metrics.get(k, "") for k in ("val_loss", "recall_at_1",
+                                                                          "recall_at_5", "mean_rank"))])
         if metrics and metrics["val_loss"] < best:
             best = metrics["val_loss"]
-            export(model, config, out / "best", metrics, epoch, len(train_set))
+            if main:
+                export(model, config, out / "best", metrics, epoch, len(train_set), card)
         checkpoint(epoch + 1, 0, [])
         summary = {"epoch": epoch, "step": step, "train_loss": train_loss, **metrics,
                    "seconds": time.perf_counter() - t0, "best_val_loss": best}
         emit({"event": "epoch", **summary})
-        if should_stop and should_stop():
-            emit({"event": "stopped", "epoch": epoch, "step": step, "checkpoint": str(out / "last.safetensors")})
+        if any_rank(stop_requested or bool(should_stop and should_stop())):
+            emit({"event": "stopped", "epoch": epoch, "step": step, "checkpoint": str(out / CHECKPOINT)})
             return {**summary, "stopped": True}
-    export(model, config, out / "last_model", summary, summary.get("epoch", config.epochs - 1), len(train_set))
-    plot_losses(log_path, out / "loss_curve.png")
-    best_file = out / "best.safetensors"
-    emit({"event": "done", **summary, "model": str(best_file if best_file.exists() else out / "last_model.safetensors")})
+    if main:
+        export(model, config, out / "last_model", summary, summary.get("epoch", config.epochs - 1),
+               len(train_set), card)
+        plot_losses(log_path, out / "loss_curve.png")
+        best_file = out / "best.safetensors"
+        emit({"event": "done", **summary,
+              "model": str(best_file if best_file.exists() else out / "last_model.safetensors")})
+    any_rank(False)  # the other ranks wait for rank 0's files before leaving
     return summary
 
 
-def export(model, config: TrainConfig, path: Path, metrics: dict, epoch: int, n_train: int) -> Path:
-    """A model file (safetensors + card) usable by the viewer and the CLI."""
+def export(model, config: TrainConfig, path: Path, metrics: dict, epoch: int, n_train: int,
+           run_info: dict | None = None) -> Path:
+    """A model file (safetensors + card) usable by the viewer and the CLI. ``run_info``: command line,
+    data seed, world size, device and precision, recorded in the card's ``training`` entry."""
+    training = {"data": f"cohort {config.cohort}", **(run_info or {}), "epochs": epoch + 1,
+                "train_exams": n_train, "config": config.to_dict()}
     return save_model(path, model, preprocessing=config.preprocessing, prompt_template_version=TEMPLATE_VERSION,
-                      training={"data": f"cohort {config.cohort}", "epochs": epoch + 1, "train_exams": n_train,
-                                "config": config.to_dict()},
-                      metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                      training=training, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
