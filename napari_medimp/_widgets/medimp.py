@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit
 from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -70,6 +71,7 @@ class LayerResult:
     time_unit: str
     model: dict
     expected_bin: str | None
+    plots: tuple[bytes, bytes] = (b"", b"")
     saliency: dict | None = None
     saliency_map: Any = None
     finished: float = field(default_factory=time.time)
@@ -96,6 +98,21 @@ class MedimpWidget(QWidget):
             getattr(self.viewer.layers.events, name).connect(self._refresh_layers)
         self._refresh_layers()
         self.set_model_file(self._default_model())
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Import the heavy libraries (MONAI, transformers) in the background while the user fills the form:
+        their first import holds Python's lock in long stretches, which would otherwise stall the viewer
+        during the first analysis."""
+        from napari.qt.threading import create_worker
+
+        self._warming = create_worker(_import_heavy_modules)
+        self._warming.finished.connect(lambda: setattr(self, "_warming", None))
+        self._warming.start()
+
+    @property
+    def warmed_up(self) -> bool:
+        return self._warming is None
 
     # ---------------------------------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -256,23 +273,18 @@ class MedimpWidget(QWidget):
         return box
 
     def _build_results_group(self) -> QGroupBox:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         box = QGroupBox("Results")
         layout = QVBoxLayout(box)
         self.results_label = QLabel("No analysis yet.")
         self.results_label.setWordWrap(True)
         self.results_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.results_label)
-        self.results_figure = Figure(figsize=(4.2, 2.4), dpi=90, facecolor="#262930")
-        self.results_canvas = FigureCanvasQTAgg(self.results_figure)
-        self.results_canvas.setMinimumHeight(210)
-        self.results_canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.curves_figure = Figure(figsize=(4.2, 2.2), dpi=90, facecolor="#262930")
-        self.curves_canvas = FigureCanvasQTAgg(self.curves_figure)
-        self.curves_canvas.setMinimumHeight(190)
-        self.curves_canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        # plots are rendered in the worker thread (matplotlib Agg) and only shown here
+        self.results_canvas = QLabel()
+        self.curves_canvas = QLabel()
+        for canvas in (self.results_canvas, self.curves_canvas):
+            canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         layout.addWidget(self.results_canvas)
         layout.addWidget(self.curves_canvas)
         self.results_canvas.hide()
@@ -319,7 +331,7 @@ class MedimpWidget(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _layer_alive(self, layer) -> bool:
-        return any(other is layer for other in self.viewer.layers)
+        return any(_key(other) == _key(layer) for other in self.viewer.layers)
 
     def _on_layer_changed(self, *_) -> None:
         layer = self.current_layer()
@@ -453,6 +465,7 @@ class MedimpWidget(QWidget):
         key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, device)
         if key not in self._predictors:
             self._predictors.clear()  # one model in memory at a time
+            _leave_a_core_to_the_viewer()
             self._predictors[key] = Predictor.from_file(path, device=device)
         return self._predictors[key]
 
@@ -461,7 +474,7 @@ class MedimpWidget(QWidget):
         """(RoiBox or None for automatic, description)."""
         choice = self.roi_combo.currentText()
         if not choice or choice == AUTO_ROI or choice not in self.viewer.layers:
-            auto = self._auto_rois.get(id(layer))
+            auto = self._auto_rois.get(_key(layer))
             return auto, "automatic" if auto is None else "automatic (shown)"
         shapes = self.viewer.layers[choice]
         if len(shapes.data) == 0:
@@ -477,7 +490,7 @@ class MedimpWidget(QWidget):
 
             fallback = RoiBox.from_sequence(fallback)
         else:
-            fallback = self._auto_rois.get(id(layer))
+            fallback = self._auto_rois.get(_key(layer))
         return roi_from_vertices(voxels, layer.data.shape[-3:], fallback), f"from {choice!r}"
 
     def _update_roi_label(self) -> None:
@@ -521,7 +534,7 @@ class MedimpWidget(QWidget):
         if not self._layer_alive(layer):
             self._notify_warning(f"layer {layer.name!r} was removed; kidney box discarded")
             return
-        self._auto_rois[id(layer)] = roi
+        self._auto_rois[_key(layer)] = roi
         name = f"kidney box · {layer.name}"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
@@ -574,7 +587,7 @@ class MedimpWidget(QWidget):
             return None
         return {"layer": layer, "layer_name": layer.name, "volume": volume, "record": record, "prompt": prompt,
                 "roi": roi, "roi_how": roi_how, "labels": labels, "model": self.model_edit.text(),
-                "device": self.device_combo.currentText(), "exam": record.exam}
+                "device": self.device_combo.currentText(), "exam": record.exam, "form": self.form_values()}
 
     def analyze(self) -> None:
         """Image-prompt similarity, zero-shot GFR bins, prognosis and curves of the chosen layer."""
@@ -593,12 +606,16 @@ class MedimpWidget(QWidget):
                              progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.8 * f))
             relay.progress.emit("time-intensity curves", 0.9)
             curves = roi_and_region_curves(spec["volume"], result.roi, spec["labels"], REGION_NAMES)
-            return result, curves
+            times = spec["volume"].frame_times
+            expected = gfr_bin(spec["record"].gfr) if spec["record"].gfr is not None else None
+            relay.progress.emit("plots", 0.95)
+            return result, curves, render_plots(result.to_dict(), curves, times, expected)
 
         self._start(job, lambda out: self._analysis_done(spec, *out), f"analysing {spec['layer_name']!r}")
 
-    def _analysis_done(self, spec: dict, result, curves: dict) -> None:
+    def _analysis_done(self, spec: dict, result, curves: dict, plots: tuple[bytes, bytes]) -> None:
         from .._layers import time_axis
+        from ..core.report import clinical_inputs, describe_inputs
 
         layer = spec["layer"]
         if not self._layer_alive(layer):
@@ -608,17 +625,20 @@ class MedimpWidget(QWidget):
         t_scale, t_unit = time_axis(volume)
         times = volume.frame_times if volume.frame_times is not None else None
         record = spec["record"]
-        inputs = {
-            "layer": spec["layer_name"], "source": volume.source, "exam": spec["exam"],
-            "clinical_values": {k: v for k, v in self.form_values().items() if v not in ("", None)},
-            "roi_zyx": result.roi.to_list(), "roi_from": spec["roi_how"],
-            "roi_mm": _roi_mm(result.roi, volume), "device": self.device_combo.currentText(),
-        }
-        self._results[id(layer)] = LayerResult(
+        form = spec["form"]
+        clinical = clinical_inputs(gfr=form["gfr"], donor_age=form["donor_age"], creatinine=form["creatinine"],
+                                   creatinine_std=form["creatinine_std"], creatinine_unit=form["creatinine_unit"],
+                                   record=record, source="typed in the MEDIMP widget")
+        inputs = describe_inputs(volume, exam=spec["exam"], roi=result.roi, roi_source=spec["roi_how"],
+                                 clinical=clinical, layer_name=spec["layer_name"])
+        inputs["device"] = result.model.get("device")
+        self._results[_key(layer)] = LayerResult(
             layer_name=spec["layer_name"], inputs=inputs, prompt=spec["prompt"], analysis=result.to_dict(),
             curves=curves, times=times, time_unit="s" if times is not None else t_unit,
-            model=result.model, expected_bin=gfr_bin(record.gfr) if record.gfr is not None else None)
-        if self.current_layer() is not layer:
+            model=result.model, expected_bin=gfr_bin(record.gfr) if record.gfr is not None else None,
+            plots=plots)
+        current = self.current_layer()
+        if current is None or _key(current) != _key(layer):
             self._notify_info(f"analysis of {spec['layer_name']!r} finished; select that layer to see it")
         self._show_results()
 
@@ -664,11 +684,14 @@ class MedimpWidget(QWidget):
                                             opacity=0.7, contrast_limits=(0.0, 1.0), scale=scale,
                                             translate=translate, metadata=metadata, **_spatial_axes(layer))
         self.viewer.layers.selection.active = overlay
-        result = self._results.get(id(layer))
+        result = self._results.get(_key(layer))
         if result is not None:
             result.saliency, result.saliency_map = info, smap
         self.status_label.setText(f"{smap.method} for {smap.target} added over {spec['layer_name']!r} "
                                   f"(score {smap.score:.3f}); opacity in the layer controls")
+        if not np.any(smap.data > 0):
+            self._notify_warning(f"the {smap.method} map is zero everywhere: this target does not respond to the "
+                                 "image at that layer; try occlusion")
 
     # ----------------------------------------------------------------------------------- the worker
     def _start(self, fn, on_done, description: str) -> None:
@@ -729,7 +752,7 @@ class MedimpWidget(QWidget):
     # -------------------------------------------------------------------------------------- results
     def current_result(self) -> LayerResult | None:
         layer = self.current_layer()
-        return None if layer is None else self._results.get(id(layer))
+        return None if layer is None else self._results.get(_key(layer))
 
     def _show_results(self) -> None:
         result = self.current_result()
@@ -739,8 +762,6 @@ class MedimpWidget(QWidget):
             self.results_canvas.hide()
             self.curves_canvas.hide()
             return
-        from ..core.plots import plot_curves, plot_prognosis, plot_zero_shot
-
         a = result.analysis
         reading = a["zero_shot_gfr"]
         best = max(reading, key=reading.get)
@@ -755,19 +776,11 @@ class MedimpWidget(QWidget):
         if result.model.get("training_data") and "synthetic" in str(result.model["training_data"]).lower():
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))
-        self.results_figure.clear()
-        ax_zero, ax_prog = self.results_figure.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
-        plot_zero_shot(ax_zero, reading, result.expected_bin, dark=True)
-        plot_prognosis(ax_prog, prognosis, dark=True)
-        self.results_figure.tight_layout()
-        self.results_canvas.draw_idle()
-        self.results_canvas.show()
-        self.curves_figure.clear()
-        plot_curves(self.curves_figure.add_subplot(1, 1, 1), result.curves, result.times, result.time_unit,
-                    dark=True)
-        self.curves_figure.tight_layout()
-        self.curves_canvas.draw_idle()
-        self.curves_canvas.show()
+        for canvas, png in zip((self.results_canvas, self.curves_canvas), result.plots, strict=True):
+            pixmap = QPixmap()
+            pixmap.loadFromData(png, "PNG")
+            canvas.setPixmap(pixmap)
+            canvas.setVisible(not pixmap.isNull())
 
     # --------------------------------------------------------------------------------------- export
     def _choose_export_folder(self) -> None:
@@ -829,6 +842,57 @@ class MedimpWidget(QWidget):
         show_info(message)
 
 
+def _import_heavy_modules() -> None:
+    import importlib
+
+    for name in ("monai.transforms", "monai.visualize", "transformers", "napari_medimp.core.inference",
+                 "napari_medimp.core.saliency", "napari_medimp.core.plots", "matplotlib.backends.backend_agg"):
+        importlib.import_module(name)
+
+
+def _leave_a_core_to_the_viewer() -> None:
+    """CPU inference uses all cores but one, so that drawing and the event loop never starve."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
+def render_plots(analysis: dict, curves: dict, times, expected_bin: str | None) -> tuple[bytes, bytes]:
+    """PNG bytes of the results panel (zero-shot GFR bins + prognosis) and of the time-intensity curves,
+    rendered with matplotlib's Agg backend (safe off the main thread: nothing here touches Qt)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..core.plots import plot_curves, plot_prognosis, plot_zero_shot
+
+    out = []
+    for kind in ("results", "curves"):
+        figure = Figure(figsize=(4.4, 2.5 if kind == "results" else 2.3), dpi=90, facecolor="#262930")
+        FigureCanvasAgg(figure)
+        if kind == "results":
+            ax_zero, ax_prog = figure.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
+            plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
+            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True)
+        else:
+            plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
+        out.append(buffer.getvalue())
+    return out[0], out[1]
+
+
+def _key(layer) -> str:
+    """A layer's identity that survives the viewer proxy napari hands to plugin widgets."""
+    return str(getattr(layer, "unique_id", id(layer)))
+
+
 def _shrinkable(combo: QComboBox) -> None:
     """Long layer names must not widen the dock: show them elided, full name in the list."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -842,9 +906,3 @@ def _spatial_axes(layer) -> dict:
 
 def _html(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _roi_mm(roi, volume) -> dict:
-    spacing = np.asarray(volume.spacing)
-    return {"size_zyx_mm": [round(float(v), 2) for v in np.asarray(roi.shape) * spacing],
-            "start_offset_zyx_mm": [round(float(v), 2) for v in np.asarray(roi.start) * spacing]}

@@ -56,3 +56,12 @@ def sample_exam(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM) -> tuple[DCEVo
     volume.metadata.update(patient="synthetic", exam=exam, synthetic=True, seed=seed)
     labels, _ = load_labels(seg)
     return volume, labels
+
+
+def sample_record(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM):
+    """The sample patient's clinical values at ``exam`` (as its cohort's clinical table would give them)."""
+    from . import synth
+    from .prompts import ClinicalRecord
+
+    patient = synth.sample_patient(seed, 0)
+    return ClinicalRecord.from_csv_row(patient["clinical"], exam)
