@@ -773,6 +773,8 @@ class MedimpWidget(QWidget):
         prognosis = a.get("prognosis_dysfunction_probability") or {}
         if prognosis:
             lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.2f}</b>" for h, p in prognosis.items()))
+        if a.get("prognosis_note"):
+            lines.append(f"<span style='color:#ffb347'>{_html(a['prognosis_note'])}</span>")
         if result.model.get("training_data") and "synthetic" in str(result.model["training_data"]).lower():
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))

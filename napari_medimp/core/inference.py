@@ -327,6 +327,7 @@ class Analysis:
     prognosis: dict[str, float]
     embedding: np.ndarray
     model: dict
+    prognosis_note: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -336,6 +337,7 @@ class Analysis:
             "similarity": self.similarity,
             "zero_shot_gfr": self.gfr_reading,
             "prognosis_dysfunction_probability": self.prognosis,
+            "prognosis_note": self.prognosis_note,
             "model": self.model,
         }
 
@@ -347,4 +349,19 @@ def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str |
     similarity = float(predictor.similarity(embedding.vector, prompt)[0]) if prompt else None
     prognosis = predictor.prognosis({exam: embedding.vector}) if predictor.loaded.prognosis else {}
     return Analysis(exam, embedding.roi, prompt, similarity, predictor.zero_shot(embedding.vector, "gfr"),
-                    prognosis, embedding.vector, predictor.model_facts())
+                    prognosis, embedding.vector, predictor.model_facts(), single_exam_note(predictor, exam))
+
+
+def single_exam_note(predictor: Predictor, exam: str) -> str | None:
+    """A caution when the prognosis heads were fitted on patients with clearly more exams than one: the
+    last four features of a head are the exam-availability mask, and their training mean says how many
+    exams its patients had."""
+    heads = list(predictor.loaded.prognosis.values())
+    if not heads:
+        return None
+    seen = float(np.sum(np.asarray(heads[0].mean, dtype=float)[-4:]))
+    if seen < 2.0:
+        return None
+    return (f"prognosis from one exam ({exam}); the heads were fitted on patients with {seen:.1f} of 4 exams on "
+            "average, so a single exam is outside what they saw: combine the patient's exams "
+            "(medimp predict on the patient folder) for a reading they were trained for")

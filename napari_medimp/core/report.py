@@ -224,6 +224,7 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "zero_shot_gfr": reading,
         "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
         "prognosis_dysfunction_probability": dict(analysis.get("prognosis_dysfunction_probability") or {}),
+        "prognosis_note": analysis.get("prognosis_note"),
     }
     used = ((inputs.get("clinical") or {}).get("used") or {})
     gfr = used.get("gfr_ml_min_1_73m2")
@@ -321,6 +322,8 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
     if prognosis:
         lines.append("probability of graft dysfunction: "
                      + ", ".join(f"{h} {_percent(p)}" for h, p in prognosis.items()))
+        if results.get("prognosis_note"):
+            lines.append(f"  note: {results['prognosis_note']}")
     else:
         lines.append("prognosis: this model has no prognosis heads")
     saliency = report.get("saliency")
