@@ -64,23 +64,72 @@ def show_sample(viewer) -> dict:
     return report
 
 
+WIDGET = "MEDIMP graft analysis"
+
+
+def dock_prefilled(viewer, layer_name: str | None = None):
+    """Dock the MEDIMP widget, filled with the sample patient's clinical values at the sample exam."""
+    from .core.sample import sample_record
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medimp", WIDGET)
+    if layer_name:
+        widget.layer_combo.setCurrentText(layer_name)
+    if widget.labels_combo.findText("graft tissues") >= 0:
+        widget.labels_combo.setCurrentText("graft tissues")
+    record = sample_record()
+    widget.prefill(exam=record.exam, donor_age=record.donor_age, gfr=record.gfr, creatinine=list(record.creatinine))
+    return widget
+
+
+def wait_for(widget, timeout_s: float = 600.0) -> None:
+    """Process events until the widget's background job is over."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout_s
+    while widget.busy:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"MEDIMP job still running after {timeout_s:.0f} s")
+        QApplication.processEvents()
+        time.sleep(0.02)
+    QApplication.processEvents()
+
+
 def run_demo(headless: bool, out_dir: Path) -> int:
     import napari
+    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-medimp demo", show=True)
+    viewer.window.resize(1500, 950)
     report = show_sample(viewer)
+    widget = dock_prefilled(viewer)
+    QApplication.processEvents()
+    viewer.reset_view()
     if not headless:
         napari.run()
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
-    from qtpy.QtWidgets import QApplication
-
-    QApplication.processEvents()
+    widget.analyze()
+    wait_for(widget)
+    widget.saliency()
+    wait_for(widget)
+    viewer.layers.selection.active = viewer.layers[widget.layer_combo.currentText()]
+    for _ in range(5):
+        QApplication.processEvents()
+    files = widget.export_report(out_dir)
+    if files is None:
+        print(f"medimp demo: the analysis did not complete: {widget.status_label.text()}")
+        return 1
     screenshot = out_dir / "demo_screenshot.png"
     viewer.screenshot(str(screenshot), canvas_only=False)
+    widget.save_panel(out_dir / "demo_widget.png")
     (out_dir / "demo_report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out_dir / "demo_report.md").write_text(_markdown(report))
-    viewer.close()
+    from .core.report import report_summary
+
     print(_markdown(report))
-    print(f"screenshot: {screenshot}\nreport: {out_dir / 'demo_report.md'}")
+    print(report_summary(json.loads(Path(files["json"]).read_text()), files))
+    print(f"screenshot: {screenshot}\nanalysis report: {files['json']}\ncurves report: {out_dir / 'demo_report.md'}")
+    viewer.close()
     return 0

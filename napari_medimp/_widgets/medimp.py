@@ -127,11 +127,13 @@ class MedimpWidget(QWidget):
         layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
+        self._content = content
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        self.setMinimumWidth(380)
+        self.setMinimumWidth(max(380, content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4))
 
     def _build_image_group(self) -> QGroupBox:
         box = QGroupBox("Image")
@@ -772,7 +774,7 @@ class MedimpWidget(QWidget):
                      + (f"; entered GFR is <i>{_html(result.expected_bin)}</i>" if result.expected_bin else ""))
         prognosis = a.get("prognosis_dysfunction_probability") or {}
         if prognosis:
-            lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.2f}</b>" for h, p in prognosis.items()))
+            lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.1%}</b>" for h, p in prognosis.items()))
         if a.get("prognosis_note"):
             lines.append(f"<span style='color:#ffb347'>{_html(a['prognosis_note'])}</span>")
         if result.model.get("training_data") and "synthetic" in str(result.model["training_data"]).lower():
@@ -781,6 +783,9 @@ class MedimpWidget(QWidget):
         for canvas, png in zip((self.results_canvas, self.curves_canvas), result.plots, strict=True):
             pixmap = QPixmap()
             pixmap.loadFromData(png, "PNG")
+            width = max(200, self._content.width() - 40)
+            if not pixmap.isNull() and pixmap.width() > width:
+                pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
             canvas.setPixmap(pixmap)
             canvas.setVisible(not pixmap.isNull())
 
@@ -824,6 +829,12 @@ class MedimpWidget(QWidget):
             return None
         self.status_label.setText(f"report written to {folder}")
         return files
+
+    def save_panel(self, path) -> Path:
+        """PNG of the whole panel (all sections, not only the part scrolled into view)."""
+        path = Path(path)
+        self._content.grab().save(str(path))
+        return path
 
     # -------------------------------------------------------------------------------------- messages
     def _notify_error(self, message: str) -> None:
@@ -875,10 +886,10 @@ def render_plots(analysis: dict, curves: dict, times, expected_bin: str | None) 
 
     out = []
     for kind in ("results", "curves"):
-        figure = Figure(figsize=(4.4, 2.5 if kind == "results" else 2.3), dpi=90, facecolor="#262930")
+        figure = Figure(figsize=(4.0, 4.4 if kind == "results" else 2.4), dpi=90, facecolor="#262930")
         FigureCanvasAgg(figure)
         if kind == "results":
-            ax_zero, ax_prog = figure.subplots(1, 2, gridspec_kw={"width_ratios": [5, 3]})
+            ax_zero, ax_prog = figure.subplots(2, 1)
             plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
             plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True)
         else:
