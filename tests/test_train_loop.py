@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from napari_medimp.core.checkpoint import load_model
 from napari_medimp.core.preprocess import PreprocessConfig
-from src_train.train import TrainConfig, lr_lambda, parameter_groups, train
+from src_train.train import (
+    TrainConfig,
+    load_training_state,
+    lr_lambda,
+    parameter_groups,
+    resolve_amp,
+    save_training_state,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +60,7 @@ def test_smoke_training_writes_everything(cohort, tmp_path):
     json.dumps(events)  # progress events are JSON-serialisable (the napari dialog reads them as lines)
     loaded = load_model(run / "last_model")
     assert loaded.card["training"]["epochs"] == 2
+    assert loaded.card["training"]["amp"] == "off" and loaded.card["training"]["device"] == "cpu"
 
 
 def test_stop_then_resume_equals_an_uninterrupted_run(cohort, tmp_path):
@@ -99,12 +115,20 @@ def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys)
     config.write_text(json.dumps({"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
                                                                     input_size=(8, 16, 16)).to_dict(),
                                   "image_encoder_kwargs": {"width": 8}, "val_fraction": 0.34}))
-    code = main(["train", "--cohort", str(cohort), "--out", str(run), "--config", str(config), "--epochs", "1",
-                 "--batch-size", "2", "--embed-dim", "16", "--json-progress"])
+    argv = ["train", "--cohort", str(cohort), "--out", str(run), "--config", str(config), "--epochs", "1",
+            "--batch-size", "2", "--embed-dim", "16", "--json-progress"]
+    code = main(argv)
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert lines[0]["event"] == "start" and lines[-1]["event"] == "done"
     model = lines[-1]["model"]
+    # the model card tells how it was made: the command as typed, the cohort's data seed, the options
+    training = json.loads(Path(model).with_suffix(".json").read_text())["training"]
+    assert training["command"] == "medimp " + " ".join(argv)
+    assert training["resume_commands"] == []
+    assert training["data_seed"] == 21 and training["data_generator"].startswith("napari_medimp.core.synth")
+    assert training["config"]["embed_dim"] == 16 and training["config"]["batch_size"] == 2
+    assert training["config"]["preprocessing"]["input_size"] == [8, 16, 16]
     code = main(["evaluate", "--model", model, "--cohort", str(cohort), "--out", str(tmp_path / "eval"),
                  "--splits", "2", "--repeats", "1", "--write-heads"])
     assert code == 0
@@ -116,3 +140,138 @@ def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys)
     assert {row["feature_set"] for row in evaluation} == {"MEDIMP", "untrained encoder", "clinical values only"}
     # heads exist only for horizons where both classes occur among the three patients
     assert set(predictor.prognosis_horizons) <= {"2y", "3y", "4y"}
+
+
+def test_card_records_resume_commands_and_no_seed_for_other_cohorts(tmp_path):
+    from src_train.train import cohort_provenance, command_line
+
+    assert command_line(["train", "--cohort", "a b"], "python -m src_train") == \
+        "python -m src_train train --cohort 'a b'"
+    assert cohort_provenance(tmp_path) == {}  # a cohort folder without ground_truth.json
+    (tmp_path / "ground_truth.json").write_text("{not json")
+    assert cohort_provenance(tmp_path) == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# mixed precision
+# --------------------------------------------------------------------------------------------------
+def test_amp_option_is_validated_and_off_on_cpu_by_default():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu).mode == "off" and resolve_amp("off", cpu).mode == "off"
+    assert resolve_amp("bf16", cpu).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="half")
+    assert not resolve_amp("auto", cpu).grad_scaler().is_enabled()
+
+
+def test_cpu_bf16_training_runs(cohort, tmp_path):
+    events = []
+    train(_config(cohort, tmp_path / "bf16", amp="bf16", epochs=1), progress=events.append)
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert losses and all(0 < x < 100 for x in losses)
+    assert events[0]["amp"] == "bf16"
+    card = load_model(tmp_path / "bf16" / "last_model").card
+    assert card["training"]["amp"] == "bf16"
+    # weights stay float32 (autocast changes the compute type only)
+    assert all(v.dtype == torch.float32 for v in load_model(tmp_path / "bf16" / "last_model").model.state_dict().values()
+               if v.is_floating_point())
+
+
+def test_loss_scale_is_saved_and_restored(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
+    scaler.scale(model(torch.ones(4, 3)).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update(new_scale=123.0)
+    save_training_state(tmp_path, model, optimizer, scheduler, {"next_epoch": 1}, scaler=scaler)
+    restored = torch.amp.GradScaler("cpu", init_scale=1.0)
+    state = load_training_state(tmp_path, torch.nn.Linear(3, 2), torch.optim.AdamW(torch.nn.Linear(3, 2).parameters()),
+                                scheduler, scaler=restored)
+    assert state["next_epoch"] == 1
+    assert restored.get_scale() == 123.0 and restored.state_dict() == scaler.state_dict()
+
+
+# --------------------------------------------------------------------------------------------------
+# a run killed with SIGKILL resumes exactly
+# --------------------------------------------------------------------------------------------------
+def _steps(events):
+    return {e["step"]: e["loss"] for e in events if e["event"] == "step"}
+
+
+def _log_rows(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return [[float(x) if x else None for x in row.values()] for row in csv.DictReader(fh)]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_path, capsys):
+    from src_train.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
+                                                                    input_size=(8, 16, 16)).to_dict(),
+                                  "image_encoder_kwargs": {"width": 8}, "embed_dim": 16, "val_fraction": 0.34,
+                                  "warmup_steps": 2, "epochs": 3, "batch_size": 2}))
+
+    def argv(out):
+        return ["train", "--cohort", str(cohort), "--out", str(out), "--config", str(config), "--json-progress"]
+
+    assert main(argv(tmp_path / "ref")) == 0
+    reference = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    steps_per_epoch = reference[0]["steps_per_epoch"]
+    assert steps_per_epoch >= 3
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "src_train", *argv(run)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    killed, epoch_done = [], False
+    try:
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            killed.append(json.loads(line))
+            epoch_done = epoch_done or killed[-1]["event"] == "epoch"
+            if epoch_done and killed[-1]["event"] == "step" and killed[-1]["epoch"] == 1:
+                proc.send_signal(signal.SIGKILL)  # the first step of the second epoch is done
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((run / "last.json").read_text())
+    assert (state["next_epoch"], state["next_batch"]) == (1, 0), "killed after epoch 0's checkpoint, in epoch 1"
+    # a write cut short leaves only hidden temporaries, never a file the loader takes for a checkpoint
+    leftovers = {p.name for p in run.iterdir()} - {"last.safetensors", "last.json", "log.csv", "train_config.json",
+                                                   "best.safetensors", "best.json"}
+    assert all(name.startswith(".") and name.endswith(".part") for name in leftovers), leftovers
+    payload = (run / "last.safetensors").read_bytes()
+    (run / ".last.safetensors.abc123.part").write_bytes(payload[: len(payload) // 2])  # as if killed mid-write
+    (run / ".last.json.abc123.part").write_text('{"next_epoch": 2')
+
+    assert main([*argv(run), "--resume"]) == 0
+    resumed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert resumed[0] == {"event": "resumed", "epoch": 1, "batch": 0, "step": steps_per_epoch}
+    assert resumed[-1]["event"] == "done"
+    assert not list(run.glob(".*.part")), "stale temporaries are removed on resume"
+
+    ref_steps, killed_steps, resumed_steps = _steps(reference), _steps(killed), _steps(resumed)
+    assert sorted(resumed_steps) == list(range(steps_per_epoch + 1, 3 * steps_per_epoch + 1))
+    for step, loss in {**killed_steps, **resumed_steps}.items():
+        assert loss == pytest.approx(ref_steps[step], rel=0, abs=1e-6), step
+    ref_log, run_log = _log_rows(tmp_path / "ref" / "log.csv"), _log_rows(run / "log.csv")
+    assert len(run_log) == len(ref_log) == 3
+    for a, b in zip(ref_log, run_log, strict=True):
+        assert b == pytest.approx(a, rel=0, abs=1e-6)
+    a = load_model(tmp_path / "ref" / "last_model").model.state_dict()
+    b = load_model(run / "last_model").model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    card = load_model(run / "last_model").card["training"]
+    assert card["command"].startswith("python -m src_train train") or "src_train" in card["command"]
+    assert card["resume_commands"] == ["python -m src_train " + " ".join([*argv(run), "--resume"])]
