@@ -356,3 +356,36 @@ def test_module_needs_no_qt():
             "assert not any(m.split('.')[0] in ('qtpy', 'PyQt6', 'PyQt5', 'napari') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith(('qtpy', 'PyQt', 'napari.'))]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# loss plot
+# --------------------------------------------------------------------------------------------------
+def test_nice_ceiling():
+    assert [tj.nice_ceiling(v) for v in (0.9, 1.0, 1.1, 2.1, 3.2, 7, 0.031)] == [1, 1, 2, 2.5, 5, 10, 0.05]
+    assert tj.nice_ceiling(0) == 1.0 and tj.nice_ceiling(float("nan")) == 1.0
+
+
+def test_plot_axes_change_rarely():
+    progress = tj.TrainingProgress()
+    assert tj.plot_limits(progress) == (1.0, 1.0)
+    progress.apply(EVENTS[0])  # the run's length alone does not redraw the axes
+    assert tj.plot_limits(progress, (1.0, 1.0)) == (1.0, 1.0)
+    limits = None
+    history = []
+    for step, loss in enumerate([0.9, 0.5, 0.2, 2.5, 2.7, 3.1, 1.0, 0.4], 1):
+        progress.apply({"event": "step", "epoch": 0, "step": step, "loss": loss, "total_steps": 8})
+        limits = tj.plot_limits(progress, limits)
+        history.append(limits)
+    assert history[0] == (8.0, 2.0)  # whole run on x; 1.25 x the loss, rounded up, on y
+    assert len(set(history)) == 2 and history[-1] == (8.0, 5.0)  # one change for the spike, none after
+    assert tj.plot_limits(progress, (8.0, 10.0)) == (8.0, 10.0)  # never shrinks
+
+
+def test_long_curves_are_averaged_for_the_plot():
+    progress = tj.TrainingProgress()
+    for step in range(1, 10_001):
+        progress.apply({"event": "step", "epoch": 0, "step": step, "loss": 1.0 + step % 2, "total_steps": 10_000})
+    steps, losses, _, _ = progress.curves(max_points=1000)
+    assert len(steps) == 1000 and steps[0] == 5.5 and all(v == 1.5 for v in losses)
+    assert len(progress.curves(max_points=0)[0]) == 10_000

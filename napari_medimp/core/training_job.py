@@ -53,7 +53,9 @@ __all__ = [
     "evaluation_command",
     "evaluation_display_rows",
     "inspect_run_folder",
+    "nice_ceiling",
     "parse_event",
+    "plot_limits",
     "preset_defaults",
     "preset_warning",
     "read_config",
@@ -567,12 +569,50 @@ class TrainingProgress:
             parts.append(f"{self.train_exams} training exams, {self.val_exams} validation exams")
         return " · ".join(parts) if parts else "preparing the data..."
 
-    def curves(self) -> tuple[list[int], list[float], list[int], list[float]]:
-        """(steps, train losses, epoch-end steps, validation losses) with finite values only."""
-        steps = [s for s, v in self.step_losses if math.isfinite(v)]
-        losses = [v for _, v in self.step_losses if math.isfinite(v)]
+    def curves(self, max_points: int = 1500) -> tuple[list[float], list[float], list[int], list[float]]:
+        """(steps, train losses, epoch-end steps, validation losses), finite values only; the train
+        curve is averaged over bins of consecutive steps when it has more than ``max_points`` points."""
+        pairs = [(s, v) for s, v in self.step_losses if math.isfinite(v)]
+        if len(pairs) > max_points > 0:
+            size = math.ceil(len(pairs) / max_points)
+            chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+            pairs = [(sum(s for s, _ in c) / len(c), sum(v for _, v in c) / len(c)) for c in chunks]
         val = [(m["step"], m["val_loss"]) for m in self.epoch_metrics if _finite(m.get("val_loss"))]
-        return steps, losses, [s for s, _ in val], [v for _, v in val]
+        return [s for s, _ in pairs], [v for _, v in pairs], [s for s, _ in val], [v for _, v in val]
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= ``value`` (> 0)."""
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for factor in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if factor * power >= value * (1 - 1e-12):
+            return factor * power
+    return 10.0 * power
+
+
+def plot_limits(progress: TrainingProgress, current: tuple[float, float] | None = None,
+                headroom: float = 1.25) -> tuple[float, float]:
+    """(last step, top loss) for the loss plot's axes, changed as rarely as possible.
+
+    The x axis spans the whole run (``total_steps``), the y axis starts at 0 (the contrastive loss is
+    never negative) and only grows, to a round number ``headroom`` above the largest loss, when a loss
+    goes over it; so the axes (the expensive part of a redraw) are redrawn a few times per run. Before
+    the first loss the axes stay as they are."""
+    _, losses, _, val_losses = progress.curves()
+    if not losses and not val_losses:
+        return current or (1.0, 1.0)  # nothing to show yet: keep the axes (the first data sets x and y)
+    highest = max([*losses, *val_losses], default=0.0)
+    last_step = max([progress.total_steps, progress.step, *(s for s, _ in progress.step_losses[-1:])],
+                    default=0)
+    x_top = float(max(last_step, 1))
+    y_top = current[1] if current else 0.0
+    if highest > y_top or not y_top:
+        y_top = nice_ceiling(highest * headroom) if highest > 0 else 1.0
+    if current and x_top < current[0]:
+        x_top = current[0]
+    return x_top, y_top
 
 
 def describe_exit(phase: str, code: int, crashed: bool, stderr_tail: Sequence[str] = (),

@@ -1,0 +1,1035 @@
+"""MEDIMP training dialog: train a model on a local cohort from napari, then evaluate it.
+
+The training runs in a child process (``python -m src_train train ... --json-progress``) started with
+``QProcess``: the viewer stays responsive, and everything the training holds (GPU memory included) is
+freed when the process ends. Its stdout carries one JSON progress event per line (parsed by
+:mod:`napari_medimp.core.training_job`); anything else, and stderr, goes to the log view.
+
+Cancel sends SIGTERM: the training finishes its step, writes ``RUN/last.safetensors`` and exits with code
+3; a later Start with "Resume" continues from there. A process that does not stop within
+``TrainingWidget.kill_timeout_s`` is killed. Closing the viewer (or the dock) stops a running training
+the same way and waits for it, so no process outlives the window.
+
+A finished training is evaluated in a second process (``python -m src_train evaluate --write-heads``):
+its table is shown and "Use in MEDIMP analysis" hands the model file to the analysis widget.
+"""
+
+import functools
+import os
+import traceback
+import weakref
+from collections import deque
+from pathlib import Path
+
+import napari
+import napari.viewer
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QProcess, QProcessEnvironment, Qt, QTimer, Signal
+from qtpy.QtGui import QFontDatabase
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medimp.core import training_job as tj
+
+from . import _registry
+
+PLUGIN = "napari-medimp"
+WIDGET_NAME = "MEDIMP training"
+ANALYSIS_WIDGET_NAME = "MEDIMP graft analysis"
+_ERROR_STYLE = "color: #e0555f;"
+_TRAIN_COLOR, _VAL_COLOR = "#5b9bd5", "#f0a030"
+_NOTE_STYLE = "color: #e3b617;"
+
+#: widgets whose child process is running (stopped cleanly when the application quits)
+_RUNNING: "weakref.WeakSet[TrainingWidget]" = weakref.WeakSet()
+_QUIT_HOOKED = False
+
+
+def _shutdown_all() -> None:
+    for widget in list(_RUNNING):
+        widget.shutdown()
+
+
+def _hook_application_quit() -> None:
+    global _QUIT_HOOKED
+    app = QApplication.instance()
+    if app is not None and not _QUIT_HOOKED:
+        app.aboutToQuit.connect(_shutdown_all)
+        _QUIT_HOOKED = True
+
+
+def _slot(method):
+    """A Qt slot that reports its errors as napari notifications instead of raising into Qt."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # a slot must never raise
+            self._log("".join(traceback.format_exception(exc)).rstrip())
+            show_error(f"MEDIMP training: {exc}")
+            return None
+
+    return wrapper
+
+
+class TrainingWidget(QWidget):
+    """Train a MEDIMP model on a cohort in a child process, follow it live, evaluate it, use it."""
+
+    #: (phase, exit code) when a child process has ended: phase "train" or "evaluate"
+    run_finished = Signal(str, int)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        #: seconds a cancelled training may take to save its checkpoint before it is killed
+        self.kill_timeout_s = 300.0
+        #: seconds closing the viewer waits for a running training to save its checkpoint
+        self.close_timeout_s = 60.0
+        #: progress bar, status line and loss plot refresh at most this often while a run is active
+        self.redraw_interval_ms = 250
+        #: the child runs at this lower CPU priority (Unix), so the viewer stays responsive on a busy CPU
+        self.child_niceness = 10
+        self.process: QProcess | None = None
+        self.phase = "idle"  # idle, train, evaluate
+        self.exit_code: int | None = None
+        self.model_path: Path | None = None
+        self.evaluation_rows: list[dict] = []
+        self.progress = tj.TrainingProgress()
+        self._stopping = False
+        self._killed = False
+        self._kill_reason = ""
+        self._show_all_errors = False
+        self._touched: set[str] = set()
+        self._stdout = tj.LineSplitter()
+        self._stderr = tj.LineSplitter()
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._run_cohort: Path | None = None
+        self._run_out: Path | None = None
+        self._task_id = None
+        self._progress_dirty = False
+        self._devices = self._available_devices()
+
+        self._build()
+        self._fill_defaults()
+        self._refresh_run_folder()
+        self._refresh_errors()
+        self._set_running(False)
+        _hook_application_quit()
+
+    # ------------------------------------------------------------------------------------------------
+    # layout
+    # ------------------------------------------------------------------------------------------------
+    def _error_label(self, key: str) -> QLabel:
+        label = QLabel()
+        label.setWordWrap(True)
+        label.setStyleSheet(_ERROR_STYLE)
+        label.setVisible(False)
+        label.setObjectName(f"error_{key}")
+        self._errors[key] = label
+        return label
+
+    def _path_row(self, key: str, edit: QLineEdit, *buttons: QPushButton) -> QWidget:
+        box = QWidget()
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        row = QHBoxLayout()
+        row.setSpacing(4)
+        row.addWidget(edit, 1)
+        for button in buttons:
+            button.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
+            row.addWidget(button)
+        column.addLayout(row)
+        column.addWidget(self._error_label(key))
+        edit.textChanged.connect(lambda *_: self._touch(key))
+        return box
+
+    def _with_error(self, key: str, widget: QWidget) -> QWidget:
+        box = QWidget()
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addWidget(widget)
+        column.addWidget(self._error_label(key))
+        return box
+
+    def _build(self) -> None:
+        self._errors: dict[str, QLabel] = {}
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.content = QWidget()
+        scroll.setWidget(self.content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(self.content)
+
+        # data ----------------------------------------------------------------------------------------
+        data = QGroupBox("Data")
+        form = QFormLayout(data)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.cohort_edit = QLineEdit()
+        self.cohort_edit.setPlaceholderText("cohort folder, or its clinical.csv")
+        self.cohort_edit.setToolTip(tj.COHORT_HINT)
+        self.cohort_folder_button = QPushButton("Folder…")
+        self.cohort_csv_button = QPushButton("CSV…")
+        self.cohort_folder_button.clicked.connect(self._browse_cohort_folder)
+        self.cohort_csv_button.clicked.connect(self._browse_cohort_csv)
+        form.addRow("Cohort", self._path_row("cohort", self.cohort_edit, self.cohort_folder_button,
+                                             self.cohort_csv_button))
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("run folder: checkpoints, model files, evaluation")
+        self.out_button = QPushButton("…")
+        self.out_button.clicked.connect(self._browse_out)
+        form.addRow("Output", self._path_row("out", self.out_edit, self.out_button))
+        self.resume_check = QCheckBox("Resume")
+        self.resume_check.setToolTip("continue the run saved in the output folder (its own settings; "
+                                     "only the number of epochs can change)")
+        self.resume_check.toggled.connect(self._on_resume_toggled)
+        form.addRow("", self.resume_check)
+        self.config_edit = QLineEdit()
+        self.config_edit.setPlaceholderText("optional JSON of training options (overrides the preset)")
+        self.config_button = QPushButton("…")
+        self.config_button.clicked.connect(self._browse_config)
+        form.addRow("Config", self._path_row("config", self.config_edit, self.config_button))
+        layout.addWidget(data)
+
+        # training ------------------------------------------------------------------------------------
+        training = QGroupBox("Training")
+        form = QFormLayout(training)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.preset_combo = QComboBox()
+        for key, label in tj.PRESET_LABELS.items():
+            self.preset_combo.addItem(label, key)
+        warning = tj.preset_warning("paper", self._devices)
+        if warning:
+            item = self.preset_combo.model().item(self.preset_combo.findData("paper"))
+            item.setEnabled(False)
+            item.setToolTip(warning)
+        self.preset_note = QLabel()
+        self.preset_note.setWordWrap(True)
+        self.preset_note.setStyleSheet(_NOTE_STYLE)
+        self.preset_note.setVisible(False)
+        preset_box = QWidget()
+        column = QVBoxLayout(preset_box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addWidget(self.preset_combo)
+        column.addWidget(self.preset_note)
+        column.addWidget(self._error_label("preset"))
+        self.preset_combo.currentIndexChanged.connect(self._on_preset_changed)
+        form.addRow("Preset", preset_box)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(0, 100_000)
+        self.epochs_spin.valueChanged.connect(lambda *_: self._touch("epochs"))
+        form.addRow("Epochs", self._with_error("epochs", self.epochs_spin))
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(0, 4096)
+        self.batch_spin.setToolTip("exams per contrastive batch (each exam's negatives are the others)")
+        self.batch_spin.valueChanged.connect(lambda *_: self._touch("batch_size"))
+        form.addRow("Batch size", self._with_error("batch_size", self.batch_spin))
+        attributes = QWidget()
+        grid = QGridLayout(attributes)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.attribute_checks: dict[str, QCheckBox] = {}
+        for i, key in enumerate(tj.ATTRIBUTES):
+            check = QCheckBox(tj.ATTRIBUTE_LABELS[key])
+            check.setChecked(True)
+            check.toggled.connect(lambda *_: self._touch("attributes"))
+            self.attribute_checks[key] = check
+            grid.addWidget(check, i // 2, i % 2)
+        form.addRow("Prompt", self._with_error("attributes", attributes))
+        layout.addWidget(training)
+
+        # evaluation ----------------------------------------------------------------------------------
+        evaluation = QGroupBox("Evaluation after training")
+        row = QHBoxLayout(evaluation)
+        self.splits_spin = QSpinBox()
+        self.splits_spin.setRange(2, 20)
+        self.splits_spin.setValue(3)
+        self.splits_spin.setToolTip("folds of the patient-level stratified cross-validation")
+        self.repeats_spin = QSpinBox()
+        self.repeats_spin.setRange(1, 100)
+        self.repeats_spin.setValue(2)
+        self.repeats_spin.setToolTip("repetitions of the cross-validation with other splits")
+        row.addWidget(QLabel("CV splits"))
+        row.addWidget(self.splits_spin)
+        row.addWidget(QLabel("repeats"))
+        row.addWidget(self.repeats_spin)
+        row.addStretch(1)
+        layout.addWidget(evaluation)
+
+        # run -----------------------------------------------------------------------------------------
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.cancel_button = QPushButton("Cancel")
+        self.start_button.clicked.connect(self._on_start_clicked)
+        self.cancel_button.clicked.connect(self._on_cancel_clicked)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%v / %m steps")
+        layout.addWidget(self.progress_bar)
+        self.status_label = QLabel("Choose a cohort and an output folder, then Start.")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.status_label)
+
+        self._build_plot()
+        layout.addWidget(self.canvas)
+        layout.addWidget(self.legend_label)
+
+        self.table = QTableWidget(0, len(tj.DISPLAY_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(tj.DISPLAY_COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMinimumHeight(120)
+        self.table.setToolTip("prognosis of graft dysfunction by patient-level cross-validation "
+                              "(mean ± std over folds); hover a row for details")
+        layout.addWidget(self.table)
+        self.use_button = QPushButton("Use in MEDIMP analysis")
+        self.use_button.setToolTip("load the trained model into the MEDIMP graft analysis widget")
+        self.use_button.clicked.connect(self._on_use_clicked)
+        layout.addWidget(self.use_button)
+
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setPlaceholderText("messages of the training and evaluation processes")
+        self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log_view.setMinimumHeight(60)
+        self.log_view.setMaximumHeight(140)
+        layout.addWidget(self.log_view)
+
+        self._form_widgets = [self.cohort_edit, self.cohort_folder_button, self.cohort_csv_button,
+                              self.out_edit, self.out_button, self.resume_check, self.config_edit,
+                              self.config_button, self.preset_combo, self.epochs_spin, self.batch_spin,
+                              *self.attribute_checks.values(), self.splits_spin, self.repeats_spin]
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(300)
+        self._refresh_timer.timeout.connect(self._on_form_changed)
+        for edit in (self.cohort_edit, self.out_edit, self.config_edit):
+            edit.textChanged.connect(lambda *_: self._refresh_timer.start())
+        self.config_edit.editingFinished.connect(self._on_config_changed)
+        self._plot_timer = QTimer(self)  # progress bar, status and plot
+        self._plot_timer.setInterval(self.redraw_interval_ms)
+        self._plot_timer.timeout.connect(self._refresh_progress_view)
+        self._kill_timer = QTimer(self)
+        self._kill_timer.setSingleShot(True)
+        self._kill_timer.timeout.connect(lambda: self._kill_if_running())
+
+    def _build_plot(self) -> None:
+        """The loss plot: axes drawn only when their limits change, the curves blitted over them."""
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        self.figure = Figure(figsize=(4.0, 2.2), dpi=100)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.axes = self.figure.add_subplot()
+        (self._train_line,) = self.axes.plot([], [], lw=1.0, color=_TRAIN_COLOR, animated=True)
+        (self._val_line,) = self.axes.plot([], [], "o-", lw=1.5, ms=4, color=_VAL_COLOR, animated=True)
+        self.axes.set_xlabel("step")  # no rotated "loss" label: the legend below says it, and it is cheaper
+        for axis in (self.axes.xaxis, self.axes.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4))
+        self.axes.set_xlim(0, 1)
+        self.axes.set_ylim(0, 1)
+        self.figure.subplots_adjust(left=0.1, right=0.97, top=0.95, bottom=0.22)
+        self._limits: tuple[float, float] | None = (1.0, 1.0)
+        self._background = None
+        self.canvas.mpl_connect("draw_event", self._on_canvas_drawn)
+        # the legend is Qt text: free to draw, unlike matplotlib text
+        self.legend_label = QLabel(
+            f"loss: <span style='color:{_TRAIN_COLOR}'>&#9473;</span> training (each step) &nbsp; "
+            f"<span style='color:{_VAL_COLOR}'>&#9679;</span> validation (each epoch)")
+        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self._apply_theme()
+        self.canvas.draw()  # the first draw loads fonts: do it now rather than during a run
+        try:
+            self.viewer.events.theme.connect(self._apply_theme)
+        except (AttributeError, TypeError):
+            pass
+
+    def _apply_theme(self, *_) -> None:
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            background, text = theme.background.as_hex(), theme.text.as_hex()
+        except Exception:
+            background, text = "#ffffff", "#000000"
+        self.figure.set_facecolor(background)
+        self.axes.set_facecolor(background)
+        for spine in self.axes.spines.values():
+            spine.set_color(text)
+        self.axes.tick_params(colors=text, labelsize=7)
+        self.axes.xaxis.label.set_color(text)
+        self.axes.xaxis.label.set_fontsize(8)
+        self.canvas.draw_idle()
+
+    def _on_canvas_drawn(self, _event) -> None:
+        # a full draw (axes, ticks) just happened: keep it as the background of the curves
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self.axes.draw_artist(self._train_line)
+        self.axes.draw_artist(self._val_line)
+
+    def _update_plot(self) -> None:
+        """Show the current curves: a blit of the two lines, or a full draw when the axes change."""
+        steps, losses, val_steps, val_losses = self.progress.curves()
+        self._train_line.set_data(steps, losses)
+        self._val_line.set_data(val_steps, val_losses)
+        limits = tj.plot_limits(self.progress, self._limits)
+        if limits != self._limits or self._background is None:
+            self._limits = limits
+            self.axes.set_xlim(0, limits[0])
+            self.axes.set_ylim(0, limits[1])
+            self.canvas.draw_idle()  # _on_canvas_drawn adds the curves
+            return
+        self.canvas.restore_region(self._background)
+        self.axes.draw_artist(self._train_line)
+        self.axes.draw_artist(self._val_line)
+        self.canvas.update()  # painted with the other changes (canvas.blit would repaint right now)
+
+    @staticmethod
+    def _available_devices() -> list[str]:
+        try:
+            from napari_medimp.core.inference import available_devices
+
+            return available_devices()
+        except Exception:
+            return ["cpu"]
+
+    # ------------------------------------------------------------------------------------------------
+    # the form
+    # ------------------------------------------------------------------------------------------------
+    def options(self) -> tj.TrainingOptions:
+        """The form as :class:`~napari_medimp.core.training_job.TrainingOptions`."""
+        return tj.TrainingOptions(
+            cohort=self.cohort_edit.text().strip(),
+            out=self.out_edit.text().strip(),
+            preset=self.preset_combo.currentData(),
+            epochs=self.epochs_spin.value(),
+            batch_size=self.batch_spin.value(),
+            attributes=tuple(k for k, check in self.attribute_checks.items() if check.isChecked()),
+            config=self.config_edit.text().strip() or None,
+            resume=self.resume_check.isChecked(),
+        )
+
+    def set_form(self, *, cohort=None, out=None, preset=None, epochs=None, batch_size=None,
+                 attributes=None, config=None, resume=None, splits=None, repeats=None) -> None:
+        """Fill the form (what a user would type); ``None`` leaves a field as it is."""
+        if cohort is not None:
+            self.cohort_edit.setText(str(cohort))
+        if config is not None:
+            self.config_edit.setText(str(config))
+            self._on_config_changed()
+        if preset is not None:
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(preset))
+        if out is not None:
+            self.out_edit.setText(str(out))
+            self._refresh_run_folder()
+        if resume is not None:
+            self.resume_check.setChecked(bool(resume))
+        if epochs is not None:
+            self.epochs_spin.setValue(int(epochs))
+        if batch_size is not None:
+            self.batch_spin.setValue(int(batch_size))
+        if attributes is not None:
+            for key, check in self.attribute_checks.items():
+                check.setChecked(key in attributes)
+        if splits is not None:
+            self.splits_spin.setValue(int(splits))
+        if repeats is not None:
+            self.repeats_spin.setValue(int(repeats))
+        self._refresh_errors()
+
+    def _touch(self, key: str) -> None:
+        self._touched.add(key)
+        self._refresh_timer.start()
+
+    @_slot
+    def _on_form_changed(self) -> None:
+        self._refresh_run_folder()
+        self._refresh_errors()
+
+    def _refresh_errors(self, problems: dict | None = None) -> dict:
+        problems = self.options().problems() if problems is None else problems
+        for key, label in self._errors.items():
+            message = problems.get(key, "")
+            shown = message and (self._show_all_errors or key in self._touched)
+            label.setText(message if shown else "")
+            label.setVisible(bool(shown))
+        return problems
+
+    def _fill_defaults(self) -> None:
+        """Epochs and batch size of the preset, overridden by the config file's."""
+        try:
+            values = tj.effective_defaults(self.preset_combo.currentData(), self.config_edit.text().strip())
+        except Exception:
+            return
+        touched = set(self._touched)
+        self.epochs_spin.setValue(values["epochs"])
+        self.batch_spin.setValue(values["batch_size"])
+        self._touched = touched
+
+    @_slot
+    def _on_preset_changed(self, *_) -> None:
+        preset = self.preset_combo.currentData()
+        warning = tj.preset_warning(preset, self._devices)
+        self.preset_note.setText(warning or "")
+        self.preset_note.setVisible(bool(warning))
+        if not self.resume_check.isChecked():
+            self._fill_defaults()
+        self._refresh_errors()
+
+    @_slot
+    def _on_config_changed(self) -> None:
+        if self.config_edit.text().strip():
+            self._touched.add("config")
+        if not self.resume_check.isChecked():
+            self._fill_defaults()
+        self._refresh_errors()
+
+    def _refresh_run_folder(self) -> None:
+        out = self.out_edit.text().strip()
+        run = tj.inspect_run_folder(out) if out else None
+        can_resume = bool(run and run.checkpoint)
+        self.resume_check.setEnabled(can_resume and not self.is_running())
+        self.resume_check.setText(f"Resume ({run.describe()})" if can_resume else "Resume")
+        if not can_resume and self.resume_check.isChecked():
+            self.resume_check.setChecked(False)
+
+    def _enable_run_settings(self) -> None:
+        """With Resume the run's own settings apply: only the number of epochs stays editable."""
+        editable = not self.resume_check.isChecked() and not self.is_running()
+        for widget in (self.preset_combo, self.batch_spin, self.config_edit, self.config_button,
+                       *self.attribute_checks.values()):
+            widget.setEnabled(editable)
+
+    @_slot
+    def _on_resume_toggled(self, checked: bool) -> None:
+        self._enable_run_settings()
+        if checked:
+            run = tj.inspect_run_folder(self.out_edit.text().strip())
+            config = run.config or {}
+            if not self.cohort_edit.text().strip() and config.get("cohort"):
+                self.cohort_edit.setText(str(config["cohort"]))
+            if isinstance(config.get("batch_size"), int):
+                self.batch_spin.setValue(config["batch_size"])
+            if run.epochs:
+                self.epochs_spin.setValue(max(run.epochs, self.epochs_spin.value() if run.finished else 0))
+            if config.get("attributes"):
+                for key, check in self.attribute_checks.items():
+                    check.setChecked(key in config["attributes"])
+        else:
+            self._fill_defaults()
+        self._refresh_errors()
+
+    def _browse_start(self, edit: QLineEdit) -> str:
+        text = edit.text().strip()
+        if not text:
+            return str(Path.home())
+        path = Path(text).expanduser()
+        return str(path if path.is_dir() else path.parent)
+
+    @_slot
+    def _browse_cohort_folder(self, *_) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Cohort folder (clinical.csv + patient folders)",
+                                                  self._browse_start(self.cohort_edit))
+        if folder:
+            self.cohort_edit.setText(folder)
+
+    @_slot
+    def _browse_cohort_csv(self, *_) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "The cohort's clinical.csv",
+                                              self._browse_start(self.cohort_edit),
+                                              "Clinical table (clinical.csv);;CSV files (*.csv)")
+        if path:
+            self.cohort_edit.setText(path)
+
+    @_slot
+    def _browse_out(self, *_) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder of the run",
+                                                  self._browse_start(self.out_edit))
+        if folder:
+            self.out_edit.setText(folder)
+
+    @_slot
+    def _browse_config(self, *_) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Training options (JSON)",
+                                              self._browse_start(self.config_edit), "JSON (*.json)")
+        if path:
+            self.config_edit.setText(path)
+            self._on_config_changed()
+
+    # ------------------------------------------------------------------------------------------------
+    # running
+    # ------------------------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning
+
+    @_slot
+    def _on_start_clicked(self, *_) -> None:
+        self.start()
+
+    @_slot
+    def _on_cancel_clicked(self, *_) -> None:
+        self.cancel()
+
+    def start(self) -> bool:
+        """Validate the form and start the training; False (with a message) when nothing started."""
+        if self.is_running():
+            show_warning("A MEDIMP training is already running in this dock.")
+            return False
+        self._show_all_errors = True
+        self._refresh_run_folder()
+        options = self.options()
+        problems = self._refresh_errors()
+        if problems:
+            listed = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in problems.items())
+            self._set_status(f"Training not started: {listed}", error=True)
+            show_error(f"MEDIMP training not started: {listed}")
+            return False
+        warning = tj.preset_warning(options.preset, self._devices)
+        if warning and not options.resume:
+            show_warning(f"MEDIMP training: {warning}")
+        command = options.command()
+        self.progress = tj.TrainingProgress()
+        if options.resume:
+            self.progress.add_history(tj.read_training_log(options.out))
+        self.model_path = None
+        self.evaluation_rows = []
+        self.exit_code = None
+        self.table.setRowCount(0)
+        self._run_cohort = tj.resolve_cohort(options.cohort).absolute()
+        self._run_out = Path(options.out).expanduser().absolute()
+        self.log_view.clear()
+        self._limits = None  # new axes for the new run, drawn by the next refresh (not in this click)
+        self._progress_dirty = True
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self._launch("train", command)
+        self._set_status("starting the training process..." + (" (resuming)" if options.resume else ""))
+        return True
+
+    def _launch(self, phase: str, command: list[str]) -> None:
+        process = QProcess(self)
+        process.setProgram(command[0])
+        process.setArguments(command[1:])
+        env = QProcessEnvironment()
+        for key, value in tj.child_environment().items():
+            env.insert(key, value)
+        process.setProcessEnvironment(env)
+        root = tj.source_root()
+        if root is not None:
+            process.setWorkingDirectory(str(root))  # `-m src_train` finds this package, not a same-named folder
+        process.readyReadStandardOutput.connect(functools.partial(self._on_stdout, process))
+        process.readyReadStandardError.connect(functools.partial(self._on_stderr, process))
+        process.finished.connect(functools.partial(self._on_finished, process))
+        process.errorOccurred.connect(functools.partial(self._on_process_error, process))
+        process.started.connect(functools.partial(self._on_started, process))
+        self.process, self.phase = process, phase
+        self._stopping = self._killed = False
+        self._kill_reason = ""
+        self._stdout, self._stderr = tj.LineSplitter(), tj.LineSplitter()
+        self._stderr_tail.clear()
+        self._log("$ " + " ".join(command))
+        self._set_running(True)
+        self._register_task()
+        process.start()
+
+    @_slot
+    def _on_started(self, process: QProcess, *_) -> None:
+        # threads the child creates later (torch's pools, the data prefetcher) inherit the priority
+        if self.child_niceness and hasattr(os, "setpriority"):
+            try:
+                pid = int(process.processId())
+                os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid) + self.child_niceness)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        """Stop the running process: the training saves a checkpoint first (a second Cancel kills it)."""
+        if not self.is_running():
+            return
+        if self._stopping:
+            self._kill_if_running("on Force stop")
+            return
+        self._stopping = True
+        self.process.terminate()
+        if self.phase == "train":
+            self._set_status("stopping, saving checkpoint...")
+            self.cancel_button.setText("Force stop")
+            self.cancel_button.setToolTip("kill the training now (the step in progress is not saved)")
+            self._kill_timer.start(int(self.kill_timeout_s * 1000))
+        else:
+            self._set_status("cancelling the evaluation...")
+
+    def _kill_if_running(self, reason: str = "") -> None:
+        if self.is_running():
+            self._killed = True
+            self._kill_reason = reason or f"after not stopping within {self.kill_timeout_s:g} s"
+            self._log(f"killing the {self.phase} process ({self._kill_reason})")
+            self.process.kill()
+
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Stop a running process and wait for it (checkpoint saved when it stops in time, else killed).
+
+        Used when the viewer, the dock or the application closes: no process outlives the window."""
+        process = self.process
+        if process is None or process.state() == QProcess.ProcessState.NotRunning:
+            return True
+        timeout_ms = int(1000 * (self.close_timeout_s if timeout_s is None else timeout_s))
+        self._stopping = True
+        if process.state() == QProcess.ProcessState.Starting:
+            process.waitForStarted(5000)
+        process.terminate()
+        if not process.waitForFinished(timeout_ms):
+            self._killed = True
+            self._kill_reason = f"as the window closed, after not stopping within {timeout_ms / 1000:g} s"
+            process.kill()
+            process.waitForFinished(5000)
+        return process.state() == QProcess.ProcessState.NotRunning
+
+    # child output --------------------------------------------------------------------------------
+    @_slot
+    def _on_stdout(self, process: QProcess, *_) -> None:
+        if process is self.process:
+            self._handle_stdout(self._stdout.feed(bytes(process.readAllStandardOutput())))
+
+    @_slot
+    def _on_stderr(self, process: QProcess, *_) -> None:
+        if process is self.process:
+            self._handle_stderr(self._stderr.feed(bytes(process.readAllStandardError())))
+
+    def _handle_stdout(self, lines: list[str]) -> None:
+        changed = False
+        for line in lines:
+            event = tj.parse_event(line)
+            if event is None:
+                if line.strip():
+                    self._log(line)
+                continue
+            self.progress.apply(event)
+            changed = True
+            if event["event"] in ("start", "resumed", "stopped", "done"):
+                self._log(_describe_event(event))
+            if event["event"] == "epoch":
+                self._log(f"epoch {event['epoch'] + 1}: {self.progress.status_text()}")
+        if changed:
+            self._progress_dirty = True  # shown by the refresh timer, a few times a second at most
+
+    def _handle_stderr(self, lines: list[str]) -> None:
+        for line in lines:
+            if line.strip():
+                self._stderr_tail.append(line)
+                self._log(line)
+
+    def _refresh_progress_view(self) -> None:
+        """Progress bar, status line and loss plot from the events received since the last refresh."""
+        if not self._progress_dirty:
+            return
+        self._progress_dirty = False
+        p = self.progress
+        if p.total_steps:
+            # QProgressBar repaints at once on a new value: paint it with the rest of this refresh instead
+            self.progress_bar.setUpdatesEnabled(False)
+            if self.progress_bar.maximum() != p.total_steps:
+                self.progress_bar.setRange(0, p.total_steps)
+            self.progress_bar.setValue(min(p.step, p.total_steps))
+            self.progress_bar.setUpdatesEnabled(True)
+        if self.phase == "train" and not self._stopping:
+            self._set_status(p.status_text())
+        self._update_plot()
+        self._update_task(p.status_text())
+
+    # the end of a process ------------------------------------------------------------------------
+    @_slot
+    def _on_process_error(self, process: QProcess, error) -> None:
+        if process is not self.process or error != QProcess.ProcessError.FailedToStart:
+            return  # crashes and kills also end with finished()
+        self._finish(process, -1, crashed=True, message=f"could not start {process.program()}: "
+                                                         f"{process.errorString()}")
+
+    @_slot
+    def _on_finished(self, process: QProcess, code: int, status=None) -> None:
+        if process is not self.process:
+            return
+        crashed = status == QProcess.ExitStatus.CrashExit
+        self._finish(process, code, crashed=crashed)
+
+    def _finish(self, process: QProcess, code: int, crashed: bool, message: str = "") -> None:
+        self._handle_stdout(self._stdout.feed(bytes(process.readAllStandardOutput())) + self._stdout.finish())
+        self._handle_stderr(self._stderr.feed(bytes(process.readAllStandardError())) + self._stderr.finish())
+        self._kill_timer.stop()
+        phase, cancelled, killed = self.phase, self._stopping, self._killed
+        self.exit_code = -1 if crashed else code
+        self.process, self.phase = None, "idle"
+        self._stopping = False
+        process.deleteLater()
+        self._set_running(False)
+        self._refresh_progress_view()
+        self._log(f"[{phase} process ended: {'killed' if crashed else f'exit code {code}'}]")
+        if phase == "train":
+            self._train_finished(code, crashed, cancelled, killed, message)
+        else:
+            self._evaluation_finished(code, crashed, cancelled, message)
+        self.run_finished.emit(phase, self.exit_code)
+
+    def _train_finished(self, code: int, crashed: bool, cancelled: bool, killed: bool, message: str) -> None:
+        p = self.progress
+        if not crashed and code == 0 and p.done and p.model:
+            self.model_path = Path(p.model)
+            self._end_task("COMPLETED", "training finished")
+            if cancelled:  # the stop came too late: the training had finished
+                self._set_status(f"training finished; model {self.model_path} (evaluation skipped)")
+                self.use_button.setEnabled(True)
+                return
+            self._start_evaluation()
+            return
+        if not crashed and code == tj.EXIT_STOPPED:
+            checkpoint = p.checkpoint or str(self._run_out / tj.CHECKPOINT_FILE)
+            level, text = tj.describe_exit("train", code, crashed, checkpoint=checkpoint)
+            self._end_task("CANCELLED", "training stopped")
+            self._set_status(text)
+            self._refresh_run_folder()
+            if self.resume_check.isEnabled():
+                self.resume_check.setChecked(True)
+            show_info(f"MEDIMP training {text}")
+            return
+        self._end_task("FAILED", "training failed")
+        if killed:
+            text = (f"the training was killed {self._kill_reason}; the last checkpoint written at the end of "
+                    "an epoch (if any) is kept")
+        elif cancelled and crashed:
+            text = "training cancelled before its first step; nothing was saved"
+        elif not crashed and code == 0:
+            text = "the training process ended without reporting a model file"
+        else:
+            _, text = tj.describe_exit("training", code, crashed, list(self._stderr_tail)[-8:])
+            if message:
+                text = f"training: {message}"
+        self._set_status(_short(text), error=not cancelled or killed)
+        self._refresh_run_folder()
+        if killed:
+            show_warning(f"MEDIMP {text}")
+        elif cancelled:
+            show_info(f"MEDIMP {text}")
+        else:
+            show_error(f"MEDIMP {text}")
+
+    def _start_evaluation(self) -> None:
+        out = self._run_out / "evaluation"
+        command = tj.evaluation_command(self.model_path, self._run_cohort, out, self.splits_spin.value(),
+                                        self.repeats_spin.value())
+        self._launch("evaluate", command)
+        self._set_status(f"training finished; evaluating the model ({self.splits_spin.value()}-fold CV, "
+                         f"{self.repeats_spin.value()} repeats)...")
+
+    def _evaluation_finished(self, code: int, crashed: bool, cancelled: bool, message: str) -> None:
+        self.use_button.setEnabled(self.model_path is not None)
+        if not crashed and code == 0:
+            self._end_task("COMPLETED", "evaluation finished")
+            try:
+                self.evaluation_rows = tj.read_evaluation_table(self._run_out / "evaluation")
+            except ValueError as exc:
+                self._set_status(f"evaluation finished but its table cannot be read: {exc}", error=True)
+                show_error(f"MEDIMP evaluation: {exc}")
+                return
+            self._fill_table(self.evaluation_rows)
+            self._set_status(f"done: model {self.model_path}; evaluation in {self._run_out / 'evaluation'}")
+            show_info("MEDIMP training and evaluation finished")
+            return
+        self._end_task("CANCELLED" if cancelled else "FAILED", "evaluation ended")
+        if cancelled:
+            text = f"evaluation cancelled; the model {self.model_path} is usable (without prognosis heads)"
+            self._set_status(text)
+            show_info(f"MEDIMP {text}")
+            return
+        _, text = tj.describe_exit("evaluation", code, crashed, list(self._stderr_tail)[-8:])
+        if message:
+            text = f"evaluation: {message}"
+        self._set_status(_short(text) + f"; the model {self.model_path} is usable", error=True)
+        show_error(f"MEDIMP {text}")
+
+    def _fill_table(self, rows: list[dict]) -> None:
+        display = tj.evaluation_display_rows(rows)
+        self.table.setRowCount(len(display))
+        for r, (cells, tip) in enumerate(display):
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if tip:
+                    item.setToolTip(tip)
+                if c in (2, 3):
+                    item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        header = self.table.horizontalHeader().length() + 4
+        self.table.setMinimumHeight(min(360, self.table.verticalHeader().length() + header))
+
+    # ------------------------------------------------------------------------------------------------
+    # hand the model over
+    # ------------------------------------------------------------------------------------------------
+    @_slot
+    def _on_use_clicked(self, *_) -> None:
+        self.use_in_analysis()
+
+    def use_in_analysis(self):
+        """Give the trained model file to the MEDIMP analysis widget (docking it when needed)."""
+        if self.model_path is None:
+            show_warning("No trained model yet: run a training to the end first.")
+            return None
+        widget = _registry.medimp_widget(self.viewer)
+        if widget is None:
+            _, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANALYSIS_WIDGET_NAME)
+        widget.set_model_file(self.model_path)
+        show_info(f"MEDIMP analysis now uses {self.model_path.name}")
+        return widget
+
+    # ------------------------------------------------------------------------------------------------
+    # state, status, plot
+    # ------------------------------------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        for widget in self._form_widgets:
+            widget.setEnabled(not running)
+        if not running:
+            self._refresh_run_folder()
+            self._enable_run_settings()
+        self.start_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setToolTip("stop the training after its current step; a checkpoint is saved")
+        self.use_button.setEnabled(not running and self.model_path is not None)
+        if running:
+            _RUNNING.add(self)
+            self._plot_timer.start()
+        else:
+            _RUNNING.discard(self)
+            self._plot_timer.stop()
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        self.status_label.setText(text)
+        self.status_label.setStyleSheet(_ERROR_STYLE if error else "")
+
+    def _log(self, text: str) -> None:
+        self.log_view.appendPlainText(text)
+
+    # ------------------------------------------------------------------------------------------------
+    # napari's task list (asks before closing the window; stops the process when it closes)
+    # ------------------------------------------------------------------------------------------------
+    def _window(self):
+        viewer = getattr(self.viewer, "__wrapped__", self.viewer)
+        try:
+            return viewer.window
+        except AttributeError:
+            return None
+
+    def _register_task(self) -> None:
+        window = self._window()
+        register = getattr(window, "_register_task_status", None)
+        if register is None:
+            self._task_id = None
+            return
+        from napari.utils.task_status import Status
+
+        ref = weakref.ref(self)
+
+        def stop() -> bool:
+            widget = ref()
+            return widget.shutdown() if widget is not None else True
+
+        self._task_id = register("napari-medimp", Status.BUSY, f"MEDIMP {self.phase} running",
+                                 cancel_callback=stop)
+
+    def _update_task(self, text: str) -> None:
+        self._set_task("BUSY", f"MEDIMP {self.phase}: {text}")
+
+    def _end_task(self, status: str, text: str) -> None:
+        self._set_task(status, text)
+        self._task_id = None
+
+    def _set_task(self, status: str, text: str) -> None:
+        if self._task_id is None:
+            return
+        update = getattr(self._window(), "_update_task_status", None)
+        if update is not None:
+            from napari.utils.task_status import Status
+
+            update(self._task_id, Status[status], text)
+
+    # ------------------------------------------------------------------------------------------------
+    # closing
+    # ------------------------------------------------------------------------------------------------
+    def event(self, event) -> bool:
+        # the dock's close button takes this widget out of the window: stop the process cleanly
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.is_running():
+            self.shutdown()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+
+def _short(text: str) -> str:
+    """First and last line of a message (the failure and the error that caused it)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if len(lines) < 2 else f"{lines[0]} {lines[-1]}"
+
+
+def _describe_event(event: dict) -> str:
+    kind = event["event"]
+    if kind == "start":
+        device = f" on {event['device']}" if isinstance(event.get("device"), str) else ""
+        return (f"training{device}: {event['train_exams']} exams ({event['val_exams']} for validation), "
+                f"{event['steps_per_epoch']} steps per epoch, {event['epochs']} epochs")
+    if kind == "resumed":
+        return f"resumed at epoch {event['epoch'] + 1}, step {event['step']}"
+    if kind == "stopped":
+        return f"stopped at step {event['step']}; checkpoint {event['checkpoint']}"
+    if kind == "done":
+        return f"model written: {event['model']}"
+    return kind
+
+
+def open_training_dialog(viewer: napari.viewer.Viewer) -> TrainingWidget:
+    """Show the MEDIMP training dock of ``viewer`` (the docked one when there is one)."""
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET_NAME)
+    dock.show()
+    dock.raise_()
+    return widget
+
+
+__all__ = ["TrainingWidget", "open_training_dialog"]
