@@ -127,12 +127,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_menu_command_docks_one_dialog(dialog):
+    from napari._app_model import get_app_model
     from npe2 import PluginManifest
 
     from napari_medimp._widgets.training import open_training_dialog
 
     viewer, widget = dialog
     assert open_training_dialog(viewer) is widget  # reused, not a second dock
+    # the menu item runs the command with this viewer injected
+    assert get_app_model().commands.execute_command("napari-medimp.open_training").result() is widget
     manifest = PluginManifest.from_distribution("napari-medimp")
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
     assert commands["napari-medimp.open_training"].endswith("training:open_training_dialog")
@@ -183,8 +186,11 @@ def _start(qtbot, widget, cohort, tiny_config, out, epochs, probe=None):
     assert not widget.start_button.isEnabled() and not widget.cohort_edit.isEnabled()
 
 
-def test_cancel_saves_a_checkpoint_and_offers_resume(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
-    _, widget = dialog
+def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, notes, qtbot, cohort, tiny_config,
+                                                                     tmp_path):
+    from napari_medimp.core.training_job import inspect_run_folder
+
+    viewer, widget = dialog
     run = tmp_path / "run"
     probe = GapProbe()
     _start(qtbot, widget, cohort, tiny_config, run, epochs=50, probe=probe)
@@ -205,26 +211,29 @@ def test_cancel_saves_a_checkpoint_and_offers_resume(dialog, notes, qtbot, cohor
                                           "Start with resume to continue")
     assert notes["info"] and not notes["error"]
     assert not _pid_alive(pid)
+    stopped_at = widget.progress.step
+    assert inspect_run_folder(run).step == stopped_at
+
+    # Start again: Resume is ticked, the run's own settings apply, training goes on from the checkpoint
     assert widget.resume_check.isEnabled() and widget.resume_check.isChecked()
-    assert not widget.preset_combo.isEnabled()  # a resumed run keeps its own settings
+    assert not widget.preset_combo.isEnabled() and widget.epochs_spin.isEnabled()
+    results = []
+    widget.run_finished.connect(lambda phase, code: results.append((phase, code)))
+    _click(qtbot, widget.start_button)
+    assert "--resume" in widget.log_view.toPlainText()
+    qtbot.waitUntil(lambda: widget.progress.step > stopped_at, timeout=120_000)
+    assert widget.progress.first_step == stopped_at  # the "resumed" event
+    pid = widget.process.processId()
+
+    # closing the viewer stops the run the same way (napari lists it among the window's busy tasks)
+    assert any("napari-medimp" in task for task in viewer.window._task_status_manager.get_status())
+    viewer.close()
+    assert results == [("train", 3)] and not _pid_alive(pid)
+    assert inspect_run_folder(run).step > stopped_at
     assert probe.max_gap < MAX_GAP_S
 
 
-def test_closing_the_viewer_stops_the_training(dialog, qtbot, cohort, tiny_config, tmp_path):
-    viewer, widget = dialog
-    results = []
-    widget.run_finished.connect(lambda phase, code: results.append((phase, code)))
-    _start(qtbot, widget, cohort, tiny_config, tmp_path / "run", epochs=50)
-    pid = widget.process.processId()
-    qtbot.waitUntil(lambda: widget.progress.step > 0, timeout=120_000)
-    # napari lists the run among the window's busy tasks (asks before closing; stops it on close)
-    assert any("napari-medimp" in task for task in viewer.window._task_status_manager.get_status())
-    viewer.close()
-    assert results == [("train", 3)]
-    assert (tmp_path / "run" / "last.safetensors").exists()
-    assert not _pid_alive(pid)
-
-
+@pytest.mark.slow  # a 2-epoch training and its evaluation: about 40 s on 2 idle cores
 def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
     from napari_medimp._widgets import _registry
 
@@ -289,7 +298,9 @@ def _assert_not_blank(path):
     assert image.shape[0] > 600 and image.std() > 20, "the screenshot is blank"
 
 
-def test_use_docks_the_analysis_widget_when_none_is_there(dialog, monkeypatch, tmp_path):
+def test_use_hands_the_model_to_the_analysis_widget(dialog, notes, qtbot, monkeypatch, tmp_path):
+    from napari_medimp._widgets import _registry
+
     viewer, widget = dialog
     received = []
 
@@ -297,18 +308,27 @@ def test_use_docks_the_analysis_widget_when_none_is_there(dialog, monkeypatch, t
         def set_model_file(self, path):
             received.append(path)
 
-    calls = []
+    docked = []
 
     def add_plugin_dock_widget(plugin, name):
-        calls.append((plugin, name))
+        docked.append((plugin, name))
         return object(), FakeAnalysis()
 
     monkeypatch.setattr(viewer.window, "add_plugin_dock_widget", add_plugin_dock_widget)
+    assert not widget.use_button.isEnabled()
     widget.use_in_analysis()  # no model yet: a warning, nothing docked
-    assert calls == []
+    assert docked == [] and "No trained model" in notes["warning"][-1]
     widget.model_path = tmp_path / "model.safetensors"
+    # no analysis widget in this viewer: it is docked, then given the model
     widget.use_in_analysis()
-    assert calls == [("napari-medimp", "MEDIMP graft analysis")] and received == [widget.model_path]
+    assert docked == [("napari-medimp", "MEDIMP graft analysis")] and received == [widget.model_path]
+    # the analysis widget registered for this viewer gets it directly
+    registered = FakeAnalysis()
+    _registry.register(viewer, registered)
+    widget.use_button.setEnabled(True)
+    _click(qtbot, widget.use_button)
+    assert received == [widget.model_path] * 2 and len(docked) == 1
+    assert not notes["error"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +343,14 @@ def stop(*_):
     sys.exit(3)
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore" else stop)
+if mode == "done":
+    for event in ({"event": "start", "train_exams": 4, "val_exams": 2, "steps_per_epoch": 2, "epochs": 1},
+                  {"event": "step", "epoch": 0, "step": 1, "loss": 1.5, "total_steps": 2},
+                  {"event": "step", "epoch": 0, "step": 2, "loss": 1.1, "total_steps": 2},
+                  {"event": "epoch", "epoch": 0, "step": 2, "train_loss": 1.3, "val_loss": 0.9, "recall_at_1": 0.5},
+                  {"event": "done", "epoch": 0, "step": 2, "train_loss": 1.3, "model": checkpoint}):
+        print(json.dumps(event), flush=True)
+    sys.exit(0)
 if mode == "fail":
     print("Traceback (most recent call last):", file=sys.stderr)
     print("ValueError: the cohort is broken", file=sys.stderr, flush=True)
@@ -337,10 +365,11 @@ while True:
 """
 
 
-def _fake_run(widget, tmp_path, mode):
+def _fake_run(widget, tmp_path, mode, model=None):
     widget._run_out = tmp_path
     widget.progress = TrainingProgress()
-    widget._launch("train", [sys.executable, "-c", FAKE_TRAINING, mode, str(tmp_path / "last.safetensors")])
+    path = model or tmp_path / "last.safetensors"  # the model ("done") or the checkpoint ("stopped")
+    widget._launch("train", [sys.executable, "-c", FAKE_TRAINING, mode, str(path)])
 
 
 def test_dock_closed_while_training_stops_the_process(dialog, qtbot, tmp_path):
@@ -366,6 +395,44 @@ def test_a_process_that_ignores_the_stop_is_killed(dialog, notes, qtbot, tmp_pat
     assert widget.exit_code == -1
     assert "killed after not stopping within 0.5 s" in widget.status_label.text()
     assert "killed" in notes["warning"][-1] and not notes["error"]
+
+
+FAKE_EVALUATION = r"""
+import pathlib, sys
+out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
+out.mkdir(parents=True, exist_ok=True)
+(out / "evaluation.csv").write_text(
+    "feature_set,horizon,n_patients,n_positive,auc_mean,auc_std,f1_mean,f1_std,status,message\n"
+    "MEDIMP,2y,10,4,0.75,0.1,0.6,0.2,ok,\n")
+print("| feature_set | horizon |")
+"""
+
+
+def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot, monkeypatch, tmp_path):
+    from napari_medimp._widgets import training
+
+    _, widget = dialog
+    commands = []
+
+    def evaluation_command(model, cohort, out, splits, repeats):
+        commands.append((model, cohort, out, splits, repeats))
+        return [sys.executable, "-c", FAKE_EVALUATION, "--out", str(out)]
+
+    monkeypatch.setattr(training.tj, "evaluation_command", evaluation_command)
+    widget.set_form(splits=4, repeats=3)
+    widget._run_cohort = tmp_path / "cohort"
+    phases = []
+    widget.run_finished.connect(lambda phase, code: phases.append((phase, code)))
+    model = tmp_path / "best.safetensors"
+    _fake_run(widget, tmp_path, "done", model)
+    qtbot.waitUntil(lambda: len(phases) == 2, timeout=30_000)
+    assert phases == [("train", 0), ("evaluate", 0)]
+    assert commands == [(model, tmp_path / "cohort", tmp_path / "evaluation", 4, 3)]
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() == 2
+    assert [widget.table.item(0, c).text() for c in range(3)] == ["MEDIMP", "2y", "0.75 ± 0.10"]
+    assert widget.use_button.isEnabled() and widget.model_path == model
+    assert widget.status_label.text().startswith("done: model") and not notes["error"]
+    assert len(widget._train_line.get_xdata()) == 2 and len(widget._val_line.get_xdata()) == 1
 
 
 def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_path):

@@ -367,7 +367,8 @@ class TrainingWidget(QWidget):
         self.axes.set_xlim(0, 1)
         self.axes.set_ylim(0, 1)
         self.figure.subplots_adjust(left=0.1, right=0.97, top=0.95, bottom=0.22)
-        self._limits: tuple[float, float] | None = (1.0, 1.0)
+        self._limits: tuple[float, float] = (1.0, 1.0)
+        self._new_axes = True
         self._background = None
         self.canvas.mpl_connect("draw_event", self._on_canvas_drawn)
         # the legend is Qt text: free to draw, unlike matplotlib text
@@ -410,7 +411,11 @@ class TrainingWidget(QWidget):
         steps, losses, val_steps, val_losses = self.progress.curves()
         self._train_line.set_data(steps, losses)
         self._val_line.set_data(val_steps, val_losses)
-        limits = tj.plot_limits(self.progress, self._limits)
+        if steps or val_steps:
+            limits = tj.plot_limits(self.progress, None if self._new_axes else self._limits)
+            self._new_axes = False
+        else:
+            limits = self._limits  # nothing to show yet: keep the axes, clear the curves
         if limits != self._limits or self._background is None:
             self._limits = limits
             self.axes.set_xlim(0, limits[0])
@@ -636,7 +641,7 @@ class TrainingWidget(QWidget):
         self._run_cohort = tj.resolve_cohort(options.cohort).absolute()
         self._run_out = Path(options.out).expanduser().absolute()
         self.log_view.clear()
-        self._limits = None  # new axes for the new run, drawn by the next refresh (not in this click)
+        self._new_axes = True  # the first losses of this run set the axes
         self._progress_dirty = True
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -831,12 +836,12 @@ class TrainingWidget(QWidget):
             return
         self._end_task("FAILED", "training failed")
         if killed:
-            text = (f"the training was killed {self._kill_reason}; the last checkpoint written at the end of "
-                    "an epoch (if any) is kept")
+            text = (f"training killed {self._kill_reason}; the last checkpoint written at the end of an "
+                    "epoch (if any) is kept")
         elif cancelled and crashed:
             text = "training cancelled before its first step; nothing was saved"
         elif not crashed and code == 0:
-            text = "the training process ended without reporting a model file"
+            text = "training ended without reporting a model file"
         else:
             _, text = tj.describe_exit("training", code, crashed, list(self._stderr_tail)[-8:])
             if message:
