@@ -129,6 +129,7 @@ class TrainingWidget(QWidget):
         self._run_cohort: Path | None = None
         self._run_out: Path | None = None
         self._task_id = None
+        self._task_epoch: int | None = None
         self._progress_dirty = False
         self._devices = self._available_devices()
 
@@ -778,7 +779,9 @@ class TrainingWidget(QWidget):
         if self.phase == "train" and not self._stopping:
             self._set_status(p.status_text())
         self._update_plot()
-        self._update_task(p.status_text())
+        if p.epoch != self._task_epoch:  # napari keeps every update of a task: once per epoch is plenty
+            self._task_epoch = p.epoch
+            self._update_task(p.status_text())
 
     # the end of a process ------------------------------------------------------------------------
     @_slot
@@ -975,6 +978,7 @@ class TrainingWidget(QWidget):
             widget = ref()
             return widget.shutdown() if widget is not None else True
 
+        self._task_epoch = None
         self._task_id = register("napari-medimp", Status.BUSY, f"MEDIMP {self.phase} running",
                                  cancel_callback=stop)
 
