@@ -120,6 +120,7 @@ def run_demo(headless: bool, out_dir: Path) -> int:
     files = widget.export_report(out_dir)
     if files is None:
         print(f"medimp demo: the analysis did not complete: {widget.status_label.text()}")
+        viewer.close()
         return 1
     screenshot = out_dir / "demo_screenshot.png"
     viewer.screenshot(str(screenshot), canvas_only=False)

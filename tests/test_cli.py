@@ -54,6 +54,10 @@ def test_headless_demo_writes_screenshot_and_report(tmp_path):
     report = json.loads((tmp_path / "demo_report.json").read_text())
     assert report["regions"]["cortex"]["time_to_half_peak_s"] < report["regions"]["medulla"]["time_to_half_peak_s"]
     assert "synthetic" in (tmp_path / "demo_report.md").read_text()
+    analysis = json.loads((tmp_path / "medimp_report.json").read_text())  # the docked widget's analysis
+    assert set(analysis["results"]["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
+    assert analysis["saliency"]["method"] == "gradcam" and (tmp_path / "saliency.nii.gz").exists()
+    assert analysis["inputs"]["clinical"]["used"]["gfr_ml_min_1_73m2"] is not None
 
 
 @pytest.fixture(scope="module")

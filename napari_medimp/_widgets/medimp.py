@@ -4,6 +4,7 @@ a worker thread; this module only moves values between Qt widgets, layers and th
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -705,7 +706,11 @@ class MedimpWidget(QWidget):
             return
         self._pbar = progress(total=100, desc=f"MEDIMP: {description}")
         self._pbar_started = time.perf_counter()
-        worker = create_worker(fn)
+        def run():
+            _import_heavy_modules()
+            return fn()
+
+        worker = create_worker(run)
         worker.returned.connect(lambda value: self._safe(on_done, value))
         worker.errored.connect(lambda exc: self._notify_error(f"{description} failed: {exc}"))
         worker.finished.connect(self._finished)
@@ -855,12 +860,26 @@ class MedimpWidget(QWidget):
         show_info(message)
 
 
+_IMPORTS_LOCK = threading.Lock()
+_IMPORTED = threading.Event()
+
+
 def _import_heavy_modules() -> None:
+    """Import MONAI, transformers and the model code once. Every job calls this first: importing the same
+    lazily-initialised package (transformers) from two threads at once can fail half-way."""
+    if _IMPORTED.is_set():
+        return
     import importlib
 
-    for name in ("monai.transforms", "monai.visualize", "transformers", "napari_medimp.core.inference",
-                 "napari_medimp.core.saliency", "napari_medimp.core.plots", "matplotlib.backends.backend_agg"):
-        importlib.import_module(name)
+    with _IMPORTS_LOCK:
+        if _IMPORTED.is_set():
+            return
+        for name in ("monai.transforms", "monai.visualize", "transformers", "napari_medimp.core.inference",
+                     "napari_medimp.core.saliency", "napari_medimp.core.plots", "matplotlib.backends.backend_agg"):
+            importlib.import_module(name)
+        from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401  (resolve the lazy names)
+
+        _IMPORTED.set()
 
 
 def _leave_a_core_to_the_viewer() -> None:
