@@ -131,9 +131,9 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     viewer.reset_view()
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    from imageio.v3 import imwrite
+    from PIL import Image
 
-    imwrite(tmp_path / "with_overlay.png", shot)
+    Image.fromarray(shot).save(tmp_path / "with_overlay.png")
     overlay.visible = False
     qtbot.wait(50)
     plain = viewer.screenshot(canvas_only=True, flash=False)
