@@ -3,8 +3,9 @@
 A cohort is a clinical table (``clinical.csv``, one row per patient) beside an image tree
 ``<patient>/<exam>/<sequence>/``. Each exam with an image becomes one item; its prompt is built from the
 clinical values known at that exam (the same prompt builder and preprocessing the viewer uses). The
-deterministic part (reading + preprocessing) is cached by MONAI; random augmentations (flip, affine,
-blur, noise, gamma, as in the paper) and the paraphrase variant are drawn per sample per step.
+deterministic part (reading + preprocessing) is done once and cached; random augmentations (flip,
+affine, blur, noise, gamma, as in the paper) and the paraphrase variant are drawn per sample per epoch,
+and the augmentations are applied to whole batches in torch, on the training device.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from napari_medimp.core.io import load_dce
 from napari_medimp.core.io.cohort import cohort_exams, read_clinical_table
@@ -64,7 +66,7 @@ def split_by_patient(items: Sequence[ExamItem], val_fraction: float = 0.2, seed:
 
 
 class PrepareExam:
-    """MONAI-style deterministic transform: item dict -> preprocessed image tensor (C, z, y, x)."""
+    """Deterministic transform: item dict -> preprocessed image tensor (C, z, y, x)."""
 
     def __init__(self, config: PreprocessConfig):
         self.config = config
@@ -76,45 +78,139 @@ class PrepareExam:
         return {**item, "image": prepared.tensor}
 
 
-def augmentations(seed: int = 0):
-    """Random augmentations equivalent to the paper's: flip, affine, blur, noise, gamma."""
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandGaussianSmoothd,
-    )
+# --------------------------------------------------------------------------------------------------
+# augmentation: the paper's set (flip, affine, blur, noise, gamma), drawn per sample, applied per batch
+# --------------------------------------------------------------------------------------------------
+#: probabilities and ranges (rotation in radians, scale as a relative change, translation in voxels
+#: (z, y, x), blur sigma in voxels, noise std as a fraction of the normalised intensity, gamma)
+AUGMENT = {"flip": 0.5, "affine": 0.5, "rotate": 0.1, "scale": 0.1, "translate": (2.0, 4.0, 4.0),
+           "blur": 0.2, "sigma": (0.25, 1.0), "noise": 0.2, "noise_std": 0.05, "gamma": 0.3,
+           "gamma_range": (0.8, 1.25)}
+N_AUGMENT_PARAMS = 20
 
-    chain = Compose([
-        RandFlipd(keys="image", prob=0.5, spatial_axis=2),
-        RandAffined(keys="image", prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.1, 0.1, 0.1),
-                    translate_range=(2, 4, 4), padding_mode="zeros"),
-        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
-        RandGaussianNoised(keys="image", prob=0.2, std=0.05),
-        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.8, 1.25)),
-    ])
-    chain.set_random_state(seed=seed)
-    return chain
+
+def draw_augmentation(seed: int, epoch: int, index: int) -> torch.Tensor:
+    """The augmentation of sample ``index`` in ``epoch``: a float64 vector of ``N_AUGMENT_PARAMS``
+    values drawn from a generator seeded by ``(seed, epoch, index)``, whatever was drawn before, so a
+    resumed run, or a rank holding part of the batch, draws exactly what one uninterrupted process does.
+
+    Layout: flip?; affine?, 3 angles, 3 scales, 3 translations (z, y, x); blur?, 3 sigmas; noise?, std,
+    noise seed; gamma?, gamma. Every value is drawn whether used or not (a fixed number of draws).
+    """
+    a = AUGMENT
+    rng = np.random.default_rng((seed, epoch, index, 1))
+    coins = rng.random(5)
+    angles = rng.uniform(-a["rotate"], a["rotate"], 3)
+    scales = 1.0 + rng.uniform(-a["scale"], a["scale"], 3)
+    shifts = rng.uniform(-1.0, 1.0, 3) * np.asarray(a["translate"])
+    sigmas = rng.uniform(*a["sigma"], 3)
+    std = rng.uniform(0.0, a["noise_std"])
+    noise_seed = float(rng.integers(2**31))
+    gamma = rng.uniform(*a["gamma_range"])
+    values = [coins[0] < a["flip"], coins[1] < a["affine"], *angles, *scales, *shifts,
+              coins[2] < a["blur"], *sigmas, coins[3] < a["noise"], std, noise_seed, coins[4] < a["gamma"], gamma]
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _rotation(angles) -> np.ndarray:
+    """Rotation about the z, y and x axes (in (z, y, x) coordinates)."""
+    cz, cy, cx = np.cos(angles)
+    sz, sy, sx = np.sin(angles)
+    about_z = np.array([[1, 0, 0], [0, cz, -sz], [0, sz, cz]])
+    about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    about_x = np.array([[cx, -sx, 0], [sx, cx, 0], [0, 0, 1]])
+    return about_z @ about_y @ about_x
+
+
+def _affine_theta(params: np.ndarray, size_zyx) -> np.ndarray:
+    """``affine_grid`` matrix (3 x 4, (x, y, z) order, normalised coordinates) of a rotation + scale
+    about the centre and a translation, defined in voxel units (as MONAI's RandAffine)."""
+    linear = _rotation(params[2:5]) @ np.diag(params[5:8])
+    half = np.asarray(size_zyx, dtype=float) / 2.0
+    norm_linear = (linear * half[None, :]) / half[:, None]  # D^-1 A D
+    norm_shift = params[8:11] / half
+    flip = [2, 1, 0]  # (z, y, x) -> (x, y, z)
+    return np.concatenate([norm_linear[np.ix_(flip, flip)], norm_shift[flip, None]], axis=1)
+
+
+def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def _blur(image: torch.Tensor, sigmas) -> torch.Tensor:
+    """Separable Gaussian blur of one ``(C, z, y, x)`` image, zero padding (as MONAI's GaussianFilter)."""
+    import torch.nn.functional as F
+
+    out = image.unsqueeze(0)
+    channels = image.shape[0]
+    for axis, sigma in enumerate(sigmas):
+        k = _gaussian_kernel(float(sigma), image.device, image.dtype)
+        shape = [1, 1, 1]
+        shape[axis] = k.numel()
+        weight = k.view(1, 1, *shape).expand(channels, 1, *shape).contiguous()
+        padding = [0, 0, 0]
+        padding[axis] = k.numel() // 2
+        out = F.conv3d(out, weight, padding=tuple(padding), groups=channels)
+    return out[0]
+
+
+@torch.no_grad()
+def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply each sample's drawn augmentation (:func:`draw_augmentation`) to a ``(B, C, z, y, x)`` batch,
+    on the batch's device: flip of x, then one ``affine_grid``/``grid_sample`` for every sample with an
+    affine (bilinear, zeros outside), blur, Gaussian noise (from the sample's own seed), gamma
+    contrast (MONAI's ``AdjustContrast``: on the sample's min-max range). Returns a new tensor."""
+    import torch.nn.functional as F
+
+    p = params.detach().to("cpu", torch.float64).numpy()
+    if p.shape != (images.shape[0], N_AUGMENT_PARAMS):
+        raise ValueError(f"expected ({images.shape[0]}, {N_AUGMENT_PARAMS}) augmentation parameters, got {p.shape}")
+    x = images
+    flips = torch.as_tensor(p[:, 0] > 0.5, device=x.device).view(-1, *[1] * (x.dim() - 1))
+    x = torch.where(flips, x.flip(-1), x)  # a new tensor: the input is never modified
+    idx = np.flatnonzero(p[:, 1] > 0.5)
+    if idx.size:
+        size = x.shape[2:]
+        theta = torch.as_tensor(np.stack([_affine_theta(p[i], size) for i in idx]), dtype=x.dtype, device=x.device)
+        sel = torch.as_tensor(idx, device=x.device)
+        grid = F.affine_grid(theta, [idx.size, *x.shape[1:]], align_corners=False)
+        x[sel] = F.grid_sample(x[sel], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    for i in np.flatnonzero(p[:, 11] > 0.5):
+        x[i] = _blur(x[i], p[i, 12:15])
+    for i in np.flatnonzero(p[:, 15] > 0.5):
+        generator = torch.Generator(device=x.device).manual_seed(int(p[i, 17]))
+        noise = torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=torch.float32)
+        x[i] = x[i] + (float(p[i, 16]) * noise).to(x.dtype)
+    for i in np.flatnonzero(p[:, 18] > 0.5):
+        low, high = x[i].min(), x[i].max()
+        span = high - low
+        x[i] = ((x[i] - low) / (span + 1e-7)).clamp_min(0) ** float(p[i, 19]) * span + low
+    return x
 
 
 class ContrastiveDataset:
     """Items -> {"image": tensor, "text": prompt, "patient", "exam"}; deterministic part cached.
 
-    The paraphrase variant and the augmentation of sample ``i`` in epoch ``e`` are drawn from generators
-    seeded by ``(seed, e, i)``, so a resumed run draws the same prompts and augmentations as an
-    uninterrupted one, whatever was drawn before.
+    Each exam is read and preprocessed once (``cache_rate`` of them kept in memory; ``num_workers``
+    threads prepare them). The paraphrase variant and the augmentation of sample ``i`` in epoch ``e`` are
+    drawn from generators seeded by ``(seed, e, i)``, so a resumed run draws the same prompts and
+    augmentations as an uninterrupted one, whatever was drawn before.
+
+    ``dataset[i]`` gives the augmented image; the training loop takes :meth:`sample` (the cached image
+    and the drawn augmentation) and augments whole batches on the training device with
+    :func:`augment_batch`, which gives the same images.
     """
 
     def __init__(self, items: Sequence[ExamItem], config: PreprocessConfig, *,
                  attributes: Sequence[str] = ATTRIBUTES, augment: bool = True, seed: int = 0,
                  cache_rate: float = 1.0, num_workers: int = 0):
-        from monai.data import CacheDataset
-
         self.attributes = tuple(attributes)
         self.seed = seed
         self.epoch = 0
+        self.augment = bool(augment)
         self.items, self.prompts, self.skipped = [], [], []
         for item in items:
             variants = prompt_variants(item.record, self.attributes)
@@ -125,11 +221,23 @@ class ContrastiveDataset:
                 self.skipped.append(f"{item.patient}/{item.exam}: no value for {', '.join(self.attributes)}")
         if not self.items:
             raise ValueError(f"no exam has a value for the prompt attributes {', '.join(self.attributes)}")
-        self._cache = CacheDataset(
-            [{"path": str(i.image), "index": n} for n, i in enumerate(self.items)],
-            transform=PrepareExam(config), cache_rate=cache_rate, num_workers=num_workers, progress=False,
-        )
-        self._augment = augmentations(seed) if augment else None
+        self._prepare = PrepareExam(config)
+        n_cached = int(round(max(0.0, min(1.0, cache_rate)) * len(self.items)))
+        indices = range(n_cached)
+        if num_workers > 0 and n_cached > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                cached = list(pool.map(self._prepared, indices))
+        else:
+            cached = [self._prepared(i) for i in indices]
+        self._cached: list[torch.Tensor] = cached
+
+    def _prepared(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        image = self._prepare({"path": str(item.image), "index": index})["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        return image.float().contiguous()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -142,13 +250,25 @@ class ContrastiveDataset:
         variants = self.prompts[index]
         return variants[int(rng.integers(len(variants)))]
 
-    def __getitem__(self, index: int) -> dict:
-        sample = dict(self._cache[index])
-        if self._augment is not None:
-            seed = int(np.random.default_rng((self.seed, self.epoch, index, 1)).integers(2**31))
-            self._augment.set_random_state(seed=seed)
-            sample = self._augment(sample)
+    def image(self, index: int) -> torch.Tensor:
+        """The preprocessed, unaugmented image ``(C, z, y, x)`` (do not modify it: it is the cache)."""
+        return self._cached[index] if index < len(self._cached) else self._prepared(index)
+
+    def augmentation(self, index: int) -> torch.Tensor:
+        """The augmentation drawn for sample ``index`` in the current epoch (see :func:`draw_augmentation`)."""
+        return draw_augmentation(self.seed, self.epoch, index)
+
+    def sample(self, index: int) -> dict:
+        """Cached image, prompt and ids, plus the drawn augmentation (``"augment"``) when augmenting."""
         item = self.items[index]
+        out = {"image": self.image(index), "text": self.prompt(index), "patient": item.patient, "exam": item.exam}
+        if self.augment:
+            out["augment"] = self.augmentation(index)
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.sample(index)
+        params = sample.pop("augment", None)
         image = sample["image"]
-        image = image.as_tensor() if hasattr(image, "as_tensor") else image
-        return {"image": image.float(), "text": self.prompt(index), "patient": item.patient, "exam": item.exam}
+        sample["image"] = augment_batch(image[None], params[None])[0] if params is not None else image.clone()
+        return sample

@@ -39,7 +39,7 @@ from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
 from napari_medimp.core.prompts import ATTRIBUTES, TEMPLATE_VERSION
 
-from .data import ContrastiveDataset, cohort_items, split_by_patient
+from .data import ContrastiveDataset, augment_batch, cohort_items, split_by_patient
 from .distributed import (
     DistributedRun,
     all_gather_objects,
@@ -196,7 +196,26 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def collate(samples: list[dict]) -> dict:
-    return {"image": torch.stack([s["image"] for s in samples]), "text": [s["text"] for s in samples]}
+    batch = {"image": torch.stack([s["image"] for s in samples]), "text": [s["text"] for s in samples]}
+    if samples and "augment" in samples[0]:
+        batch["augment"] = torch.stack([s["augment"] for s in samples])
+    return batch
+
+
+def make_batch(dataset: ContrastiveDataset, indices, pin: bool = False) -> dict:
+    """Cached images, prompts and drawn augmentations of ``indices`` (built in the prefetch thread)."""
+    batch = collate([dataset.sample(int(i)) for i in indices])
+    if pin:
+        batch["image"] = batch["image"].pin_memory()
+    return batch
+
+
+def batch_images(batch: dict, device: torch.device) -> torch.Tensor:
+    """The batch's images on ``device``, augmented there (one batched pass, see ``augment_batch``)."""
+    images = to_device(batch["image"], device)
+    if "augment" in batch:
+        images = augment_batch(images, batch["augment"])
+    return images
 
 
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool) -> list:
@@ -253,7 +272,7 @@ def prefetch(iterable, depth: int = 2):
 
 def batches(dataset: ContrastiveDataset, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool):
     for chunk in batch_indices(len(dataset), batch_size, seed, epoch, shuffle, drop_last):
-        yield collate([dataset[int(i)] for i in chunk])
+        yield make_batch(dataset, chunk)
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -276,7 +295,7 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
     losses = []
     for batch in batches(dataset, batch_size, 0, 0, shuffle=False, drop_last=False):
         with autocast():
-            img = model.encode_image(to_device(batch["image"], device))
+            img = model.encode_image(batch_images(batch, device))
             txt = model.encode_text(batch["text"])
         img, txt = img.float(), txt.float()
         losses.append(float(loss_fn(img, txt, model.clamped_logit_scale().exp().float())))
@@ -580,12 +599,6 @@ def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Pro
     lo, hi = run.rank * n_local, (run.rank + 1) * n_local
     pin = device.type == "cuda"
 
-    def local_batch(chunk) -> dict:
-        batch = collate([train_set[int(i)] for i in chunk[lo:hi]])
-        if pin:
-            batch["image"] = batch["image"].pin_memory()
-        return batch
-
     summary: dict = {}
     stop_requested = False
     for epoch in range(start_epoch, config.epochs):
@@ -595,9 +608,9 @@ def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Pro
         first = start_batch if epoch == start_epoch else 0
         losses = list(state.get("epoch_losses", [])) if epoch == start_epoch and first else []
         t0 = time.perf_counter()
-        produced = ((b, local_batch(chunks[b])) for b in range(first, len(chunks)))
+        produced = ((b, make_batch(train_set, chunks[b][lo:hi], pin)) for b in range(first, len(chunks)))
         for b, batch in prefetch(produced):
-            local_loss = train_step(to_device(batch["image"], device), batch["text"])
+            local_loss = train_step(batch_images(batch, device), batch["text"])
             step += 1
             loss, stop_now = mean_over_ranks(local_loss, bool(should_stop and should_stop()))
             losses.append(loss)

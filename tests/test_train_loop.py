@@ -275,3 +275,67 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_p
     card = load_model(run / "last_model").card["training"]
     assert card["command"].startswith("python -m src_train train") or "src_train" in card["command"]
     assert card["resume_commands"] == ["python -m src_train " + " ".join([*argv(run), "--resume"])]
+
+
+# --------------------------------------------------------------------------------------------------
+# data: cached once, augmentation drawn per sample and applied per batch
+# --------------------------------------------------------------------------------------------------
+def test_each_exam_is_read_and_prepared_once(cohort, monkeypatch):
+    from src_train import data as data_module
+
+    calls = []
+    original = data_module.PrepareExam.__call__
+    monkeypatch.setattr(data_module.PrepareExam, "__call__", lambda self, item: calls.append(1) or original(self, item))
+    items, _ = data_module.cohort_items(cohort)
+    dataset = data_module.ContrastiveDataset(items[:3], PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
+                                                                         input_size=(8, 16, 16)))
+    assert len(calls) == 3
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        [dataset[i] for i in range(3)]
+    assert len(calls) == 3, "training must not read the images again"
+
+
+FLAGS = [0, 1, 11, 15, 18]  # flip, affine, blur, noise, gamma
+
+
+def test_batch_augmentation_is_per_sample_and_does_what_it_says():
+    from src_train.data import augment_batch, draw_augmentation
+
+    a = draw_augmentation(0, 3, 5)
+    assert torch.equal(a, draw_augmentation(0, 3, 5)) and not torch.equal(a, draw_augmentation(0, 4, 5))
+    torch.manual_seed(0)
+    images = torch.rand(6, 2, 8, 12, 10)
+    before = images.clone()
+    params = torch.stack([draw_augmentation(1, 0, i) for i in range(6)])
+    params[:, FLAGS] = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0],
+                                     [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.float64)
+    batch = augment_batch(images, params)
+    assert torch.equal(images, before), "the input (the cache) is never modified"
+    assert all(not torch.equal(batch[i], images[i]) for i in range(6))
+    # a sample's augmentation does not depend on the rest of the batch (ranks, resumes)
+    single = torch.cat([augment_batch(images[i:i + 1], params[i:i + 1]) for i in range(6)])
+    torch.testing.assert_close(batch, single, rtol=0, atol=1e-6)
+
+    nothing = params.clone()
+    nothing[:, FLAGS] = 0
+    assert torch.equal(augment_batch(images, nothing), images)
+    flip = nothing.clone()
+    flip[:, 0] = 1
+    assert torch.equal(augment_batch(images, flip), images.flip(-1))
+    shift = nothing.clone()
+    shift[:, 1], shift[:, 2:5], shift[:, 5:8] = 1, 0, 1
+    shift[:, 8:11] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # one voxel along x
+    out = augment_batch(images, shift)
+    torch.testing.assert_close(out[..., :-1], images[..., 1:], rtol=0, atol=1e-5)
+    assert torch.all(out[..., -1] == 0)
+    gamma = nothing.clone()
+    gamma[:, 18] = 1
+    out = augment_batch(images, gamma)
+    dims = (1, 2, 3, 4)
+    torch.testing.assert_close(out.amin(dim=dims), images.amin(dim=dims))
+    torch.testing.assert_close(out.amax(dim=dims), images.amax(dim=dims))
+    blur = nothing.clone()
+    blur[:, 11] = 1
+    out = augment_batch(images, blur)
+    assert out[:, :, 2:-2, 2:-2, 2:-2].std() < images[:, :, 2:-2, 2:-2, 2:-2].std()
