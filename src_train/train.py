@@ -136,7 +136,9 @@ class Precision:
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler, active for fp16 only (a disabled one passes everything through)."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.mode == "fp16")
+        if self.mode != "fp16":
+            return torch.amp.GradScaler("cpu", enabled=False)
+        return torch.amp.GradScaler(self.device_type)
 
 
 def resolve_amp(mode: str, device: torch.device) -> Precision:
@@ -211,9 +213,13 @@ def make_batch(dataset: ContrastiveDataset, indices, pin: bool = False) -> dict:
 
 
 def batch_images(batch: dict, device: torch.device) -> torch.Tensor:
-    """The batch's images on ``device``, augmented there (one batched pass, see ``augment_batch``)."""
-    images = to_device(batch["image"], device)
-    if "augment" in batch:
+    """The batch's images on ``device``, augmented in one batched pass (see ``augment_batch``): on the
+    GPU for CUDA, else on the CPU before the transfer (3D grid sampling is not on every backend)."""
+    images = batch["image"]
+    if "augment" in batch and device.type != "cuda":
+        images = augment_batch(images, batch["augment"])
+    images = to_device(images, device)
+    if "augment" in batch and device.type == "cuda":
         images = augment_batch(images, batch["augment"])
     return images
 
