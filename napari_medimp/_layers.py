@@ -97,26 +97,34 @@ def _default_name(volume: DCEVolume) -> str:
     return name or "DCE"
 
 
+def layer_affine(scale, translate, metadata: dict | None = None, rotate=None) -> np.ndarray:
+    """A layer's voxel-to-RAS affine: the exact source affine when the layer carries one and its
+    scale/translate still match it (oblique volumes are displayed in their voxel frame), else the one
+    implied by its scale/translate/rotate."""
+    from .core.volume import affine_from_geometry
+
+    implied = affine_from_geometry(scale, translate, rotate)
+    exact = (metadata or {}).get("affine")
+    if exact is not None:
+        exact = np.asarray(exact, dtype=float)
+        same_spacing = exact.shape == (4, 4) and np.allclose(np.linalg.norm(exact[:3, :3], axis=0),
+                                                             np.linalg.norm(implied[:3, :3], axis=0))
+        if same_spacing and np.allclose(exact[:3, 3], implied[:3, 3], atol=1e-4):
+            return exact
+    return implied
+
+
 def volume_from_layer_data(data, scale, translate, metadata: dict | None = None, name: str = "") -> DCEVolume:
     """The DCE volume behind an image layer: its exact affine and frame times when the layer came from
     this plugin and still has the same geometry, else the ones implied by its scale and translate.
 
     Raises ``ValueError`` naming the layer when it is not 4D (t, z, y, x)."""
-    from .core.volume import affine_from_geometry
-
     ndim = len(getattr(data, "shape", ()))
     if ndim != 4:
         hint = " (a single 3D volume has no time axis; open the whole dynamic series)" if ndim == 3 else ""
         raise ValueError(f"layer {name!r} is {ndim}D; MEDIMP needs a 4D DCE series (t, z, y, x){hint}")
     metadata = dict(metadata or {})
-    affine = affine_from_geometry(scale, translate)
-    exact = metadata.get("affine")
-    if exact is not None:
-        exact = np.asarray(exact, dtype=float)
-        if (exact.shape == (4, 4) and np.allclose(np.linalg.norm(exact[:3, :3], axis=0),
-                                                  np.linalg.norm(affine[:3, :3], axis=0))
-                and np.allclose(exact[:3, 3], affine[:3, 3], atol=1e-4)):
-            affine = exact
+    affine = layer_affine(scale, translate, metadata)
     times = metadata.get("frame_times")
     if times is not None and len(times) != data.shape[0]:
         times = None

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._layers import layer_affine
 from .core.io.nifti import save_nifti
-from .core.volume import affine_from_geometry
 
 
 def _affine(meta: dict) -> np.ndarray:
-    """The layer's voxel-to-RAS affine: the exact source affine when the layer carries one and its
-    scale/translate still match it (oblique volumes are displayed in their voxel frame), else the one
-    implied by the layer's scale/translate/rotate."""
-    implied = affine_from_geometry(meta["scale"], meta["translate"], meta.get("rotate"))
-    exact = (meta.get("metadata") or {}).get("affine")
-    if exact is not None:
-        exact = np.asarray(exact, dtype=float)
-        same_spacing = np.allclose(np.linalg.norm(exact[:3, :3], axis=0), np.linalg.norm(implied[:3, :3], axis=0))
-        if same_spacing and np.allclose(exact[:3, 3], implied[:3, 3], atol=1e-4):
-            return exact
-    return implied
+    return layer_affine(meta["scale"], meta["translate"], meta.get("metadata"), meta.get("rotate"))
 
 
 def _frame_times(data, meta: dict):
