@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
-from ..core.card import card_facts, facts_text
+from ..core.card import card_facts, facts_text, is_synthetic
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form, gfr_bin
 from ._registry import register
 
@@ -782,7 +782,7 @@ class MedimpWidget(QWidget):
             lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.1%}</b>" for h, p in prognosis.items()))
         if a.get("prognosis_note"):
             lines.append(f"<span style='color:#ffb347'>{_html(a['prognosis_note'])}</span>")
-        if result.model.get("training_data") and "synthetic" in str(result.model["training_data"]).lower():
+        if is_synthetic(result.model):
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))
         for canvas, png in zip((self.results_canvas, self.curves_canvas), result.plots, strict=True):

@@ -3,6 +3,7 @@ for a clinical tool)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 HORIZON_ORDER = ("2y", "3y", "4y")
@@ -20,11 +21,17 @@ def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, fl
         h: v for h, v in out.items() if h not in (*HORIZON_ORDER, "mean")}
 
 
-def is_synthetic(card: dict) -> bool:
-    training = card.get("training") or {}
-    if training.get("synthetic") is True:
-        return True
-    return "synthetic" in str(training.get("data", "")).lower()
+def is_synthetic(model: Mapping) -> bool:
+    """Whether a model card, or the facts of a loaded model (``Predictor.model_facts()``), say it was
+    trained on synthetic data: the card's ``training.synthetic`` flag, or "synthetic" in its training-data
+    statement, licence or name."""
+    training = model.get("training")
+    texts = [model.get("training_data"), model.get("licence"), model.get("name")]
+    if isinstance(training, Mapping):
+        if training.get("synthetic") is True:
+            return True
+        texts.append(training.get("data"))
+    return any(isinstance(t, str) and "synthetic" in t.lower() for t in texts)
 
 
 def card_facts(card: dict) -> dict[str, Any]:

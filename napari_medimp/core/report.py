@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .card import is_synthetic
 from .curves import enhancement_summary
 
 __all__ = [
@@ -177,15 +178,7 @@ def saliency_info(saliency, file=None) -> dict:
     }
 
 
-def trained_on_synthetic_data(model: Mapping) -> bool:
-    """Whether a model's facts (``Predictor.model_facts()`` or a card) say it was trained on synthetic data."""
-    training = model.get("training")
-    texts = [model.get("training_data"), model.get("licence"), model.get("name")]
-    if isinstance(training, Mapping):
-        if training.get("synthetic") is True:
-            return True
-        texts.append(training.get("data"))
-    return any(isinstance(t, str) and "synthetic" in t.lower() for t in texts)
+trained_on_synthetic_data = is_synthetic  # the report's name for it
 
 
 def _curve_section(curves: Mapping[str, np.ndarray], times) -> dict:
