@@ -69,7 +69,6 @@ class LayerResult:
     analysis: dict
     curves: dict
     times: Any
-    time_unit: str
     model: dict
     expected_bin: str | None
     plots: tuple[bytes, bytes] = (b"", b"")
@@ -617,7 +616,6 @@ class MedimpWidget(QWidget):
         self._start(job, lambda out: self._analysis_done(spec, *out), f"analysing {spec['layer_name']!r}")
 
     def _analysis_done(self, spec: dict, result, curves: dict, plots: tuple[bytes, bytes]) -> None:
-        from .._layers import time_axis
         from ..core.report import clinical_inputs, describe_inputs
 
         layer = spec["layer"]
@@ -625,8 +623,6 @@ class MedimpWidget(QWidget):
             self._notify_warning(f"layer {spec['layer_name']!r} was removed during the analysis; result discarded")
             return
         volume = spec["volume"]
-        t_scale, t_unit = time_axis(volume)
-        times = volume.frame_times if volume.frame_times is not None else None
         record = spec["record"]
         form = spec["form"]
         clinical = clinical_inputs(gfr=form["gfr"], donor_age=form["donor_age"], creatinine=form["creatinine"],
@@ -637,7 +633,7 @@ class MedimpWidget(QWidget):
         inputs["device"] = result.model.get("device")
         self._results[_key(layer)] = LayerResult(
             layer_name=spec["layer_name"], inputs=inputs, prompt=spec["prompt"], analysis=result.to_dict(),
-            curves=curves, times=times, time_unit="s" if times is not None else t_unit,
+            curves=curves, times=volume.frame_times,
             model=result.model, expected_bin=gfr_bin(record.gfr) if record.gfr is not None else None,
             plots=plots)
         current = self.current_layer()
@@ -705,7 +701,6 @@ class MedimpWidget(QWidget):
             self._notify_warning("MEDIMP is still busy with the previous request")
             return
         self._pbar = progress(total=100, desc=f"MEDIMP: {description}")
-        self._pbar_started = time.perf_counter()
         def run():
             _import_heavy_modules()
             return fn()
