@@ -330,3 +330,19 @@ def test_generate_paraphrases_with_tiny_local_model(tmp_path):
                                 batch_size=8, max_rounds=1) == []
     # a failing generation (invalid sampling parameter) returns an empty list instead of raising
     assert generate_paraphrases(template, path, n=3, temperature=-1.0, max_rounds=1) == []
+
+
+def test_check_form_reports_every_bad_field_at_once():
+    from napari_medimp.core.prompts import check_form
+
+    record, errors = check_form({"exam": "D30", "gfr": "abc", "donor_age": "300", "creatinine": "120; 135"})
+    assert record is None and set(errors) == {"gfr", "donor_age"}
+    assert "not a number" in errors["gfr"] and "0-100 years" in errors["donor_age"]
+    record, errors = check_form({"exam": "D30", "gfr": "48", "creatinine": "120; 135", "creatinine_std": "5"})
+    assert record is None and errors == {"creatinine_std": "give either a creatinine series or creatinine_std, not both"}
+    record, errors = check_form({"exam": "m3", "gfr": "48,5", "creatinine": "1,2; 1,5", "creatinine_unit": "mg/dL"})
+    assert errors == {} and record.exam == "M3" and record.gfr == 48.5
+    assert record.creatinine == pytest.approx((1.2 * 88.42, 1.5 * 88.42))
+    assert check_form({"exam": "X1"})[1].keys() == {"exam"}
+    with pytest.raises(ValueError, match="unknown clinical field"):
+        check_form({"exam": "D30", "gfr_typo": "4"})

@@ -23,12 +23,15 @@ def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, fl
 
 def is_synthetic(model: Mapping) -> bool:
     """Whether a model card, or the facts of a loaded model (``Predictor.model_facts()``), say it was
-    trained on synthetic data: the card's ``training.synthetic`` flag, or "synthetic" in its training-data
-    statement, licence or name."""
+    trained on synthetic data: the card's ``training.synthetic`` flag, the generator of a synthetic cohort
+    recorded by training (``training.data_generator``), or "synthetic" in its training-data statement or
+    name. The licence is not read: it says nothing about the data."""
+    if model.get("synthetic") is True:  # facts of a loaded model
+        return True
     training = model.get("training")
-    texts = [model.get("training_data"), model.get("licence"), model.get("name")]
+    texts = [model.get("training_data"), model.get("name")]
     if isinstance(training, Mapping):
-        if training.get("synthetic") is True:
+        if training.get("synthetic") is True or training.get("data_generator"):
             return True
         texts.append(training.get("data"))
     return any(isinstance(t, str) and "synthetic" in t.lower() for t in texts)

@@ -27,7 +27,8 @@ from .atomic import atomic_write
 
 CARD_FORMAT = "napari-medimp-model"
 CARD_VERSION = 1
-DEFAULT_LICENCE = "BSD-3-Clause (weights trained on synthetic data; research use, not a medical device)"
+# the licence says nothing about the training data: that is the card's "training" entry
+DEFAULT_LICENCE = "BSD-3-Clause (research use, not a medical device)"
 _PROGNOSIS_PREFIX = "prognosis."
 _MAX_HEADER = 100 * 2**20
 

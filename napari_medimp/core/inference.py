@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .card import is_synthetic
 from .checkpoint import LoadedModel, load_model
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
 from .prognosis import FEATURES_ID, patient_features
@@ -307,6 +308,7 @@ class Predictor:
             "name": card.get("name"),
             "architecture": card["architecture"].get("image_encoder"),
             "training_data": card.get("training", {}).get("data", "unknown"),
+            "synthetic": is_synthetic(card),
             "metrics": card.get("metrics", {}),
             "licence": card.get("licence"),
             "weights_sha256": card["weights"]["sha256"],
