@@ -17,7 +17,7 @@ def _cmd_synth(args) -> int:
         print(f"\r{done}/{total} patients", end="", file=sys.stderr, flush=True)
 
     summary = synth.generate_cohort(Path(args.out), n_patients=args.patients, seed=args.seed,
-                                    progress=progress)
+                                    progress=progress, hyperfiltration=args.hyperfiltration)
     print(file=sys.stderr)
     print(json.dumps(summary if isinstance(summary, dict) else str(summary), indent=1, default=str))
     return 0
@@ -124,35 +124,54 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+def _risk_columns(reading) -> dict:
+    """CSV columns of a prognosis reading: image-only ``p_dysfunction_<h>`` (MEDIMP), then with the clinical
+    values and the clinical-only reference, and what each used."""
+    if reading is None:
+        return {}
+    names = {"image": "p_dysfunction_{}", "image+clinical": "p_dysfunction_with_clinical_{}",
+             "clinical": "p_dysfunction_clinical_only_{}"}
+    row = {}
+    for kind, template in names.items():
+        row.update({template.format(h): round(v, 4) for h, v in reading.risks.get(kind, {}).items()})
+    row["reading_visit"] = reading.visit
+    row["reading_exams"] = "+".join(reading.exams_used)
+    row["clinical_values_used"] = "+".join(reading.clinical_given)
+    return row
+
+
 def _cmd_predict(args) -> int:
     import csv
 
     from .core.inference import analyze
     from .core.io import load_dce
-    from .core.prompts import ClinicalRecord, build_prompt
+    from .core.prompts import EXAMS, ClinicalRecord, build_prompt
 
     predictor = _predictor(args)
     rows, table = [], _cohort_records(Path(args.path))
+    sources = _sources(Path(args.path))
+    # readings use the exams so far: each patient's exams in follow-up order
+    order = {e: i for i, e in enumerate(EXAMS)}
+    sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam).upper(), 99)))
     by_patient: dict[str, dict] = {}
-    for ident, exam, path in _sources(Path(args.path)):
+    last_reading: dict[str, object] = {}
+    for ident, exam, path in sources:
         exam = (exam or args.exam).upper()
         patient = ident.split("/")[0]
         record = _record(args, exam)
         if record is None and patient in table:
             record = ClinicalRecord.from_csv_row(table[patient], exam)
         prompt = build_prompt(record) if record is not None else None
-        result = analyze(predictor, load_dce(path), exam=exam, prompt=prompt, roi=_roi(args))
+        result = analyze(predictor, load_dce(path), exam=exam, prompt=prompt, roi=_roi(args), record=record,
+                         earlier=by_patient.get(patient))
         by_patient.setdefault(patient, {})[exam] = result.embedding
         row = {"id": ident, "exam": exam, "prompt": prompt or "", "similarity": result.similarity}
         row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in result.gfr_reading.items()})
-        row.update({f"p_dysfunction_{h}": round(v, 4) for h, v in result.prognosis.items()})
+        row.update(_risk_columns(result.reading))
         rows.append(row)
-    patients = []
-    if predictor.loaded.prognosis:
-        for patient, vectors in by_patient.items():
-            patients.append({"patient": patient, "exams": "+".join(vectors),
-                             **{f"p_dysfunction_{h}": round(v, 4)
-                                for h, v in predictor.prognosis(vectors).items()}})
+        if result.reading is not None:
+            last_reading[patient] = result.reading
+    patients = [{"patient": p, **_risk_columns(r)} for p, r in last_reading.items()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
@@ -327,7 +346,7 @@ def _cmd_analyze(args) -> int:
     prompt = args.prompt or (build_prompt(record) if record is not None else None)
 
     predictor = _predictor(args)
-    analysis = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args))
+    analysis = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args), record=record)
     times = volume.frame_times
     curves = roi_and_region_curves(volume, analysis.roi, labels, names)
 
@@ -395,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (clinical.csv, images, ground truth)")
+    p.add_argument("--hyperfiltration", type=float, default=0.4,
+                   help="share of the filtration lost to graft damage that the remaining nephrons make up at "
+                        "the first-year exams, hiding it from GFR and creatinine (0 = none; default 0.4)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("info", help="describe a DCE-MRI file or folder as it will be opened")

@@ -70,19 +70,18 @@ def _cmd_train(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
-def patient_embeddings(predictor, cohort: Path, patients: list[str]) -> np.ndarray:
-    """(n_patients, D + 4) prognosis features from every exam image of each patient."""
+def exam_embeddings(predictor, cohort: Path, patients: list[str], label: str = "") -> dict[str, dict[str, np.ndarray]]:
+    """{patient: {exam: unit-norm embedding}} of every exam image of the cohort's listed patients."""
     from napari_medimp.core.io import load_dce
     from napari_medimp.core.io.cohort import cohort_exams
-    from napari_medimp.core.prognosis import patient_features
 
-    by_patient: dict[str, dict] = {p: {} for p in patients}
-    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in by_patient]
+    out: dict[str, dict[str, np.ndarray]] = {p: {} for p in patients}
+    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in out]
     for n, (patient, exam, folder) in enumerate(exams, 1):
-        by_patient[patient][exam] = predictor.embed_image(load_dce(folder)).vector
-        print(f"\rembedding {n}/{len(exams)} exams", end="", file=sys.stderr, flush=True)
+        out[patient][exam.upper()] = predictor.embed_image(load_dce(folder)).vector
+        print(f"\rembedding {n}/{len(exams)} exams {label}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return np.stack([patient_features(by_patient[p], dim=predictor.embed_dim) for p in patients])
+    return out
 
 
 def _untrained(loaded, seed: int):
@@ -97,53 +96,181 @@ def _untrained(loaded, seed: int):
     return LoadedModel(model, loaded.card, {}, loaded.weights_path, "untrained-" + loaded.weights_sha256)
 
 
+def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
+    """{patient: {visit: ClinicalValues}} from clinical.csv rows; a bad cell is an error naming it."""
+    from napari_medimp.core.prognosis import ClinicalValues
+    from napari_medimp.core.prompts import EXAMS, ClinicalRecord, ClinicalValueError
+
+    out = {}
+    for p in patients:
+        out[p] = {}
+        for visit in EXAMS:
+            try:
+                out[p][visit] = ClinicalValues.from_record(ClinicalRecord.from_csv_row(rows_by_id[p], visit))
+            except ClinicalValueError as exc:
+                hint = ""
+                if exc.field == "creatinine" and isinstance(exc.value, (int, float)) and exc.value < 30:
+                    hint = " (values this small look like mg/dL; clinical.csv expects umol/L: multiply by 88.42)"
+                raise ValueError(f"clinical.csv, patient {p}, {visit}: {exc}{hint}") from None
+    return out
+
+
+def gfr_similarities(predictor, embeddings: dict, rows_by_id: dict):
+    """(similarities (n, 5), true bin index (n,), patient per row) of every exam with a known GFR."""
+    from napari_medimp.core.prompts import ATTRIBUTE_BINS, N_VARIANTS, bin_prompts, gfr_bin
+
+    bins = list(ATTRIBUTE_BINS["gfr"])
+    prompts = [bin_prompts("gfr", variant=k) for k in range(N_VARIANTS)]
+    sims, truth, owners = [], [], []
+    for p, exams in embeddings.items():
+        for exam, vec in exams.items():
+            value = rows_by_id[p].get(f"gfr_{exam}")
+            try:
+                gfr = float(value)
+            except (TypeError, ValueError):
+                continue
+            if not np.isfinite(gfr):
+                continue
+            sims.append(np.mean([predictor.similarity(vec, pr) for pr in prompts], axis=0))
+            truth.append(bins.index(gfr_bin(gfr)))
+            owners.append(p)
+    return np.array(sims).reshape(-1, len(bins)), np.array(truth, int), owners, bins
+
+
+def _check_overlap(card: dict, cohort: Path, patients: list[str], allow: bool) -> str | None:
+    """Refuse (ValueError) an evaluation cohort holding patients the model saw; returns the warning to
+    print with the table, if any."""
+    from napari_medimp.core.provenance import overlap_with_seen
+
+    overlap, unknown = overlap_with_seen(card, cohort, patients)
+    if unknown:
+        return f"WARNING: {unknown}."
+    if not overlap:
+        return None
+    shown = ", ".join(overlap[:8]) + (" ..." if len(overlap) > 8 else "")
+    message = (f"{len(overlap)} of the {len(patients)} evaluation patients were used to pretrain this model or "
+               f"select its checkpoint ({shown})")
+    if not allow:
+        raise ValueError(f"{message}; evaluate on patients it never saw, or pass --allow-overlap for a table "
+                         "marked as in-sample")
+    return f"WARNING: in-sample table: {message}. These numbers are not a result."
+
+
 def _cmd_evaluate(args) -> int:
-    from napari_medimp.core.checkpoint import load_model, save_model
+    import json as _json
+
+    from napari_medimp.core.checkpoint import load_model, read_card, save_model
     from napari_medimp.core.inference import Predictor
     from napari_medimp.core.io.cohort import read_clinical_table
     from napari_medimp.core.prompts import TEMPLATE_VERSION
+    from napari_medimp.core.provenance import cohort_identity
 
     from .evaluate import (
         HORIZONS,
-        clinical_features,
-        evaluate_feature_sets,
+        ClinicalTable,
+        EmbeddingSource,
+        FeatureSet,
+        OracleSource,
+        evaluate,
         fit_heads,
+        interval_table,
         labels_from_rows,
+        reliability_figure,
         to_markdown_table,
         write_csv,
+        zero_shot_evaluation,
     )
 
     cohort, out = Path(args.cohort), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not (cohort / "clinical.csv").is_file():
+        raise ValueError(f"{cohort}: no clinical.csv (an evaluation cohort needs outcomes)")
     rows_by_id = read_clinical_table(cohort / "clinical.csv")
     patients = sorted(rows_by_id)
+    warning = _check_overlap(read_card(args.model), cohort, patients, args.allow_overlap)
+    if warning:
+        print(warning, file=sys.stderr)
     rows = [rows_by_id[p] for p in patients]
     labels = {h: labels_from_rows(rows, h) for h in HORIZONS}
+    clinical_by_visit = clinical_values(rows_by_id, patients)
+    out.mkdir(parents=True, exist_ok=True)
+
     loaded = load_model(args.model)
-    medimp = patient_embeddings(Predictor(loaded, device=args.device), cohort, patients)
-    feature_sets = {"MEDIMP": medimp,
-                    "untrained encoder": patient_embeddings(Predictor(_untrained(loaded, args.seed),
-                                                                      device=args.device), cohort, patients),
-                    "clinical values only": clinical_features(rows)}
+    predictor = Predictor(loaded, device=args.device)
+    medimp = exam_embeddings(predictor, cohort, patients, "(MEDIMP)")
+    untrained = exam_embeddings(Predictor(_untrained(loaded, args.seed), device=args.device), cohort, patients,
+                                "(untrained encoder)")
+    images = {p: list(ex) for p, ex in medimp.items()}
+    clinical = ClinicalTable(clinical_by_visit, images)
+    source = EmbeddingSource(medimp)
+    sets = [FeatureSet("MEDIMP", "image", source), FeatureSet("MEDIMP + clinical", "image+clinical", source),
+            FeatureSet("untrained encoder", "image", EmbeddingSource(untrained)),
+            FeatureSet("clinical values only", "clinical")]
+    truth_path = cohort / "ground_truth.json"
+    if truth_path.is_file():
+        oracle = OracleSource(_json.loads(truth_path.read_text()), images)
+        sets += [FeatureSet("oracle image reader", "image", oracle),
+                 FeatureSet("oracle + clinical", "image+clinical", oracle)]
     for spec in args.ablation or []:
         name, _, path = spec.partition("=")
-        feature_sets[f"MEDIMP [{name}]"] = patient_embeddings(Predictor.from_file(path, device=args.device),
-                                                              cohort, patients)
-    table = evaluate_feature_sets(feature_sets, labels, n_splits=args.splits, n_repeats=args.repeats,
-                                  seed=args.seed)
-    write_csv(table, out / "evaluation.csv")
-    markdown = to_markdown_table(table)
+        other = exam_embeddings(Predictor.from_file(path, device=args.device), cohort, patients, f"({name})")
+        sets.append(FeatureSet(f"MEDIMP [{name}]", "image", EmbeddingSource(other)))
+
+    def progress(text: str) -> None:
+        print(f"\rcross-validation {text}      ", end="", file=sys.stderr, flush=True)
+
+    result = evaluate(sets, clinical, patients, labels, n_splits=args.splits, n_repeats=args.repeats,
+                      seed=args.seed, n_boot=args.bootstrap, progress=progress)
+    print(file=sys.stderr)
+    sims, truth, owners, bins = gfr_similarities(predictor, medimp, rows_by_id)
+    zero_shot = zero_shot_evaluation(sims, truth, owners, bins, seed=args.seed)
+
+    write_csv(result.table, out / "evaluation.csv")
+    write_csv(result.comparisons, out / "comparisons.csv")
+    write_csv(result.calibration, out / "calibration.csv")
+    (out / "zero_shot_gfr.json").write_text(_json.dumps(zero_shot, indent=1) + "\n")
+    figure = reliability_figure(result.results, ["MEDIMP", "MEDIMP + clinical", "clinical values only"])
+    figure.savefig(out / "reliability.png")
+    identity = cohort_identity(cohort) or str(cohort)
+    lines = [f"# Prognosis evaluation of {loaded.card.get('name', args.model)}", ""]
+    if warning:
+        lines += [f"**{warning}**", ""]
+    lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Each patient's latest reading (the exams "
+              f"so far at their last exam with an image); {result.results[0].n_splits or args.splits}-fold "
+              f"stratified cross-validation by patient repeated {args.repeats} times; 95 % patient-level "
+              f"bootstrap intervals ({args.bootstrap} resamples).", "",
+              to_markdown_table(interval_table(result.table)),
+              "Paired AUC differences (same patients, same bootstrap resamples):", "",
+              to_markdown_table(result.comparisons),
+              "Calibration per visit (mean predicted risk against the observed prevalence):", "",
+              to_markdown_table(result.calibration),
+              f"Zero-shot GFR bin on unseen patients ({zero_shot['n_exams']} exams): accuracy "
+              f"{zero_shot['accuracy']:.3f}, balanced accuracy {zero_shot['balanced_accuracy']:.3f}, always the "
+              f"most frequent bin {zero_shot['majority_accuracy']:.3f}; confusion (rows true {', '.join(bins)}): "
+              f"{zero_shot['confusion']}.", ""]
+    markdown = "\n".join(lines)
     (out / "evaluation.md").write_text(markdown)
     print(markdown)
     if args.write_heads:
-        heads = fit_heads(medimp, labels)
+        keep = [s for s in sets if s.name in ("MEDIMP", "MEDIMP + clinical", "clinical values only")]
+        heads = fit_heads(keep, clinical, patients, labels)
         card = loaded.card
-        metrics = {**card.get("metrics", {}), "evaluation": json.loads(table.to_json(orient="records"))}
+        records = _json.loads(result.table.to_json(orient="records"))
+        metrics = {**card.get("metrics", {}), "evaluation": records,
+                   "comparisons": _json.loads(result.comparisons.to_json(orient="records")),
+                   "calibration_by_visit": _json.loads(result.calibration.to_json(orient="records")),
+                   "zero_shot_gfr": zero_shot,
+                   "evaluation_protocol": {"cohort": identity, "n_patients": len(patients),
+                                           "splits": args.splits, "repeats": args.repeats,
+                                           "bootstrap": args.bootstrap, "seed": args.seed,
+                                           "in_sample_warning": warning}}
+        training = {**(card.get("training") or {}),
+                    "prognosis_heads_data": {"cohort": identity, "cohort_path": str(cohort),
+                                             "n_patients": len(patients)}}
         save_model(loaded.weights_path, loaded.model, preprocessing=card["preprocessing"],
                    prompt_template_version=card.get("prompt_template_version", TEMPLATE_VERSION),
-                   training=card.get("training"), metrics=metrics, prognosis=heads,
+                   training=training, metrics=metrics, prognosis=heads,
                    licence=card.get("licence"), name=card.get("name"))
-        print(f"prognosis heads for {', '.join(heads)} stored in {loaded.weights_path}", file=sys.stderr)
+        print(f"{len(heads)} prognosis heads stored in {loaded.weights_path}", file=sys.stderr)
     return 0
 
 
@@ -176,13 +303,18 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="prognosis AUC/F1 by cross-validation, then store prognosis heads")
+    p = sub.add_parser("evaluate", help="prognosis on patients the model never saw (cross-validated heads, 95 %% "
+                                        "intervals, paired differences, calibration), then store the heads")
     p.add_argument("--model", required=True)
     p.add_argument("--cohort", required=True)
     p.add_argument("--out", required=True, help="folder for evaluation.md and evaluation.csv")
     p.add_argument("--splits", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even on patients the model was pretrained or selected on (the table is marked "
+                        "as in-sample)")
     p.add_argument("--device", default="auto")
     p.add_argument("--ablation", action="append", metavar="NAME=MODEL",
                    help="also evaluate a model trained with other prompt attributes (repeatable)")

@@ -1,71 +1,86 @@
-"""Prognosis evaluation: cross-validated AUC / F1 of per-horizon classifiers, and the final heads.
+"""Prognosis evaluation on patients the model never saw, and the final prognosis heads.
 
-No napari, no Qt, no torch training here: this module only needs numpy, pandas and scikit-learn, and is
-what ``python -m src_train evaluate`` calls.
+No napari, no Qt, no training here: numpy, pandas, scipy and scikit-learn only. ``python -m src_train
+evaluate`` builds the inputs (embeddings, clinical values, ground truth) and calls :func:`evaluate`.
 
-Leakage rules (the reference code fitted its scalers on the whole cohort *before* the split):
-
-* every row of ``features`` is one **patient** (exams are already combined by
-  :func:`napari_medimp.core.prognosis.patient_features`), so splitting rows splits patients: a patient
-  is never in a training fold and a test fold at the same time;
-* imputation, standardisation and the classifier form one scikit-learn :class:`~sklearn.pipeline.Pipeline`
-  (:func:`build_pipeline`) that is fitted **inside** each fold on the training rows only;
-* patients with an unknown label for a horizon are dropped for that horizon only.
-
-Splits come from :class:`~sklearn.model_selection.RepeatedStratifiedKFold` seeded by ``seed``; with the
-same labels and seed every feature set sees the same folds, so feature sets are compared pairwise.
+Protocol
+--------
+* The evaluation cohort must not hold a patient that pretraining or checkpoint selection saw: the command
+  checks the model card's ``training.patients_seen`` before any model work
+  (:mod:`napari_medimp.core.provenance`).
+* A **reading** is one patient at one visit whose image exists; it uses the exams so far
+  (:mod:`napari_medimp.core.prognosis`). Heads are fitted per visit.
+* Repeated stratified K-fold **by patient**: for each horizon the patients with a known outcome are split,
+  and every visit's head is fitted on the training patients' readings only (imputation, scaling and the
+  classifier form one pipeline fitted inside the fold). Training readings are augmented with every subset
+  of the earlier exams (weights summing to 1 per reading), so a head learns readings with exams missing.
+* Each reading's out-of-fold probability is averaged over repeats. The table scores each patient's
+  latest reading; the calibration table scores every visit.
+* 95 % intervals: patient-level bootstrap (percentile); paired differences use the same resamples for
+  both feature sets.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import sklearn
+from scipy.stats import rankdata
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from napari_medimp.core.checkpoint import PrognosisHead
-from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS
-from napari_medimp.core.prompts import EXAMS, creatinine_variability
+from napari_medimp.core.prognosis import (
+    FEATURES_ID,
+    HORIZONS,
+    KINDS,
+    ClinicalValues,
+    exams_so_far,
+    features,
+    head_key,
+    image_features,
+    subsets_with_visit,
+)
+from napari_medimp.core.prompts import EXAMS
 
 __all__ = [
-    "CLASSIFIERS",
-    "CLINICAL_FEATURE_NAMES",
-    "CLINICAL_FEATURES_ID",
     "HORIZONS",
     "NOT_ENOUGH",
+    "EmbeddingSource",
+    "FeatureSet",
+    "OracleSource",
+    "auc",
+    "bootstrap_intervals",
     "build_pipeline",
-    "clinical_features",
-    "cross_validate",
-    "evaluate_feature_sets",
+    "calibration_by_visit",
+    "evaluate",
     "fit_heads",
+    "interval_table",
     "labels_from_rows",
+    "paired_differences",
+    "reliability_figure",
     "to_markdown_table",
     "write_csv",
+    "zero_shot_evaluation",
 ]
 
-CLASSIFIERS = ("logistic",)
 MAX_ITER = 5000
 #: ``status`` of a horizon whose minority class has fewer than 2 patients
 NOT_ENOUGH = "not enough patients"
-#: columns of :func:`clinical_features`
-CLINICAL_FEATURE_NAMES: tuple[str, ...] = (
-    ("donor_age",)
-    + tuple(f"gfr_{e}" for e in EXAMS)
-    + tuple(f"creatinine_{e}" for e in EXAMS)
-    + ("creatinine_std",)
-)
-CLINICAL_FEATURES_ID = "clinical:" + ",".join(CLINICAL_FEATURE_NAMES) + "/v1"
+#: the comparisons every table reports (first minus second), when both feature sets are present
+PAIRS = (("MEDIMP", "untrained encoder"), ("MEDIMP", "clinical values only"),
+         ("MEDIMP + clinical", "clinical values only"), ("oracle image reader", "MEDIMP"),
+         ("oracle + clinical", "clinical values only"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,186 +118,464 @@ def labels_from_rows(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, horizon: 
     return np.asarray(out, np.float64)
 
 
-def clinical_features(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> np.ndarray:
-    """Clinical-values-only features, columns :data:`CLINICAL_FEATURE_NAMES`: donor age, GFR and
-    creatinine (umol/L) at each exam, and the population std of the available creatinine values
-    (as in the prompts; NaN with fewer than 2 values). Missing values are NaN."""
-    out = []
-    for i, row in enumerate(_records(rows)):
-        vals = [_float_or_nan(row.get(name), f"row {i} {name}") for name in CLINICAL_FEATURE_NAMES[:-1]]
-        creat = [v for v in vals[1 + len(EXAMS):] if not math.isnan(v)]
-        std = creatinine_variability(creat) if len(creat) >= 2 else None
-        out.append(vals + [math.nan if std is None else float(std)])
-    return np.asarray(out, np.float64).reshape(-1, len(CLINICAL_FEATURE_NAMES))
+class EmbeddingSource:
+    """Image features of readings from exam embeddings: ``{patient: {exam: vector}}``."""
+
+    def __init__(self, embeddings: Mapping[str, Mapping[str, np.ndarray]]):
+        self.embeddings = {p: {e: np.asarray(v, np.float64) for e, v in ex.items() if v is not None}
+                           for p, ex in embeddings.items()}
+
+    def exams(self, patient: str) -> list[str]:
+        return [e for e in EXAMS if e in self.embeddings.get(patient, {})]
+
+    def reading(self, patient: str, subset: Sequence[str]) -> np.ndarray:
+        ex = self.embeddings[patient]
+        return image_features({e: ex[e] for e in subset}, visit=subset[-1])
 
 
-def _check_xy(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(features, np.float64)
-    y = np.asarray(labels, np.float64).ravel()
-    if x.ndim != 2:
-        raise ValueError(f"features must be (n_patients, n_features), got shape {x.shape}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{x.shape[0]} feature rows but {y.shape[0]} labels")
-    if np.isinf(x).any():
-        raise ValueError("features contain infinite values")
-    known = y[~np.isnan(y)]
-    if not np.isin(known, (0.0, 1.0)).all():
-        raise ValueError("labels must be 0, 1 or NaN")
-    return x, y
+#: exam parameters a perfect image reader would measure (the synthetic ground truth)
+ORACLE_KEYS = ("fibrosis", "Fp", "Eg", "kidney_volume_ml", "cortical_thickness_mm", "heterogeneity", "gfr")
+
+
+class OracleSource(EmbeddingSource):
+    """A perfect image reader on a synthetic cohort: the true parameters of each exam (what the images
+    were rendered from), for the latest exam and averaged over the exams so far. The ceiling for any
+    image reader; readings exist only where the exam's image does (``with_images``)."""
+
+    def __init__(self, truth: Mapping[str, Any], with_images: Mapping[str, Iterable[str]]):
+        patients = {p["patient_id"]: p for p in truth["patients"]}
+        emb = {}
+        for pid, exams in with_images.items():
+            if pid not in patients:
+                continue
+            params = patients[pid]["exams"]
+            emb[pid] = {e: np.array([float(params[e][k]) for k in ORACLE_KEYS]) for e in exams if e in params}
+        super().__init__(emb)
+
+    def reading(self, patient: str, subset: Sequence[str]) -> np.ndarray:
+        ex = self.embeddings[patient]
+        stack = np.stack([ex[e] for e in subset])
+        return np.concatenate([stack[-1], stack.mean(axis=0)])
+
+
+@dataclass
+class FeatureSet:
+    """One row group of the table: a head kind over an image source (None for clinical values only)."""
+
+    name: str
+    kind: str
+    source: EmbeddingSource | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}")
+        if self.kind != "clinical" and self.source is None:
+            raise ValueError(f"feature set {self.name!r} ({self.kind}) needs an image source")
+
+    def vector(self, patient: str, subset: Sequence[str], clinical: ClinicalValues) -> np.ndarray:
+        image = self.source.reading(patient, subset) if self.source is not None else None
+        return features(self.kind, image, clinical)
 
 
 # --------------------------------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------------------------------
-def build_pipeline(classifier: str = "logistic", C: float = 1.0) -> Pipeline:
-    """Mean imputation -> standardisation -> balanced logistic regression, to be fitted on training rows
-    only. All-NaN columns are kept (filled with 0) so the feature count never changes."""
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {classifier!r}; choose from {', '.join(CLASSIFIERS)}")
+def build_pipeline(C: float = 1.0) -> Pipeline:
+    """Mean imputation -> standardisation -> logistic regression (unweighted classes, so that its
+    probabilities are calibrated to the training prevalence), fitted on training rows only. All-NaN
+    columns are kept (filled with 0) so the feature count never changes."""
     if not C > 0:
         raise ValueError(f"C must be positive, got {C}")
     return Pipeline([
         ("impute", SimpleImputer(strategy="mean", keep_empty_features=True)),
         ("scale", StandardScaler()),
-        ("clf", LogisticRegression(C=float(C), class_weight="balanced", max_iter=MAX_ITER)),
+        ("clf", LogisticRegression(C=float(C), max_iter=MAX_ITER)),
     ])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if not math.isnan(x)], np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std())
+def _design(fs: FeatureSet, patients: Iterable[str], visit: str, clinical, augment: bool):
+    """(X, weights, reading patients) of the readings at ``visit`` of ``patients`` that have that image."""
+    rows, weights, owners = [], [], []
+    for p in patients:
+        available = fs.source.exams(p) if fs.source is not None else clinical.exams(p)
+        if visit not in available:
+            continue
+        values = clinical.at(p, visit)
+        subsets = subsets_with_visit(available, visit) if augment and fs.kind != "clinical" else \
+            [tuple(e for e in exams_so_far(visit) if e in available)]
+        for subset in subsets:
+            rows.append(fs.vector(p, subset, values))
+            weights.append(1.0 / len(subsets))
+            owners.append(p)
+    if not rows:
+        return np.zeros((0, 0)), np.zeros(0), []
+    return np.stack(rows), np.asarray(weights), owners
 
 
-def cross_validate(
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    n_splits: int = 5,
-    n_repeats: int = 10,
-    seed: int = 0,
-    classifier: str = "logistic",
-    C: float = 1.0,
-) -> dict[str, Any]:
-    """Repeated stratified K-fold AUC and F1 of one horizon.
+class ClinicalTable:
+    """Clinical values per patient and visit (from ``clinical.csv`` rows) and which exams have images."""
 
-    ``features`` is (n_patients, d), one row per patient, NaN allowed (imputed inside each fold);
-    ``labels`` is (n_patients,) 0/1 with NaN for unknown (those patients are dropped). Splitting rows
-    splits patients, so no patient is in both the training and the test part of a fold. The pipeline of
-    :func:`build_pipeline` is fitted on the training rows of each fold only.
+    def __init__(self, values: Mapping[str, Mapping[str, ClinicalValues]],
+                 images: Mapping[str, Iterable[str]]):
+        self.values = values
+        self.images = {p: [e for e in EXAMS if e in set(ex)] for p, ex in images.items()}
 
-    When the minority class has fewer patients than ``n_splits`` the number of splits is reduced to that
-    count (if >= 2); below 2 the result has ``status`` :data:`NOT_ENOUGH` and NaN metrics. A fold whose
-    test part lacks a class gets no AUC (counted in ``n_auc_skipped``; its F1 is still computed with
-    ``zero_division=0``). F1 uses the 0.5 probability threshold. Means and (population) stds are over
-    folds.
+    def at(self, patient: str, visit: str) -> ClinicalValues:
+        return self.values.get(patient, {}).get(visit, ClinicalValues())
 
-    Returns a dict: status, message, n_patients, n_positive, n_splits (used), n_repeats, n_folds,
-    n_auc_skipped, auc_mean, auc_std, f1_mean, f1_std, fold_auc, fold_f1 (lists, NaN for a skipped AUC)
-    and folds (per fold: repeat, fold, test_index (rows of ``features``), n_test, n_test_positive, auc,
-    f1, proba (test-row probabilities)).
-    """
-    x, y = _check_xy(features, labels)
-    if n_splits < 2 or n_repeats < 1:
-        raise ValueError("n_splits must be >= 2 and n_repeats >= 1")
-    build_pipeline(classifier, C)  # validate the settings even when nothing is fitted
-    rows = np.flatnonzero(~np.isnan(y))
-    xk, yk = x[rows], y[rows].astype(int)
-    n_pos = int(yk.sum())
-    minority = min(n_pos, len(yk) - n_pos)
-    result: dict[str, Any] = {
-        "status": "ok", "message": "", "n_patients": int(len(yk)), "n_positive": n_pos,
-        "n_splits": int(n_splits), "n_repeats": int(n_repeats), "n_folds": 0, "n_auc_skipped": 0,
-        "auc_mean": math.nan, "auc_std": math.nan, "f1_mean": math.nan, "f1_std": math.nan,
-        "fold_auc": [], "fold_f1": [], "folds": [],
-    }
+    def exams(self, patient: str) -> list[str]:
+        return self.images.get(patient, [])
+
+
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, C: float) -> Pipeline:
+    return build_pipeline(C).fit(x, y, clf__sample_weight=w)
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half; NaN without both classes."""
+    y = np.asarray(y, bool)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    ranks = rankdata(p)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def f1(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
+    y = np.asarray(y, bool)
+    pred = np.asarray(p) >= threshold
+    tp = float((pred & y).sum())
+    denom = float(pred.sum() + y.sum())
+    return 0.0 if denom == 0 else 2 * tp / denom
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, float) - np.asarray(y, float)) ** 2))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auc": auc, "f1": f1, "brier": brier}
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_intervals(y: np.ndarray, p: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """(estimate, low, high) per metric (auc, f1, brier) with a percentile bootstrap over patients
+    (one row per patient). Resamples lacking a class are skipped for the AUC."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    idx = _resamples(len(y), n_boot, seed)
+    out = {}
+    for name, fn in METRICS.items():
+        values = np.array([fn(y[i], p[i]) for i in idx])
+        values = values[np.isfinite(values)]
+        lo, hi = (np.quantile(values, [(1 - level) / 2, (1 + level) / 2]) if values.size else (math.nan,) * 2)
+        out[name] = (fn(y, p), float(lo), float(hi))
+    return out
+
+
+def paired_differences(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, float]:
+    """AUC(a) - AUC(b) on the same patients, with its percentile interval over the same bootstrap
+    resamples for both, and the share of resamples where a is not better (a one-sided bootstrap p)."""
+    y, p_a, p_b = (np.asarray(v, float) for v in (y, p_a, p_b))
+    idx = _resamples(len(y), n_boot, seed)
+    diffs = np.array([auc(y[i], p_a[i]) - auc(y[i], p_b[i]) for i in idx])
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs.size else (math.nan, math.nan)
+    return {"difference": auc(y, p_a) - auc(y, p_b), "low": float(lo), "high": float(hi),
+            "p_not_better": float(np.mean(diffs <= 0)) if diffs.size else math.nan}
+
+
+# --------------------------------------------------------------------------------------------------
+# cross-validation
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class HorizonResult:
+    horizon: str
+    status: str
+    message: str
+    patients: list[str] = field(default_factory=list)  # patients with a known label
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: feature set -> {(patient, visit): mean out-of-fold probability}
+    oof: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    n_splits: int = 0
+
+
+def cross_validate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
+                   labels: np.ndarray, horizon: str, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0,
+                   C: float = 1.0, progress: Callable[[str], None] | None = None) -> HorizonResult:
+    """Out-of-fold probabilities of every reading, for every feature set, with the same patient splits."""
+    y_all = np.asarray(labels, float)
+    known = [i for i in range(len(patients)) if not math.isnan(y_all[i])]
+    pats = [patients[i] for i in known]
+    y = y_all[known].astype(int)
+    n_pos = int(y.sum())
+    minority = min(n_pos, len(y) - n_pos)
+    result = HorizonResult(horizon, "ok", "", pats, y.astype(float))
     if minority < 2:
-        result.update(status=NOT_ENOUGH, n_splits=0,
-                      message=f"{NOT_ENOUGH}: {n_pos} positive and {len(yk) - n_pos} negative "
-                              "patients with a known label (need >= 2 of each)")
+        result.status = NOT_ENOUGH
+        result.message = (f"{NOT_ENOUGH}: {n_pos} positive and {len(y) - n_pos} negative patients with a "
+                          "known outcome (need >= 2 of each)")
         return result
     if minority < n_splits:
-        result["message"] = f"n_splits reduced from {n_splits} to {minority} (minority class size)"
+        result.message = f"n_splits reduced from {n_splits} to {minority} (minority class size)"
         n_splits = minority
-        result["n_splits"] = int(n_splits)
-
+    result.n_splits = n_splits
+    label_of = dict(zip(pats, y, strict=True))
+    sums = {fs.name: {} for fs in feature_sets}
+    counts = {fs.name: {} for fs in feature_sets}
+    # every reading's features once: augmented (training) and as read (testing)
+    designs = {}
+    for fs in feature_sets:
+        for visit in EXAMS:
+            x_a, w_a, own_a = _design(fs, pats, visit, clinical, augment=True)
+            x_r, _, own_r = _design(fs, pats, visit, clinical, augment=False)
+            designs[fs.name, visit] = (x_a, w_a, np.array(own_a), x_r, np.array(own_r))
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
-    for k, (train, test) in enumerate(splitter.split(xk, yk)):
-        fold = {"repeat": k // n_splits, "fold": k % n_splits, "test_index": rows[test].tolist(),
-                "n_test": int(len(test)), "n_test_positive": int(yk[test].sum()),
-                "auc": math.nan, "f1": math.nan, "proba": []}
-        if len(np.unique(yk[train])) < 2:  # cannot happen with stratification and minority >= n_splits
-            result["n_auc_skipped"] += 1
-            result["folds"].append(fold)
-            continue
-        model = build_pipeline(classifier, C).fit(xk[train], yk[train])
-        proba = model.predict_proba(xk[test])[:, 1]
-        fold["proba"] = proba.tolist()
-        if len(np.unique(yk[test])) == 2:
-            fold["auc"] = float(roc_auc_score(yk[test], proba))
-        else:
-            result["n_auc_skipped"] += 1
-        fold["f1"] = float(f1_score(yk[test], (proba >= 0.5).astype(int), zero_division=0))
-        result["folds"].append(fold)
-
-    result["n_folds"] = len(result["folds"])
-    result["fold_auc"] = [f["auc"] for f in result["folds"]]
-    result["fold_f1"] = [f["f1"] for f in result["folds"]]
-    result["auc_mean"], result["auc_std"] = _mean_std(result["fold_auc"])
-    result["f1_mean"], result["f1_std"] = _mean_std(result["fold_f1"])
-    if result["n_auc_skipped"]:
-        skipped = f"AUC skipped in {result['n_auc_skipped']} fold(s) lacking a class"
-        result["message"] = "; ".join(m for m in (result["message"], skipped) if m)
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        if progress:
+            progress(f"{horizon}: fold {k + 1}/{n_splits * n_repeats}")
+        train_p, test_p = [pats[i] for i in train], [pats[i] for i in test]
+        for fs in feature_sets:
+            for visit in EXAMS:
+                x_a, w_a, own_a, x_r, own_r = designs[fs.name, visit]
+                tr, te = np.isin(own_a, train_p), np.isin(own_r, test_p)
+                if not te.any() or not tr.any():
+                    continue
+                y_tr = np.array([label_of[p] for p in own_a[tr]])
+                if len(set(y_tr.tolist())) < 2:
+                    continue
+                own_te = own_r[te].tolist()
+                proba = _fit(x_a[tr], y_tr, w_a[tr], C).predict_proba(x_r[te])[:, 1]
+                for p, value in zip(own_te, proba, strict=True):
+                    key = (p, visit)
+                    sums[fs.name][key] = sums[fs.name].get(key, 0.0) + float(value)
+                    counts[fs.name][key] = counts[fs.name].get(key, 0) + 1
+    result.oof = {name: {key: sums[name][key] / counts[name][key] for key in sums[name]} for name in sums}
     return result
 
 
-# --------------------------------------------------------------------------------------------------
-# feature-set comparison and reporting
-# --------------------------------------------------------------------------------------------------
-COLUMNS = ("feature_set", "horizon", "n_patients", "n_positive", "n_splits", "n_folds", "n_auc_skipped",
-           "auc_mean", "auc_std", "f1_mean", "f1_std", "status", "message")
+def latest_readings(result: HorizonResult, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(patients, labels, probabilities) of each patient's latest reading for feature set ``name``."""
+    by_patient: dict[str, tuple[int, float]] = {}
+    for (p, visit), prob in result.oof.get(name, {}).items():
+        order = EXAMS.index(visit)
+        if p not in by_patient or order > by_patient[p][0]:
+            by_patient[p] = (order, prob)
+    label_of = dict(zip(result.patients, result.labels, strict=True))
+    pats = [p for p in result.patients if p in by_patient]
+    return pats, np.array([label_of[p] for p in pats]), np.array([by_patient[p][1] for p in pats])
 
 
-def evaluate_feature_sets(
-    feature_sets: Mapping[str, np.ndarray],
-    labels_by_horizon: Mapping[str, np.ndarray],
-    *,
-    n_splits: int = 5,
-    n_repeats: int = 10,
-    seed: int = 0,
-    classifier: str = "logistic",
-    C: float = 1.0,
-    return_details: bool = False,
-) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, str], dict]]:
-    """One row per (feature set, horizon) with the :func:`cross_validate` summary, plus per feature set a
-    row ``horizon == "mean"`` holding the mean over its evaluated horizons of auc_mean and f1_mean (its
-    stds and counts are empty). All feature sets use the same splits (same labels, same ``seed``).
-    With ``return_details`` also returns the full cross_validate dicts keyed by (feature set, horizon)."""
-    n = {name: np.asarray(f).shape[0] for name, f in feature_sets.items()}
-    n |= {f"labels {h}": np.asarray(v).ravel().shape[0] for h, v in labels_by_horizon.items()}
-    if len(set(n.values())) > 1:
-        raise ValueError(f"feature sets and labels disagree on the number of patients: {n}")
-    rows, details = [], {}
-    for name, feats in feature_sets.items():
-        aucs, f1s = [], []
-        for horizon, labels in labels_by_horizon.items():
-            res = cross_validate(feats, labels, n_splits=n_splits, n_repeats=n_repeats, seed=seed,
-                                 classifier=classifier, C=C)
-            details[(name, horizon)] = res
-            rows.append({"feature_set": name, "horizon": horizon, **{c: res[c] for c in COLUMNS[2:]}})
-            aucs.append(res["auc_mean"])
-            f1s.append(res["f1_mean"])
-        auc_mean, _ = _mean_std(aucs)
-        f1_mean, _ = _mean_std(f1s)
-        rows.append({"feature_set": name, "horizon": "mean", "auc_mean": auc_mean, "f1_mean": f1_mean,
-                     "status": "ok" if not math.isnan(auc_mean) else NOT_ENOUGH, "message": ""})
+def _common(result: HorizonResult, names: Sequence[str]):
+    """Patients whose latest reading exists for every named feature set, with aligned arrays."""
+    per = {n: latest_readings(result, n) for n in names}
+    common = set.intersection(*(set(per[n][0]) for n in names)) if names else set()
+    pats = [p for p in result.patients if p in common]
+    out = {}
+    for n in names:
+        pos = {p: i for i, p in enumerate(per[n][0])}
+        out[n] = np.array([per[n][2][pos[p]] for p in pats])
+    label_of = dict(zip(result.patients, result.labels, strict=True))
+    return pats, np.array([label_of[p] for p in pats]), out
+
+
+COLUMNS = ("feature_set", "horizon", "n_patients", "n_positive", "auc", "auc_low", "auc_high", "f1", "f1_low",
+           "f1_high", "brier", "brier_low", "brier_high", "status", "message")
+
+
+def summary_table(results: Sequence[HorizonResult], names: Sequence[str], *, n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """One row per (feature set, horizon): latest-reading AUC, F1 (threshold 0.5) and Brier score with
+    95 % bootstrap intervals, all feature sets scored on the same patients."""
+    rows = []
+    for res in results:
+        if res.status != "ok":
+            for n in names:
+                rows.append({"feature_set": n, "horizon": res.horizon, "status": res.status, "message": res.message})
+            continue
+        pats, y, probs = _common(res, names)
+        for n in names:
+            ci = bootstrap_intervals(y, probs[n], n_boot=n_boot, seed=seed)
+            row = {"feature_set": n, "horizon": res.horizon, "n_patients": len(pats), "n_positive": int(y.sum()),
+                   "status": "ok", "message": res.message}
+            for metric, (est, lo, hi) in ci.items():
+                row |= {metric: est, f"{metric}_low": lo, f"{metric}_high": hi}
+            rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    for c in ("n_patients", "n_positive", "n_splits", "n_folds", "n_auc_skipped"):
+    for c in ("n_patients", "n_positive"):
         df[c] = df[c].astype("Int64")
-    return (df, details) if return_details else df
+    return df
 
 
+def comparison_table(results: Sequence[HorizonResult], names: Sequence[str], *, n_boot: int = 1000,
+                     seed: int = 0, pairs: Sequence[tuple[str, str]] = PAIRS) -> pd.DataFrame:
+    """Paired AUC differences (first minus second) with 95 % bootstrap intervals, per horizon."""
+    rows = []
+    for res in results:
+        if res.status != "ok":
+            continue
+        pats, y, probs = _common(res, names)
+        for a, b in pairs:
+            if a in probs and b in probs:
+                d = paired_differences(y, probs[a], probs[b], n_boot=n_boot, seed=seed)
+                rows.append({"comparison": f"{a} - {b}", "horizon": res.horizon, "n_patients": len(pats),
+                             "auc_difference": d["difference"], "low": d["low"], "high": d["high"],
+                             "p_not_better": d["p_not_better"]})
+    return pd.DataFrame(rows, columns=["comparison", "horizon", "n_patients", "auc_difference", "low", "high",
+                                       "p_not_better"])
+
+
+def calibration_by_visit(results: Sequence[HorizonResult], names: Sequence[str]) -> pd.DataFrame:
+    """Per feature set, horizon and visit: readings, observed prevalence, mean predicted risk, their
+    difference, Brier score and AUC of the out-of-fold readings at that visit."""
+    rows = []
+    for res in results:
+        if res.status != "ok":
+            continue
+        label_of = dict(zip(res.patients, res.labels, strict=True))
+        for n in names:
+            for visit in EXAMS:
+                items = [(label_of[p], prob) for (p, v), prob in res.oof.get(n, {}).items() if v == visit]
+                if not items:
+                    continue
+                y, p = (np.array(v) for v in zip(*items, strict=True))
+                rows.append({"feature_set": n, "horizon": res.horizon, "visit": visit, "n_readings": len(y),
+                             "prevalence": float(y.mean()), "mean_risk": float(p.mean()),
+                             "risk_minus_prevalence": float(p.mean() - y.mean()), "brier": brier(y, p),
+                             "auc": auc(y, p)})
+    return pd.DataFrame(rows, columns=["feature_set", "horizon", "visit", "n_readings", "prevalence", "mean_risk",
+                                       "risk_minus_prevalence", "brier", "auc"])
+
+
+def reliability_figure(results: Sequence[HorizonResult], names: Sequence[str], n_bins: int = 5):
+    """Reliability plot (observed rate against mean predicted risk, equal-count bins) of the latest
+    readings, one panel per horizon. Returns a matplotlib Figure (object-oriented API, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    ok = [r for r in results if r.status == "ok"]
+    fig = Figure(figsize=(3.2 * max(1, len(ok)), 3.3), dpi=110)
+    axes = fig.subplots(1, max(1, len(ok)), squeeze=False)[0]
+    for ax, res in zip(axes, ok, strict=False):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        pats, y, probs = _common(res, names)
+        for n in names:
+            p = probs[n]
+            order = np.argsort(p)
+            bins = [b for b in np.array_split(order, min(n_bins, len(p))) if b.size]
+            ax.plot([p[b].mean() for b in bins], [y[b].mean() for b in bins], marker="o", ms=3, lw=1.2,
+                    label=f"{n} (Brier {brier(y, p):.3f})")
+        ax.set_title(f"{res.horizon} ({len(pats)} patients)", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted risk", fontsize=8)
+        ax.set_ylabel("observed rate", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=5.5, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class Evaluation:
+    results: list[HorizonResult]
+    table: pd.DataFrame
+    comparisons: pd.DataFrame
+    calibration: pd.DataFrame
+    names: list[str]
+
+
+def evaluate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
+             labels_by_horizon: Mapping[str, np.ndarray], *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0,
+             n_boot: int = 1000, C: float = 1.0, progress: Callable[[str], None] | None = None) -> Evaluation:
+    """The whole protocol of the module docstring, for every horizon."""
+    names = [fs.name for fs in feature_sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"feature set names repeat: {names}")
+    for h, labels in labels_by_horizon.items():
+        if len(labels) != len(patients):
+            raise ValueError(f"{len(patients)} patients but {len(labels)} labels for {h}")
+    results = [cross_validate(feature_sets, clinical, patients, labels, h, n_splits=n_splits, n_repeats=n_repeats,
+                              seed=seed, C=C, progress=progress) for h, labels in labels_by_horizon.items()]
+    return Evaluation(results, summary_table(results, names, n_boot=n_boot, seed=seed),
+                      comparison_table(results, names, n_boot=n_boot, seed=seed),
+                      calibration_by_visit(results, names), names)
+
+
+# --------------------------------------------------------------------------------------------------
+# zero-shot GFR reading
+# --------------------------------------------------------------------------------------------------
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(similarities: np.ndarray, truth: np.ndarray) -> float:
+    """Scale ``t`` minimising the negative log-likelihood of ``softmax(t * similarity)`` (1 <= t <= 1000)."""
+    from scipy.optimize import minimize_scalar
+
+    sims, truth = np.asarray(similarities, float), np.asarray(truth, int)
+
+    def nll(log_t: float) -> float:
+        prob = _softmax(math.exp(log_t) * sims)
+        return float(-np.mean(np.log(prob[np.arange(len(truth)), truth] + 1e-12)))
+
+    res = minimize_scalar(nll, bounds=(0.0, math.log(1000.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: Sequence[str], bins: Sequence[str],
+                         *, seed: int = 0) -> dict[str, Any]:
+    """Zero-shot GFR-bin reading scored on patients whose temperature was fitted on other patients.
+
+    ``similarities``: (n_exams, n_bins) cosine similarity of each exam with each bin's prompt (averaged
+    over paraphrases); ``truth``: true bin index per exam. Two-fold cross-fitting by patient: the scale
+    is fitted on one half of the patients and the other half is scored, then the reverse. Returns the
+    pooled accuracy, balanced accuracy, confusion matrix (rows true, columns read), the accuracy of
+    always answering the fitting half's most frequent bin, the median top probability, and the scale
+    fitted on all patients (stored in the model card for new patients)."""
+    sims, truth = np.asarray(similarities, float), np.asarray(truth, int)
+    pats = np.asarray(list(patients))
+    unique = np.unique(pats)
+    rng = np.random.default_rng(seed)
+    half = set(rng.permutation(unique)[: len(unique) // 2].tolist())
+    fold = np.array([0 if p in half else 1 for p in pats])
+    pred = np.zeros(len(truth), int)
+    top = np.zeros(len(truth))
+    majority_hits = 0
+    for k in (0, 1):
+        fit, score = fold != k, fold == k
+        if not fit.any() or not score.any():
+            continue
+        t = fit_temperature(sims[fit], truth[fit])
+        prob = _softmax(t * sims[score])
+        pred[score] = prob.argmax(axis=1)
+        top[score] = prob.max(axis=1)
+        majority_hits += int((truth[score] == np.bincount(truth[fit], minlength=len(bins)).argmax()).sum())
+    n = len(bins)
+    confusion = np.zeros((n, n), int)
+    np.add.at(confusion, (truth, pred), 1)
+    recalls = [confusion[i, i] / confusion[i].sum() for i in range(n) if confusion[i].sum()]
+    return {"bins": list(bins), "n_exams": int(len(truth)), "n_patients": int(len(unique)),
+            "accuracy": float((pred == truth).mean()) if len(truth) else math.nan,
+            "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
+            "majority_accuracy": majority_hits / len(truth) if len(truth) else math.nan,
+            "median_top_probability": float(np.median(top)) if len(truth) else math.nan,
+            "confusion": confusion.tolist(),
+            "temperature": fit_temperature(sims, truth) if len(truth) else math.nan,
+            "protocol": "scale fitted on half of the patients, scored on the other half, and the reverse"}
+
+
+# --------------------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------------------
 def _cell(value: Any, digits: int) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -303,6 +596,21 @@ def to_markdown_table(df: pd.DataFrame, *, digits: int = 3, columns: Iterable[st
     return "\n".join(lines) + "\n"
 
 
+def interval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary table with "estimate [low, high]" cells, for reading."""
+    def fmt(row, m):
+        if pd.isna(row.get(m)):
+            return ""
+        return f"{row[m]:.3f} [{row[m + '_low']:.3f}, {row[m + '_high']:.3f}]"
+
+    return pd.DataFrame({"feature set": df["feature_set"], "horizon": df["horizon"],
+                         "patients (positive)": [f"{n} ({p})" if not pd.isna(n) else ""
+                                                 for n, p in zip(df["n_patients"], df["n_positive"], strict=True)],
+                         "AUC [95 % CI]": [fmt(r, "auc") for _, r in df.iterrows()],
+                         "F1 [95 % CI]": [fmt(r, "f1") for _, r in df.iterrows()],
+                         "Brier [95 % CI]": [fmt(r, "brier") for _, r in df.iterrows()]})
+
+
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as CSV (no index), creating parent folders; returns the path."""
     path = Path(path)
@@ -314,47 +622,39 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 # final heads
 # --------------------------------------------------------------------------------------------------
-def fit_heads(
-    features: np.ndarray,
-    labels_by_horizon: Mapping[str, np.ndarray],
-    feature_id: str = FEATURES_ID,
-    C: float = 1.0,
-    classifier: str = "logistic",
-) -> dict[str, PrognosisHead]:
-    """Fit the final :func:`build_pipeline` per horizon on all patients with a known label and convert it
-    exactly into :class:`PrognosisHead` parameters: ``mean``/``scale`` from the scaler, ``coef``/
-    ``intercept`` from the logistic regression.
-
-    On NaN-free rows ``head.predict_proba(x)`` equals the pipeline's ``predict_proba(x)[:, 1]``. The
-    imputer's statistics equal the scaler's ``mean`` (mean imputation does not move a column's mean), so
-    at inference a missing feature value must be replaced by ``head.mean`` at that position (its
-    standardised value is then 0). Horizons whose label has fewer than 2 patients in a class are skipped
+def fit_heads(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
+              labels_by_horizon: Mapping[str, np.ndarray], C: float = 1.0) -> dict[str, PrognosisHead]:
+    """The final heads: per feature set kind, visit and horizon, :func:`build_pipeline` fitted on every
+    patient with a known outcome and that visit's image (augmented as in cross-validation), converted
+    exactly into :class:`PrognosisHead` parameters (``mean``/``scale`` from the scaler, ``coef``/
+    ``intercept`` from the logistic regression). On NaN-free rows ``head.predict_proba(x)`` equals the
+    pipeline's ``predict_proba(x)[:, 1]``; a missing value is replaced by ``head.mean`` (mean imputation
+    leaves a column's mean unchanged). A (visit, horizon) lacking 2 patients of each class is skipped
     with a warning."""
-    x = np.asarray(features, np.float64)
-    heads = {}
-    for horizon, labels in labels_by_horizon.items():
-        x, y = _check_xy(x, labels)
-        keep = ~np.isnan(y)
-        yk = y[keep].astype(int)
-        n_pos = int(yk.sum())
-        if min(n_pos, len(yk) - n_pos) < 2:
-            warnings.warn(f"prognosis head {horizon} not fitted: {n_pos} positive and {len(yk) - n_pos} "
-                          "negative patients with a known label", stacklevel=2)
-            continue
-        model = build_pipeline(classifier, C).fit(x[keep], yk)
-        scaler, clf = model.named_steps["scale"], model.named_steps["clf"]
-        scale = np.asarray(scaler.scale_, np.float64)
-        heads[horizon] = PrognosisHead(
-            horizon=horizon,
-            mean=np.asarray(scaler.mean_, np.float64),
-            scale=scale,
-            coef=np.asarray(clf.coef_, np.float64).ravel(),
-            intercept=float(clf.intercept_[0]),
-            features=feature_id,
-            threshold=0.5,
-            extra={"n_patients": int(len(yk)), "n_positive": n_pos, "classifier": classifier, "C": float(C),
-                   "class_weight": "balanced", "imputation": "mean (missing values -> mean)",
-                   "standardisation": "StandardScaler", "sklearn": sklearn.__version__},
-        )
+    heads: dict[str, PrognosisHead] = {}
+    for fs in feature_sets:
+        for horizon, labels in labels_by_horizon.items():
+            label_of = {p: y for p, y in zip(patients, np.asarray(labels, float), strict=True) if not math.isnan(y)}
+            for visit in EXAMS:
+                x, w, owners = _design(fs, [p for p in patients if p in label_of], visit, clinical, augment=True)
+                y = np.array([int(label_of[p]) for p in owners])
+                n_pat = len(set(owners))
+                n_pos = len({p for p in owners if label_of[p] == 1})
+                if min(n_pos, n_pat - n_pos) < 2:
+                    warnings.warn(f"prognosis head {fs.kind} {visit} {horizon} not fitted: {n_pos} positive and "
+                                  f"{n_pat - n_pos} negative patients with that exam", stacklevel=2)
+                    continue
+                model = _fit(x, y, w, C)
+                scaler, clf = model.named_steps["scale"], model.named_steps["clf"]
+                head = PrognosisHead(
+                    horizon=horizon, kind=fs.kind, visit=visit,
+                    mean=np.asarray(scaler.mean_, np.float64), scale=np.asarray(scaler.scale_, np.float64),
+                    coef=np.asarray(clf.coef_, np.float64).ravel(), intercept=float(clf.intercept_[0]),
+                    features=FEATURES_ID, threshold=0.5,
+                    extra={"n_patients": n_pat, "n_positive": n_pos, "prevalence": n_pos / n_pat,
+                           "classifier": "logistic", "C": float(C), "imputation": "mean (missing values -> mean)",
+                           "standardisation": "StandardScaler", "augmentation": "subsets of the earlier exams",
+                           "sklearn": sklearn.__version__},
+                )
+                heads[head_key(fs.kind, visit, horizon)] = head
     return heads
-

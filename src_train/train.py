@@ -35,9 +35,10 @@ import torch
 from napari_medimp.core.atomic import atomic_write
 from napari_medimp.core.checkpoint import save_model
 from napari_medimp.core.configs import strict_from_dict
-from napari_medimp.core.models import ModelConfig, build_model
+from napari_medimp.core.models import PAPER_EMBED_DIM, PAPER_INPUT_SIZE, ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
 from napari_medimp.core.prompts import ATTRIBUTES, TEMPLATE_VERSION
+from napari_medimp.core.provenance import patients_seen_entry
 
 from .data import ContrastiveDataset, augment_batch, cohort_items, split_by_patient
 from .distributed import (
@@ -108,10 +109,10 @@ class TrainConfig:
 PRESETS = {
     "cpu-small": {"image_encoder": "clip_resnet_tiny", "image_encoder_kwargs": {"width": 16}, "embed_dim": 64,
                   "batch_size": 8, "epochs": 30, "lr": 3e-4},
-    "paper": {"image_encoder": "clip_resnet50_3d", "embed_dim": 512, "batch_size": 22, "epochs": 200,
+    "paper": {"image_encoder": "clip_resnet50_3d", "embed_dim": PAPER_EMBED_DIM, "batch_size": 22, "epochs": 200,
               "lr": 1e-4, "warmup_steps": 500,
               "preprocessing": PreprocessConfig(target_spacing=(1.0, 1.0, 1.0),
-                                                input_size=(192, 144, 96)).to_dict()},
+                                                input_size=PAPER_INPUT_SIZE).to_dict()},
 }
 
 
@@ -564,7 +565,9 @@ def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Pro
         else:
             _reset_log(log_path, start_epoch)
     card = {**cohort_provenance(config.cohort), "command": commands[0], "resume_commands": commands[1:],
-            "world_size": run.world, "device": device.type, "amp": precision.mode}
+            "world_size": run.world, "device": device.type, "amp": precision.mode,
+            "patients_seen": patients_seen_entry(config.cohort, {i.patient for i in train_items},
+                                                 {i.patient for i in val_items})}
     emit({"event": "start", "train_exams": len(train_set), "val_exams": len(val_set or []),
           "skipped": skipped + train_set.skipped, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
           "world_size": run.world, "device": str(device), "amp": precision.mode})

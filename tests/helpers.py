@@ -8,8 +8,8 @@ import torch
 from napari_medimp.core.checkpoint import PrognosisHead, save_model
 from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
-from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS
-from napari_medimp.core.prompts import TEMPLATE_VERSION
+from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS, KINDS, head_key
+from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
 from napari_medimp.core.volume import DCEVolume
 
 INPUT = (16, 24, 24)
@@ -31,19 +31,39 @@ def kidney_volume(seed=0, n_frames=8):
     return DCEVolume(np.stack(frames).astype(np.float32), affine, np.arange(n_frames) * 10.0, source="kidney")
 
 
-def make_model_file(folder):
-    """A tiny MEDIMP model file (random weights) with prognosis heads for 2, 3 and 4 years."""
+#: clinical part of the test heads: means, scales and the signs a clinician expects (older donor, lower
+#: GFR, higher creatinine, more variable creatinine -> more risk)
+CLINICAL_MEAN = np.array([55.0, 60.0, 120.0, 20.0])
+CLINICAL_SCALE = np.array([15.0, 20.0, 50.0, 20.0])
+CLINICAL_COEF = np.array([0.4, -1.2, 0.9, 0.3])
+
+
+def make_heads(embed: int = EMBED, kinds=KINDS, visits=EXAMS, seed: int = 0) -> dict[str, PrognosisHead]:
+    """Prognosis heads of every kind, visit and horizon with known parameters."""
+    rng = np.random.default_rng(seed)
+    heads = {}
+    for kind in kinds:
+        for visit in visits:
+            for i, h in enumerate(HORIZONS):
+                image_part = kind in ("image", "image+clinical")
+                clinical_part = kind in ("image+clinical", "clinical")
+                n_img = embed if image_part else 0
+                mean = np.concatenate([np.zeros(n_img), CLINICAL_MEAN if clinical_part else []])
+                scale = np.concatenate([np.ones(n_img), CLINICAL_SCALE if clinical_part else []])
+                coef = np.concatenate([rng.normal(size=n_img), CLINICAL_COEF if clinical_part else []])
+                heads[head_key(kind, visit, h)] = PrognosisHead(h, mean=mean, scale=scale, coef=coef,
+                                                                intercept=0.1 * i, features=FEATURES_ID,
+                                                                kind=kind, visit=visit)
+    return heads
+
+
+def make_model_file(folder, heads: dict | None = None, name: str = "tiny"):
+    """A tiny MEDIMP model file (random weights) with prognosis heads of every kind, visit and horizon."""
     torch.manual_seed(0)
     config = ModelConfig(image_encoder="clip_resnet_tiny", input_size=INPUT, embed_dim=EMBED,
                          text_trainable_layers=0)
     model = build_model(config).eval()
-    rng = np.random.default_rng(0)
-    heads = {h: PrognosisHead(h, mean=np.zeros(EMBED + 4), scale=np.ones(EMBED + 4),
-                              coef=rng.normal(size=EMBED + 4), intercept=0.1 * i, features=FEATURES_ID)
-             for i, h in enumerate(HORIZONS)}
     preprocessing = PreprocessConfig(target_spacing=(3.0, 2.0, 2.0), input_size=INPUT).to_dict()
-    return save_model(folder / "tiny", model, preprocessing=preprocessing,
-                      prompt_template_version=TEMPLATE_VERSION, prognosis=heads,
+    return save_model(folder / name, model, preprocessing=preprocessing,
+                      prompt_template_version=TEMPLATE_VERSION, prognosis=make_heads() if heads is None else heads,
                       training={"data": "random weights (test)"})
-
-

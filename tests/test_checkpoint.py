@@ -138,3 +138,26 @@ def test_newer_card_format_asks_for_an_update(tiny_model, tmp_path):
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelFileError, match="update napari-medimp"):
         read_card(weights)
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A header of 128 + 256 k bytes makes the file's first byte 0x80, as a pickle's."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from napari_medimp.core.checkpoint import check_safetensors
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(600):
+        save_file({"x": torch.zeros(2)}, str(path), metadata={"pad": "p" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    raw = path.read_bytes()
+    assert raw[0] == 0x80 and struct.unpack("<Q", raw[:8])[0] % 256 == 0x80
+    assert check_safetensors(path)["__metadata__"]["pad"]
+    pickled = tmp_path / "p.safetensors"
+    torch.save({"x": torch.zeros(2)}, pickled, _use_new_zipfile_serialization=False)
+    assert pickled.read_bytes()[0] == 0x80
+    with pytest.raises(ModelFileError, match="pickled"):
+        check_safetensors(pickled)

@@ -1,4 +1,5 @@
-"""Prognosis evaluation: cross-validation without leakage, feature sets, heads, tables."""
+"""Prognosis evaluation: readings from the exams so far, folds by patient, intervals, paired differences,
+calibration, zero-shot GFR on unseen patients, and the final heads."""
 
 from __future__ import annotations
 
@@ -7,252 +8,218 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
+from sklearn.metrics import roc_auc_score
 
-from napari_medimp.core.prognosis import FEATURES_ID
+from napari_medimp.core.prognosis import FEATURES_ID, ClinicalValues, subsets_with_visit
+from napari_medimp.core.prompts import EXAMS, ClinicalRecord
 from src_train import evaluate as ev
 
 
-def _signal(n=200, d=5, seed=0, noise=0.5):
+def cohort(n=60, seed=0, signal=1.0, missing=0.15, prevalence_shift=0.0):
+    """Patients with a latent risk read (noisily) by every exam embedding and by GFR; some exams missing."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d))
-    y = (x[:, 0] + noise * rng.normal(size=n) > 0).astype(float)
-    return x, y
+    pats = [f"P{i:03d}" for i in range(n)]
+    risk = rng.normal(size=n)
+    y = (risk + 0.6 * rng.normal(size=n) + prevalence_shift > 0).astype(float)
+    emb, clin = {}, {}
+    for i, p in enumerate(pats):
+        exams = [e for e in EXAMS if rng.random() > missing] or ["M12"]
+        emb[p] = {e: np.r_[signal * risk[i] + 0.5 * rng.normal(), rng.normal(size=5)] for e in exams}
+        clin[p] = {e: ClinicalValues(donor_age=50 + 5 * rng.normal(), gfr=60 - 10 * risk[i] + 8 * rng.normal())
+                   for e in EXAMS}
+    table = ev.ClinicalTable(clin, {p: list(v) for p, v in emb.items()})
+    return pats, y, ev.EmbeddingSource(emb), table
 
 
-def test_signal_gives_high_auc():
-    x, y = _signal()
-    res = ev.cross_validate(x, y, n_splits=5, n_repeats=3, seed=0)
-    assert res["status"] == "ok"
-    assert res["n_patients"] == 200 and res["n_positive"] == int(y.sum())
-    assert res["n_folds"] == 15 and len(res["fold_auc"]) == 15 and len(res["fold_f1"]) == 15
-    print("signal AUC", res["auc_mean"], "+-", res["auc_std"], "F1", res["f1_mean"])
-    assert res["auc_mean"] > 0.8
-    assert res["f1_mean"] > 0.7
-    assert res["auc_std"] >= 0
+def feature_sets(source):
+    return [ev.FeatureSet("MEDIMP", "image", source), ev.FeatureSet("MEDIMP + clinical", "image+clinical", source),
+            ev.FeatureSet("clinical values only", "clinical")]
 
 
-def test_noise_gives_chance_auc():
+# ----------------------------------------------------------------------------------------- metrics
+def test_auc_by_ranks_matches_hand_computation_and_sklearn():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    assert ev.auc(y, p) == pytest.approx(0.75)  # 3 of 4 positive-negative pairs ordered correctly
+    assert ev.auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts half
+    assert math.isnan(ev.auc(np.array([1, 1]), np.array([0.2, 0.3])))
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(200, 5))
-    y = rng.integers(0, 2, 200).astype(float)
-    res = ev.cross_validate(x, y, n_splits=5, n_repeats=5, seed=0)
-    print("noise AUC", res["auc_mean"], "+-", res["auc_std"])
-    assert abs(res["auc_mean"] - 0.5) < 0.15
+    y, p = rng.integers(0, 2, 200), np.round(rng.random(200), 1)
+    assert ev.auc(y, p) == pytest.approx(roc_auc_score(y, p))
 
 
-def test_unknown_labels_dropped_and_nan_features_imputed():
-    x, y = _signal(n=120, seed=2)
-    y[:20] = np.nan
-    x[30:60, 1] = np.nan
-    x[:, 4] = np.nan  # a column never observed must not change the feature count or crash
-    res = ev.cross_validate(x, y, n_splits=4, n_repeats=2, seed=0)
-    assert res["n_patients"] == 100
-    seen = {i for f in res["folds"] for i in f["test_index"]}
-    assert seen == set(range(20, 120))
-    assert res["auc_mean"] > 0.8
+def test_f1_and_brier_by_hand():
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.1])
+    assert ev.f1(y, p) == pytest.approx(2 * 1 / (2 + 2))  # tp 1, predicted 2, actual 2
+    assert ev.brier(y, p) == pytest.approx((0.01 + 0.36 + 0.36 + 0.01) / 4)
 
 
-def test_scaler_only_sees_training_rows(monkeypatch):
-    """The reference code fitted its scalers before the split; here StandardScaler.fit must only ever
-    receive training rows of the current fold (column 0 carries each patient's row number)."""
-    x, y = _signal(n=60, d=3, seed=3)
-    y[::7] = np.nan
-    x[:, 0] = np.arange(60)  # patient id as a feature (still a valid, if useless, feature)
-    calls = []
-    original = StandardScaler.fit
-
-    def spy(self, X, y=None, **kw):
-        calls.append(set(np.asarray(X)[:, 0].astype(int).tolist()))
-        return original(self, X, y, **kw)
-
-    monkeypatch.setattr(StandardScaler, "fit", spy)
-    res = ev.cross_validate(x, y, n_splits=3, n_repeats=2, seed=0)
-    labelled = set(np.flatnonzero(~np.isnan(y)).tolist())
-    assert len(calls) == res["n_folds"] == 6
-    for seen, fold in zip(calls, res["folds"], strict=True):
-        test = set(fold["test_index"])
-        assert not seen & test
-        assert seen == labelled - test
+def test_bootstrap_interval_brackets_the_estimate_and_paired_difference_of_twins_is_zero():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(y * 0.4 + rng.random(80) * 0.6, 0, 1)
+    ci = ev.bootstrap_intervals(y, p, n_boot=300)
+    for est, lo, hi in ci.values():
+        assert lo <= est <= hi
+    same = ev.paired_differences(y, p, p, n_boot=300)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+    better = ev.paired_differences(y, y + 0.01 * rng.random(80), p, n_boot=300)
+    assert better["difference"] > 0 and better["low"] > 0 and better["p_not_better"] == 0
 
 
-def test_test_prediction_independent_of_other_test_rows():
-    """Perturbing the other test patients of a fold leaves a test patient's prediction unchanged;
-    a scaler fitted before the split (the reference's defect) would not."""
-    x, y = _signal(n=80, d=4, seed=4)
-    base = ev.cross_validate(x, y, n_splits=4, n_repeats=1, seed=0)
-    fold = base["folds"][0]
-    test = np.asarray(fold["test_index"])
-    target, others = test[0], test[1:]
-    x2 = x.copy()
-    x2[others] += 50.0 * np.random.default_rng(5).normal(size=(len(others), x.shape[1]))
-    pert = ev.cross_validate(x2, y, n_splits=4, n_repeats=1, seed=0)
-    assert pert["folds"][0]["test_index"] == fold["test_index"]
-    assert pert["folds"][0]["proba"][0] == pytest.approx(fold["proba"][0], abs=1e-12)
-    assert pert["folds"][0]["proba"][1:] != pytest.approx(fold["proba"][1:], abs=1e-6)
-
-    # the reference's defect: a scaler fitted on all rows before the split -> the target changes
-    def leaky(xx):
-        xs = StandardScaler().fit_transform(xx)
-        train = np.setdiff1d(np.arange(len(y)), test)
-        m = LogisticRegression(class_weight="balanced").fit(xs[train], y[train].astype(int))
-        return m.predict_proba(xs[[target]])[0, 1]
-
-    assert abs(leaky(x) - leaky(x2)) > 1e-3
+# ------------------------------------------------------------------------------ readings and folds
+def test_exam_subset_augmentation_keeps_the_visit_and_sums_to_one_reading():
+    assert subsets_with_visit(["D15", "D30", "M12"], "M3") == [("M3",), ("D15", "M3"), ("D30", "M3"),
+                                                               ("D15", "D30", "M3")]
+    assert subsets_with_visit(["D30"], "D30") == [("D30",)]
+    pats, y, source, table = cohort(n=12)
+    fs = ev.FeatureSet("MEDIMP", "image", source)
+    x, w, owners = ev._design(fs, pats, "M12", table, augment=True)
+    for p in set(owners):
+        assert sum(wi for wi, o in zip(w, owners, strict=True) if o == p) == pytest.approx(1.0)
+    x_real, _, real_owners = ev._design(fs, pats, "M12", table, augment=False)
+    assert sorted(set(owners)) == sorted(real_owners)  # only patients with an M12 image read at M12
 
 
-def test_too_few_positives():
-    x, y = _signal(n=50, seed=6)
-    y[:] = 0.0
-    y[[3, 17, 40]] = 1.0
-    res = ev.cross_validate(x, y, n_splits=5, n_repeats=2, seed=0)
-    assert res["status"] == "ok" and res["n_splits"] == 3 and res["n_folds"] == 6
-    assert "reduced" in res["message"]
-    assert all(f["n_test_positive"] == 1 for f in res["folds"])
-    assert not math.isnan(res["auc_mean"])
+def test_no_patient_is_in_training_and_test_of_a_fold(monkeypatch):
+    pats, y, source, table = cohort(n=30)
+    seen = []
+    real_fit = ev._fit
 
-    y[[17, 40]] = 0.0  # one positive left
-    res = ev.cross_validate(x, y, n_splits=5, n_repeats=2, seed=0)
-    assert res["status"] == ev.NOT_ENOUGH and res["n_folds"] == 0
-    assert math.isnan(res["auc_mean"]) and res["n_positive"] == 1
+    def spy(x, yy, w, C):
+        seen.append(len(x))
+        return real_fit(x, yy, w, C)
 
-    res = ev.cross_validate(x, np.full(50, np.nan))
-    assert res["status"] == ev.NOT_ENOUGH and res["n_patients"] == 0
+    monkeypatch.setattr(ev, "_fit", spy)
+    splits = []
+    real_split = ev.RepeatedStratifiedKFold.split
 
+    def record(self, x, yy):
+        for train, test in real_split(self, x, yy):
+            splits.append((set(train), set(test)))
+            yield train, test
 
-def test_fold_without_a_class_skips_auc(monkeypatch):
-    x, y = _signal(n=40, seed=7)
-
-    class OneClassTest:
-        def __init__(self, **kw):
-            pass
-
-        def split(self, xx, yy):
-            neg, pos = np.flatnonzero(yy == 0), np.flatnonzero(yy == 1)
-            test = neg[:5]  # only negatives in the test part
-            yield np.setdiff1d(np.arange(len(yy)), test), test
-            test = np.concatenate([neg[5:10], pos[:5]])
-            yield np.setdiff1d(np.arange(len(yy)), test), test
-
-    monkeypatch.setattr(ev, "RepeatedStratifiedKFold", OneClassTest)
-    res = ev.cross_validate(x, y, n_splits=2, n_repeats=1)
-    assert res["n_folds"] == 2 and res["n_auc_skipped"] == 1
-    assert math.isnan(res["fold_auc"][0]) and not math.isnan(res["fold_auc"][1])
-    assert res["auc_mean"] == res["fold_auc"][1]
-    assert not math.isnan(res["fold_f1"][0])
-    assert "skipped" in res["message"]
+    monkeypatch.setattr(ev.RepeatedStratifiedKFold, "split", record)
+    result = ev.cross_validate(feature_sets(source)[:1], table, pats, y, "2y", n_splits=3, n_repeats=2)
+    assert len(splits) == 6 and all(not (tr & te) for tr, te in splits)
+    assert seen
+    # every reading got an out-of-fold probability from each repeat (one per repeat: averaged)
+    readings = {(p, v) for p in pats for v in source.exams(p)}
+    assert set(result.oof["MEDIMP"]) == readings
 
 
-def test_bad_inputs():
-    x, y = _signal(n=20)
-    with pytest.raises(ValueError, match="labels"):
-        ev.cross_validate(x, y[:10])
-    with pytest.raises(ValueError, match="0, 1"):
-        ev.cross_validate(x, y * 2)
-    with pytest.raises(ValueError, match="classifier"):
-        ev.cross_validate(x, y, classifier="svm")
+def test_signal_is_found_and_noise_is_not():
+    pats, y, source, table = cohort(n=80, signal=1.0)
+    result = ev.evaluate(feature_sets(source), table, pats, {"2y": y}, n_splits=4, n_repeats=2, n_boot=200)
+    row = result.table.set_index("feature_set").loc["MEDIMP"]
+    assert row["auc"] > 0.8 and row["auc_low"] < row["auc"] < row["auc_high"]
+    assert row["n_patients"] == 80
+    noise_pats, noise_y, noise_source, noise_table = cohort(n=80, signal=0.0, seed=3)
+    noise = ev.evaluate(feature_sets(noise_source)[:1], noise_table, noise_pats, {"2y": noise_y}, n_splits=4,
+                        n_repeats=2, n_boot=200)
+    lo, hi = noise.table.loc[0, ["auc_low", "auc_high"]]
+    assert lo < 0.5 + 0.1 and hi > 0.5 - 0.1
 
 
-def test_labels_and_clinical_features():
-    rows = [
-        {"outcome_2y": 1, "donor_age": 70, "gfr_D15": 40, "creatinine_D15": 100, "creatinine_M12": 200},
-        {"outcome_2y": None, "donor_age": "", "creatinine_M3": "150"},
-        {"outcome_2y": "0"},
-    ]
-    lab = ev.labels_from_rows(rows, "2y")
-    np.testing.assert_array_equal(np.isnan(lab), [False, True, False])
-    assert lab[0] == 1 and lab[2] == 0
-    np.testing.assert_array_equal(ev.labels_from_rows(pd.DataFrame(rows), "outcome_2y")[[0, 2]], [1, 0])
-    with pytest.raises(ValueError, match="outcome"):
-        ev.labels_from_rows([{"outcome_3y": 2}], "3y")
-
-    f = ev.clinical_features(rows)
-    names = list(ev.CLINICAL_FEATURE_NAMES)
-    assert f.shape == (3, len(names)) == (3, 10)
-    assert f[0, names.index("donor_age")] == 70 and f[0, names.index("gfr_D15")] == 40
-    assert f[0, names.index("creatinine_std")] == pytest.approx(50.0)  # population std of 100, 200
-    assert math.isnan(f[0, names.index("gfr_M3")])
-    assert f[1, names.index("creatinine_M3")] == 150 and math.isnan(f[1, names.index("creatinine_std")])
-    assert np.isnan(f[2]).all()
+def test_mean_predicted_risk_at_every_visit_is_near_the_prevalence():
+    pats, y, source, table = cohort(n=120, prevalence_shift=-0.6, seed=4)
+    assert 0.2 < y.mean() < 0.45
+    result = ev.evaluate(feature_sets(source), table, pats, {"2y": y}, n_splits=5, n_repeats=2, n_boot=50)
+    cal = result.calibration
+    assert set(cal["visit"]) == set(EXAMS)
+    assert (cal["risk_minus_prevalence"].abs() < 0.1).all(), cal
 
 
-def test_clinical_features_on_synthetic_cohort():
-    from napari_medimp.core.synth import sample_patients
-
-    rows = sample_patients(120, seed=0)
-    x = ev.clinical_features(rows)
-    labels = {h: ev.labels_from_rows(rows, h) for h in ("2y", "3y", "4y")}
-    df = ev.evaluate_feature_sets({"clinical values only": x}, labels, n_splits=5, n_repeats=5, seed=0)
-    print(ev.to_markdown_table(df[["feature_set", "horizon", "n_patients", "n_positive", "auc_mean",
-                                   "auc_std", "f1_mean", "f1_std"]]))
-    auc = df.set_index("horizon")["auc_mean"]
-    assert auc["2y"] > 0.6
-    assert auc["mean"] == pytest.approx(auc[["2y", "3y", "4y"]].mean())
+def test_paired_comparisons_and_reports():
+    pats, y, source, table = cohort(n=50)
+    result = ev.evaluate(feature_sets(source), table, pats, {"2y": y, "3y": y}, n_splits=3, n_repeats=1, n_boot=100)
+    comps = set(result.comparisons["comparison"])
+    assert comps == {"MEDIMP - clinical values only", "MEDIMP + clinical - clinical values only"}
+    text = ev.to_markdown_table(ev.interval_table(result.table))
+    assert "AUC [95 % CI]" in text and text.count("\n") == 2 + len(result.table)
+    figure = ev.reliability_figure(result.results, ["MEDIMP", "clinical values only"])
+    assert len(figure.axes) == 2
 
 
-def test_evaluate_feature_sets_table():
-    x, y = _signal(n=100, seed=8)
-    rng = np.random.default_rng(9)
-    sets = {"MEDIMP": x, "untrained encoder": rng.normal(size=(100, 5))}
-    labels = {"2y": y, "3y": np.where(rng.random(100) < 0.97, 0.0, np.nan)}  # 3y: one class only
-    df, details = ev.evaluate_feature_sets(sets, labels, n_splits=3, n_repeats=2, return_details=True)
-    assert list(df.columns) == list(ev.COLUMNS)
-    assert len(df) == 2 * (2 + 1)
-    assert list(df["horizon"]) == ["2y", "3y", "mean"] * 2
-    assert set(details) == {(s, h) for s in sets for h in labels}
-    row = df[(df.feature_set == "MEDIMP") & (df.horizon == "3y")].iloc[0]
-    assert row["status"] == ev.NOT_ENOUGH
-    mean = df[(df.feature_set == "MEDIMP") & (df.horizon == "mean")].iloc[0]
-    assert mean["auc_mean"] == pytest.approx(df.loc[0, "auc_mean"])  # NaN horizon ignored
-    with pytest.raises(ValueError, match="number of patients"):
-        ev.evaluate_feature_sets({"a": x[:50]}, labels)
+def test_too_few_positives_is_reported_not_hidden():
+    pats, y, source, table = cohort(n=20)
+    y = np.zeros(20)
+    y[0] = 1
+    result = ev.evaluate(feature_sets(source)[:1], table, pats, {"2y": y}, n_splits=3, n_repeats=1, n_boot=10)
+    assert result.table.loc[0, "status"] == ev.NOT_ENOUGH and "1 positive" in result.table.loc[0, "message"]
+
+
+def test_labels_from_rows():
+    rows = [{"outcome_2y": "1"}, {"outcome_2y": ""}, {"outcome_2y": 0}]
+    np.testing.assert_array_equal(np.isnan(ev.labels_from_rows(rows, "2y")), [False, True, False])
+    with pytest.raises(ValueError, match="must be 0, 1"):
+        ev.labels_from_rows([{"outcome_2y": 2}], "2y")
+
+
+def test_clinical_values_of_a_visit_come_from_the_exams_so_far():
+    row = {"patient_id": "P1", "donor_age": "70", "gfr_D15": "30", "gfr_D30": "45", "creatinine_D15": "200",
+           "creatinine_D30": "150", "creatinine_M3": "900"}
+    values = ClinicalValues.from_record(ClinicalRecord.from_csv_row(row, "D30"))
+    assert values.donor_age == 70 and values.gfr == 45 and values.creatinine_latest == 150
+    assert values.creatinine_std == pytest.approx(25.0)  # population std of 200 and 150; M3 not yet known
+    assert ClinicalValues.from_record(ClinicalRecord.from_csv_row(row, "D15")).missing() == ["creatinine_std"]
+
+
+# ------------------------------------------------------------------------------------- final heads
+def test_fit_heads_match_the_pipeline_and_impute_the_mean():
+    pats, y, source, table = cohort(n=60)
+    sets = feature_sets(source)
+    heads = ev.fit_heads(sets, table, pats, {"2y": y})
+    assert set(heads) == {f"{k}/{v}/2y" for k in ("image", "image+clinical", "clinical") for v in EXAMS}
+    head = heads["image+clinical/M3/2y"]
+    assert head.features == FEATURES_ID and head.kind == "image+clinical" and head.visit == "M3"
+    x, w, owners = ev._design(sets[1], pats, "M3", table, augment=True)
+    label_of = dict(zip(pats, y, strict=True))
+    pipe = ev._fit(x, np.array([label_of[p] for p in owners]), w, 1.0)
+    np.testing.assert_allclose(head.predict_proba(x[:5]), pipe.predict_proba(x[:5])[:, 1], atol=1e-8)
+    missing = x[:1].copy()
+    missing[0, -2:] = np.nan
+    filled = missing.copy()
+    filled[0, -2:] = head.mean[-2:]
+    np.testing.assert_allclose(head.predict_proba(missing), pipe.predict_proba(filled)[:, 1], atol=1e-8)
+
+
+def test_fit_heads_warns_when_a_visit_lacks_a_class():
+    pats, y, source, table = cohort(n=10)
+    with pytest.warns(UserWarning, match="not fitted"):
+        heads = ev.fit_heads(feature_sets(source)[:1], table, pats, {"2y": np.r_[1.0, np.zeros(9)]})
+    assert heads == {}
+
+
+# ---------------------------------------------------------------------------------------- zero-shot
+def test_zero_shot_is_scored_on_patients_whose_scale_it_did_not_see():
+    rng = np.random.default_rng(0)
+    n, bins = 200, ["a", "b", "c"]
+    truth = rng.integers(0, 3, n)
+    sims = rng.normal(0, 0.02, (n, 3))
+    right = rng.random(n) < 0.7
+    sims[np.arange(n), truth] += np.where(right, 0.05, -0.05)
+    patients = [f"P{i // 2}" for i in range(n)]
+    out = ev.zero_shot_evaluation(sims, truth, patients, bins)
+    assert out["n_exams"] == n and out["n_patients"] == 100
+    assert np.sum(out["confusion"]) == n
+    assert out["accuracy"] == pytest.approx(np.trace(out["confusion"]) / n)
+    assert 0.6 < out["accuracy"] < 0.85 and out["majority_accuracy"] < 0.45
+    assert 1.0 <= out["temperature"] <= 1000.0
+
+
+def test_temperature_fit_recovers_a_known_scale():
+    rng = np.random.default_rng(1)
+    sims = rng.normal(0, 0.1, (3000, 5))
+    logits = 20.0 * sims
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    truth = np.array([rng.choice(5, p=p) for p in prob])
+    assert ev.fit_temperature(sims, truth) == pytest.approx(20.0, rel=0.15)
 
 
 def test_markdown_table_and_csv(tmp_path):
-    df = pd.DataFrame({"feature_set": ["MEDIMP", "a|b"], "horizon": ["2y", "mean"],
-                       "n_patients": pd.array([10, None], dtype="Int64"), "auc_mean": [0.81234, np.nan]})
-    md = ev.to_markdown_table(df)
-    assert md == (
-        "| feature_set | horizon | n_patients | auc_mean |\n"
-        "|---|---|---:|---:|\n"
-        "| MEDIMP | 2y | 10 | 0.812 |\n"
-        "| a\\|b | mean |  |  |\n"
-    )
-    assert ev.to_markdown_table(df, digits=2, columns=["auc_mean"]).splitlines()[2] == "| 0.81 |"
-    path = ev.write_csv(df, tmp_path / "sub" / "results.csv")
-    back = pd.read_csv(path)
-    assert list(back.columns) == list(df.columns) and back.loc[0, "auc_mean"] == pytest.approx(0.81234)
-
-
-def test_fit_heads_match_pipeline():
-    x, y = _signal(n=90, d=6, seed=10)
-    x[:, 5] = 3.0  # constant column: scaler scale 1
-    y3 = y.copy()
-    y3[:15] = np.nan
-    x_nan = x.copy()
-    x_nan[5:20, 2] = np.nan
-    with pytest.warns(UserWarning, match="4y not fitted"):
-        heads = ev.fit_heads(x_nan, {"2y": y, "3y": y3, "4y": np.zeros(90)}, C=0.5)
-    assert set(heads) == {"2y", "3y"}  # 4y has one class: skipped (with a warning)
-    xt = np.random.default_rng(11).normal(size=(30, 6))
-    for h, labels in (("2y", y), ("3y", y3)):
-        keep = ~np.isnan(labels)
-        pipe = ev.build_pipeline(C=0.5).fit(x_nan[keep], labels[keep].astype(int))
-        head = heads[h]
-        np.testing.assert_allclose(head.predict_proba(xt), pipe.predict_proba(xt)[:, 1], atol=1e-8, rtol=0)
-        # a missing value imputed with head.mean gives the pipeline's answer on the NaN row
-        xq = xt[:3].copy()
-        xq[:, 2] = np.nan
-        filled = np.where(np.isnan(xq), head.mean, xq)
-        np.testing.assert_allclose(head.predict_proba(filled), pipe.predict_proba(xq)[:, 1], atol=1e-8, rtol=0)
-        assert head.features == FEATURES_ID and head.horizon == h
-        assert head.extra["n_patients"] == int(keep.sum()) and head.extra["n_positive"] == int(labels[keep].sum())
-        assert head.extra["C"] == 0.5 and head.extra["classifier"] == "logistic"
-    assert heads["2y"].scale[5] == 1.0
-
-
-def test_fit_heads_warns_on_one_class():
-    x, _ = _signal(n=20)
-    with pytest.warns(UserWarning, match="not fitted"):
-        assert ev.fit_heads(x, {"2y": np.zeros(20)}) == {}
+    df = pd.DataFrame({"feature_set": ["a|b"], "auc": [0.81234]})
+    text = ev.to_markdown_table(df)
+    assert "a\\|b" in text and "0.812" in text
+    assert ev.write_csv(df, tmp_path / "x" / "t.csv").read_text().startswith("feature_set,auc")

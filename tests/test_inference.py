@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import EMBED, kidney_volume, make_model_file
+from helpers import EMBED, kidney_volume, make_heads, make_model_file
 
 from napari_medimp.core.inference import EmbeddingCache, Predictor, available_devices, pick_device
 from napari_medimp.core.preprocess import RoiBox
-from napari_medimp.core.prognosis import HORIZONS, patient_features
-from napari_medimp.core.prompts import GFR_BINS
+from napari_medimp.core.prognosis import HORIZONS, ClinicalValues, image_features
+from napari_medimp.core.prompts import GFR_BINS, ClinicalRecord
 from napari_medimp.core.saliency import compute_saliency
 from napari_medimp.core.volume import DCEVolume
 
@@ -84,17 +84,89 @@ def test_text_similarity_and_zero_shot(predictor):
         predictor.embed_texts([" "])
 
 
-def test_prognosis_applies_the_stored_heads(predictor):
+def test_prognosis_applies_the_stored_heads_of_the_reading_visit(predictor):
     image = predictor.embed_image(kidney_volume()).vector
     out = predictor.prognosis({"D30": image})
-    assert list(out) == list(HORIZONS)
-    head = predictor.loaded.prognosis["2y"]
-    features = patient_features({"D30": image}, dim=EMBED)
-    assert features[-4:].tolist() == [0.0, 1.0, 0.0, 0.0]
-    expected = 1 / (1 + np.exp(-(features @ head.coef + head.intercept)))
-    assert out["2y"] == pytest.approx(expected)
+    assert out.visit == "D30" and out.exams_used == ["D30"]
+    assert set(out.risks) == {"image", "image+clinical", "clinical"}
+    assert list(out.risks["image"]) == list(HORIZONS)
+    head = predictor.loaded.prognosis["image/D30/2y"]
+    unit = image / np.linalg.norm(image)
+    expected = 1 / (1 + np.exp(-(unit @ head.coef + head.intercept)))  # mean 0, scale 1
+    assert out.risks["image"]["2y"] == pytest.approx(expected)
+    # an M3 reading uses the M3 heads, not D30's
+    at_m3 = predictor.prognosis({"D30": image, "M3": image})
+    m3 = predictor.loaded.prognosis["image/M3/2y"]
+    assert at_m3.visit == "M3" and at_m3.risks["image"]["2y"] == pytest.approx(1 / (1 + np.exp(-(unit @ m3.coef))))
     with pytest.raises(ValueError, match="unknown exam"):
         predictor.prognosis({"M6": image})
+
+
+def test_a_missing_exam_changes_the_reading_only_through_the_images(predictor):
+    """No availability mask: with identical embeddings, having D15 or not gives the same reading."""
+    image = predictor.embed_image(kidney_volume()).vector
+    both = predictor.prognosis({"D15": image, "M12": image})
+    alone = predictor.prognosis({"M12": image})
+    assert both.exams_used == ["D15", "M12"] and alone.exams_used == ["M12"]
+    assert both.risks == alone.risks
+    other = predictor.embed_image(kidney_volume(seed=5, n_frames=6)).vector
+    mixed = predictor.prognosis({"D15": other, "M12": image})
+    expected = image_features({"D15": other, "M12": image}, "M12")
+    np.testing.assert_allclose(expected, (other / np.linalg.norm(other) + image / np.linalg.norm(image)) / 2)
+    assert mixed.risks["image"] != alone.risks["image"]
+
+
+def test_typed_clinical_values_move_the_risk_as_a_clinician_expects(predictor):
+    image = predictor.embed_image(kidney_volume()).vector
+
+    def risk(**values):
+        record = ClinicalRecord.from_values(exam="D30", **values)
+        return predictor.prognosis({"D30": image}, record)
+
+    low, high = risk(gfr=10, donor_age=55), risk(gfr=95, donor_age=55)
+    for h in HORIZONS:
+        assert low.risks["image"][h] == high.risks["image"][h]  # images only: the values are not its input
+        assert low.risks["image+clinical"][h] > high.risks["image+clinical"][h]
+        assert low.risks["clinical"][h] > high.risks["clinical"][h]
+    older = risk(gfr=50, donor_age=75).risks["clinical"]["2y"]
+    younger = risk(gfr=50, donor_age=30).risks["clinical"]["2y"]
+    assert older > younger
+    rising = risk(gfr=50, creatinine="100; 250").risks["clinical"]["2y"]
+    falling = risk(gfr=50, creatinine="250; 100").risks["clinical"]["2y"]
+    assert rising > falling  # same spread: the latest creatinine decides
+    assert risk(gfr=50, creatinine="100; 250").clinical_given == ["gfr", "creatinine_latest", "creatinine_std"]
+
+
+def test_missing_clinical_values_are_said_and_replaced_by_the_training_mean(predictor):
+    image = predictor.embed_image(kidney_volume()).vector
+    reading = predictor.prognosis({"D30": image}, ClinicalValues(gfr=60.0))
+    assert reading.clinical_missing == ["donor_age", "creatinine_latest", "creatinine_std"]
+    text = reading.inputs()["image+clinical"]
+    assert "images of D30" in text and "GFR" in text and "missing, replaced by the training cohort's mean" in text
+    # GFR at the heads' mean (60) and every other value missing: the clinical part contributes 0
+    head = predictor.loaded.prognosis["clinical/D30/2y"]
+    assert reading.risks["clinical"]["2y"] == pytest.approx(1 / (1 + np.exp(-head.intercept)))
+
+
+def test_model_without_some_heads_says_so(tmp_path):
+    heads = make_heads(kinds=("image",), visits=("D15", "D30"))
+    predictor = Predictor.from_file(make_model_file(tmp_path, heads=heads), device="cpu")
+    image = predictor.embed_image(kidney_volume()).vector
+    reading = predictor.prognosis({"D30": image}, ClinicalValues(gfr=30.0))
+    assert set(reading.risks) == {"image"}
+    assert any("no images + clinical values heads" in n for n in reading.notes)
+    with pytest.raises(ValueError, match="no images \\(MEDIMP\\) prognosis head for a reading at M12 .*D15, D30"):
+        predictor.prognosis({"M12": image})
+
+
+def test_heads_of_the_first_release_are_refused_with_the_fix(tmp_path):
+    from napari_medimp.core.checkpoint import PrognosisHead
+
+    old = {"2y": PrognosisHead("2y", mean=np.zeros(EMBED + 4), scale=np.ones(EMBED + 4), coef=np.ones(EMBED + 4),
+                               intercept=0.0, features="mean-exam-embedding+exam-mask/v1")}
+    predictor = Predictor.from_file(make_model_file(tmp_path, heads=old), device="cpu")
+    with pytest.raises(ValueError, match="another feature layout.*medimp evaluate --write-heads"):
+        predictor.prognosis({"D30": predictor.embed_image(kidney_volume()).vector})
 
 
 @pytest.mark.parametrize("target", ["similarity", "3y"])
@@ -124,5 +196,8 @@ def test_shipped_demo_model_loads_with_prognosis_heads():
     predictor = Predictor.from_file(default_model_path(), device="cpu")
     assert predictor.prognosis_horizons == list(HORIZONS)
     assert "evaluation" in predictor.card["metrics"]
+    assert predictor.zero_shot_calibration() is not None
     image = predictor.embed_image(kidney_volume()).vector
-    assert set(predictor.prognosis({"D30": image})) == set(HORIZONS)
+    reading = predictor.prognosis({"D30": image})
+    assert set(reading.risks) == {"image", "image+clinical", "clinical"}
+    assert all(set(r) == set(HORIZONS) for r in reading.risks.values())

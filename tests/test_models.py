@@ -22,6 +22,7 @@ from napari_medimp.core.models import (
     build_image_encoder,
     build_model,
     clip_resnet50_3d,
+    count_flops,
     feature_grid,
     find_transformer_layers,
     freeze_all_but_last,
@@ -84,19 +85,28 @@ def test_unknown_encoder_name():
         build_image_encoder("resnet9000")
 
 
-def test_paper_clip_resnet50_3d_structure():
-    enc = clip_resnet50_3d(in_channels=1, embed_dim=512, input_size=(192, 144, 96))
+def test_paper_clip_resnet50_3d_is_medimps_encoder():
+    """MEDIMP's figures at its input (96x144x192 in NIfTI order = (z, y, x) 192x144x96 here): first
+    convolution stride (1, 2, 2) in its order, feature grid 6x4x6, 61.2 M parameters, 403.1 GFLOP."""
+    enc = clip_resnet50_3d()
     n_params = sum(p.numel() for p in enc.parameters())
-    print(f"ClipResNet3D-50 (width 64, z,y,x 192x144x96): {n_params / 1e6:.2f} M parameters")
-    assert 50e6 < n_params < 70e6
-    assert enc.grid == (6, 5, 3)
-    assert enc.attnpool.positional_embedding.shape == (3 * 5 * 6 + 1, 2048)
+    assert n_params / 1e6 == pytest.approx(61.2, abs=0.05)
+    assert enc.output_dim == 1024
+    assert enc.grid == (6, 4, 6) == feature_grid((192, 144, 96), (2, 2, 1), ceil_mode=False)
+    assert enc.attnpool.positional_embedding.shape == (6 * 4 * 6 + 1, 2048)
+    flops = count_flops(enc, (1, 1, 192, 144, 96))
+    assert flops / 1e9 == pytest.approx(403.1, rel=0.02)
     assert [len(s) for s in (enc.layer1, enc.layer2, enc.layer3, enc.layer4)] == [3, 4, 6, 3]
+    # the registry's "clip_resnet50_3d" (what the paper preset builds) is the same network
+    same = build_image_encoder("clip_resnet50_3d", output_dim=1024)
+    assert same.grid == enc.grid and same.conv1.stride == (2, 2, 1)
+    # striding every axis would halve the work: the first release's encoder
+    assert count_flops(clip_resnet50_3d(stem_stride=2), (1, 1, 192, 144, 96)) / flops == pytest.approx(0.5, abs=0.01)
 
-    # anti-aliasing: the only strided convolution is the stem's first one
+    # anti-aliasing: the only strided convolution is the stem's first one, full resolution along x
     strided = [name for name, m in enc.named_modules() if isinstance(m, nn.Conv3d) and m.stride != (1, 1, 1)]
     assert strided == ["conv1"]
-    assert enc.conv1.stride == (2, 2, 2)
+    assert enc.conv1.stride == (2, 2, 1)
     strided_blocks = [m for m in enc.modules() if isinstance(m, Bottleneck3D) and m.stride > 1]
     assert len(strided_blocks) == 3
     for block in strided_blocks:
@@ -118,8 +128,15 @@ def test_feature_grid_matches_network_at_paper_size():
 def test_paper_clip_resnet50_3d_forward_full_input():
     enc = clip_resnet50_3d().eval()
     with torch.no_grad():
-        out = enc(torch.randn(1, 1, 192, 144, 96))
-    assert out.shape == (1, 512)
+        feats = enc.forward_features(torch.randn(1, 1, 192, 144, 96))
+        out = enc.attnpool(feats)
+    assert feats.shape[2:] == (6, 4, 6) and out.shape == (1, 1024)
+
+
+def test_count_flops_by_hand_for_one_convolution_and_one_linear():
+    conv = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 6 * 7, 10))
+    # conv: 2 x (3*3*3*2) multiply-adds per output voxel x 4 x 5 x 6 x 7 outputs; linear: 2 x 840 x 10
+    assert count_flops(conv, (1, 2, 5, 6, 7)) == 2 * 27 * 2 * 4 * 210 + 2 * 840 * 10
 
 
 def test_positional_embedding_interpolation():

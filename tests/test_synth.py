@@ -217,3 +217,32 @@ def test_cohort_files_are_reproducible(tmp_path):
             assert {"MagneticFieldStrength", "FlipAngle", "RepetitionTime", "ContrastAgent"} <= set(side)
             assert {"Fp", "Eg", "Tpt", "gfr", "kidney_volume_ml", "motion_mm", "render"} <= set(p["exams"][e])
     assert written == summary["exams_written"] > 0
+
+
+def test_hyperfiltration_hides_structural_loss_from_gfr_at_the_exams_only():
+    from napari_medimp.core.synth.physiology import kinetics_at
+
+    null = synth.sample_patients(40, seed=12, settings=synth.SynthSettings(hyperfiltration=0.0))
+    hidden = synth.sample_patients(40, seed=12, settings=synth.SynthSettings(hyperfiltration=0.4))
+    shares = []
+    for a, b in zip(null, hidden, strict=True):
+        # same people: structure, fibrosis and outcomes do not depend on the setting
+        assert a["outcome_4y"] == b["outcome_4y"] and a["outcomes"] == b["outcomes"]
+        assert a["hyperfiltration"] == 0.0 and 0.0 <= b["hyperfiltration"] <= 0.8
+        for exam in synth.EXAMS:
+            ea, eb = a["exams"][exam], b["exams"][exam]
+            assert ea["cortical_thickness_mm"] == eb["cortical_thickness_mm"]
+            assert ea["kidney_volume_ml"] == eb["kidney_volume_ml"] and ea["fibrosis"] == eb["fibrosis"]
+            assert eb["gfr"] >= ea["gfr"] - 1e-9
+            # GFR = structural + h (undamaged - structural), by hand from the uncompensated kinetics
+            undamaged = ea["gfr"] / ea["gfr_structural_ratio"]
+            expected = ea["gfr"] + b["hyperfiltration"] * (undamaged - ea["gfr"])
+            if eb["Eg"] < 0.5:  # below the extraction cap
+                assert eb["gfr"] == pytest.approx(expected, rel=1e-9)
+        shares.append(b["hyperfiltration"])
+        # outcome dates are never compensated
+        day = 3 * 365.25
+        assert kinetics_at(b, day, compensated=False)["Eg"] == kinetics_at(a, day)["Eg"]
+    assert 0.25 < np.mean(shares) < 0.55  # U(0, 0.8): mean 0.4
+    with pytest.raises(ValueError, match="hyperfiltration"):
+        synth.SynthSettings(hyperfiltration=0.7)

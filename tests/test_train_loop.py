@@ -129,15 +129,28 @@ def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys)
     assert training["data_seed"] == 21 and training["data_generator"].startswith("napari_medimp.core.synth")
     assert training["config"]["embed_dim"] == 16 and training["config"]["batch_size"] == 2
     assert training["config"]["preprocessing"]["input_size"] == [8, 16, 16]
-    code = main(["evaluate", "--model", model, "--cohort", str(cohort), "--out", str(tmp_path / "eval"),
-                 "--splits", "2", "--repeats", "1", "--write-heads"])
+    # who trained it is recorded, and evaluating on those patients is refused before any model work
+    seen = training["patients_seen"]
+    assert seen["cohort"] == "synthetic seed 21"
+    assert sorted(seen["pretraining"] + seen["checkpoint_selection"]) == ["P0001", "P0002", "P0003"]
+    capsys.readouterr()
+    evaluate = ["evaluate", "--model", model, "--cohort", str(cohort), "--out", str(tmp_path / "eval"),
+                "--splits", "2", "--repeats", "1", "--bootstrap", "50", "--write-heads"]
+    assert main(evaluate) == 1
+    err = capsys.readouterr().err
+    assert "3 of the 3 evaluation patients were used to pretrain this model or select its checkpoint" in err
+    assert "--allow-overlap" in err and not (tmp_path / "eval").exists()
+    code = main([*evaluate, "--allow-overlap"])
     assert code == 0
     table = (tmp_path / "eval" / "evaluation.md").read_text()
-    for name in ("MEDIMP", "untrained encoder", "clinical values only"):
+    assert "WARNING: in-sample table" in table
+    for name in ("MEDIMP", "untrained encoder", "clinical values only", "oracle image reader"):
         assert name in table
     predictor = Predictor.from_file(model)  # the rewritten file still passes its hash check
     evaluation = predictor.card["metrics"]["evaluation"]
-    assert {row["feature_set"] for row in evaluation} == {"MEDIMP", "untrained encoder", "clinical values only"}
+    assert {row["feature_set"] for row in evaluation} >= {"MEDIMP", "MEDIMP + clinical", "untrained encoder",
+                                                          "clinical values only"}
+    assert predictor.card["metrics"]["evaluation_protocol"]["in_sample_warning"].startswith("WARNING")
     # heads exist only for horizons where both classes occur among the three patients
     assert set(predictor.prognosis_horizons) <= {"2y", "3y", "4y"}
 

@@ -605,7 +605,7 @@ class MedimpWidget(QWidget):
             relay.progress.emit("loading model", 0.02)
             predictor = self._predictor(spec["model"], spec["device"])
             result = analyze(predictor, spec["volume"], exam=spec["exam"], prompt=spec["prompt"], roi=spec["roi"],
-                             progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.8 * f))
+                             record=spec["record"], progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.8 * f))
             relay.progress.emit("time-intensity curves", 0.9)
             curves = roi_and_region_curves(spec["volume"], result.roi, spec["labels"], REGION_NAMES)
             times = spec["volume"].frame_times
@@ -770,11 +770,16 @@ class MedimpWidget(QWidget):
         lines = [f"<b>Results for layer '{_html(result.layer_name)}'</b> (exam {a['exam']})"]
         if a.get("similarity") is not None:
             lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
+        accuracy = a.get("zero_shot_gfr_accuracy") or {}
         lines.append(f"Zero-shot GFR reading: <b>{_html(best)}</b> ({reading[best]:.0%})"
                      + (f"; entered GFR is <i>{_html(result.expected_bin)}</i>" if result.expected_bin else ""))
-        prognosis = a.get("prognosis_dysfunction_probability") or {}
-        if prognosis:
-            lines.append("P(graft dysfunction): " + ", ".join(f"{h} <b>{p:.1%}</b>" for h, p in prognosis.items()))
+        if accuracy.get("accuracy") is not None:
+            lines.append(f"<small>This reading was right for {accuracy['accuracy']:.0%} of {accuracy['n_exams']} exams "
+                         f"of patients the model never saw (always answering the commonest range: "
+                         f"{accuracy['majority_accuracy']:.0%}).</small>")
+        else:
+            lines.append("<small>This model's GFR reading was not checked on unseen patients.</small>")
+        lines += prognosis_lines(a)
         if a.get("prognosis_note"):
             lines.append(f"<span style='color:#ffb347'>{_html(a['prognosis_note'])}</span>")
         if is_synthetic(result.model):
@@ -905,7 +910,9 @@ def render_plots(analysis: dict, curves: dict, times, expected_bin: str | None) 
         if kind == "results":
             ax_zero, ax_prog = figure.subplots(2, 1)
             plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
-            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True)
+            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True,
+                           with_clinical=analysis.get("prognosis_with_clinical"),
+                           clinical_only=analysis.get("prognosis_clinical_only"))
         else:
             plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
         figure.tight_layout()
@@ -913,6 +920,27 @@ def render_plots(analysis: dict, curves: dict, times, expected_bin: str | None) 
         figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
         out.append(buffer.getvalue())
     return out[0], out[1]
+
+
+def prognosis_lines(analysis: dict) -> list[str]:
+    """HTML lines of the prognosis: each kind of reading with its risks and what it used."""
+    reading = analysis.get("prognosis_reading") or {}
+    inputs = reading.get("inputs") or {}
+    rows = (("prognosis_dysfunction_probability", "Images (MEDIMP)", "image"),
+            ("prognosis_with_clinical", "Images + clinical values", "image+clinical"),
+            ("prognosis_clinical_only", "Clinical values only", "clinical"))
+    lines = []
+    for key, label, kind in rows:
+        risks = analysis.get(key) or {}
+        if not risks:
+            continue
+        values = ", ".join(f"{h[:-1]} years <b>{p:.0%}</b>" for h, p in risks.items())
+        used = f"<br><small>&nbsp;&nbsp;from {_html(inputs[kind])}</small>" if inputs.get(kind) else ""
+        lines.append(f"{label}: {values}{used}")
+    if lines:
+        visit = reading.get("visit") or analysis.get("exam")
+        lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_html(visit)}):")
+    return lines
 
 
 def _key(layer) -> str:

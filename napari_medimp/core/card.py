@@ -9,14 +9,18 @@ from typing import Any
 HORIZON_ORDER = ("2y", "3y", "4y")
 
 
-def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, float | None]]:
-    """Cross-validated AUC (mean, std) per horizon recorded in the card by ``medimp evaluate``."""
+def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, float | None, float | None]]:
+    """AUC on unseen patients (estimate, 95 % low, high) per horizon recorded in the card by
+    ``medimp evaluate``. Cards of the first release (fold mean and std) give (mean, None, None)."""
     rows = (card.get("metrics") or {}).get("evaluation") or []
-    out: dict[str, tuple[float, float | None]] = {}
+    out: dict[str, tuple[float, float | None, float | None]] = {}
     for row in rows:
-        if row.get("feature_set") == feature_set and row.get("auc_mean") is not None:
-            std = row.get("auc_std")
-            out[str(row.get("horizon"))] = (float(row["auc_mean"]), None if std is None else float(std))
+        if row.get("feature_set") != feature_set:
+            continue
+        if row.get("auc") is not None:
+            out[str(row.get("horizon"))] = (float(row["auc"]), row.get("auc_low"), row.get("auc_high"))
+        elif row.get("auc_mean") is not None:
+            out[str(row.get("horizon"))] = (float(row["auc_mean"]), None, None)
     return {h: out[h] for h in (*HORIZON_ORDER, "mean") if h in out} | {
         h: v for h, v in out.items() if h not in (*HORIZON_ORDER, "mean")}
 
@@ -47,7 +51,10 @@ def card_facts(card: dict) -> dict[str, Any]:
         "training_data": training.get("data") or "not recorded",
         "synthetic": is_synthetic(card),
         "cv_auc": cv_auc(card),
-        "horizons": list(card.get("prognosis") or {}),
+        "horizons": sorted({str(d.get("horizon") or k) for k, d in (card.get("prognosis") or {}).items()
+                            if isinstance(d, Mapping)}),
+        "head_kinds": sorted({str(d.get("kind") or "image") for d in (card.get("prognosis") or {}).values()
+                              if isinstance(d, Mapping)}),
         "licence": card.get("licence"),
         "sha256": str((card.get("weights") or {}).get("sha256", ""))[:12],
     }
@@ -58,11 +65,11 @@ def facts_text(facts: dict[str, Any]) -> str:
     lines = [f"{facts['name']} ({facts['image_encoder']}, weights {facts['sha256']})",
              f"Trained on: {facts['training_data']}"]
     if facts["cv_auc"]:
-        aucs = ", ".join(f"{h} {m:.2f}" + (f" ± {s:.2f}" if s is not None else "")
-                         for h, (m, s) in facts["cv_auc"].items())
-        lines.append(f"Cross-validated AUC: {aucs}")
+        aucs = ", ".join(f"{h} {m:.2f}" + (f" [{lo:.2f}-{hi:.2f}]" if lo is not None and hi is not None else "")
+                         for h, (m, lo, hi) in facts["cv_auc"].items())
+        lines.append(f"AUC of the image-only reading on unseen patients: {aucs}")
     else:
-        lines.append("No cross-validated AUC recorded")
+        lines.append("No AUC on unseen patients recorded")
     lines.append("Prognosis heads: " + (", ".join(facts["horizons"]) if facts["horizons"] else "none"))
     if facts["synthetic"]:
         lines.append("SYNTHETIC-DATA DEMO MODEL: its outputs say nothing about a real patient.")

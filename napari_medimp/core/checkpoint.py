@@ -47,7 +47,10 @@ class ModelFileError(ValueError):
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class PrognosisHead:
-    """``p = sigmoid(((x - mean) / scale) . coef + intercept)`` for one horizon (e.g. "2y")."""
+    """``p = sigmoid(((x - mean) / scale) . coef + intercept)`` for one horizon (e.g. "2y") of a reading
+    at one visit, from one kind of features (``image``, ``image+clinical``, ``clinical``; see
+    :mod:`napari_medimp.core.prognosis`). A missing feature value is replaced by ``mean`` (the imputation
+    the head was fitted with)."""
 
     horizon: str
     mean: np.ndarray
@@ -57,6 +60,13 @@ class PrognosisHead:
     features: str = "patient embedding"
     threshold: float = 0.5
     extra: dict = field(default_factory=dict)
+    kind: str = "image"
+    visit: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Name in the model file: ``kind/visit/horizon`` (or the horizon alone for a visit-less head)."""
+        return f"{self.kind}/{self.visit}/{self.horizon}" if self.visit else self.horizon
 
     def __post_init__(self):
         self.mean = np.asarray(self.mean, np.float64).ravel()
@@ -78,8 +88,9 @@ class PrognosisHead:
         x = np.asarray(x, np.float64)
         if x.shape[-1] != self.n_features:
             raise ValueError(
-                f"prognosis head {self.horizon} expects {self.n_features} features, got {x.shape[-1]}"
+                f"prognosis head {self.key} expects {self.n_features} features, got {x.shape[-1]}"
             )
+        x = np.where(np.isnan(x), self.mean, x)  # missing -> the training mean (standardised 0)
         return ((x - self.mean) / self.scale) @ self.coef + self.intercept
 
     def predict_proba(self, x) -> np.ndarray:
@@ -87,7 +98,7 @@ class PrognosisHead:
         return 1.0 / (1.0 + np.exp(-self.decision(x)))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        p = f"{_PROGNOSIS_PREFIX}{self.horizon}."
+        p = f"{_PROGNOSIS_PREFIX}{self.key}."
         return {
             p + "mean": torch.from_numpy(self.mean.copy()),
             p + "scale": torch.from_numpy(self.scale.copy()),
@@ -97,14 +108,17 @@ class PrognosisHead:
 
     def describe(self) -> dict:
         return {"features": self.features, "threshold": self.threshold, "n_features": self.n_features,
-                **self.extra}
+                "kind": self.kind, "visit": self.visit, "horizon": self.horizon, **self.extra}
 
     @classmethod
-    def from_tensors(cls, horizon: str, tensors: dict[str, torch.Tensor], description: dict) -> PrognosisHead:
-        p = f"{_PROGNOSIS_PREFIX}{horizon}."
-        extra = {k: v for k, v in description.items() if k not in ("features", "threshold", "n_features")}
+    def from_tensors(cls, key: str, tensors: dict[str, torch.Tensor], description: dict) -> PrognosisHead:
+        p = f"{_PROGNOSIS_PREFIX}{key}."
+        own = ("features", "threshold", "n_features", "kind", "visit", "horizon")
+        extra = {k: v for k, v in description.items() if k not in own}
         return cls(
-            horizon=horizon,
+            horizon=str(description.get("horizon") or key.rsplit("/", 1)[-1]),
+            kind=str(description.get("kind") or "image"),
+            visit=description.get("visit"),
             mean=tensors[p + "mean"].numpy(),
             scale=tensors[p + "scale"].numpy(),
             coef=tensors[p + "coef"].numpy(),
@@ -139,18 +153,23 @@ def check_safetensors(path) -> dict:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(9)
             size = path.stat().st_size
-            if head[:2] == b"PK" or head[:1] == b"\x80":
+            # a safetensors file is an 8-byte header length then a JSON table; its first byte may be 0x80
+            # (a header of 128 + 256 k bytes), so a pickle is recognised only when no table follows
+            looks_safetensors = len(head) == 9 and head[8:9] == b"{" and \
+                struct.unpack("<Q", head[:8])[0] <= size - 8
+            if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
                 raise ModelFileError(
                     path, "is a pickled PyTorch checkpoint; only safetensors weights are loaded, "
                     "because unpickling can run arbitrary code"
                 )
             if len(head) < 8:
                 raise ModelFileError(path, "is too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head)
+            (n,) = struct.unpack("<Q", head[:8])
             if n > min(size - 8, _MAX_HEADER):
                 raise ModelFileError(path, "is not a safetensors file (bad header length)")
+            fh.seek(8)
             header = json.loads(fh.read(n))
     except FileNotFoundError:
         raise ModelFileError(path, "weights file not found") from None
@@ -206,7 +225,9 @@ def save_model(
     state = model.state_dict()
     keys = _stored_keys(model, include_frozen_text)
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in keys}
-    for head in (prognosis or {}).values():
+    for name, head in (prognosis or {}).items():
+        if name != head.key:
+            raise ValueError(f"prognosis head stored as {name!r} but named {head.key!r}")
         tensors.update(head.tensors())
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
 

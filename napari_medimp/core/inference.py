@@ -23,8 +23,20 @@ import torch
 from .card import is_synthetic
 from .checkpoint import LoadedModel, load_model
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
-from .prognosis import FEATURES_ID, patient_features
-from .prompts import ATTRIBUTE_BINS, N_VARIANTS, TEMPLATE_VERSION, bin_prompts
+from .prognosis import (
+    CLINICAL_LABELS,
+    FEATURES_ID,
+    HORIZONS,
+    KIND_LABELS,
+    KINDS,
+    ClinicalValues,
+    exams_so_far,
+    features,
+    head_key,
+    image_features,
+    latest_visit,
+)
+from .prompts import ATTRIBUTE_BINS, EXAMS, N_VARIANTS, TEMPLATE_VERSION, ClinicalRecord, bin_prompts
 from .volume import DCEVolume
 
 Progress = Callable[[str, float], None]
@@ -189,7 +201,32 @@ class Predictor:
 
     @property
     def prognosis_horizons(self) -> list[str]:
-        return list(self.loaded.prognosis)
+        """Horizons the model's heads predict, in order."""
+        found = {head.horizon for head in self.loaded.prognosis.values()}
+        return [h for h in HORIZONS if h in found] + sorted(found - set(HORIZONS))
+
+    def prognosis_head(self, kind: str, visit: str, horizon: str):
+        """The head of one kind for a reading at ``visit``; ValueError naming what the model has."""
+        self._check_heads()
+        key = head_key(kind, visit, horizon)
+        if key not in self.loaded.prognosis:
+            visits = sorted({h.visit for h in self.loaded.prognosis.values() if h.kind == kind and h.visit},
+                            key=EXAMS.index)
+            if not visits:
+                raise ValueError(f"this model file has no {KIND_LABELS[kind]} prognosis heads")
+            raise ValueError(f"this model file has no {KIND_LABELS[kind]} prognosis head for a reading at {visit} "
+                             f"({horizon}); it has heads for readings at {', '.join(visits)}")
+        return self.loaded.prognosis[key]
+
+    def _check_heads(self) -> None:
+        if not self.loaded.prognosis:
+            raise ValueError("this model file has no prognosis heads (fit them with `medimp evaluate --write-heads` "
+                             "on patients the model never saw)")
+        old = sorted({h.features for h in self.loaded.prognosis.values() if h.features != FEATURES_ID})
+        if old:
+            raise ValueError(f"this model file's prognosis heads were fitted on another feature layout ({old[0]!r}; "
+                             f"this version builds {FEATURES_ID!r}); fit them again with `medimp evaluate "
+                             "--write-heads`")
 
     def image_key(self, fingerprint: str, roi: RoiBox) -> str:
         return self.cache.key(kind="image", volume=fingerprint, roi=roi.to_list(),
@@ -277,9 +314,21 @@ class Predictor:
     def zero_shot(self, image_vector: np.ndarray, attribute: str = "gfr",
                   variants: Sequence[int] | None = None) -> dict[str, float]:
         """Probability over the bins of ``attribute`` (e.g. the five GFR bins): softmax of the scaled
-        similarity between the image and one prompt per bin, averaged over paraphrase variants."""
+        similarity between the image and one prompt per bin.
+
+        For GFR, a model evaluated by ``medimp evaluate --write-heads`` carries a scale fitted on patients
+        it never saw (``metrics.zero_shot_gfr.temperature``): the softmax of that scale times the
+        similarity averaged over the paraphrases. Otherwise the contrastive logit scale, averaged over
+        the paraphrase variants' softmaxes (uncalibrated)."""
         bins = ATTRIBUTE_BINS[attribute]
         variants = list(range(N_VARIANTS)) if variants is None else list(variants)
+        calibration = self.zero_shot_calibration() if attribute == "gfr" else None
+        if calibration is not None:
+            sims = np.mean([self.similarity(image_vector, bin_prompts(attribute, variant=k)) for k in variants], axis=0)
+            logits = float(calibration["temperature"]) * sims
+            logits = logits - logits.max()
+            probabilities = np.exp(logits) / np.exp(logits).sum()
+            return {name: float(p) for name, p in zip(bins, probabilities, strict=True)}
         probabilities = np.zeros(len(bins))
         for k in variants:
             logits = self.logit_scale() * self.similarity(image_vector, bin_prompts(attribute, variant=k))
@@ -288,18 +337,40 @@ class Predictor:
         probabilities /= len(variants)
         return {name: float(p) for name, p in zip(bins, probabilities, strict=True)}
 
-    def prognosis(self, exam_vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Probability of graft dysfunction per horizon from the embeddings of a patient's exams."""
-        if not self.loaded.prognosis:
-            raise ValueError("this model file has no prognosis heads (train them with `medimp evaluate`)")
-        features = patient_features(exam_vectors, dim=self.embed_dim)
-        out = {}
-        for horizon, head in self.loaded.prognosis.items():
-            if head.features != FEATURES_ID:
-                raise ValueError(f"prognosis head {horizon} uses features {head.features!r}; this version "
-                                 f"builds {FEATURES_ID!r}")
-            out[horizon] = float(head.predict_proba(features[None])[0])
-        return out
+    def zero_shot_calibration(self) -> dict | None:
+        """The card's zero-shot GFR evaluation on unseen patients (scale, accuracy...), if any."""
+        entry = (self.card.get("metrics") or {}).get("zero_shot_gfr")
+        if isinstance(entry, Mapping) and np.isfinite(float(entry.get("temperature", np.nan))):
+            return dict(entry)
+        return None
+
+    def prognosis(self, exam_vectors: Mapping[str, np.ndarray], clinical: ClinicalValues | ClinicalRecord | None = None,
+                  visit: str | None = None) -> PrognosisReading:
+        """Probability of graft dysfunction per horizon for a reading at ``visit`` (default: the latest
+        of ``exam_vectors``) from the exams so far, by every kind of head the model has: images only
+        (MEDIMP), images + clinical values, clinical values only. ``clinical``: the values at that
+        visit; missing ones are replaced by the heads' training means, and the reading says which."""
+        self._check_heads()
+        vectors = {str(k).upper(): v for k, v in exam_vectors.items() if v is not None}
+        visit = (visit or latest_visit(vectors)).upper()
+        if isinstance(clinical, ClinicalRecord):
+            clinical = ClinicalValues.from_record(clinical)
+        clinical = clinical or ClinicalValues()
+        image = image_features(vectors, visit, dim=self.embed_dim)
+        used = [e for e in exams_so_far(visit) if e in vectors]
+        risks: dict[str, dict[str, float]] = {}
+        notes = []
+        for kind in KINDS:
+            if not any(h.kind == kind for h in self.loaded.prognosis.values()):
+                notes.append(f"this model has no {KIND_LABELS[kind]} heads")
+                continue
+            x = features(kind, image, clinical)
+            risks[kind] = {h: float(self.prognosis_head(kind, visit, h).predict_proba(x[None])[0])
+                           for h in self.prognosis_horizons}
+        ignored = [e for e in vectors if e not in used]
+        if ignored:
+            notes.append(f"exams after {visit} ({', '.join(ignored)}) are not part of a reading at {visit}")
+        return PrognosisReading(visit, used, risks, clinical.given(), clinical.missing(), notes)
 
     def model_facts(self) -> dict:
         """Key facts from the model card, for display next to any result."""
@@ -320,50 +391,83 @@ class Predictor:
 # one exam, everything at once (the viewer's "Analyze" and `medimp analyze`)
 # --------------------------------------------------------------------------------------------------
 @dataclass
+class PrognosisReading:
+    """Risks of one reading, by kind of head, with the inputs each used."""
+
+    visit: str
+    exams_used: list[str]
+    risks: dict[str, dict[str, float]]  # kind -> horizon -> probability
+    clinical_given: list[str]
+    clinical_missing: list[str]
+    notes: list[str]
+
+    def inputs(self) -> dict[str, str]:
+        """Per kind, in words: what the reading used."""
+        images = f"images of {', '.join(self.exams_used)}"
+        given = ", ".join(CLINICAL_LABELS[n] for n in self.clinical_given) or "none given"
+        missing = ", ".join(CLINICAL_LABELS[n] for n in self.clinical_missing)
+        clinical = f"clinical values: {given}" + (f" (missing, replaced by the training cohort's mean: {missing})"
+                                                   if missing else "")
+        return {"image": images, "image+clinical": f"{images}; {clinical}", "clinical": clinical}
+
+    def to_dict(self) -> dict:
+        return {"visit": self.visit, "exams_used": self.exams_used, "risks": self.risks,
+                "inputs": {k: v for k, v in self.inputs().items() if k in self.risks},
+                "clinical_given": self.clinical_given, "clinical_missing": self.clinical_missing,
+                "notes": self.notes}
+
+
+@dataclass
 class Analysis:
     exam: str
     roi: RoiBox
     prompt: str | None
     similarity: float | None
     gfr_reading: dict[str, float]
-    prognosis: dict[str, float]
+    reading: PrognosisReading | None
     embedding: np.ndarray
     model: dict
-    prognosis_note: str | None = None
+    gfr_reading_accuracy: dict | None = None
+
+    @property
+    def prognosis(self) -> dict[str, float]:
+        """Image-only (MEDIMP) risk per horizon."""
+        return dict(self.reading.risks.get("image", {})) if self.reading else {}
 
     def to_dict(self) -> dict:
+        risks = self.reading.risks if self.reading else {}
         return {
             "exam": self.exam,
             "roi_zyx": self.roi.to_list(),
             "prompt": self.prompt,
             "similarity": self.similarity,
             "zero_shot_gfr": self.gfr_reading,
-            "prognosis_dysfunction_probability": self.prognosis,
-            "prognosis_note": self.prognosis_note,
+            "zero_shot_gfr_accuracy": self.gfr_reading_accuracy,
+            "prognosis_dysfunction_probability": dict(risks.get("image", {})),
+            "prognosis_with_clinical": dict(risks.get("image+clinical", {})),
+            "prognosis_clinical_only": dict(risks.get("clinical", {})),
+            "prognosis_reading": self.reading.to_dict() if self.reading else None,
+            "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes else None,
             "model": self.model,
         }
 
 
 def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str | None = None, roi=None,
+            record: ClinicalRecord | None = None, earlier: Mapping[str, np.ndarray] | None = None,
             progress: Progress | None = None) -> Analysis:
-    """Embedding, similarity with ``prompt`` (if any), zero-shot GFR bins and prognosis of one exam."""
+    """Embedding, similarity with ``prompt`` (if any), zero-shot GFR bins and the prognosis reading of
+    one exam at its visit: from this image plus ``earlier`` exams' embeddings (if given), and the
+    clinical values of ``record``."""
+    exam = exam.upper()
     embedding = predictor.embed_image(volume, roi, progress=progress)
     similarity = float(predictor.similarity(embedding.vector, prompt)[0]) if prompt else None
-    prognosis = predictor.prognosis({exam: embedding.vector}) if predictor.loaded.prognosis else {}
+    reading = None
+    if predictor.loaded.prognosis:
+        vectors = {k.upper(): v for k, v in (earlier or {}).items() if k.upper() in exams_so_far(exam)}
+        vectors[exam] = embedding.vector
+        reading = predictor.prognosis(vectors, ClinicalValues.from_record(record), visit=exam)
+    calibration = predictor.zero_shot_calibration()
+    accuracy = None if calibration is None else {k: calibration.get(k) for k in
+                                                 ("accuracy", "balanced_accuracy", "majority_accuracy", "n_exams")}
     return Analysis(exam, embedding.roi, prompt, similarity, predictor.zero_shot(embedding.vector, "gfr"),
-                    prognosis, embedding.vector, predictor.model_facts(), single_exam_note(predictor, exam))
-
-
-def single_exam_note(predictor: Predictor, exam: str) -> str | None:
-    """A caution when the prognosis heads were fitted on patients with clearly more exams than one: the
-    last four features of a head are the exam-availability mask, and their training mean says how many
-    exams its patients had."""
-    heads = list(predictor.loaded.prognosis.values())
-    if not heads:
-        return None
-    seen = float(np.sum(np.asarray(heads[0].mean, dtype=float)[-4:]))
-    if seen < 2.0:
-        return None
-    return (f"prognosis from one exam ({exam}); the heads were fitted on patients with {seen:.1f} of 4 exams on "
-            "average, so a single exam is outside what they saw: combine the patient's exams "
-            "(medimp predict on the patient folder) for a reading they were trained for")
+                    reading, embedding.vector, predictor.model_facts(), accuracy)

@@ -130,26 +130,49 @@ def _horizon_label(horizon: str) -> str:
     return f"{text[:-1]} years" if text.endswith("y") and text[:-1].isdigit() else text
 
 
-def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False) -> None:
-    """Bars of the probability of graft dysfunction per horizon (2y/3y/4y), 0..1, with a 0.5 line."""
+#: bar colours of the reading kinds (images, images + clinical values, clinical values only)
+KIND_COLORS = {"images (MEDIMP)": "#4c9be8", "images + clinical": "#e8a33d", "clinical only": "#9a9a9a"}
+
+
+def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
+                   with_clinical: Mapping[str, float] | None = None,
+                   clinical_only: Mapping[str, float] | None = None) -> None:
+    """Bars of the probability of graft dysfunction per horizon (2y/3y/4y), 0..1, with a 0.5 line: the
+    image-only reading (MEDIMP) and, when given, the reading with the clinical values and the
+    clinical-only reference side by side, labelled in percent."""
     colors = style_axes(ax, dark)
     ax.set_title("graft dysfunction (prognosis)")
     if not prognosis:
         _empty(ax, "no prognosis heads in this model\n(add them with\n`medimp evaluate --write-heads`)", colors)
         return
     names = list(prognosis)
-    values = [float(prognosis[n]) for n in names]
+    groups = [("images (MEDIMP)", prognosis)]
+    if with_clinical:
+        groups.append(("images + clinical", with_clinical))
+    if clinical_only:
+        groups.append(("clinical only", clinical_only))
     xs = np.arange(len(names))
-    ax.bar(xs, values, width=0.6, color=colors["bar"])
+    width = 0.8 / len(groups)
+    for i, (label, values) in enumerate(groups):
+        ys = [float(values.get(n, np.nan)) for n in names]
+        pos = xs - 0.4 + width * (i + 0.5)
+        color = colors["bar"] if len(groups) == 1 else KIND_COLORS[label]
+        ax.bar(pos, ys, width=width * 0.9, color=color, label=label)
+        for x, y in zip(pos, ys, strict=True):
+            if np.isfinite(y):
+                ax.text(x, min(y + 0.02, 0.9), f"{y:.0%}", ha="center", va="bottom", color=colors["text"],
+                        fontsize=FONT_SIZE - (2 if len(groups) > 1 else 0))
     ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
-    ax.text(xs[-1] + 0.45, 0.5, "0.5", va="bottom", ha="right", color=colors["muted"], fontsize=FONT_SIZE - 1)
-    _value_labels(ax, xs, values, colors)
     ax.set_xticks(xs, [_horizon_label(n) for n in names])
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("probability of dysfunction")
     ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
     ax.set_axisbelow(True)
+    if len(groups) > 1:
+        legend = ax.legend(fontsize=FONT_SIZE - 2, loc="upper left", frameon=False, ncol=1)
+        for text in legend.get_texts():
+            text.set_color(colors["text"])
 
 
 def plot_curves(ax, curves: Mapping[str, np.ndarray], times: np.ndarray | None, unit: str = "s", *,
@@ -203,7 +226,9 @@ def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | No
     figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
     axes = figure.subplots(1, 3, width_ratios=(1.1, 0.8, 1.4))
     plot_zero_shot(axes[0], analysis_dict.get("zero_shot_gfr") or {}, expected_bin, dark=dark)
-    plot_prognosis(axes[1], analysis_dict.get("prognosis_dysfunction_probability") or {}, dark=dark)
+    plot_prognosis(axes[1], analysis_dict.get("prognosis_dysfunction_probability") or {}, dark=dark,
+                   with_clinical=analysis_dict.get("prognosis_with_clinical"),
+                   clinical_only=analysis_dict.get("prognosis_clinical_only"))
     plot_curves(axes[2], curves or {}, times, unit, dark=dark)
     parts = []
     if analysis_dict.get("exam"):

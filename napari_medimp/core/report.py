@@ -217,7 +217,11 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "zero_shot_gfr": reading,
         "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
         "prognosis_dysfunction_probability": dict(analysis.get("prognosis_dysfunction_probability") or {}),
+        "prognosis_with_clinical": dict(analysis.get("prognosis_with_clinical") or {}),
+        "prognosis_clinical_only": dict(analysis.get("prognosis_clinical_only") or {}),
+        "prognosis_reading": analysis.get("prognosis_reading"),
         "prognosis_note": analysis.get("prognosis_note"),
+        "zero_shot_gfr_accuracy": analysis.get("zero_shot_gfr_accuracy"),
     }
     used = ((inputs.get("clinical") or {}).get("used") or {})
     gfr = used.get("gfr_ml_min_1_73m2")
@@ -313,8 +317,16 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
         lines.append(line)
     prognosis = results.get("prognosis_dysfunction_probability") or {}
     if prognosis:
-        lines.append("probability of graft dysfunction: "
-                     + ", ".join(f"{h} {_percent(p)}" for h, p in prognosis.items()))
+        reading = results.get("prognosis_reading") or {}
+        inputs = reading.get("inputs") or {}
+        lines.append(f"probability of graft dysfunction, reading at {reading.get('visit', results.get('exam'))}:")
+        for key, label, kind in (("prognosis_dysfunction_probability", "images (MEDIMP)", "image"),
+                                 ("prognosis_with_clinical", "images + clinical values", "image+clinical"),
+                                 ("prognosis_clinical_only", "clinical values only", "clinical")):
+            risks = results.get(key) or {}
+            if risks:
+                lines.append(f"  {label}: " + ", ".join(f"{h} {_percent(p)}" for h, p in risks.items())
+                             + (f"  [{inputs[kind]}]" if inputs.get(kind) else ""))
         if results.get("prognosis_note"):
             lines.append(f"  note: {results['prognosis_note']}")
     else:

@@ -45,18 +45,19 @@ class SimilarityTarget(nn.Module):
 
 
 class PrognosisTarget(nn.Module):
-    """Scalar per image: the prognosis logit of one horizon, treating the image as the only exam."""
+    """Scalar per image: the image-only (MEDIMP) prognosis logit of one horizon for a reading at the
+    exam's visit, with this image as the only exam so far."""
 
     def __init__(self, model: nn.Module, head, exam: str):
         super().__init__()
         if head.features != FEATURES_ID:
             raise ValueError(f"prognosis head uses features {head.features!r}, expected {FEATURES_ID!r}")
+        if head.kind != "image":
+            raise ValueError(f"saliency explains an image-only prognosis head, not {head.kind!r}")
         exam = exam.upper()
         if exam not in EXAMS:
             raise ValueError(f"exam must be one of {', '.join(EXAMS)}, got {exam!r}")
         self.model = model
-        mask = torch.tensor([1.0 if e == exam else 0.0 for e in EXAMS])
-        self.register_buffer("mask", mask)
         self.register_buffer("mean", torch.as_tensor(head.mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(head.scale, dtype=torch.float32))
         self.register_buffer("coef", torch.as_tensor(head.coef, dtype=torch.float32))
@@ -64,7 +65,7 @@ class PrognosisTarget(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         embedding = self.model.encode_image(x)
-        features = torch.cat([embedding, self.mask.expand(x.shape[0], -1)], dim=1)
+        features = embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)  # one exam: its unit vector
         return (((features - self.mean) / self.scale) @ self.coef + self.intercept)[:, None]
 
 
@@ -144,8 +145,8 @@ def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "g
         if not prompt:
             raise ValueError("similarity saliency needs a prompt")
         wrapper = SimilarityTarget(model, predictor.embed_texts([prompt])[0])
-    elif target in predictor.loaded.prognosis:
-        wrapper = PrognosisTarget(model, predictor.loaded.prognosis[target], exam)
+    elif target in predictor.prognosis_horizons:
+        wrapper = PrognosisTarget(model, predictor.prognosis_head("image", exam.upper(), target), exam)
     else:
         known = ", ".join(["similarity", *predictor.prognosis_horizons])
         raise ValueError(f"saliency target must be one of {known}; got {target!r}")

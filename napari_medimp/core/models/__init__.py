@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .clip import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, MedimpCLIP, ModelConfig, ProjectionHead, build_model
 from .image import (
+    PAPER_EMBED_DIM,
     PAPER_INPUT_SIZE,
+    PAPER_STEM_STRIDE,
     AntiAliasPool3d,
     AttentionPool3d,
     Bottleneck3D,
@@ -17,6 +19,7 @@ from .image import (
     available_image_encoders,
     build_image_encoder,
     clip_resnet50_3d,
+    count_flops,
     feature_grid,
 )
 from .text import (
@@ -33,7 +36,9 @@ __all__ = [
     "DEFAULT_TEXT_MODEL",
     "LOGIT_SCALE_INIT",
     "LOGIT_SCALE_MAX",
+    "PAPER_EMBED_DIM",
     "PAPER_INPUT_SIZE",
+    "PAPER_STEM_STRIDE",
     "AntiAliasPool3d",
     "AttentionPool3d",
     "Bottleneck3D",
@@ -47,6 +52,7 @@ __all__ = [
     "build_image_encoder",
     "build_model",
     "clip_resnet50_3d",
+    "count_flops",
     "feature_grid",
     "find_transformer_layers",
     "freeze_all_but_last",

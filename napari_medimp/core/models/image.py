@@ -10,8 +10,13 @@ The CLIP-style network is a 3D transcription of OpenAI CLIP's ``ModifiedResNet``
 MEDIMP (Milecki et al., MIDL 2023): a stem of three 3x3x3 convolutions and an average pool,
 anti-aliased bottleneck stages (a stride is an ``AvgPool3d`` after the 3x3x3 convolution, never a
 strided convolution) and attention pooling over the final grid with the mean token as query.
-All average pools use ``ceil_mode`` so that the feature grid is ``ceil(size / 32)`` per axis
-(z, y, x) = 192x144x96 -> 6x5x3; MEDIMP's 96x144x192 is NIfTI (x, y, z) order).
+All average pools use ``ceil_mode``. MEDIMP's stem keeps full resolution along the first axis of its
+96x144x192 input (first convolution stride (1, 2, 2)); that input is NIfTI (x, y, z) order, so here,
+in (z, y, x) order, the paper encoder's first convolution has stride (2, 2, 1). Its pools drop a partial
+last window (floor), as MEDIMP's, so its feature grid for 192x144x96 is (192/32, 144/32, 96/16) rounded
+down = 6x4x6, and with MEDIMP's 1024-d output it costs 403 GFLOP and has 61.2 M parameters. The compact
+encoders stride every axis (``stem_stride=2``) and keep partial windows (``ceil_mode``), so that every
+voxel of a small input reaches the grid.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from ..preprocess import PAPER_INPUT_SIZE
 
 __all__ = [
     "AntiAliasPool3d",
+    "PAPER_EMBED_DIM",
+    "PAPER_STEM_STRIDE",
     "AttentionPool3d",
     "Bottleneck3D",
     "ClipResNet3D",
@@ -36,6 +43,7 @@ __all__ = [
     "available_image_encoders",
     "build_image_encoder",
     "clip_resnet50_3d",
+    "count_flops",
     "feature_grid",
 ]
 
@@ -50,29 +58,40 @@ def _triple(size: int | Sequence[int]) -> tuple[int, int, int]:
     return size  # type: ignore[return-value]
 
 
-def feature_grid(input_size: int | Sequence[int], n_halvings: int = 5) -> tuple[int, int, int]:
-    """Feature grid of :class:`ClipResNet3D` for an input of ``input_size`` (total stride ``2**n_halvings``).
+#: first-convolution stride of MEDIMP's encoder in (z, y, x) order: full resolution along x
+PAPER_STEM_STRIDE = (2, 2, 1)
+#: MEDIMP's embedding size (its CLIP RN50 configuration)
+PAPER_EMBED_DIM = 1024
 
-    Each halving (stride-2 stem conv, stem pool, three strided stages) maps ``n`` to ``ceil(n / 2)``.
+
+def feature_grid(input_size: int | Sequence[int], stem_stride: int | Sequence[int] = 2,
+                 ceil_mode: bool = True) -> tuple[int, int, int]:
+    """Feature grid of :class:`ClipResNet3D` for an input of ``input_size``.
+
+    The stem convolution maps ``n`` to ``ceil(n / s)`` (``s`` its stride on that axis, 1 or 2); then
+    each of the four halvings (stem pool, three strided stages) maps ``n`` to ``ceil(n / 2)``, or with
+    ``ceil_mode=False`` to ``floor(n / 2)`` (an axis of 1 stays 1).
     """
     grid = []
-    for n in _triple(input_size):
-        for _ in range(n_halvings):
-            n = (n + 1) // 2
+    for n, s in zip(_triple(input_size), _triple(stem_stride), strict=True):
+        n = -(-n // s)
+        for _ in range(4):
+            n = (n + 1) // 2 if ceil_mode else max(1, n // 2)
         grid.append(n)
     return tuple(grid)  # type: ignore[return-value]
 
 
 class AntiAliasPool3d(nn.AvgPool3d):
-    """``AvgPool3d(k, ceil_mode=True)`` that also accepts axes shorter than the kernel.
+    """``AvgPool3d(k, ceil_mode)`` that also accepts axes shorter than the kernel.
 
-    With ``ceil_mode`` a partial window averages only its valid voxels, so an axis shorter than the
-    kernel becomes one output equal to its mean; plain ``AvgPool3d`` refuses that case, which
-    matters for the small test inputs and for thin volumes.
+    With ``ceil_mode`` a partial window averages only its valid voxels; without it the partial last
+    window is dropped (MEDIMP's pools). Either way an axis shorter than the kernel becomes one output
+    equal to its mean; plain ``AvgPool3d`` refuses that case, which matters for the small test inputs
+    and for thin volumes.
     """
 
-    def __init__(self, kernel_size: int):
-        super().__init__(kernel_size, ceil_mode=True)
+    def __init__(self, kernel_size: int, ceil_mode: bool = True):
+        super().__init__(kernel_size, ceil_mode=ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = _triple(self.kernel_size)
@@ -81,7 +100,7 @@ class AntiAliasPool3d(nn.AvgPool3d):
             return super().forward(x)
         kernel = tuple(min(ki, ni) for ki, ni in zip(k, n, strict=True))
         stride = tuple(ki if ni >= ki else ni for ki, ni in zip(k, n, strict=True))
-        return F.avg_pool3d(x, kernel, stride, ceil_mode=True)
+        return F.avg_pool3d(x, kernel, stride, ceil_mode=self.ceil_mode)
 
 
 class Bottleneck3D(nn.Module):
@@ -89,7 +108,7 @@ class Bottleneck3D(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ceil_mode: bool = True):
         super().__init__()
         self.stride = stride
         self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
@@ -98,7 +117,7 @@ class Bottleneck3D(nn.Module):
         self.conv2 = nn.Conv3d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm3d(planes)
         self.act2 = nn.ReLU(inplace=True)
-        self.avgpool = AntiAliasPool3d(stride) if stride > 1 else nn.Identity()
+        self.avgpool = AntiAliasPool3d(stride, ceil_mode) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv3d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.act3 = nn.ReLU(inplace=True)
@@ -107,7 +126,7 @@ class Bottleneck3D(nn.Module):
             self.downsample = nn.Sequential(
                 OrderedDict(
                     [
-                        ("-1", AntiAliasPool3d(stride) if stride > 1 else nn.Identity()),
+                        ("-1", AntiAliasPool3d(stride, ceil_mode) if stride > 1 else nn.Identity()),
                         ("0", nn.Conv3d(inplanes, planes * self.expansion, 1, bias=False)),
                         ("1", nn.BatchNorm3d(planes * self.expansion)),
                     ]
@@ -193,6 +212,11 @@ class ClipResNet3D(nn.Module):
         Configured ``(z, y, x)`` input size; sets the positional embedding grid.
     heads:
         Attention-pool heads; default ``width * 32 // 64`` as in CLIP.
+    stem_stride:
+        Stride of the first convolution per axis (z, y, x): 2 everywhere for the compact encoders,
+        :data:`PAPER_STEM_STRIDE` for MEDIMP's.
+    ceil_mode:
+        Pools keep a partial last window (True, the compact encoders) or drop it (False, MEDIMP's).
     """
 
     gradcam_layer = "layer4"
@@ -205,8 +229,13 @@ class ClipResNet3D(nn.Module):
         width: int = 64,
         input_size: int | Sequence[int] = PAPER_INPUT_SIZE,
         heads: int | None = None,
+        stem_stride: int | Sequence[int] = 2,
+        ceil_mode: bool = True,
     ):
         super().__init__()
+        stem_stride = _triple(stem_stride)
+        if any(st not in (1, 2) for st in stem_stride):
+            raise ValueError(f"stem_stride must be 1 or 2 per axis, got {stem_stride}")
         if len(layers) != 4:
             raise ValueError(f"layers must have 4 stages, got {tuple(layers)}")
         if width % 2:
@@ -216,9 +245,11 @@ class ClipResNet3D(nn.Module):
         self.in_channels = in_channels
         self.input_size = _triple(input_size)
         self.output_dim = output_dim
+        self.stem_stride = stem_stride
+        self.ceil_mode = bool(ceil_mode)
 
         half = width // 2
-        self.conv1 = nn.Conv3d(in_channels, half, 3, stride=2, padding=1, bias=False)
+        self.conv1 = nn.Conv3d(in_channels, half, 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm3d(half)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv3d(half, half, 3, padding=1, bias=False)
@@ -227,7 +258,7 @@ class ClipResNet3D(nn.Module):
         self.conv3 = nn.Conv3d(half, width, 3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm3d(width)
         self.act3 = nn.ReLU(inplace=True)
-        self.avgpool = AntiAliasPool3d(2)
+        self.avgpool = AntiAliasPool3d(2, self.ceil_mode)
 
         self._inplanes = width
         self.layer1 = self._make_layer(width, self.layers[0])
@@ -238,14 +269,14 @@ class ClipResNet3D(nn.Module):
         self.feature_dim = width * 32
         self.heads = heads if heads is not None else max(1, self.feature_dim // 64)
         self.attnpool = AttentionPool3d(
-            feature_grid(self.input_size), self.feature_dim, self.heads, output_dim
+            feature_grid(self.input_size, stem_stride, self.ceil_mode), self.feature_dim, self.heads, output_dim
         )
         for m in self.modules():
             if isinstance(m, Bottleneck3D):
                 nn.init.zeros_(m.bn3.weight)  # each residual branch starts as identity (as CLIP)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        mods = [Bottleneck3D(self._inplanes, planes, stride)]
+        mods = [Bottleneck3D(self._inplanes, planes, stride, self.ceil_mode)]
         self._inplanes = planes * Bottleneck3D.expansion
         mods += [Bottleneck3D(self._inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
@@ -319,16 +350,21 @@ class MonaiResNetEncoder(nn.Module):
 
 def clip_resnet50_3d(
     in_channels: int = 1,
-    embed_dim: int = 512,
+    embed_dim: int = PAPER_EMBED_DIM,
     input_size: int | Sequence[int] = PAPER_INPUT_SIZE,
     width: int = 64,
     **kwargs: Any,
 ) -> ClipResNet3D:
-    """MEDIMP's image encoder: 3D CLIP ResNet-50 (layers 3-4-6-3, width 64, input (z, y, x) 192x144x96)."""
+    """MEDIMP's image encoder: 3D CLIP ResNet-50 (layers 3-4-6-3, width 64, input (z, y, x) 192x144x96,
+    first convolution stride :data:`PAPER_STEM_STRIDE`, floor pools, 1024-d output)."""
+    kwargs.setdefault("stem_stride", PAPER_STEM_STRIDE)
+    kwargs.setdefault("ceil_mode", False)
     return ClipResNet3D((3, 4, 6, 3), embed_dim, in_channels, width, input_size, **kwargs)
 
 
-def _clip_resnet(default_layers: tuple[int, ...], default_width: int) -> Callable[..., nn.Module]:
+def _clip_resnet(default_layers: tuple[int, ...], default_width: int,
+                 default_stem_stride: int | tuple[int, int, int] = 2,
+                 default_ceil_mode: bool = True) -> Callable[..., nn.Module]:
     def factory(
         in_channels: int = 1,
         output_dim: int = 512,
@@ -336,8 +372,10 @@ def _clip_resnet(default_layers: tuple[int, ...], default_width: int) -> Callabl
         layers: Sequence[int] = default_layers,
         width: int = default_width,
         heads: int | None = None,
+        stem_stride: int | Sequence[int] = default_stem_stride,
+        ceil_mode: bool = default_ceil_mode,
     ) -> nn.Module:
-        return ClipResNet3D(layers, output_dim, in_channels, width, input_size, heads)
+        return ClipResNet3D(layers, output_dim, in_channels, width, input_size, heads, stem_stride, ceil_mode)
 
     return factory
 
@@ -350,7 +388,7 @@ def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "clip_resnet50_3d": _clip_resnet((3, 4, 6, 3), 64),
+    "clip_resnet50_3d": _clip_resnet((3, 4, 6, 3), 64, PAPER_STEM_STRIDE, False),
     "clip_resnet_tiny": _clip_resnet((1, 1, 1, 1), 8),
     "monai_resnet10": _monai_resnet(10),
     "monai_resnet18": _monai_resnet(18),
@@ -381,3 +419,46 @@ def build_image_encoder(
     except KeyError:
         raise ValueError(f"unknown image encoder {name!r}; available: {available_image_encoders()}") from None
     return factory(in_channels=in_channels, output_dim=output_dim, input_size=input_size, **kwargs)
+
+
+def count_flops(module: nn.Module, input_shape: Sequence[int]) -> float:
+    """Model FLOPs (2 x multiply-adds) of one forward pass on an input of ``input_shape`` (B, C, z, y, x):
+    every ``Conv3d`` and ``Linear`` plus the attention pool's two matrix products.
+
+    The pass runs on a copy of ``module`` on the meta device, so no memory is allocated and nothing is
+    computed: counting the paper encoder at its full input takes milliseconds.
+    """
+    import copy
+
+    meta = copy.deepcopy(module).to("meta")
+    total = 0.0
+
+    def conv(m, _inputs, out):
+        nonlocal total
+        total += 2.0 * math.prod(m.kernel_size) * m.in_channels / m.groups * out.numel()
+
+    def linear(m, inputs, _out):
+        nonlocal total
+        total += 2.0 * inputs[0].numel() / inputs[0].shape[-1] * m.in_features * m.out_features
+
+    def attention(_m, inputs, _out):
+        nonlocal total
+        b, c = inputs[0].shape[:2]
+        tokens = math.prod(inputs[0].shape[2:]) + 1
+        total += 2.0 * 2.0 * b * tokens * c  # one query: q.k over the tokens, then the weighted values
+
+    hooks = []
+    for m in meta.modules():
+        if isinstance(m, nn.Conv3d):
+            hooks.append(m.register_forward_hook(conv))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, AttentionPool3d):
+            hooks.append(m.register_forward_hook(attention))
+    try:
+        with torch.no_grad():
+            meta(torch.empty(*input_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total

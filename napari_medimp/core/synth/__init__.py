@@ -47,6 +47,20 @@ Kinetics (dcmri.conc_kidney_cm, kinetics='7C'; per mL parenchyma)
     30, 30 s).
   * at each exam: Fp = Fp0 (1 - 0.65 f)(1 - 0.25 i); Eg = Eg0 (1 - 0.55 f)(1 - 0.6 i); tubular transit
     times x (1 + f + 1.5 i) (delayed tubular phase); Tg, Tv x (1 + 0.3 f).
+  * compensatory hyperfiltration (setting ``hyperfiltration``, default 0.4; ``medimp synth
+    --hyperfiltration``): at the exams (first year) the remaining nephrons raise their filtration so
+    that the kinetic GFR recovers a share h of what structural damage took,
+    GFR = GFR_structural + h (GFR_undamaged - GFR_structural), through the extraction fraction (capped
+    at 0.5); structure (volume, cortical thickness, heterogeneity, transit times) still shows all the
+    damage. h is drawn per patient U(0, 2 x setting), capped at 0.95, because functional reserve differs
+    between people; by the outcome dates (2-4 years) the compensation is spent (maladaptive
+    hyperfiltration, Brenner et al., Kidney Int 1996;49:1774), so current creatinine hides part of the
+    future decline. Default 0.4: after living donation the remaining kidney makes up about 40 % of the
+    lost filtration (GFR ~70 % of the two-kidney value with 50 % of the nephrons; Lenihan et al., J Clin
+    Invest 2015;125:1311); serum creatinine stays normal over a wide range of lost nephron mass
+    (Shemesh et al., Kidney Int 1985;28:830). 0 is the null setting: GFR and creatinine show all the
+    damage and a perfect image reader adds little to them. ``ground_truth.json`` records h and
+    ``gfr_structural_ratio`` per exam.
   * GFR follows from the kinetics: single-kidney GFR [mL/min] = 60 Fp Eg V (the filtered flux of the
     7C model is Eg Fp ca; Fp is plasma flow so no haematocrit factor; dcmri.KidneyCortMed.export_params
     uses Eg / (1 - Eg) instead, i.e. reads Fp as post-glomerular flow - we follow the model equations);

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 EXAMS = ("D15", "D30", "M3", "M12")
 EXAM_DAYS = {"D15": 15, "D30": 30, "M3": 90, "M12": 365}
@@ -51,7 +51,7 @@ UMOL_PER_MG_DL = 88.42
 DAYS_PER_YEAR = 365.25
 
 # streams of the per-patient random generators
-_S_CLINICAL, _S_ANATOMY, _S_LAB, _S_MISSING = 0, 1, 2, 3
+_S_CLINICAL, _S_ANATOMY, _S_LAB, _S_MISSING, _S_RESERVE = 0, 1, 2, 3, 4
 _S_EXAM = 10
 S_FIELDS = 5
 S_RENDER = 20
@@ -89,8 +89,15 @@ class SynthSettings:
     p_missing_image: float = 0.07
     p_missing_lab: float = 0.04
     p_missing_demographic: float = 0.03
+    #: mean share of the filtration lost to structural damage that the remaining nephrons make up by
+    #: hyperfiltration at the first-year exams; each patient draws U(0, 2 x this), capped at 0.95
+    #: (renal functional reserve differs between people). 0 = none: GFR and creatinine show all the
+    #: damage, the null setting. Spent by the outcome dates.
+    hyperfiltration: float = 0.4
 
     def __post_init__(self):
+        if not 0.0 <= self.hyperfiltration <= 0.5:
+            raise ValueError(f"hyperfiltration must be in [0, 0.5] (a mean share), got {self.hyperfiltration}")
         if len(self.grid) != 3 or min(self.grid) < 4:
             raise ValueError(f"grid must be 3 sizes >= 4 (z, y, x), got {self.grid}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -183,18 +190,38 @@ def volume_at(patient: dict, day: float, fibrosis: float) -> float:
     return float(anat["volume_0_ml"] * growth * (1.0 - 0.35 * fibrosis))
 
 
-def kinetics_at(patient: dict, day: float) -> dict:
-    """Primary exam parameters at ``day``: kinetics, volume, thickness, heterogeneity."""
+#: single-nephron hyperfiltration cannot raise the glomerular extraction fraction above this
+MAX_EXTRACTION = 0.5
+
+
+def kinetics_at(patient: dict, day: float, compensated: bool = True) -> dict:
+    """Primary exam parameters at ``day``: kinetics, volume, thickness, heterogeneity.
+
+    ``compensated`` applies the patient's ``hyperfiltration`` share H (:class:`SynthSettings`): the
+    remaining nephrons raise their filtration so that the kinetic GFR recovers H of what structural
+    damage took (``GFR = GFR_structural + H (GFR_undamaged - GFR_structural)``, through the extraction
+    fraction, capped at :data:`MAX_EXTRACTION`). Structure (volume, cortical thickness, heterogeneity,
+    transit times) keeps showing all the damage. Exams use it; outcome dates do not (the compensation
+    is spent by then). ``gfr_structural_ratio`` is the uncompensated GFR over the undamaged one."""
     latent, k0 = patient["latent"], patient["kinetics_0"]
     f, inj = fibrosis_at(latent, day), injury_at(latent, day)
     tubular = 1.0 + 1.0 * f + 1.5 * inj
     vascular = 1.0 + 0.3 * f
+    volume = volume_at(patient, day, f)
+    fp, eg = k0["Fp"] * (1 - 0.65 * f) * (1 - 0.25 * inj), k0["Eg"] * (1 - 0.55 * f) * (1 - 0.6 * inj)
+    undamaged = k0["Fp"] * (1 - 0.25 * inj) * k0["Eg"] * (1 - 0.6 * inj) * volume_at(patient, day, 0.0)
+    ratio = fp * eg * volume / undamaged
+    h = float(patient.get("hyperfiltration", 0.0)) if compensated else 0.0
+    if h > 0 and ratio < 1.0:
+        eg = min(eg * (ratio + h * (1.0 - ratio)) / ratio, MAX_EXTRACTION)
     return {
         "day": day,
         "fibrosis": f,
         "injury": inj,
-        "Fp": k0["Fp"] * (1 - 0.65 * f) * (1 - 0.25 * inj),
-        "Eg": k0["Eg"] * (1 - 0.55 * f) * (1 - 0.6 * inj),
+        "gfr_structural_ratio": float(ratio),
+        "hyperfiltration": h,
+        "Fp": fp,
+        "Eg": eg,
         "fc": k0["fc"],
         "Tg": k0["Tg"] * vascular,
         "Tv": k0["Tv"] * vascular,
@@ -203,7 +230,7 @@ def kinetics_at(patient: dict, day: float) -> dict:
         "Tdt": k0["Tdt"] * tubular,
         "Tcd": k0["Tcd"] * tubular,
         "collecting_transit_s": k0["collecting_transit_s"] * (1 + 0.5 * f),
-        "kidney_volume_ml": volume_at(patient, day, f),
+        "kidney_volume_ml": volume,
         "cortical_thickness_mm": patient["anatomy"]["cortical_thickness_0_mm"] * (1 - 0.5 * f),
         "heterogeneity": float(min(1.0, 0.1 + 1.2 * f + 0.5 * inj)),
     }
@@ -419,7 +446,7 @@ def _place(patient: dict) -> None:
     anat = patient["anatomy"]
     s = 1.0 if anat["side"] == "right" else -1.0
     days = [EXAM_DAYS[e] for e in EXAMS]
-    biggest = max(derive(patient, kinetics_at(patient, d))["semi_axes_mm"][0] for d in days)
+    biggest = max(derive(patient, kinetics_at(patient, d, compensated=False))["semi_axes_mm"][0] for d in days)
     semi = np.array([biggest, biggest * anat["shape_b"], biggest * anat["shape_c"]])
     rotation = np.asarray(anat["rotation"])
     half = _ellipsoid_half_extent(rotation, semi)
@@ -483,7 +510,7 @@ def _lab_and_outcomes(rng: np.random.Generator, settings: SynthSettings, patient
         values, gfrs = [], []
         for offset in (-60.0, 0.0, 60.0):
             day = target + offset
-            gfr = derive(patient, kinetics_at(patient, day))["gfr"]
+            gfr = derive(patient, kinetics_at(patient, day, compensated=False))["gfr"]
             gfrs.append(gfr)
             values.append(creat(gfr, day) * _lognormal(rng, 0.05))
         lost = lost or gfrs[1] < settings.graft_loss_gfr
@@ -532,7 +559,9 @@ def sample_patient(seed: int, index: int, settings: SynthSettings | None = None)
     settings = settings or SynthSettings()
     rng = rng_for(seed, index, _S_CLINICAL)
     demo = _demographics(rng)
-    patient: dict[str, Any] = {"patient_id": patient_id(index), "index": int(index), "seed": int(seed), **demo}
+    reserve = rng_for(seed, index, _S_RESERVE).uniform(0.0, 2.0)
+    patient: dict[str, Any] = {"patient_id": patient_id(index), "index": int(index), "seed": int(seed), **demo,
+                               "hyperfiltration": float(min(settings.hyperfiltration * reserve, 0.95))}
     patient["latent"] = _latent(rng, demo["donor_age"], demo["donor_type"] == "deceased")
     patient["latent_progression"] = patient["latent"]["progression"]
     patient["kinetics_0"] = _kinetics0(rng, demo["donor_age"])
