@@ -2,9 +2,10 @@
 
     python benchmarks/bench_inference.py [--repeat 3] [--threads N] [--skip-paper]
 
-1. Paper-size image encoder (3D CLIP ResNet-50, input (z, y, x) 192x144x96) forward on this CPU:
-   plain eager fp32 vs the Predictor's path (inference mode + its CPU memory format), against the
-   bound set by the machine's measured fp32 matmul peak (model FLOPs / peak FLOP/s).
+1. MEDIMP's image encoder (3D CLIP ResNet-50, input (z, y, x) 192x144x96, stem stride (2, 2, 1)) forward
+   on this CPU: plain eager fp32 vs the Predictor's path (inference mode + its CPU memory format), against
+   the bound set by the machine's measured fp32 matmul peak (model FLOPs / peak FLOP/s). Its FLOPs and
+   parameters are printed beside the paper's figures (403.1 GFLOP, 61.2 M).
 2. Compact model file -> embedding + prognosis for one exam (load excluded, preprocessing included).
 3. Grad-CAM, Grad-CAM++ and occlusion time relative to one forward of the compact model.
 4. Cache hit time for an exam already embedded.
@@ -38,35 +39,14 @@ def matmul_peak_flops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / seconds
 
 
-def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Multiply-adds x 2 of every Conv3d and Linear for one forward (attention matmuls are minor)."""
-    total = 0.0
-
-    def conv_hook(module, _inp, out):
-        nonlocal total
-        k = np.prod(module.kernel_size) * module.in_channels / module.groups
-        total += 2.0 * k * out.numel()
-
-    def linear_hook(module, inp, _out):
-        nonlocal total
-        total += 2.0 * inp[0].numel() / inp[0].shape[-1] * module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return total
-
-
 def bench_paper_encoder(repeat: int) -> list[tuple[str, str]]:
     from napari_medimp.core.inference import prepare_for_device
-    from napari_medimp.core.models import PAPER_INPUT_SIZE, clip_resnet50_3d
+    from napari_medimp.core.models import PAPER_INPUT_SIZE, clip_resnet50_3d, count_flops
 
-    encoder = clip_resnet50_3d(in_channels=1, embed_dim=512, input_size=PAPER_INPUT_SIZE).eval()
+    encoder = clip_resnet50_3d(in_channels=1, input_size=PAPER_INPUT_SIZE).eval()
     x = torch.randn(1, 1, *PAPER_INPUT_SIZE)
-    flops = conv_flops(encoder, x)
+    flops = count_flops(encoder, tuple(x.shape))
+    params = sum(p.numel() for p in encoder.parameters())
     peak = matmul_peak_flops()
 
     def eager():
@@ -87,7 +67,8 @@ def bench_paper_encoder(repeat: int) -> list[tuple[str, str]]:
     t_ours = timed(ours, repeat)
     bound = flops / peak
     return [
-        ("paper encoder: model FLOPs per exam", f"{flops / 1e9:.1f} GFLOP"),
+        ("paper encoder: model FLOPs per exam (paper: 403.1)", f"{flops / 1e9:.1f} GFLOP"),
+        ("paper encoder: parameters (paper: 61.2 M)", f"{params / 1e6:.2f} M, feature grid {encoder.grid}"),
         ("machine fp32 matmul peak (2048^3 sgemm)", f"{peak / 1e9:.1f} GFLOP/s"),
         ("paper encoder: FLOP bound (FLOPs / peak)", f"{bound:.2f} s"),
         ("paper encoder: plain eager fp32 forward", f"{t_eager:.2f} s ({t_eager / bound:.2f}x bound)"),
@@ -101,17 +82,18 @@ def bench_compact(repeat: int) -> list[tuple[str, str]]:
     from napari_medimp.core.inference import EmbeddingCache, Predictor
     from napari_medimp.core.models import ModelConfig, build_model
     from napari_medimp.core.preprocess import PreprocessConfig
-    from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS
-    from napari_medimp.core.prompts import TEMPLATE_VERSION
+    from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS, head_key
+    from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
     from napari_medimp.core.saliency import PrognosisTarget, compute_saliency, model_grid_map
     from napari_medimp.core.synth import simulate_exam
 
     preprocessing = PreprocessConfig()
     config = ModelConfig(image_encoder="monai_resnet10", input_size=preprocessing.input_size, embed_dim=128)
     model = build_model(config).eval()
-    dim = config.embed_dim + 4
-    heads = {h: PrognosisHead(h, np.zeros(dim), np.ones(dim), np.full(dim, 0.01), 0.0, features=FEATURES_ID)
-             for h in HORIZONS}
+    dim = config.embed_dim
+    heads = {head_key("image", v, h): PrognosisHead(h, np.zeros(dim), np.ones(dim), np.full(dim, 0.01), 0.0,
+                                                    features=FEATURES_ID, kind="image", visit=v)
+             for h in HORIZONS for v in EXAMS}
     volume = simulate_exam(seed=1, exam="D30").volume
     with tempfile.TemporaryDirectory() as folder:
         path = save_model(Path(folder) / "compact", model, preprocessing=preprocessing.to_dict(),
@@ -141,7 +123,7 @@ def bench_compact(repeat: int) -> list[tuple[str, str]]:
             ("compact model: exam -> embedding + prognosis", f"{t_end_to_end:.3f} s"),
             ("compact model: one image forward", f"{t_forward:.3f} s"),
         ]
-        target = PrognosisTarget(predictor.model, predictor.loaded.prognosis["2y"], "D30")
+        target = PrognosisTarget(predictor.model, predictor.prognosis_head("image", "D30", "2y"), "D30")
         layer = f"model.{predictor.model.gradcam_layer}"
         for method in ("gradcam", "gradcam++", "occlusion"):
             t_map = timed(lambda m=method: model_grid_map(target, batch, m, layer), 1 if method == "occlusion" else repeat)

@@ -81,8 +81,19 @@ def test_prognosis_bars_and_reference_line():
     assert [b.get_height() for b in ax.patches] == pytest.approx([0.2, 0.55, 0.95])
     assert ax.get_ylim() == (0.0, 1.0)
     assert any(np.allclose(line.get_ydata(), 0.5) for line in ax.lines)
-    assert {"0.20", "0.55", "0.95"} <= set(_texts(ax))
+    assert {"20%", "55%", "95%"} <= set(_texts(ax))  # the same percent as the text beside the plot
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2 years", "3 years", "4 years"]
+
+
+def test_prognosis_bars_with_clinical_values_and_the_reference():
+    ax = _axes()
+    plot_prognosis(ax, PROGNOSIS, with_clinical={"2y": 0.3, "3y": 0.6, "4y": 0.9},
+                   clinical_only={"2y": 0.4, "3y": 0.5, "4y": 0.7})
+    assert len(ax.patches) == 9
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["images (MEDIMP)", "images + clinical",
+                                                                  "clinical only"]
+    heights = sorted(round(b.get_height(), 2) for b in ax.patches)
+    assert heights == sorted([0.2, 0.55, 0.95, 0.3, 0.6, 0.9, 0.4, 0.5, 0.7])
 
 
 def test_prognosis_empty_says_so():

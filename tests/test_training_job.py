@@ -208,6 +208,12 @@ def test_evaluation_command_and_child_environment(tmp_path):
     assert command[command.index("--splits") + 1] == "2"
     with pytest.raises(ValueError):
         tj.evaluation_command("m", "c", tmp_path, splits=1)
+    assert tj.evaluation_command("m", "c", tmp_path, allow_overlap=True)[-1] == "--allow-overlap"
+    # no evaluation cohort chosen (or the training one again): in-sample, and said so
+    train = tmp_path / "train"
+    assert tj.evaluation_cohort("", train) == (train, True)
+    assert tj.evaluation_cohort(str(train / "clinical.csv"), train / "clinical.csv") == (train, True)
+    assert tj.evaluation_cohort(str(tmp_path / "other"), train) == (tmp_path / "other", False)
     env = tj.child_environment({"PYTHONPATH": "/elsewhere"})
     root = str(tj.source_root())
     assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"]
@@ -309,10 +315,9 @@ def test_exit_codes_in_words():
 # --------------------------------------------------------------------------------------------------
 # evaluation table
 # --------------------------------------------------------------------------------------------------
-EVALUATION_CSV = """feature_set,horizon,n_patients,n_positive,n_splits,n_folds,n_auc_skipped,auc_mean,auc_std,f1_mean,f1_std,status,message
-MEDIMP,2y,4,2,2,4,0,0.625,0.25,0.5,0.5,ok,
-MEDIMP,mean,,,,,,0.625,,0.5,,ok,
-clinical values only,2y,3,2,0,0,0,,,,,not enough patients,"not enough patients: 2 positive and 1 negative"
+EVALUATION_CSV = """feature_set,horizon,n_patients,n_positive,auc,auc_low,auc_high,f1,f1_low,f1_high,brier,brier_low,brier_high,status,message
+MEDIMP,2y,40,20,0.625,0.5,0.75,0.5,0.4,0.6,0.2,0.1,0.3,ok,
+clinical values only,2y,,,,,,,,,,,,not enough patients,"not enough patients: 2 positive and 1 negative"
 """
 
 
@@ -320,14 +325,16 @@ def test_evaluation_table_is_read_with_types(tmp_path):
     (tmp_path / "evaluation.csv").write_text(EVALUATION_CSV)
     rows = tj.read_evaluation_table(tmp_path)  # the folder or the file
     assert rows == tj.read_evaluation_table(tmp_path / "evaluation.csv")
-    assert len(rows) == 3
-    assert rows[0]["n_patients"] == 4 and rows[0]["auc_mean"] == 0.625 and rows[0]["feature_set"] == "MEDIMP"
-    assert rows[1]["n_patients"] is None and rows[2]["auc_mean"] is None
+    assert len(rows) == 2
+    assert rows[0]["n_patients"] == 40 and rows[0]["auc"] == 0.625 and rows[0]["feature_set"] == "MEDIMP"
+    assert rows[1]["n_patients"] is None and rows[1]["auc"] is None
     cells = tj.evaluation_display_rows(rows)
-    assert cells[0][0] == ["MEDIMP", "2y", "0.62 ± 0.25", "0.50 ± 0.50", "4 (2 pos.)", "ok"]
-    assert cells[1][0][2] == "0.62" and cells[1][0][4] == ""
-    assert cells[2][0][2] == "–" and "2 positive" in cells[2][1]
+    assert cells[0][0] == ["MEDIMP", "2y", "0.62 [0.50-0.75]", "0.50", "40 (20 pos.)", "ok"]
+    assert cells[1][0][2] == "–" and cells[1][0][4] == "" and "2 positive" in cells[1][1]
     assert len(tj.DISPLAY_COLUMNS) == len(cells[0][0])
+    # a table of the first release (fold mean and std) still reads
+    old = {"feature_set": "MEDIMP", "horizon": "2y", "auc_mean": 0.7, "auc_std": 0.1, "f1_mean": 0.6}
+    assert tj.evaluation_display_rows([old])[0][0][2:4] == ["0.70 ± 0.10", "0.60"]
 
 
 def test_evaluation_table_problems(tmp_path):
@@ -339,14 +346,18 @@ def test_evaluation_table_problems(tmp_path):
 
 
 def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
-    from src_train.evaluate import evaluate_feature_sets, write_csv
+    from src_train.evaluate import ClinicalTable, EmbeddingSource, FeatureSet, evaluate, write_csv
 
     rng = np.random.default_rng(0)
-    labels = {"2y": np.array([0, 1] * 5)}
-    table = evaluate_feature_sets({"MEDIMP": rng.normal(size=(10, 3))}, labels, n_splits=2, n_repeats=1)
-    rows = tj.read_evaluation_table(write_csv(table, tmp_path / "evaluation.csv"))
-    assert [r["horizon"] for r in rows] == ["2y", "mean"]
-    assert isinstance(rows[0]["auc_mean"], float) and rows[0]["n_patients"] == 10
+    pats = [f"P{i}" for i in range(12)]
+    source = EmbeddingSource({p: {"D30": rng.normal(size=3)} for p in pats})
+    table = ClinicalTable({}, {p: ["D30"] for p in pats})
+    result = evaluate([FeatureSet("MEDIMP", "image", source)], table, pats, {"2y": np.array([0.0, 1.0] * 6)},
+                      n_splits=2, n_repeats=1, n_boot=20)
+    rows = tj.read_evaluation_table(write_csv(result.table, tmp_path / "evaluation.csv"))
+    assert [r["horizon"] for r in rows] == ["2y"]
+    assert isinstance(rows[0]["auc"], float) and rows[0]["n_patients"] == 12
+    assert tj.evaluation_display_rows(rows)[0][0][2].count("[") == 1
 
 
 def test_module_needs_no_qt():

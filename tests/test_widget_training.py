@@ -402,8 +402,8 @@ import pathlib, sys
 out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
 out.mkdir(parents=True, exist_ok=True)
 (out / "evaluation.csv").write_text(
-    "feature_set,horizon,n_patients,n_positive,auc_mean,auc_std,f1_mean,f1_std,status,message\n"
-    "MEDIMP,2y,10,4,0.75,0.1,0.6,0.2,ok,\n")
+    "feature_set,horizon,n_patients,n_positive,auc,auc_low,auc_high,f1,status,message\n"
+    "MEDIMP,2y,10,4,0.75,0.65,0.85,0.6,ok,\n")
 print("| feature_set | horizon |")
 """
 
@@ -429,7 +429,7 @@ def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot
     assert phases == [("train", 0), ("evaluate", 0)]
     assert commands == [(model, tmp_path / "cohort", tmp_path / "evaluation", 4, 3)]
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 2
-    assert [widget.table.item(0, c).text() for c in range(3)] == ["MEDIMP", "2y", "0.75 ± 0.10"]
+    assert [widget.table.item(0, c).text() for c in range(3)] == ["MEDIMP", "2y", "0.75 [0.65-0.85]"]
     assert widget.use_button.isEnabled() and widget.model_path == model
     assert widget.status_label.text().startswith("done: model") and not notes["error"]
     assert len(widget._train_line.get_xdata()) == 2 and len(widget._val_line.get_xdata()) == 1

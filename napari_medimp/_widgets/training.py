@@ -268,7 +268,21 @@ class TrainingWidget(QWidget):
 
         # evaluation ----------------------------------------------------------------------------------
         evaluation = QGroupBox("Evaluation after training")
-        row = QHBoxLayout(evaluation)
+        column = QVBoxLayout(evaluation)
+        cohort_row = QHBoxLayout()
+        self.eval_cohort_edit = QLineEdit()
+        self.eval_cohort_edit.setPlaceholderText("other patients' cohort (empty: the training patients, in-sample)")
+        self.eval_cohort_edit.setToolTip("a cohort of patients the model never saw: its numbers are a result. Left "
+                                         "empty, the model is evaluated on its own training patients and the "
+                                         "table is marked in-sample")
+        self.eval_cohort_button = QPushButton("Browse...")
+        self.eval_cohort_button.clicked.connect(self._browse_eval_cohort)
+        cohort_row.addWidget(QLabel("Cohort"))
+        cohort_row.addWidget(self.eval_cohort_edit, 1)
+        cohort_row.addWidget(self.eval_cohort_button)
+        column.addLayout(cohort_row)
+        row = QHBoxLayout()
+        column.addLayout(row)
         self.splits_spin = QSpinBox()
         self.splits_spin.setRange(2, 20)
         self.splits_spin.setValue(3)
@@ -586,6 +600,13 @@ class TrainingWidget(QWidget):
             self.cohort_edit.setText(path)
 
     @_slot
+    def _browse_eval_cohort(self, *_) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Evaluation cohort: patients the model never saw",
+                                                  self._browse_start(self.eval_cohort_edit))
+        if folder:
+            self.eval_cohort_edit.setText(folder)
+
+    @_slot
     def _browse_out(self, *_) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Output folder of the run",
                                                   self._browse_start(self.out_edit))
@@ -860,11 +881,14 @@ class TrainingWidget(QWidget):
 
     def _start_evaluation(self) -> None:
         out = self._run_out / "evaluation"
-        command = tj.evaluation_command(self.model_path, self._run_cohort, out, self.splits_spin.value(),
-                                        self.repeats_spin.value())
+        cohort, in_sample = tj.evaluation_cohort(self.eval_cohort_edit.text(), self._run_cohort)
+        self._evaluation_in_sample = in_sample
+        command = tj.evaluation_command(self.model_path, cohort, out, self.splits_spin.value(),
+                                        self.repeats_spin.value(), allow_overlap=in_sample)
         self._launch("evaluate", command)
-        self._set_status(f"training finished; evaluating the model ({self.splits_spin.value()}-fold CV, "
-                         f"{self.repeats_spin.value()} repeats)...")
+        where = "its own training patients (in-sample)" if in_sample else f"the patients of {cohort}"
+        self._set_status(f"training finished; evaluating the model on {where} ({self.splits_spin.value()}-fold "
+                         f"CV, {self.repeats_spin.value()} repeats)...")
 
     def _evaluation_finished(self, code: int, crashed: bool, cancelled: bool, message: str) -> None:
         self.use_button.setEnabled(self.model_path is not None)
@@ -878,6 +902,10 @@ class TrainingWidget(QWidget):
                 return
             self._fill_table(self.evaluation_rows)
             self._set_status(f"done: model {self.model_path}; evaluation in {self._run_out / 'evaluation'}")
+            if getattr(self, "_evaluation_in_sample", False):
+                self._set_status(f"done: model {self.model_path}. IN-SAMPLE table: evaluated on the training "
+                                 "patients, so these numbers are not a result; choose an evaluation cohort of "
+                                 "other patients", error=True)
             show_info("MEDIMP training and evaluation finished")
             return
         self._end_task("CANCELLED" if cancelled else "FAILED", "evaluation ended")

@@ -369,14 +369,32 @@ class TrainingOptions:
 
 
 def evaluation_command(model: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike,
-                       splits: int = 3, repeats: int = 2, python: str = sys.executable) -> list[str]:
-    """``python -m src_train evaluate ... --write-heads`` (prognosis heads go into the model file)."""
+                       splits: int = 3, repeats: int = 2, python: str = sys.executable,
+                       allow_overlap: bool = False) -> list[str]:
+    """``python -m src_train evaluate ... --write-heads`` (prognosis heads go into the model file);
+    ``allow_overlap`` for an in-sample evaluation on the training patients (its table says so)."""
     if int(splits) < 2:
         raise ValueError("cross-validation needs at least 2 splits")
     if int(repeats) < 1:
         raise ValueError("at least 1 repeat")
     return [python, "-m", "src_train", "evaluate", "--model", str(model), "--cohort", str(cohort),
-            "--out", str(out), "--splits", str(int(splits)), "--repeats", str(int(repeats)), "--write-heads"]
+            "--out", str(out), "--splits", str(int(splits)), "--repeats", str(int(repeats)), "--write-heads",
+            *(["--allow-overlap"] if allow_overlap else [])]
+
+
+def evaluation_cohort(chosen: str | os.PathLike | None, training_cohort: str | os.PathLike) -> tuple[Path, bool]:
+    """(cohort folder to evaluate on, whether that is in-sample): the chosen cohort of other patients, or
+    the training cohort (in-sample) when none is chosen or it is the training cohort itself. A chosen
+    ``clinical.csv`` stands for its folder."""
+    train = Path(training_cohort)
+    train = train.parent if train.suffix.lower() == ".csv" else train
+    text = str(chosen or "").strip()
+    if not text:
+        return train, True
+    path = Path(text).expanduser()
+    path = path.parent if path.suffix.lower() == ".csv" else path
+    same = path.resolve() == train.resolve()
+    return path, same
 
 
 def source_root() -> Path | None:
@@ -670,10 +688,16 @@ def read_evaluation_table(path: str | os.PathLike) -> list[dict]:
 
 
 #: headers of the table the dialog shows (see :func:`evaluation_display_rows`)
-DISPLAY_COLUMNS = ("feature set", "horizon", "AUC", "F1", "patients", "status")
+DISPLAY_COLUMNS = ("feature set", "horizon", "AUC [95 % CI]", "F1", "patients", "status")
 
 
-def _mean_std(row: Mapping[str, Any], name: str) -> str:
+def _estimate(row: Mapping[str, Any], name: str) -> str:
+    """"0.82 [0.74-0.89]" from an evaluation table row (estimate and bootstrap interval); tables of the
+    first release (fold mean and std) read "0.82 ± 0.05"."""
+    value = row.get(name)
+    if _finite(value):
+        low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+        return f"{value:.2f} [{low:.2f}-{high:.2f}]" if _finite(low) and _finite(high) else f"{value:.2f}"
     mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
     if not _finite(mean):
         return "–"
@@ -686,7 +710,8 @@ def evaluation_display_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[lis
     for row in rows:
         n, pos = row.get("n_patients"), row.get("n_positive")
         patients = f"{n} ({pos} pos.)" if _is_int(n) and _is_int(pos) else ("" if n is None else str(n))
-        cells = [str(row.get("feature_set") or ""), str(row.get("horizon") or ""), _mean_std(row, "auc"),
-                 _mean_std(row, "f1"), patients, str(row.get("status") or "")]
+        f1 = row.get("f1") if _finite(row.get("f1")) else row.get("f1_mean")
+        cells = [str(row.get("feature_set") or ""), str(row.get("horizon") or ""), _estimate(row, "auc"),
+                 f"{f1:.2f}" if _finite(f1) else "–", patients, str(row.get("status") or "")]
         out.append((cells, str(row.get("message") or "")))
     return out
