@@ -16,19 +16,27 @@ def test_demo_card_facts_say_synthetic_with_its_cv_auc():
     facts = card_facts(card)
     assert facts["synthetic"] and facts["name"] == "medimp-demo"
     assert facts["horizons"] == ["2y", "3y", "4y"]
-    auc = {row["horizon"]: row["auc_mean"] for row in card["metrics"]["evaluation"] if row["feature_set"] == "MEDIMP"}
-    assert list(facts["cv_auc"]) == ["2y", "3y", "4y", "mean"]
-    assert facts["cv_auc"]["2y"][0] == auc["2y"] and facts["cv_auc"]["mean"][1] is None
+    rows = {row["horizon"]: row for row in card["metrics"]["evaluation"] if row["feature_set"] == "MEDIMP"}
+    assert list(facts["cv_auc"]) == ["2y", "3y", "4y"]
+    assert facts["cv_auc"]["2y"] == (rows["2y"]["auc"], rows["2y"]["auc_low"], rows["2y"]["auc_high"])
+    assert facts["head_kinds"] == ["clinical", "image", "image+clinical"]
     assert facts["sha256"] == card["weights"]["sha256"][:12]
     text = facts_text(facts)
-    assert "2y 0.88 ± 0.07" in text and text.endswith("say nothing about a real patient.")
+    r = rows["2y"]
+    assert f"2y {r['auc']:.2f} [{r['auc_low']:.2f}-{r['auc_high']:.2f}]" in text
+    assert "on unseen patients" in text and text.endswith("say nothing about a real patient.")
+    # the card says who trained the model and on whom its heads were fitted: different patients
+    seen = card["training"]["patients_seen"]
+    assert seen["cohort"] == "synthetic seed 2023" and len(seen["pretraining"]) + len(seen["checkpoint_selection"]) == 100
+    assert card["training"]["prognosis_heads_data"]["cohort"] == "synthetic seed 2024"
+    assert card["metrics"]["evaluation_protocol"]["in_sample_warning"] is None
 
 
 def test_a_card_without_synthetic_data_or_metrics(tmp_path):
     card = json.loads(make_model_file(tmp_path).with_suffix(".json").read_text())
     facts = card_facts(card)
     assert not facts["synthetic"] and facts["cv_auc"] == {}
-    assert "No cross-validated AUC recorded" in facts_text(facts)
+    assert "No AUC on unseen patients recorded" in facts_text(facts)
     assert "SYNTHETIC" not in facts_text(facts)
     # loaded-model facts and cards are read the same way
     assert is_synthetic({"training_data": "Synthetic cohort"})

@@ -101,6 +101,21 @@ def test_predict_uses_the_clinical_table(small_cohort, tiny_model, tmp_path):
     for exam in result["exams"]:
         gfr = [v for k, v in exam.items() if k.startswith("gfr_")]
         assert sum(gfr) == pytest.approx(1.0, abs=1e-3)
+    # each exam is read from the patient's exams so far; the patient's row is the latest reading
+    from napari_medimp.core.prompts import EXAMS
+
+    for exam in result["exams"]:
+        used = exam["reading_exams"].split("+")
+        assert used[-1] == exam["exam"] == exam["reading_visit"]
+        assert used == [e for e in EXAMS if e in used] and all(EXAMS.index(e) <= EXAMS.index(exam["exam"])
+                                                             for e in used)
+        for h in ("2y", "3y", "4y"):
+            for column in ("p_dysfunction_{}", "p_dysfunction_with_clinical_{}", "p_dysfunction_clinical_only_{}"):
+                assert 0 <= exam[column.format(h)] <= 1
+        assert "gfr" in exam["clinical_values_used"].split("+")  # from clinical.csv
+    for patient in result["patients"]:
+        last = [e for e in result["exams"] if e["id"].startswith(patient["patient"] + "/")][-1]
+        assert patient["reading_visit"] == last["exam"]
 
 
 def test_predict_single_file_with_typed_values(small_cohort, tiny_model, tmp_path, capsys):
@@ -111,6 +126,16 @@ def test_predict_single_file_with_typed_values(small_cohort, tiny_model, tmp_pat
     assert code == 0
     header, row = out.read_text().splitlines()[:2]
     assert "p_dysfunction_4y" in header and "low" in row and "M3" in row
+    assert "p_dysfunction_with_clinical_4y" in header and "p_dysfunction_clinical_only_2y" in header
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert values["clinical_values_used"] == "donor_age+gfr" and values["reading_exams"] == "M3"
+    # a lower typed GFR raises the reading that uses it, not the image-only one
+    code = main(["predict", str(image), "--model", str(tiny_model), "--exam", "M3", "--gfr", "12",
+                 "--donor-age", "70", "--out", str(tmp_path / "low.csv")])
+    header, low_row = (tmp_path / "low.csv").read_text().splitlines()[:2]
+    low = dict(zip(header.split(","), low_row.split(","), strict=True))
+    assert low["p_dysfunction_4y"] == values["p_dysfunction_4y"]
+    assert float(low["p_dysfunction_with_clinical_4y"]) > float(values["p_dysfunction_with_clinical_4y"])
     # absurd clinical values: a clear message, no traceback
     code = main(["predict", str(image), "--model", str(tiny_model), "--gfr", "900", "--out", str(out)])
     assert code == 1

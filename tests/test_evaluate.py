@@ -223,3 +223,13 @@ def test_markdown_table_and_csv(tmp_path):
     text = ev.to_markdown_table(df)
     assert "a\\|b" in text and "0.812" in text
     assert ev.write_csv(df, tmp_path / "x" / "t.csv").read_text().startswith("feature_set,auc")
+
+
+def test_clinical_table_in_other_units_is_refused_with_the_conversion():
+    from src_train.cli import clinical_values
+
+    rows = {"P1": {"patient_id": "P1", "donor_age": "50", "gfr_D15": "40", "creatinine_D15": "1.4"}}
+    with pytest.raises(ValueError, match="patient P1, D15: creatinine .*look like mg/dL.*88.42"):
+        clinical_values(rows, ["P1"])
+    rows["P1"]["creatinine_D15"] = "124"
+    assert clinical_values(rows, ["P1"])["P1"]["D30"].creatinine_latest == 124.0

