@@ -70,16 +70,19 @@ def _cmd_train(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
-def exam_embeddings(predictor, cohort: Path, patients: list[str], label: str = "") -> dict[str, dict[str, np.ndarray]]:
-    """{patient: {exam: unit-norm embedding}} of every exam image of the cohort's listed patients."""
+def exam_embeddings(predictors: dict, cohort: Path, patients: list[str]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """{name: {patient: {exam: unit-norm embedding}}} of every exam image of the cohort's listed patients,
+    for each named predictor; each exam is read and prepared once per distinct preprocessing."""
     from napari_medimp.core.io import load_dce
     from napari_medimp.core.io.cohort import cohort_exams
 
-    out: dict[str, dict[str, np.ndarray]] = {p: {} for p in patients}
-    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in out]
+    out = {name: {p: {} for p in patients} for name in predictors}
+    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in set(patients)]
     for n, (patient, exam, folder) in enumerate(exams, 1):
-        out[patient][exam.upper()] = predictor.embed_image(load_dce(folder)).vector
-        print(f"\rembedding {n}/{len(exams)} exams {label}", end="", file=sys.stderr, flush=True)
+        volume = load_dce(folder)
+        for name, predictor in predictors.items():
+            out[name][patient][exam.upper()] = predictor.embed_image(volume).vector
+        print(f"\rembedding {n}/{len(exams)} exams", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return out
 
@@ -196,9 +199,12 @@ def _cmd_evaluate(args) -> int:
 
     loaded = load_model(args.model)
     predictor = Predictor(loaded, device=args.device)
-    medimp = exam_embeddings(predictor, cohort, patients, "(MEDIMP)")
-    untrained = exam_embeddings(Predictor(_untrained(loaded, args.seed), device=args.device), cohort, patients,
-                                "(untrained encoder)")
+    predictors = {"MEDIMP": predictor, "untrained": Predictor(_untrained(loaded, args.seed), device=args.device)}
+    ablations = [spec.partition("=")[::2] for spec in args.ablation or []]
+    for name, path in ablations:
+        predictors[f"MEDIMP [{name}]"] = Predictor.from_file(path, device=args.device)
+    embeddings = exam_embeddings(predictors, cohort, patients)
+    medimp, untrained = embeddings["MEDIMP"], embeddings["untrained"]
     images = {p: list(ex) for p, ex in medimp.items()}
     clinical = ClinicalTable(clinical_by_visit, images)
     source = EmbeddingSource(medimp)
@@ -210,10 +216,8 @@ def _cmd_evaluate(args) -> int:
         oracle = OracleSource(_json.loads(truth_path.read_text()), images)
         sets += [FeatureSet("oracle image reader", "image", oracle),
                  FeatureSet("oracle + clinical", "image+clinical", oracle)]
-    for spec in args.ablation or []:
-        name, _, path = spec.partition("=")
-        other = exam_embeddings(Predictor.from_file(path, device=args.device), cohort, patients, f"({name})")
-        sets.append(FeatureSet(f"MEDIMP [{name}]", "image", EmbeddingSource(other)))
+    for name, _ in ablations:
+        sets.append(FeatureSet(f"MEDIMP [{name}]", "image", EmbeddingSource(embeddings[f"MEDIMP [{name}]"])))
 
     def progress(text: str) -> None:
         print(f"\rcross-validation {text}      ", end="", file=sys.stderr, flush=True)
