@@ -42,7 +42,7 @@ def is_synthetic(model: Mapping) -> bool:
 
 
 def card_facts(card: dict) -> dict[str, Any]:
-    """name, image encoder, training data statement, synthetic flag, CV AUC per horizon, prognosis
+    """name, image encoder, training data statement, synthetic flag, AUC on unseen patients (estimate, 95 % interval) per horizon, prognosis
     horizons, licence and the first 12 hex digits of the weights' sha256."""
     training = card.get("training") or {}
     return {
