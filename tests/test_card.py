@@ -45,3 +45,11 @@ def test_a_card_without_synthetic_data_or_metrics(tmp_path):
     # a model trained by `medimp train` on a generated cohort records the generator
     assert is_synthetic({"training": {"data": "cohort c", "data_generator": "napari_medimp.core.synth 1.0.0"}})
     assert is_synthetic({"training_data": "cohort c", "synthetic": True})
+
+
+def test_an_in_sample_evaluation_is_never_shown_as_unseen_patients():
+    card = {"metrics": {"evaluation": [{"feature_set": "MEDIMP", "horizon": "2y", "auc": 0.9, "auc_low": 0.8,
+                                        "auc_high": 0.95}],
+                        "evaluation_protocol": {"in_sample_warning": "WARNING: in-sample table: ..."}}}
+    text = facts_text(card_facts(card))
+    assert "in-sample, not a result" in text and "unseen" not in text

@@ -51,6 +51,7 @@ def card_facts(card: dict) -> dict[str, Any]:
         "training_data": training.get("data") or "not recorded",
         "synthetic": is_synthetic(card),
         "cv_auc": cv_auc(card),
+        "in_sample": bool(((card.get("metrics") or {}).get("evaluation_protocol") or {}).get("in_sample_warning")),
         "horizons": sorted({str(d.get("horizon") or k) for k, d in (card.get("prognosis") or {}).items()
                             if isinstance(d, Mapping)}),
         "head_kinds": sorted({str(d.get("kind") or "image") for d in (card.get("prognosis") or {}).values()
@@ -67,7 +68,10 @@ def facts_text(facts: dict[str, Any]) -> str:
     if facts["cv_auc"]:
         aucs = ", ".join(f"{h} {m:.2f}" + (f" [{lo:.2f}-{hi:.2f}]" if lo is not None and hi is not None else "")
                          for h, (m, lo, hi) in facts["cv_auc"].items())
-        lines.append(f"AUC of the image-only reading on unseen patients: {aucs}")
+        if facts.get("in_sample"):
+            lines.append(f"AUC measured on its own training patients (in-sample, not a result): {aucs}")
+        else:
+            lines.append(f"AUC of the image-only reading on unseen patients: {aucs}")
     else:
         lines.append("No AUC on unseen patients recorded")
     lines.append("Prognosis heads: " + (", ".join(facts["horizons"]) if facts["horizons"] else "none"))
