@@ -862,6 +862,10 @@ class TrainingWidget(QWidget):
         if killed:
             text = (f"training killed {self._kill_reason}; the last checkpoint written at the end of an "
                     "epoch (if any) is kept")
+        elif cancelled and crashed and p.step:
+            checkpoint = self._run_out / tj.CHECKPOINT_FILE
+            text = (f"training process ended abnormally while stopping at step {p.step}; "
+                    + (f"the last checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint was saved"))
         elif cancelled and crashed:
             text = "training cancelled before its first step; nothing was saved"
         elif not crashed and code == 0:
