@@ -77,7 +77,8 @@ def exam_embeddings(predictors: dict, cohort: Path, patients: list[str]) -> dict
     from napari_medimp.core.io.cohort import cohort_exams
 
     out = {name: {p: {} for p in patients} for name in predictors}
-    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in set(patients)]
+    wanted = set(patients)
+    exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in wanted]
     for n, (patient, exam, folder) in enumerate(exams, 1):
         volume = load_dce(folder)
         for name, predictor in predictors.items():
@@ -120,10 +121,9 @@ def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
 
 def gfr_similarities(predictor, embeddings: dict, rows_by_id: dict):
     """(similarities (n, 5), true bin index (n,), patient per row) of every exam with a known GFR."""
-    from napari_medimp.core.prompts import ATTRIBUTE_BINS, N_VARIANTS, bin_prompts, gfr_bin
+    from napari_medimp.core.prompts import ATTRIBUTE_BINS, gfr_bin
 
     bins = list(ATTRIBUTE_BINS["gfr"])
-    prompts = [bin_prompts("gfr", variant=k) for k in range(N_VARIANTS)]
     sims, truth, owners = [], [], []
     for p, exams in embeddings.items():
         for exam, vec in exams.items():
@@ -134,7 +134,7 @@ def gfr_similarities(predictor, embeddings: dict, rows_by_id: dict):
                 continue
             if not np.isfinite(gfr):
                 continue
-            sims.append(np.mean([predictor.similarity(vec, pr) for pr in prompts], axis=0))
+            sims.append(predictor.bin_similarities(vec, "gfr"))
             truth.append(bins.index(gfr_bin(gfr)))
             owners.append(p)
     return np.array(sims).reshape(-1, len(bins)), np.array(truth, int), owners, bins

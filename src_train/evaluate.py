@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
+from scipy.special import softmax
 from scipy.stats import rankdata
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -511,12 +512,6 @@ def evaluate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patien
 # --------------------------------------------------------------------------------------------------
 # zero-shot GFR reading
 # --------------------------------------------------------------------------------------------------
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def fit_temperature(similarities: np.ndarray, truth: np.ndarray) -> float:
     """Scale ``t`` minimising the negative log-likelihood of ``softmax(t * similarity)`` (1 <= t <= 1000)."""
     from scipy.optimize import minimize_scalar
@@ -524,7 +519,7 @@ def fit_temperature(similarities: np.ndarray, truth: np.ndarray) -> float:
     sims, truth = np.asarray(similarities, float), np.asarray(truth, int)
 
     def nll(log_t: float) -> float:
-        prob = _softmax(math.exp(log_t) * sims)
+        prob = softmax(math.exp(log_t) * sims, axis=1)
         return float(-np.mean(np.log(prob[np.arange(len(truth)), truth] + 1e-12)))
 
     res = minimize_scalar(nll, bounds=(0.0, math.log(1000.0)), method="bounded")
@@ -555,7 +550,7 @@ def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: 
         if not fit.any() or not score.any():
             continue
         t = fit_temperature(sims[fit], truth[fit])
-        prob = _softmax(t * sims[score])
+        prob = softmax(t * sims[score], axis=1)
         pred[score] = prob.argmax(axis=1)
         top[score] = prob.max(axis=1)
         majority_hits += int((truth[score] == np.bincount(truth[fit], minlength=len(bins)).argmax()).sum())

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
 from ..core.card import card_facts, facts_text, is_synthetic
+from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form, gfr_bin
 from ._registry import register
 
@@ -926,17 +927,15 @@ def prognosis_lines(analysis: dict) -> list[str]:
     """HTML lines of the prognosis: each kind of reading with its risks and what it used."""
     reading = analysis.get("prognosis_reading") or {}
     inputs = reading.get("inputs") or {}
-    rows = (("prognosis_dysfunction_probability", "Images (MEDIMP)", "image"),
-            ("prognosis_with_clinical", "Images + clinical values", "image+clinical"),
-            ("prognosis_clinical_only", "Clinical values only", "clinical"))
     lines = []
-    for key, label, kind in rows:
+    for kind, key in RESULT_KEYS.items():
         risks = analysis.get(key) or {}
         if not risks:
             continue
         values = ", ".join(f"{h[:-1]} years <b>{p:.0%}</b>" for h, p in risks.items())
         used = f"<br><small>&nbsp;&nbsp;from {_html(inputs[kind])}</small>" if inputs.get(kind) else ""
-        lines.append(f"{label}: {values}{used}")
+        label = KIND_LABELS[kind]
+        lines.append(f"{label[0].upper()}{label[1:]}: {values}{used}")
     if lines:
         visit = reading.get("visit") or analysis.get("exam")
         lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_html(visit)}):")

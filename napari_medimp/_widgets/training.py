@@ -584,12 +584,14 @@ class TrainingWidget(QWidget):
         path = Path(text).expanduser()
         return str(path if path.is_dir() else path.parent)
 
+    def _browse_folder(self, edit: QLineEdit, title: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, title, self._browse_start(edit))
+        if folder:
+            edit.setText(folder)
+
     @_slot
     def _browse_cohort_folder(self, *_) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Cohort folder (clinical.csv + patient folders)",
-                                                  self._browse_start(self.cohort_edit))
-        if folder:
-            self.cohort_edit.setText(folder)
+        self._browse_folder(self.cohort_edit, "Cohort folder (clinical.csv + patient folders)")
 
     @_slot
     def _browse_cohort_csv(self, *_) -> None:
@@ -601,17 +603,11 @@ class TrainingWidget(QWidget):
 
     @_slot
     def _browse_eval_cohort(self, *_) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Evaluation cohort: patients the model never saw",
-                                                  self._browse_start(self.eval_cohort_edit))
-        if folder:
-            self.eval_cohort_edit.setText(folder)
+        self._browse_folder(self.eval_cohort_edit, "Evaluation cohort: patients the model never saw")
 
     @_slot
     def _browse_out(self, *_) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Output folder of the run",
-                                                  self._browse_start(self.out_edit))
-        if folder:
-            self.out_edit.setText(folder)
+        self._browse_folder(self.out_edit, "Output folder of the run")
 
     @_slot
     def _browse_config(self, *_) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from .card import is_synthetic
 from .checkpoint import LoadedModel, load_model
@@ -29,6 +30,7 @@ from .prognosis import (
     HORIZONS,
     KIND_LABELS,
     KINDS,
+    RESULT_KEYS,
     ClinicalValues,
     exams_so_far,
     features,
@@ -208,6 +210,9 @@ class Predictor:
     def prognosis_head(self, kind: str, visit: str, horizon: str):
         """The head of one kind for a reading at ``visit``; ValueError naming what the model has."""
         self._check_heads()
+        return self._head(kind, visit, horizon)
+
+    def _head(self, kind: str, visit: str, horizon: str):
         key = head_key(kind, visit, horizon)
         if key not in self.loaded.prognosis:
             visits = sorted({h.visit for h in self.loaded.prognosis.values() if h.kind == kind and h.visit},
@@ -311,6 +316,13 @@ class Predictor:
         text = self.embed_texts(prompts)
         return text @ np.asarray(image_vector, np.float32)
 
+    def bin_similarities(self, image_vector: np.ndarray, attribute: str = "gfr",
+                         variants: Sequence[int] | None = None) -> np.ndarray:
+        """Cosine similarity of the image with each bin's prompt of ``attribute``, averaged over the
+        paraphrase variants (what a zero-shot scale fitted by ``medimp evaluate`` multiplies)."""
+        variants = list(range(N_VARIANTS)) if variants is None else list(variants)
+        return np.mean([self.similarity(image_vector, bin_prompts(attribute, variant=k)) for k in variants], axis=0)
+
     def zero_shot(self, image_vector: np.ndarray, attribute: str = "gfr",
                   variants: Sequence[int] | None = None) -> dict[str, float]:
         """Probability over the bins of ``attribute`` (e.g. the five GFR bins): softmax of the scaled
@@ -324,17 +336,11 @@ class Predictor:
         variants = list(range(N_VARIANTS)) if variants is None else list(variants)
         calibration = self.zero_shot_calibration() if attribute == "gfr" else None
         if calibration is not None:
-            sims = np.mean([self.similarity(image_vector, bin_prompts(attribute, variant=k)) for k in variants], axis=0)
-            logits = float(calibration["temperature"]) * sims
-            logits = logits - logits.max()
-            probabilities = np.exp(logits) / np.exp(logits).sum()
+            probabilities = softmax(float(calibration["temperature"])
+                                    * self.bin_similarities(image_vector, attribute, variants))
             return {name: float(p) for name, p in zip(bins, probabilities, strict=True)}
-        probabilities = np.zeros(len(bins))
-        for k in variants:
-            logits = self.logit_scale() * self.similarity(image_vector, bin_prompts(attribute, variant=k))
-            logits = logits - logits.max()
-            probabilities += np.exp(logits) / np.exp(logits).sum()
-        probabilities /= len(variants)
+        probabilities = np.mean([softmax(self.logit_scale() * self.similarity(image_vector, bin_prompts(attribute, k)))
+                                 for k in variants], axis=0)
         return {name: float(p) for name, p in zip(bins, probabilities, strict=True)}
 
     def zero_shot_calibration(self) -> dict | None:
@@ -365,7 +371,7 @@ class Predictor:
                 notes.append(f"this model has no {KIND_LABELS[kind]} heads")
                 continue
             x = features(kind, image, clinical)
-            risks[kind] = {h: float(self.prognosis_head(kind, visit, h).predict_proba(x[None])[0])
+            risks[kind] = {h: float(self._head(kind, visit, h).predict_proba(x[None])[0])
                            for h in self.prognosis_horizons}
         ignored = [e for e in vectors if e not in used]
         if ignored:
@@ -443,9 +449,7 @@ class Analysis:
             "similarity": self.similarity,
             "zero_shot_gfr": self.gfr_reading,
             "zero_shot_gfr_accuracy": self.gfr_reading_accuracy,
-            "prognosis_dysfunction_probability": dict(risks.get("image", {})),
-            "prognosis_with_clinical": dict(risks.get("image+clinical", {})),
-            "prognosis_clinical_only": dict(risks.get("clinical", {})),
+            **{key: dict(risks.get(kind, {})) for kind, key in RESULT_KEYS.items()},
             "prognosis_reading": self.reading.to_dict() if self.reading else None,
             "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes else None,
             "model": self.model,

@@ -32,6 +32,9 @@ HORIZONS = ("2y", "3y", "4y")
 KINDS = ("image", "image+clinical", "clinical")
 KIND_LABELS = {"image": "images (MEDIMP)", "image+clinical": "images + clinical values",
                "clinical": "clinical values only"}
+#: where an analysis result (``Analysis.to_dict``, the report) keeps each kind's risks per horizon
+RESULT_KEYS = {"image": "prognosis_dysfunction_probability", "image+clinical": "prognosis_with_clinical",
+               "clinical": "prognosis_clinical_only"}
 #: clinical values a reading uses: donor age, GFR at the visit, the latest creatinine known at the visit
 #: (umol/L) and the variability (population std) of the creatinine values so far
 CLINICAL_FEATURE_NAMES = ("donor_age", "gfr", "creatinine_latest", "creatinine_std")
@@ -41,28 +44,35 @@ CLINICAL_LABELS = {"donor_age": "donor age", "gfr": "GFR", "creatinine_latest": 
 FEATURES_ID = "exams-so-far-mean-embedding+clinical4/v2"
 
 
+def _check_visit(visit: str) -> None:
+    if visit not in EXAMS:
+        raise ValueError(f"unknown visit {visit!r}; expected one of {', '.join(EXAMS)}")
+
+
+def _check_exam_names(names) -> None:
+    unknown = sorted(set(names) - set(EXAMS))
+    if unknown:
+        raise ValueError(f"unknown exam names {unknown}; expected some of {', '.join(EXAMS)}")
+
+
 def head_key(kind: str, visit: str, horizon: str) -> str:
     """Name of one head in a model file: ``"image/D30/2y"``."""
     if kind not in KINDS:
         raise ValueError(f"unknown head kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if visit not in EXAMS:
-        raise ValueError(f"unknown visit {visit!r}; expected one of {', '.join(EXAMS)}")
+    _check_visit(visit)
     return f"{kind}/{visit}/{horizon}"
 
 
 def exams_so_far(visit: str) -> tuple[str, ...]:
     """The exams a reading at ``visit`` may use: every exam up to and including it."""
-    if visit not in EXAMS:
-        raise ValueError(f"unknown visit {visit!r}; expected one of {', '.join(EXAMS)}")
+    _check_visit(visit)
     return EXAMS[: EXAMS.index(visit) + 1]
 
 
 def latest_visit(exams) -> str:
     """The latest of ``exams`` in follow-up order."""
     names = {str(x).upper() for x in exams}
-    unknown = sorted(names - set(EXAMS))
-    if unknown:
-        raise ValueError(f"unknown exam names {unknown}; expected some of {', '.join(EXAMS)}")
+    _check_exam_names(names)
     present = [e for e in EXAMS if e in names]
     if not present:
         raise ValueError(f"no known exam among {sorted(map(str, exams))}; expected some of {', '.join(EXAMS)}")
@@ -74,9 +84,7 @@ def image_features(embeddings: Mapping[str, np.ndarray], visit: str, dim: int | 
 
     The visit's own exam must be among them: a reading happens at an exam."""
     present = {str(k).upper(): np.asarray(v, np.float64).ravel() for k, v in embeddings.items() if v is not None}
-    unknown = sorted(set(present) - set(EXAMS))
-    if unknown:
-        raise ValueError(f"unknown exam names {unknown}; expected some of {', '.join(EXAMS)}")
+    _check_exam_names(present)
     if visit not in present:
         raise ValueError(f"no image for the {visit} exam: a reading at {visit} needs that exam's image")
     used = [present[e] for e in exams_so_far(visit) if e in present]

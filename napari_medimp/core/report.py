@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .card import is_synthetic
 from .curves import enhancement_summary
+from .prognosis import KIND_LABELS, RESULT_KEYS
 
 __all__ = [
     "DISCLAIMER",
@@ -216,9 +217,7 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "similarity": analysis.get("similarity"),
         "zero_shot_gfr": reading,
         "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
-        "prognosis_dysfunction_probability": dict(analysis.get("prognosis_dysfunction_probability") or {}),
-        "prognosis_with_clinical": dict(analysis.get("prognosis_with_clinical") or {}),
-        "prognosis_clinical_only": dict(analysis.get("prognosis_clinical_only") or {}),
+        **{key: dict(analysis.get(key) or {}) for key in RESULT_KEYS.values()},
         "prognosis_reading": analysis.get("prognosis_reading"),
         "prognosis_note": analysis.get("prognosis_note"),
         "zero_shot_gfr_accuracy": analysis.get("zero_shot_gfr_accuracy"),
@@ -320,12 +319,10 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
         reading = results.get("prognosis_reading") or {}
         inputs = reading.get("inputs") or {}
         lines.append(f"probability of graft dysfunction, reading at {reading.get('visit', results.get('exam'))}:")
-        for key, label, kind in (("prognosis_dysfunction_probability", "images (MEDIMP)", "image"),
-                                 ("prognosis_with_clinical", "images + clinical values", "image+clinical"),
-                                 ("prognosis_clinical_only", "clinical values only", "clinical")):
+        for kind, key in RESULT_KEYS.items():
             risks = results.get(key) or {}
             if risks:
-                lines.append(f"  {label}: " + ", ".join(f"{h} {_percent(p)}" for h, p in risks.items())
+                lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {_percent(p)}" for h, p in risks.items())
                              + (f"  [{inputs[kind]}]" if inputs.get(kind) else ""))
         if results.get("prognosis_note"):
             lines.append(f"  note: {results['prognosis_note']}")
