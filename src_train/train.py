@@ -239,7 +239,9 @@ def prefetch(iterable, depth: int = 2):
 
     Batches (augmentation, prompt draw, collation) are built while the model trains on the previous
     one. The order is unchanged and each sample's randomness is seeded per sample, so results are the
-    same as without prefetching. Stops producing when the consumer stops early.
+    same as without prefetching. When the consumer stops early (a stop request mid-epoch) the producer
+    finishes the batch in hand and is joined, so no thread is still running torch code when the
+    interpreter exits (a daemon thread killed inside a torch call can crash the process at exit).
     """
     import queue
     import threading
@@ -248,20 +250,23 @@ def prefetch(iterable, depth: int = 2):
     done = object()
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            items.put(done)
+            offer(done)
         except BaseException as exc:  # re-raised in the consumer
-            items.put(exc)
+            offer(exc)
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
@@ -275,6 +280,7 @@ def prefetch(iterable, depth: int = 2):
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
 def batches(dataset: ContrastiveDataset, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool):

@@ -352,3 +352,35 @@ def test_batch_augmentation_is_per_sample_and_does_what_it_says():
     blur[:, 11] = 1
     out = augment_batch(images, blur)
     assert out[:, :, 2:-2, 2:-2, 2:-2].std() < images[:, :, 2:-2, 2:-2, 2:-2].std()
+
+
+def test_prefetch_joins_its_producer_when_the_consumer_stops_early():
+    """A stop mid-epoch closes the batch generator: the producer thread must be finished then, not left
+    running torch code while the process exits."""
+    import threading
+    import time as _time
+
+    from src_train.train import prefetch
+
+    started = threading.Event()
+
+    def slow():
+        for i in range(100):
+            started.set()
+            _time.sleep(0.02)  # a batch being built
+            yield i
+
+    before = set(threading.enumerate())
+    stream = prefetch(slow(), depth=1)
+    assert next(stream) == 0
+    started.wait()
+    stream.close()  # what a stop request does to the training loop's generator
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert list(prefetch(iter(range(5)))) == [0, 1, 2, 3, 4]  # order kept, exhausted normally
+
+    def broken():
+        yield 1
+        raise RuntimeError("bad exam")
+
+    with pytest.raises(RuntimeError, match="bad exam"):
+        list(prefetch(broken()))
