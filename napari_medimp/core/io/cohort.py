@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..volume import DCEReadError, DCEReadWarning, DCEVolume
 from .nifti import is_nifti, list_phase_files, load_nifti, load_phase_folder
+from .sequences import dynamic_sequences, load_phase_sequences
 
 EXAMS = ("D15", "D30", "M3", "M12")
 #: sequence folder names that hold segmentations rather than DCE images
@@ -111,13 +112,31 @@ def load_sequence(folder, lazy: bool | None = None) -> DCEVolume:
     return load_dicom_series(folder, lazy=lazy)
 
 
+def _phase_sequence_folders(exam_folder: Path) -> list[Path]:
+    """Sequence folders that each hold one phase of the dynamic series (MEDIMP's layout), else []."""
+    image_dirs = [d for d in _visible_children(exam_folder) if d.is_dir() and not SEGMENTATION_NAMES.match(d.name)
+                  and _holds_images(d)]
+    folders = dynamic_sequences(exam_folder, image_dirs)
+    return folders if len(folders) > 1 else []
+
+
 def load_exam(exam_folder, lazy: bool | None = None) -> tuple[DCEVolume, Path | None]:
-    """The DCE volume of an exam folder and the path of its segmentation (if any)."""
+    """The DCE volume of an exam folder and the path of its segmentation (if any).
+
+    An exam whose dynamic series is stored one phase per sequence folder (MEDIMP's
+    ``<n>_WATER_AX_LAVA-Flex_<phase>/`` layout, see :mod:`.sequences`) opens as one stacked series.
+    """
     exam_folder = Path(exam_folder)
-    dce, seg = exam_sequences(exam_folder)
-    if dce is None:
-        raise DCEReadError(exam_folder, "exam folder has no DCE sequence sub-folder with images")
-    volume = load_sequence(dce, lazy=lazy)
+    phase_folders = _phase_sequence_folders(exam_folder)
+    if phase_folders:
+        seg = next((d for d in _visible_children(exam_folder)
+                    if d.is_dir() and SEGMENTATION_NAMES.match(d.name) and _holds_images(d)), None)
+        volume = load_phase_sequences(exam_folder, phase_folders, load_sequence, lazy=lazy)
+    else:
+        dce, seg = exam_sequences(exam_folder)
+        if dce is None:
+            raise DCEReadError(exam_folder, "exam folder has no DCE sequence sub-folder with images")
+        volume = load_sequence(dce, lazy=lazy)
     volume.metadata.setdefault("exam", exam_folder.name)
     volume.metadata.setdefault("patient", exam_folder.parent.name)
     seg_file = list_phase_files(seg)[0] if seg is not None and list_phase_files(seg) else None

@@ -706,4 +706,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
         files_ignored=[str(e.path) for e in unreadable] if path.is_dir() else [],
         lazy=bool(lazy),
     )
+    starts = [planes[i].times.get("AcquisitionTime") for i in phases[0]]
+    if all(t is not None for t in starts):
+        metadata["acquisition_seconds"] = min(starts)
     return DCEVolume(data, canonical_affine, frame_times, metadata, source=str(source))

@@ -208,6 +208,9 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
         "source_orientation": "".join(nib.aff2axcodes(affine)),
         "sidecar": sidecar,
     }
+    acquired = _sidecar_time(sidecar)
+    if acquired is not None:
+        metadata["acquisition_seconds"] = acquired
     if lazy is None:
         lazy = n_bytes > LAZY_THRESHOLD_BYTES
     if lazy and path.suffix.lower() == ".gz" and not _gzip_complete(path, n_bytes + int(img.dataobj.offset)):
