@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from helpers import kidney_volume
+
 from napari_medimp.core.io import DCEReadError, DCEReadWarning, load_dce, save_nifti
 from napari_medimp.core.io.cohort import cohort_exams, load_exam, patient_exams
 from napari_medimp.core.io.sequences import PhaseLayout, layout_for
@@ -137,3 +137,18 @@ def test_water_is_not_read_as_a_phase_and_ambiguous_names_are_refused():
     assert layout.phase_of("6_WATER_AX_LAVA-Flex_ART")[1] == "arterial"
     with pytest.raises(DCEReadError, match="several phases"):
         layout.phase_of("6_WATER_AX_LAVA-Flex_ART_tub")
+
+
+def test_reference_layout_with_dicom_phases_uses_their_acquisition_times(tmp_path):
+    from napari_medimp.core.io.dicom_write import save_dicom_series
+    from napari_medimp.core.volume import DCEVolume
+
+    vol = kidney_volume(n_frames=8)
+    exam = tmp_path / "001-0003" / "M12"
+    for name, frame, clock in zip(REFERENCE, (0, 3, 7), (36000.0, 36042.0, 36300.0), strict=True):
+        phase = DCEVolume(vol.data[frame:frame + 1], vol.affine, [0.0])
+        save_dicom_series(phase, exam / name, patient_id="001-0003", study_time=clock, seed=name)
+    out = load_dce(exam)
+    np.testing.assert_allclose(out.frame_times, [0.0, 42.0, 300.0])
+    np.testing.assert_allclose(out.data[1], vol.data[3], atol=0.02)
+    assert out.metadata["phase_names"] == ["pre-contrast", "arterial", "tubular or late"]

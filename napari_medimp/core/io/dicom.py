@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pydicom.dataset
+import pydicom.multival
 import pydicom.uid
 from nibabel.orientations import aff2axcodes
 
@@ -53,6 +54,7 @@ class _Plane:
     shape: tuple[int, int]
     slope: float = 1.0
     intercept: float = 0.0
+    scaling: str = "stored values (no rescaling in the files)"
     times: dict[str, float] = field(default_factory=dict)
     instance: int = 0
     thickness: float | None = None
@@ -225,6 +227,56 @@ def _pixel_spacing(value) -> tuple[float, float] | None:
     return (row, col) if row and col and row > 0 and col > 0 else None
 
 
+_PHILIPS_CREATOR = "Philips MR Imaging DD 001"
+
+
+def _private_float(ds, group: int, element: int, creator: str) -> float | None:
+    """A float private element, found through its private creator (any block), value or raw bytes."""
+    for block in range(0x10, 0x100):
+        owner = ds.get((group, block))
+        if owner is None:
+            continue
+        if str(owner.value).strip() != creator:
+            continue
+        item = ds.get((group, (block << 8) | element))
+        if item is None:
+            return None
+        value = item.value
+        if isinstance(value, bytes):
+            if len(value) < 4:
+                return None
+            value = float(np.frombuffer(value[:4], "<f4")[0])
+        elif isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            value = value[0] if value else None
+        return _float(value)
+    return None
+
+
+def _scaling(ds, rwv_item=None) -> tuple[float, float, str]:
+    """(slope, intercept, what they are) turning stored pixel values into the values the reader returns.
+
+    Philips' private scale slope gives the scanner's floating-point values, which stay comparable across
+    images whose display rescaling differs (as dcm2niix does by default); else a real-world value mapping;
+    else the rescale slope and intercept; else the stored values.
+    """
+    rescale_slope = _float(ds.get("RescaleSlope"), 1.0) or 1.0
+    rescale_intercept = _float(ds.get("RescaleIntercept"), 0.0)
+    if "philips" in str(ds.get("Manufacturer", "")).lower():
+        scale = _private_float(ds, 0x2005, 0x0E, _PHILIPS_CREATOR)
+        if scale:
+            return (1.0 / scale, rescale_intercept / (rescale_slope * scale),
+                    "Philips floating-point values (private scale slope)")
+    mapping = rwv_item if rwv_item is not None else (ds.get("RealWorldValueMappingSequence") or [None])[0]
+    if mapping is not None and _float(mapping.get("RealWorldValueSlope")) is not None:
+        units = mapping.get("MeasurementUnitsCodeSequence")
+        unit = str(units[0].get("CodeValue", "")) if units else ""
+        return (_float(mapping.RealWorldValueSlope), _float(mapping.get("RealWorldValueIntercept"), 0.0),
+                f"real-world value mapping{f' ({unit})' if unit else ''}")
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return rescale_slope, rescale_intercept, "rescale slope and intercept"
+    return 1.0, 0.0, "stored values (no rescaling in the files)"
+
+
 def _check_image_tags(path: Path, ds) -> tuple[int, int]:
     if "Rows" not in ds or "Columns" not in ds:
         raise DCEReadError(path, "no pixel data (Rows/Columns missing); not an image")
@@ -250,6 +302,7 @@ def _classic_planes(path: Path, ds) -> list[_Plane]:
     if ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None:
         raise _missing_position(path, "the file")
     row, col = _cosines(path, path.name, ds.ImageOrientationPatient)
+    slope, intercept, scaling = _scaling(ds)
     times = {}
     if ds.get("TemporalPositionIdentifier") is not None:
         times["TemporalPositionIdentifier"] = _float(ds.TemporalPositionIdentifier)
@@ -268,8 +321,9 @@ def _classic_planes(path: Path, ds) -> list[_Plane]:
             col_cos=col,
             pixel_spacing=_pixel_spacing(ds.get("PixelSpacing")),
             shape=shape,
-            slope=_float(ds.get("RescaleSlope"), 1.0),
-            intercept=_float(ds.get("RescaleIntercept"), 0.0),
+            slope=slope,
+            intercept=intercept,
+            scaling=scaling,
             times={k: v for k, v in times.items() if v is not None},
             instance=int(_float(ds.get("InstanceNumber"), 0)),
             thickness=_float(ds.get("SliceThickness")),
@@ -314,6 +368,15 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
             times["AcquisitionTime"] = _dt_seconds(stamp)
         slope = lookup(item, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = lookup(item, "PixelValueTransformationSequence", "RescaleIntercept")
+        frame_ds = pydicom.Dataset()
+        frame_ds.Manufacturer = ds.get("Manufacturer", "")
+        for tag, value in (("RescaleSlope", slope if slope is not None else ds.get("RescaleSlope")),
+                           ("RescaleIntercept", intercept if intercept is not None else ds.get("RescaleIntercept"))):
+            if value is not None:
+                setattr(frame_ds, tag, value)
+        rwv = next((group.RealWorldValueMappingSequence[0] for group in (item, shared)
+                    if group is not None and group.get("RealWorldValueMappingSequence")), None)
+        frame_slope, frame_intercept, scaling = _scaling(frame_ds, rwv)
         planes.append(
             _Plane(
                 path=path,
@@ -323,8 +386,9 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
                 col_cos=col,
                 pixel_spacing=_pixel_spacing(lookup(item, "PixelMeasuresSequence", "PixelSpacing")),
                 shape=shape,
-                slope=_float(slope if slope is not None else ds.get("RescaleSlope"), 1.0),
-                intercept=_float(intercept if intercept is not None else ds.get("RescaleIntercept"), 0.0),
+                slope=frame_slope,
+                intercept=frame_intercept,
+                scaling=scaling,
                 times={k: v for k, v in times.items() if v is not None},
                 instance=index,
                 thickness=_float(lookup(item, "PixelMeasuresSequence", "SliceThickness")),
@@ -410,9 +474,9 @@ def _group_problem(groups: dict[float, list[int]], slice_index: np.ndarray, n_sl
     return None
 
 
-def _phases(planes: list[_Plane], slice_index: np.ndarray, n_slices: int, source: Path):
+def _phases(planes: list[_Plane], slice_index: np.ndarray, n_slices: int, source: Path, tags=PHASE_TAGS):
     """Plane indices per phase (each sorted by slice), in temporal order, and how they were grouped."""
-    available = [t for t in PHASE_TAGS if all(t in p.times for p in planes)]
+    available = [t for t in tags if all(t in p.times for p in planes)]
     first_problem = None
     for tag in available:
         groups = _groups(planes, tag)
@@ -587,25 +651,122 @@ def _select_series(path: Path, series_uid: str | None):
             names = "; ".join(f"{Path(e.path).name}: {e.problem}" for e in unreadable)
             raise DCEReadError(folder, f"no readable DICOM files in this folder ({names})")
         raise DCEReadError(folder, "no DICOM files in this folder")
-    if series_uid is None:
-        if len(series) > 1:
-            listing = "; ".join(
-                f"{uid or '(no SeriesInstanceUID)'} '{items[0][1].get('SeriesDescription', '')}' "
-                f"({len(items)} files)"
-                for uid, items in series.items()
-            )
-            raise DCEReadError(
-                folder, f"this folder holds {len(series)} DICOM series; pass series_uid= to choose one: {listing}"
-            )
-        series_uid = next(iter(series))
-    if series_uid not in series:
-        raise DCEReadError(folder, f"no DICOM series with SeriesInstanceUID {series_uid} in this folder")
     if unreadable and first is None:
         names = ", ".join(Path(e.path).name for e in unreadable)
         warnings.warn(
             f"{folder}: {len(unreadable)} unreadable DICOM file(s) ignored: {names}", DCEReadWarning, stacklevel=3
         )
-    return folder, series[series_uid], unreadable
+    if series_uid is None:
+        return folder, series, unreadable
+    if series_uid not in series:
+        raise DCEReadError(folder, f"no DICOM series with SeriesInstanceUID {series_uid} in this folder")
+    return folder, {series_uid: series[series_uid]}, unreadable
+
+
+def _series_listing(series: dict) -> str:
+    return "; ".join(
+        f"{uid or '(no SeriesInstanceUID)'} '{items[0][1].get('SeriesDescription', '')}' ({len(items)} files)"
+        for uid, items in series.items()
+    )
+
+
+def _several_series(folder: Path, series: dict) -> DCEReadError:
+    return DCEReadError(
+        folder, f"this folder holds {len(series)} DICOM series; pass series_uid= to choose one: {_series_listing(series)}"
+    )
+
+
+def _series_geometry(planes: list[_Plane]) -> tuple:
+    normal = np.cross(planes[0].row_cos, planes[0].col_cos)
+    _, levels = _slice_indices(planes, normal)
+    first = min(planes, key=lambda p: float(np.dot(normal, p.position)))
+    return planes[0].shape, planes[0].row_cos, planes[0].col_cos, planes[0].pixel_spacing, levels, first.position
+
+
+def _geometry_words(name: str, geometry: tuple) -> str:
+    (rows, cols), _, _, spacing, levels, origin = geometry
+    pixel = "unknown pixel size" if spacing is None else f"{spacing[1]:.3g}x{spacing[0]:.3g} mm pixels"
+    return (f"{name} has {len(levels)} slices of {cols}x{rows} ({pixel}), first at ImagePositionPatient "
+            f"({', '.join(f'{v:.1f}' for v in origin)})")
+
+
+def _same_geometry(a: tuple, b: tuple) -> bool:
+    return (a[0] == b[0] and np.allclose(a[1], b[1], atol=_ORIENTATION_TOL) and np.allclose(a[2], b[2], atol=_ORIENTATION_TOL)
+            and (a[3] is None) == (b[3] is None) and (a[3] is None or np.allclose(a[3], b[3], rtol=1e-4))
+            and len(a[4]) == len(b[4]) and np.allclose(a[4], b[4], atol=10 * _POSITION_TOL_MM)
+            and np.allclose(a[5], b[5], atol=10 * _POSITION_TOL_MM))
+
+
+def _series_start(items, planes: list[_Plane]) -> tuple[float | None, str]:
+    """When a series was acquired: its first AcquisitionTime, else its SeriesTime, else None."""
+    acquired = [p.times.get("AcquisitionTime") for p in planes]
+    if all(t is not None for t in acquired):
+        return min(acquired), "AcquisitionTime"
+    ds = items[0][1]
+    if ds.get("SeriesTime"):
+        clock = _tm_seconds(ds.SeriesTime)
+        day = _da_seconds(ds.SeriesDate) if ds.get("SeriesDate") else None
+        if clock is not None:
+            return (clock if day is None else day + clock), "SeriesTime"
+    return None, ""
+
+
+def _phase_series_planes(folder: Path, series: dict) -> tuple[list, list[_Plane], str, np.ndarray | None]:
+    """One study's single-phase series of identical geometry, as the phases of one dynamic series.
+
+    Returns the (path, header) items, their planes with a ``PhaseSeries`` rank, how the phases were
+    ordered and their times (None when only the series numbers order them). Anything else (series of
+    several studies, a series that is itself dynamic) is the usual "choose a series" error; phase series
+    whose geometry differs are refused naming the geometries.
+    """
+    studies = {str(items[0][1].get("StudyInstanceUID", "")) for items in series.values()}
+    if len(studies) != 1:
+        raise _several_series(folder, series)
+    per_series = []
+    for uid, items in series.items():
+        items, _ = _dedupe(items)
+        planes = [plane for p, ds in items for plane in _planes(p, ds)]
+        if not planes:
+            raise _several_series(folder, series)
+        _check_consistent(planes)
+        normal = np.cross(planes[0].row_cos, planes[0].col_cos)
+        slice_index, levels = _slice_indices(planes, normal)
+        if len(planes) != len(levels):  # this series has several images per position: it is dynamic itself
+            raise _several_series(folder, series)
+        name = f"series {items[0][1].get('SeriesNumber', '?')} '{items[0][1].get('SeriesDescription', uid)}'"
+        per_series.append((name, items, planes, _series_geometry(planes)))
+    reference = per_series[0]
+    for other in per_series[1:]:
+        if not _same_geometry(reference[3], other[3]):
+            raise DCEReadError(
+                folder,
+                f"phase series with different geometry: {_geometry_words(reference[0], reference[3])}, "
+                f"{_geometry_words(other[0], other[3])}; they cannot be stacked as phases of one acquisition "
+                f"(open one with series_uid=: {_series_listing(series)})",
+            )
+    starts = [_series_start(items, planes) for _, items, planes, _ in per_series]
+    if all(t is not None for t, _ in starts):
+        sources = {how for _, how in starts}
+        order = sorted(range(len(per_series)), key=lambda i: starts[i][0])
+        ordered_by = "/".join(sorted(sources))
+        times = np.array([starts[i][0] for i in order]) - starts[order[0]][0]
+    else:
+        warnings.warn(
+            f"{folder}: the {len(per_series)} phase series carry no acquisition or series time; they are "
+            "ordered by SeriesNumber and their frame times are unknown",
+            DCEReadWarning, stacklevel=4,
+        )
+        order = sorted(range(len(per_series)),
+                       key=lambda i: int(_float(per_series[i][1][0][1].get("SeriesNumber"), 0)))
+        ordered_by, times = "SeriesNumber", None
+    all_items, all_planes = [], []
+    for rank, i in enumerate(order):
+        _, items, planes, _ = per_series[i]
+        for plane in planes:
+            plane.times["PhaseSeries"] = float(rank)
+        all_items.extend(items)
+        all_planes.extend(planes)
+    return all_items, all_planes, ordered_by, times
 
 
 def _dedupe(items):
@@ -653,18 +814,29 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     ``lazy=None`` reads lazily (one dask chunk per phase) above ``LAZY_THRESHOLD_BYTES`` of float32 data.
     """
     path = Path(path)
-    folder, items, unreadable = _select_series(path, series_uid)
-    items, n_duplicates = _dedupe(items)
-    planes = [plane for p, ds in items for plane in _planes(p, ds)]
+    folder, series, unreadable = _select_series(path, series_uid)
     source = path if path.is_file() else folder
+    phase_series_times = None
+    if len(series) > 1:
+        items, planes, series_order, phase_series_times = _phase_series_planes(folder, series)
+        n_duplicates = 0
+        phase_tags = ("PhaseSeries",)
+    else:
+        items, n_duplicates = _dedupe(next(iter(series.values())))
+        planes = [plane for p, ds in items for plane in _planes(p, ds)]
+        phase_tags = PHASE_TAGS
     if not planes:
         raise DCEReadError(source, "the series holds no images")
     _check_consistent(planes)
 
     normal = np.cross(planes[0].row_cos, planes[0].col_cos)
     slice_index, levels = _slice_indices(planes, normal)
-    phases, grouped_by = _phases(planes, slice_index, len(levels), source)
+    phases, grouped_by = _phases(planes, slice_index, len(levels), source, tags=phase_tags)
     frame_times, times_from = _frame_times(planes, phases, source)
+    if len(series) > 1:
+        grouped_by = f"one series per phase, ordered by {series_order}"
+        if frame_times is None and phase_series_times is not None:
+            frame_times, times_from = phase_series_times, series_order
     affine = _affine(planes, normal, levels, slice_index, source)
 
     rows, cols = planes[0].shape
@@ -695,6 +867,8 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     metadata = _metadata(
         items[0][1],
         series_uid=str(items[0][1].get("SeriesInstanceUID", "")),
+        phase_series_uids=list(series) if len(series) > 1 else [],
+        scaling="; ".join(sorted({p.scaling for p in planes})),
         n_files=len(items),
         n_slices=len(levels),
         n_phases=len(phases),
