@@ -40,6 +40,49 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _print_series_table(matches) -> None:
+    header = ("patient", "study date", "series", "description", "images", "study UID", "series UID")
+    rows = [(m.patient_id, m.study_date, str(m.series_number or ""), m.series_description,
+             "" if m.n_images is None else str(m.n_images), m.study_uid, m.series_uid) for m in matches]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    studies = {m.study_uid for m in matches}
+    print(f"{len(matches)} series in {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
+
+
+def _cmd_pacs(args) -> int:
+    from .core import pacs
+    from .core.io import load_dce
+
+    server = pacs.server_named(args.server, args.config)
+    if args.pacs_command == "find":
+        _print_series_table(pacs.find(server, patient_id=args.patient or "", study_date=args.date or "",
+                                      modality=args.modality))
+        return 0
+    matches = pacs.find(server, study_uid=args.study, modality=args.modality)
+    if not matches:
+        raise pacs.PacsError(f"PACS '{server.name}' has no {args.modality} series in study {args.study}")
+    if args.series:
+        wanted = set(args.series)
+        matches = [m for m in matches if m.series_uid in wanted or str(m.series_number) in wanted]
+        missing = wanted - {m.series_uid for m in matches} - {str(m.series_number) for m in matches}
+        if missing:
+            raise pacs.PacsError(f"study {args.study} has no series {', '.join(sorted(missing))}")
+
+    def progress(done, total):
+        print(f"\r{done}/{total if total is not None else '?'} images", end="", file=sys.stderr, flush=True)
+
+    folder = pacs.retrieve(server, matches, progress=progress)
+    print(file=sys.stderr)
+    volume = load_dce(folder)
+    z, y, x = volume.shape[1:]
+    print(f"{folder}\n{volume.n_frames} frames of {x}x{y}x{z} voxels "
+          f"({' x '.join(f'{s:.3g}' for s in volume.spacing[::-1])} mm), {volume.metadata.get('grouped_by', '')}; "
+          f"open it with `medimp analyze {folder} --out DIR` or in napari")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     headless = args.headless or not os.environ.get("DISPLAY")
     if headless and not os.environ.get("DISPLAY"):
@@ -457,6 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_analyze)
 
+    p = sub.add_parser("pacs", help="query and retrieve DCE-MRI from a PACS (servers in the PACS settings file)")
+    pacs_sub = p.add_subparsers(dest="pacs_command", required=True)
+    for name, text in (("find", "list the series of a patient or a study date (C-FIND)"),
+                       ("get", "retrieve series of one study into the local cache (C-GET) and check they open")):
+        q = pacs_sub.add_parser(name, help=text)
+        q.add_argument("--server", help="entry of the settings file (default: its 'default')")
+        q.add_argument("--config", help="PACS settings file (default: $NAPARI_MEDIMP_PACS_CONFIG or the user "
+                                        "settings folder's napari-medimp/pacs.toml)")
+        q.add_argument("--modality", default="MR", help="modality code (default MR)")
+        if name == "find":
+            q.add_argument("--patient", help="patient ID (wildcards * and ? allowed)")
+            q.add_argument("--date", help="study date YYYYMMDD or range YYYYMMDD-YYYYMMDD")
+        else:
+            q.add_argument("--study", required=True, help="StudyInstanceUID (from `medimp pacs find`)")
+            q.add_argument("--series", nargs="+", help="series UIDs or numbers to retrieve (default: all)")
+        q.set_defaults(func=_cmd_pacs)
+
     p = sub.add_parser("demo", help="open napari with the synthetic sample graft")
     p.add_argument("--headless", action="store_true",
                    help="render off-screen (xvfb), write a screenshot and a report, and exit")
@@ -473,12 +533,13 @@ def main(argv=None) -> int:
         return train_main(argv, prog="medimp")
     args = build_parser().parse_args(argv)
     from .core.checkpoint import ModelFileError
+    from .core.pacs import PacsError
     from .core.prompts import ClinicalValueError
     from .core.volume import DCEReadError
 
     try:
         return args.func(args)
-    except (DCEReadError, ModelFileError, ClinicalValueError) as exc:
+    except (DCEReadError, ModelFileError, ClinicalValueError, PacsError) as exc:
         print(f"medimp: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # invalid option values: ROI outside the volume, unknown target, ...

@@ -1,0 +1,415 @@
+"""Query and retrieve DCE-MRI from a hospital PACS (DICOM C-FIND and C-GET, through pynetdicom).
+
+Servers are described in a TOML settings file, never on the command line or in logs::
+
+    # ~/.config/napari-medimp/pacs.toml   (or the file named by $NAPARI_MEDIMP_PACS_CONFIG)
+    default = "hospital"
+
+    [server.hospital]
+    host = "pacs.hospital.example"
+    port = 104
+    called_aet = "PACS"          # the archive's AE title
+    calling_aet = "MEDIMP"       # this station's AE title, as registered at the archive
+    timeout_s = 30
+
+Messages name a server by its entry name ("hospital"); its address and AE titles stay in the file.
+Retrieved series land in the cache (``<cache>/pacs/<study>/<selection>/``): they are downloaded into a
+temporary folder and moved in place only once every image announced by the archive has arrived, so an
+interrupted or incomplete retrieval is never opened as a complete exam.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import tomllib
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+
+CONFIG_ENV = "NAPARI_MEDIMP_PACS_CONFIG"
+MANIFEST = "retrieval.json"
+_MAX_CONFIG_BYTES = 256 * 1024
+_AET = re.compile(r"^[\x20-\x7e]{1,16}$")
+_DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
+
+
+class PacsError(Exception):
+    """A query or retrieval failed; the message says what happened in one line."""
+
+
+class PacsCancelled(PacsError):
+    """The user stopped a retrieval; nothing was kept."""
+
+
+@dataclass(frozen=True)
+class PacsServer:
+    name: str
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str = "MEDIMP"
+    timeout_s: float = 30.0
+
+    def __repr__(self) -> str:  # keep the address and AE titles out of tracebacks and logs
+        return f"PacsServer({self.name!r})"
+
+    __str__ = __repr__
+
+
+def config_path() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-medimp")) / "pacs.toml"
+
+
+def load_servers(path=None) -> tuple[dict[str, PacsServer], str | None]:
+    """Servers of the settings file and the default entry's name; a missing file is an error saying where."""
+    path = Path(path) if path else config_path()
+    if not path.exists():
+        raise PacsError(f"no PACS settings: create {path} (see the README, 'Open from PACS')")
+    if not path.is_file():
+        raise PacsError(f"{path}: the PACS settings must be a regular file")
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise PacsError(f"{path}: PACS settings larger than {_MAX_CONFIG_BYTES // 1024} KiB; not read")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PacsError(f"{path}: PACS settings are not valid TOML ({exc})") from None
+    entries = raw.get("server")
+    if not isinstance(entries, dict) or not entries:
+        raise PacsError(f"{path}: no [server.<name>] entry")
+    servers = {}
+    for name, entry in entries.items():
+        where = f"{path}: [server.{name}]"
+        if not isinstance(entry, dict):
+            raise PacsError(f"{where} must be a table")
+        unknown = set(entry) - {"host", "port", "called_aet", "calling_aet", "timeout_s"}
+        if unknown:
+            raise PacsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+        host, port = entry.get("host"), entry.get("port")
+        if not isinstance(host, str) or not host.strip():
+            raise PacsError(f"{where}: 'host' must be a host name or address")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise PacsError(f"{where}: 'port' must be a whole number from 1 to 65535")
+        aets = {}
+        for key, fallback in (("called_aet", None), ("calling_aet", "MEDIMP")):
+            value = entry.get(key, fallback)
+            if not isinstance(value, str) or not _AET.match(value) or not value.strip():
+                raise PacsError(f"{where}: '{key}' must be an AE title of 1 to 16 printable characters")
+            aets[key] = value.strip()
+        timeout = entry.get("timeout_s", 30.0)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0.1 <= timeout <= 3600:
+            raise PacsError(f"{where}: 'timeout_s' must be between 0.1 and 3600 seconds")
+        servers[name] = PacsServer(name, host.strip(), port, aets["called_aet"], aets["calling_aet"], float(timeout))
+    default = raw.get("default")
+    if default is not None and default not in servers:
+        raise PacsError(f"{path}: default = {default!r} is not one of the servers ({', '.join(servers)})")
+    return servers, default or next(iter(servers))
+
+
+def server_named(name: str | None = None, path=None) -> PacsServer:
+    servers, default = load_servers(path)
+    name = name or default
+    if name not in servers:
+        raise PacsError(f"no PACS server named {name!r} in the settings (known: {', '.join(servers)})")
+    return servers[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# associations
+# --------------------------------------------------------------------------------------------------
+@contextmanager
+def _quiet_network_log():
+    """pynetdicom logs association details (addresses, AE titles); keep them out of the user's logs."""
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _application_entity(server: PacsServer):
+    from pynetdicom import AE
+
+    ae = AE(ae_title=server.calling_aet)
+    for attr in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
+        setattr(ae, attr, server.timeout_s)
+    return ae
+
+
+def _associate(ae, server: PacsServer, **kwargs):
+    assoc = ae.associate(server.host, server.port, ae_title=server.called_aet, **kwargs)
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        raise PacsError(f"PACS '{server.name}' refused the connection: its settings do not accept this "
+                        "station's AE title or the called AE title is wrong")
+    try:  # pynetdicom reports an unreachable host as an abort: tell the two apart
+        socket.create_connection((server.host, server.port), timeout=server.timeout_s).close()
+    except ConnectionRefusedError:
+        raise PacsError(f"could not reach PACS '{server.name}': connection refused (is it running, "
+                        "is the port right?)") from None
+    except TimeoutError:
+        raise PacsError(f"could not reach PACS '{server.name}': no answer within {server.timeout_s:g} s") from None
+    except OSError as exc:
+        raise PacsError(f"could not reach PACS '{server.name}': {exc.strerror or 'network error'}") from None
+    raise PacsError(f"PACS '{server.name}' took the network connection but did not accept the DICOM association "
+                    f"within {server.timeout_s:g} s (no answer, or it aborted)")
+
+
+def echo(server: PacsServer) -> None:
+    """Check that the server answers (C-ECHO); raises ``PacsError`` when it does not."""
+    from pynetdicom.sop_class import Verification
+
+    with _quiet_network_log():
+        ae = _application_entity(server)
+        ae.add_requested_context(Verification)
+        assoc = _associate(ae, server)
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+    if not status or status.Status != 0:
+        raise PacsError(f"PACS '{server.name}' did not answer the verification request")
+
+
+# --------------------------------------------------------------------------------------------------
+# query
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SeriesMatch:
+    patient_id: str
+    patient_name: str
+    study_uid: str
+    study_date: str
+    study_description: str
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    modality: str
+    n_images: int | None
+
+    def label(self) -> str:
+        return f"series {self.series_number if self.series_number is not None else '?'} '{self.series_description}'"
+
+
+def _check_query(patient_id: str, study_date: str, modality: str) -> None:
+    if not (patient_id or study_date):
+        raise PacsError("give a patient ID or a study date (a query for every patient is refused)")
+    if study_date and not _DATE.match(study_date):
+        raise PacsError(f"study date {study_date!r} must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    if modality and not re.fullmatch(r"[A-Z]{1,16}", modality):
+        raise PacsError(f"modality {modality!r} must be a DICOM modality code such as MR")
+    if any(c in patient_id for c in "\\\x00"):
+        raise PacsError("the patient ID holds a backslash or a null character")
+
+
+def _find(assoc, model, query, server) -> list:
+    results = []
+    for status, identifier in assoc.send_c_find(query, model):
+        if not status:
+            raise PacsError(f"PACS '{server.name}' stopped answering the query (timeout)")
+        if status.Status in (0xFF00, 0xFF01) and identifier is not None:
+            results.append(identifier)
+        elif status.Status != 0:
+            raise PacsError(f"PACS '{server.name}' rejected the query (status 0x{status.Status:04X})")
+    return results
+
+
+def find(server: PacsServer, patient_id: str = "", study_date: str = "", modality: str = "MR",
+         study_uid: str = "") -> list[SeriesMatch]:
+    """Series matching a patient ID (wildcards * and ? allowed), a study date or range, and a modality."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FindModel
+
+    if not study_uid:
+        _check_query(patient_id, study_date, modality)
+    with _quiet_network_log():
+        ae = _application_entity(server)
+        ae.add_requested_context(FindModel)
+        assoc = _associate(ae, server)
+        try:
+            study_query = Dataset()
+            study_query.QueryRetrieveLevel = "STUDY"
+            study_query.PatientID = patient_id
+            study_query.PatientName = ""
+            study_query.StudyDate = study_date
+            study_query.StudyInstanceUID = study_uid
+            study_query.StudyDescription = ""
+            studies = _find(assoc, FindModel, study_query, server)
+            matches = []
+            for study in studies:
+                series_query = Dataset()
+                series_query.QueryRetrieveLevel = "SERIES"
+                series_query.StudyInstanceUID = str(study.get("StudyInstanceUID", ""))
+                series_query.SeriesInstanceUID = ""
+                series_query.SeriesNumber = ""
+                series_query.SeriesDescription = ""
+                series_query.Modality = modality
+                series_query.NumberOfSeriesRelatedInstances = ""
+                for series in _find(assoc, FindModel, series_query, server):
+                    count = series.get("NumberOfSeriesRelatedInstances")
+                    number = series.get("SeriesNumber")
+                    matches.append(SeriesMatch(
+                        patient_id=str(study.get("PatientID", "")),
+                        patient_name=str(study.get("PatientName", "")),
+                        study_uid=str(study.get("StudyInstanceUID", "")),
+                        study_date=str(study.get("StudyDate", "")),
+                        study_description=str(study.get("StudyDescription", "")),
+                        series_uid=str(series.get("SeriesInstanceUID", "")),
+                        series_number=int(number) if number not in (None, "") else None,
+                        series_description=str(series.get("SeriesDescription", "")),
+                        modality=str(series.get("Modality", "")),
+                        n_images=int(count) if count not in (None, "") else None,
+                    ))
+        finally:
+            assoc.release()
+    return sorted(matches, key=lambda m: (m.patient_id, m.study_date, m.study_uid, m.series_number or 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# retrieval
+# --------------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    from .sample import cache_dir
+
+    return cache_dir() / "pacs"
+
+
+def _selection_folder(series: list[SeriesMatch], root: Path) -> Path:
+    uids = sorted(m.series_uid for m in series)
+    digest = hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
+    return root / re.sub(r"[^0-9.]", "_", series[0].study_uid)[:64] / digest
+
+
+def cached_retrieval(series: list[SeriesMatch], root=None) -> Path | None:
+    """The folder of an earlier complete retrieval of exactly these series, else None."""
+    folder = _selection_folder(series, Path(root) if root else cache_root())
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    n_files = sum(1 for p in folder.iterdir() if p.suffix == ".dcm")
+    return folder if recorded.get("complete") and recorded.get("n_images") == n_files else None
+
+
+def retrieve(server: PacsServer, series: list[SeriesMatch], root=None,
+             progress: Callable[[int, int | None], None] | None = None,
+             cancel: threading.Event | None = None) -> Path:
+    """Download the given series of one study (C-GET) and return the local folder holding them.
+
+    ``progress(received, expected)`` is called after each image; ``cancel`` stops the transfer (then
+    :class:`PacsCancelled`). A retrieval is complete when the archive reports no failed sub-operation
+    and every announced image was stored; anything less raises :class:`PacsError` and keeps nothing.
+    """
+    if not series:
+        raise PacsError("no series selected")
+    studies = {m.study_uid for m in series}
+    if len(studies) != 1:
+        raise PacsError("the selected series belong to different studies; retrieve one exam at a time")
+    root = Path(root) if root else cache_root()
+    done = cached_retrieval(series, root)
+    if done is not None:
+        if progress:
+            n = sum(1 for p in done.iterdir() if p.suffix == ".dcm")
+            progress(n, n)
+        return done
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import build_role, evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GetModel
+
+    final = _selection_folder(series, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.parent / f".{final.name}.partial-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    expected = sum(m.n_images for m in series) if all(m.n_images is not None for m in series) else None
+    received = {"n": 0}
+    cancel = cancel or threading.Event()
+
+    def on_store(event):
+        if cancel.is_set():
+            return 0xA700  # refuse further images; the transfer is abandoned below
+        sop = re.sub(r"[^0-9.]", "_", str(event.request.AffectedSOPInstanceUID))[:64]
+        try:
+            atomic_write_bytes(partial / f"{sop}.dcm", event.encoded_dataset())
+        except OSError:
+            return 0xA700
+        received["n"] += 1
+        if progress:
+            progress(received["n"], expected)
+        return 0x0000
+
+    outcome = {"failed": 0, "status": None}
+    try:
+        with _quiet_network_log():
+            ae = _application_entity(server)
+            ae.add_requested_context(GetModel)
+            roles = []
+            for context in StoragePresentationContexts[:127]:
+                ae.add_requested_context(context.abstract_syntax)
+                roles.append(build_role(context.abstract_syntax, scp_role=True))
+            assoc = _associate(ae, server, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+            try:
+                for match in series:
+                    query = Dataset()
+                    query.QueryRetrieveLevel = "SERIES"
+                    query.StudyInstanceUID = match.study_uid
+                    query.SeriesInstanceUID = match.series_uid
+                    for status, _ in assoc.send_c_get(query, GetModel):
+                        if cancel.is_set():
+                            assoc.abort()
+                            raise PacsCancelled("retrieval cancelled; nothing was kept")
+                        if not status:
+                            raise PacsError(f"PACS '{server.name}' stopped answering during the retrieval of "
+                                            f"{match.label()} (timeout)")
+                        outcome["status"] = status.Status
+                        if status.Status not in (0xFF00, 0xFF01):
+                            outcome["failed"] += int(status.get("NumberOfFailedSuboperations", 0) or 0)
+                    if outcome["status"] not in (0x0000, 0xFF00) or not assoc.is_established:
+                        if cancel.is_set():
+                            raise PacsCancelled("retrieval cancelled; nothing was kept")
+                        raise PacsError(
+                            f"retrieval of {match.label()} incomplete: the PACS answered status "
+                            f"0x{(outcome['status'] or 0):04X} with {outcome['failed']} failed image(s); "
+                            f"{received['n']} image(s) arrived in all, nothing was kept"
+                        )
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        if cancel.is_set():
+            raise PacsCancelled("retrieval cancelled; nothing was kept")
+        n_files = sum(1 for p in partial.iterdir() if p.suffix == ".dcm")
+        if expected is not None and n_files != expected:
+            raise PacsError(f"retrieval incomplete: {n_files} of the {expected} images announced by PACS "
+                            f"'{server.name}' arrived; nothing was kept")
+        if n_files == 0:
+            raise PacsError(f"PACS '{server.name}' sent no images for the selected series")
+        manifest = {"complete": True, "n_images": n_files, "study_uid": series[0].study_uid,
+                    "series": [asdict(m) for m in series]}
+        atomic_write_bytes(partial / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        shutil.rmtree(final, ignore_errors=True)  # an older, unfinished copy of the same selection
+        os.replace(partial, final)
+        return final
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
