@@ -14,3 +14,27 @@ def sample_exam():
     from napari_medimp.core.sample import sample_exam as load
 
     return load()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """A local Orthanc PACS holding patient P7's DCE exam (one series per phase, frames at 0, 35 and
+    200 s) and patient P8's single-series exam; stopped at the end of the session."""
+    import numpy as np
+    from helpers import kidney_volume
+    from pacs_server import OrthancServer
+
+    from napari_medimp.core.io.dicom_write import save_dicom_series
+
+    folder = tmp_path_factory.mktemp("orthanc")
+    server = OrthancServer(folder)
+    vol = kidney_volume(n_frames=3)
+    vol.frame_times = np.array([0.0, 35.0, 200.0])
+    files = save_dicom_series(vol, folder / "P7", patient_id="P7", patient_name="Doe^Jane", study_date="20240312",
+                              series_per_phase=True, phase_names=["pre-contrast", "arterial", "tubular"])
+    other = save_dicom_series(kidney_volume(n_frames=1, seed=3), folder / "P8", patient_id="P8",
+                              study_date="20240601", description="T1 VIBE")
+    assert server.store(files + other) == len(files) + len(other)
+    server.volume = vol
+    yield server
+    server.stop()

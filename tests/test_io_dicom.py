@@ -473,3 +473,21 @@ def test_enhanced_frame_without_position_is_refused(tmp_path):
     ds.save_as(path)
     with pytest.raises(DCEReadError, match=r"enh.dcm.*frame 6.*position"):
         load_dicom_series(path)
+
+
+def test_enhanced_multiframe_real_world_value_mapping_per_frame(tmp_path):
+    """A per-frame RealWorldValueMappingSequence wins over the shared rescale, frame by frame."""
+    path = tmp_path / "enh.dcm"
+    make_enhanced(path)
+    ds = pydicom.dcmread(path)
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        t = int(item.FrameContentSequence[0].TemporalPositionIndex) - 1
+        item.RealWorldValueMappingSequence = Sequence([_item(RealWorldValueSlope=0.5 * (t + 1),
+                                                             RealWorldValueIntercept=0.0)])
+    ds.save_as(path)
+    vol = load_dce(path)
+    assert vol.metadata["scaling"] == "real-world value mapping"
+    raw = expected_axial(3, 4)
+    raw[2, 1, ROWS - 1 - 3, COLS - 1 - 0] = MARKER
+    for t in range(3):
+        np.testing.assert_allclose(vol.data[t], raw[t] * 0.5 * (t + 1))

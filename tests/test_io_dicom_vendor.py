@@ -62,7 +62,7 @@ def test_phase_series_of_one_study_open_as_one_dynamic_series_in_time_order(tmp_
     for t in range(3):
         np.testing.assert_allclose(out.data[t], vol.data[t], atol=0.01)
     np.testing.assert_allclose(out.affine, vol.affine, atol=1e-4)
-    assert out.metadata["grouped_by"] == "one series per phase, ordered by AcquisitionTime"
+    assert out.metadata["grouped_by"] == "one series per phase, ordered by acquisition time"
     assert len(out.metadata["phase_series_uids"]) == 3
 
 

@@ -152,3 +152,40 @@ def test_reference_layout_with_dicom_phases_uses_their_acquisition_times(tmp_pat
     np.testing.assert_allclose(out.frame_times, [0.0, 42.0, 300.0])
     np.testing.assert_allclose(out.data[1], vol.data[3], atol=0.02)
     assert out.metadata["phase_names"] == ["pre-contrast", "arterial", "tubular or late"]
+
+
+def test_a_medimp_layout_cohort_reaches_training_prediction_and_the_reader(tmp_path):
+    """The reference tree (patients '001-xxxx', phase sub-folders) through every consumer of cohorts."""
+    import csv
+
+    from helpers import make_model_file
+
+    from napari_medimp._reader import read_dce
+    from napari_medimp.cli import main
+    from src_train.data import cohort_items
+
+    cohort = tmp_path / "cohort"
+    for patient in ("001-0001", "001-0002"):
+        for exam in ("D15", "M12"):
+            write_medimp_exam(cohort / patient / exam, times=["10:00:00", "10:00:30", "10:03:00"])
+    with open(cohort / "clinical.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", "donor_age", "gfr_D15", "gfr_M12"])
+        writer.writerows([["001-0001", 52, 48, 55], ["001-0002", 70, 31, 25]])
+
+    items, skipped = cohort_items(cohort)
+    assert [(i.patient, i.exam) for i in items] == [("001-0001", "D15"), ("001-0001", "M12"),
+                                                   ("001-0002", "D15"), ("001-0002", "M12")]
+    assert skipped == []
+
+    model = make_model_file(tmp_path / "model")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(cohort), "--model", str(model), "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["id"], r["exam"]) for r in rows] == [("001-0001/D15", "D15"), ("001-0001/M12", "M12"),
+                                                   ("001-0002/D15", "D15"), ("001-0002/M12", "M12")]
+
+    layers = read_dce(cohort / "001-0002")
+    assert [kwargs["name"] for _, kwargs, _ in layers] == ["001-0002 D15", "001-0002 M12"]
+    assert all(data.shape == (3, 20, 40, 48) for data, _, _ in layers)

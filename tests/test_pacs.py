@@ -7,31 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import kidney_volume
-from pacs_server import AET, OrthancServer, free_port
+from pacs_server import AET, free_port
 
 from napari_medimp.core import pacs
 from napari_medimp.core.io import load_dce
-from napari_medimp.core.io.dicom_write import save_dicom_series
 
 TIMES = np.array([0.0, 35.0, 200.0])
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """Orthanc holding patient P7's DCE exam (one series per phase) and another patient's exam."""
-    folder = tmp_path_factory.mktemp("orthanc")
-    server = OrthancServer(folder)
-    vol = kidney_volume(n_frames=3)
-    vol.frame_times = TIMES
-    files = save_dicom_series(vol, folder / "P7", patient_id="P7", patient_name="Doe^Jane", study_date="20240312",
-                              series_per_phase=True, phase_names=["pre-contrast", "arterial", "tubular"])
-    other = save_dicom_series(kidney_volume(n_frames=1, seed=3), folder / "P8", patient_id="P8",
-                              study_date="20240601", description="T1 VIBE")
-    assert server.store(files + other) == len(files) + len(other)
-    server.volume = vol
-    yield server
-    server.stop()
 
 
 @pytest.fixture

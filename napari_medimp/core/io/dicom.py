@@ -834,7 +834,8 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     phases, grouped_by = _phases(planes, slice_index, len(levels), source, tags=phase_tags)
     frame_times, times_from = _frame_times(planes, phases, source)
     if len(series) > 1:
-        grouped_by = f"one series per phase, ordered by {series_order}"
+        words = {"AcquisitionTime": "acquisition time", "SeriesTime": "series time", "SeriesNumber": "series number"}
+        grouped_by = f"one series per phase, ordered by {' and '.join(words.get(k, k) for k in series_order.split('/'))}"
         if frame_times is None and phase_series_times is not None:
             frame_times, times_from = phase_series_times, series_order
     affine = _affine(planes, normal, levels, slice_index, source)
