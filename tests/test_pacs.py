@@ -97,7 +97,7 @@ def test_a_server_that_never_answers_times_out_with_a_message(archive, tmp_path)
         silent.listen(1)
         server = pacs.server_named(path=archive.settings(tmp_path / "c.toml", port=silent.getsockname()[1],
                                                          timeout_s=1))
-        with pytest.raises(pacs.PacsError, match="did not accept the DICOM association within 1 s"):
+        with pytest.raises(pacs.PacsError, match="did not answer the DICOM association request within 1 s"):
             pacs.find(server, patient_id="P7")
 
 

@@ -28,6 +28,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import tomllib
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -152,13 +153,19 @@ def _application_entity(server: PacsServer):
     return ae
 
 
+def _refused(server: PacsServer) -> PacsError:
+    return PacsError(f"PACS '{server.name}' refused the connection: its settings do not accept this "
+                     "station's AE title or the called AE title is wrong")
+
+
 def _associate(ae, server: PacsServer, **kwargs):
+    started = time.monotonic()
     assoc = ae.associate(server.host, server.port, ae_title=server.called_aet, **kwargs)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
-        raise PacsError(f"PACS '{server.name}' refused the connection: its settings do not accept this "
-                        "station's AE title or the called AE title is wrong")
+        raise _refused(server)
+    waited = time.monotonic() - started
     try:  # pynetdicom reports an unreachable host as an abort: tell the two apart
         socket.create_connection((server.host, server.port), timeout=server.timeout_s).close()
     except ConnectionRefusedError:
@@ -168,8 +175,12 @@ def _associate(ae, server: PacsServer, **kwargs):
         raise PacsError(f"could not reach PACS '{server.name}': no answer within {server.timeout_s:g} s") from None
     except OSError as exc:
         raise PacsError(f"could not reach PACS '{server.name}': {exc.strerror or 'network error'}") from None
-    raise PacsError(f"PACS '{server.name}' took the network connection but did not accept the DICOM association "
-                    f"within {server.timeout_s:g} s (no answer, or it aborted)")
+    if waited >= 0.9 * server.timeout_s:
+        raise PacsError(f"PACS '{server.name}' took the network connection but did not answer the DICOM "
+                        f"association request within {server.timeout_s:g} s")
+    # a quick end without an answer: the archive dropped the request (a rejection whose reply was lost
+    # when it closed the connection right after is reported this way by pynetdicom)
+    raise _refused(server)
 
 
 def echo(server: PacsServer) -> None:
