@@ -14,7 +14,7 @@ import numpy as np
 # train
 # --------------------------------------------------------------------------------------------------
 def train_config_from_args(args):
-    from .train import PRESETS, TrainConfig
+    from napari_medimp.core.training_run import PRESETS, TrainConfig
 
     values = dict(PRESETS[args.preset])
     if args.config:
@@ -64,7 +64,9 @@ def _cmd_train(args) -> int:
     signal.signal(signal.SIGINT, request_stop)
     summary = train(config, resume=args.resume, progress=_printer(args.json_progress),
                     should_stop=lambda: stop["requested"], command=command_line(args.argv, args.prog))
-    return 3 if summary.get("stopped") else 0
+    from napari_medimp.core.training_run import EXIT_STOPPED
+
+    return EXIT_STOPPED if summary.get("stopped") else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def _untrained(loaded, seed: int):
 def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
     """{patient: {visit: ClinicalValues}} from clinical.csv rows; a bad cell is an error naming it."""
     from napari_medimp.core.prognosis import ClinicalValues
-    from napari_medimp.core.prompts import EXAMS, ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.prompts import EXAMS, MG_DL_TO_UMOL_L, ClinicalRecord, ClinicalValueError
 
     out = {}
     for p in patients:
@@ -114,7 +116,8 @@ def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
             except ClinicalValueError as exc:
                 hint = ""
                 if exc.field == "creatinine" and isinstance(exc.value, (int, float)) and exc.value < 30:
-                    hint = " (values this small look like mg/dL; clinical.csv expects umol/L: multiply by 88.42)"
+                    hint = (" (values this small look like mg/dL; clinical.csv expects umol/L: multiply by "
+                            f"{MG_DL_TO_UMOL_L:g})")
                 raise ValueError(f"clinical.csv, patient {p}, {visit}: {exc}{hint}") from None
     return out
 
@@ -280,7 +283,7 @@ def _cmd_evaluate(args) -> int:
 
 # --------------------------------------------------------------------------------------------------
 def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
-    from .train import PRESETS
+    from napari_medimp.core.training_run import AMP_MODES, PRESETS
 
     parser = argparse.ArgumentParser(prog=prog, description="MEDIMP pretraining and prognosis evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,7 +303,7 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--attributes", help="prompt attributes, comma-separated: gfr,exam,creatinine,donor_age")
     p.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:1...; under "
                                     "torchrun each process takes cuda:LOCAL_RANK")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+    p.add_argument("--amp", choices=AMP_MODES,
                    help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16 with loss "
                         "scaling; off on the CPU")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -26,19 +26,33 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_medimp.core.atomic import atomic_write
+from napari_medimp.core.atomic import atomic_write, temporaries_of
 from napari_medimp.core.checkpoint import save_model
-from napari_medimp.core.configs import strict_from_dict
-from napari_medimp.core.models import PAPER_EMBED_DIM, PAPER_INPUT_SIZE, ModelConfig, build_model
+from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
-from napari_medimp.core.prompts import ATTRIBUTES, TEMPLATE_VERSION
+from napari_medimp.core.prompts import TEMPLATE_VERSION
 from napari_medimp.core.provenance import patients_seen_entry
+from napari_medimp.core.training_run import (
+    AMP_MODES,
+    BEST_MODEL,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LAST_MODEL,
+    LOG_FILE,
+    LOSS_CURVE_FILE,
+    PRESETS,
+    STATE_FILE,
+    STATE_KEY,
+    TrainConfig,
+    checkpoint_state,
+    event,
+)
 
 from .data import ContrastiveDataset, augment_batch, cohort_items, split_by_patient
 from .distributed import (
@@ -54,66 +68,7 @@ from .distributed import (
 )
 from .losses import ContrastiveLoss, accumulated_step, clip_loss
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
 Progress = Callable[[dict], None]
-
-
-@dataclass
-class TrainConfig:
-    cohort: str = ""
-    out: str = "medimp-run"
-    image_encoder: str = "clip_resnet_tiny"
-    image_encoder_kwargs: dict = field(default_factory=dict)
-    embed_dim: int = 64
-    text_model: str | None = None
-    text_trainable_layers: int = 1
-    preprocessing: dict = field(default_factory=lambda: PreprocessConfig().to_dict())
-    attributes: tuple[str, ...] = ATTRIBUTES
-    epochs: int = 10
-    batch_size: int = 8
-    micro_batch: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 10
-    grad_clip: float = 1.0
-    val_fraction: float = 0.2
-    seed: int = 0
-    augment: bool = True
-    device: str = "auto"
-    amp: str = "auto"
-    text_dropout: float | None = None
-    sync_batchnorm: bool = True
-
-    def __post_init__(self):
-        self.attributes = tuple(self.attributes)
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (a contrastive batch needs negatives)")
-        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
-            raise ValueError(f"micro_batch must be between 1 and batch_size ({self.batch_size})")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
-            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["attributes"] = list(self.attributes)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return strict_from_dict(cls, data, "training options")
-
-
-PRESETS = {
-    "cpu-small": {"image_encoder": "clip_resnet_tiny", "image_encoder_kwargs": {"width": 16}, "embed_dim": 64,
-                  "batch_size": 8, "epochs": 30, "lr": 3e-4},
-    "paper": {"image_encoder": "clip_resnet50_3d", "embed_dim": PAPER_EMBED_DIM, "batch_size": 22, "epochs": 200,
-              "lr": 1e-4, "warmup_steps": 500,
-              "preprocessing": PreprocessConfig(target_spacing=(1.0, 1.0, 1.0),
-                                                input_size=PAPER_INPUT_SIZE).to_dict()},
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,8 +281,7 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
 # --------------------------------------------------------------------------------------------------
 # training checkpoints: one safetensors file (state in its metadata), written atomically
 # --------------------------------------------------------------------------------------------------
-CHECKPOINT = "last.safetensors"
-STATE_KEY = "medimp_training_state"
+__all__ = ["AMP_MODES", "PRESETS", "TrainConfig", "train"]  # options live in core.training_run
 
 
 def rng_state(device: torch.device) -> dict:
@@ -364,28 +318,16 @@ def save_training_state(folder: Path, model, optimizer, scheduler, state: dict, 
              "rng": rng if rng is not None else [rng_state(device)],
              "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     text = json.dumps(state, default=float)
-    atomic_write(folder / CHECKPOINT, lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: text}))
-    atomic_write(folder / "last.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CHECKPOINT_FILE, lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: text}))
+    atomic_write(folder / STATE_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_checkpoint(folder: Path) -> tuple[bytes, str | None] | None:
     """``(last.safetensors bytes, last.json text)`` of a run folder, or ``None`` without a checkpoint."""
-    weights, state = Path(folder) / CHECKPOINT, Path(folder) / "last.json"
+    weights, state = Path(folder) / CHECKPOINT_FILE, Path(folder) / STATE_FILE
     if not weights.exists():
         return None
     return weights.read_bytes(), (state.read_text() if state.exists() else None)
-
-
-def _checkpoint_state(payload: bytes, json_text: str | None) -> dict:
-    """The training state: from the weights file's own metadata (always consistent with its tensors);
-    from ``last.json`` only for checkpoints written before the state moved into the file."""
-    n = int.from_bytes(payload[:8], "little")
-    metadata = json.loads(payload[8:8 + n]).get("__metadata__") or {}
-    if STATE_KEY in metadata:
-        return json.loads(metadata[STATE_KEY])
-    if json_text is None:
-        raise ValueError("the training checkpoint has no state (last.json is missing)")
-    return json.loads(json_text)
 
 
 def load_training_state(folder: Path, model, optimizer, scheduler, *, checkpoint=None,
@@ -398,9 +340,9 @@ def load_training_state(folder: Path, model, optimizer, scheduler, *, checkpoint
 
     checkpoint = checkpoint if checkpoint is not None else read_checkpoint(folder)
     if checkpoint is None:
-        raise FileNotFoundError(f"{folder}: no training checkpoint ({CHECKPOINT})")
+        raise FileNotFoundError(f"{folder}: no training checkpoint ({CHECKPOINT_FILE})")
     payload, json_text = checkpoint
-    state = _checkpoint_state(payload, json_text)
+    state = checkpoint_state(payload, json_text)
     tensors = load_bytes(payload)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state: dict = {}
@@ -423,10 +365,9 @@ def load_training_state(folder: Path, model, optimizer, scheduler, *, checkpoint
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete temporary files of checkpoint writes that a killed run left behind (``.last.*.part``)."""
-    removed = []
-    for path in Path(folder).glob(".last.*.part"):
+    removed = [*temporaries_of(Path(folder) / CHECKPOINT_FILE), *temporaries_of(Path(folder) / STATE_FILE)]
+    for path in removed:
         path.unlink(missing_ok=True)
-        removed.append(path)
     return removed
 
 
@@ -514,156 +455,214 @@ def train(config: TrainConfig, *, resume: bool = False, progress: Progress | Non
 
 def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Progress | None,
            should_stop: Callable[[], bool] | None, command: str | None) -> dict:
-    out = Path(config.out)
-    main = run.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    emit = (progress or (lambda event: None)) if main else (lambda event: None)
-    if config.batch_size % run.world:
-        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of processes ({run.world})")
-    n_local = config.batch_size // run.world
-    if run.world > 1 and n_local < 1:
-        raise ValueError("every process needs at least one sample of each batch")
-    device = run.device
-    precision = resolve_amp(config.amp, device)
-    torch.manual_seed(config.seed)
-    prep = PreprocessConfig.from_dict(config.preprocessing)
-    items, skipped = cohort_items(config.cohort)
-    train_items, val_items = split_by_patient(items, config.val_fraction, config.seed)
-    train_set = ContrastiveDataset(train_items, prep, attributes=config.attributes, augment=config.augment,
-                                   seed=config.seed)
-    val_set = ContrastiveDataset(val_items, prep, attributes=config.attributes, augment=False,
-                                 seed=config.seed) if val_items else None
-    model = build_model(model_config(config))
-    if config.text_dropout is not None:
-        set_text_dropout(model, config.text_dropout)
-    if run.world > 1 and config.sync_batchnorm:
-        model = convert_sync_batchnorm(model, device)
-    if device.type == "cuda":
-        model = model.to(device=device, memory_format=torch.channels_last_3d)
-    else:
-        model = model.to(device)
-    broadcast_module(model)
-    if run.world > 1:  # identical weights everywhere, then each rank its own dropout stream
-        torch.manual_seed(config.seed * 1000 + run.rank)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-    steps_per_epoch = max(1, len(train_set) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total))
-    scaler = precision.grad_scaler()
-    loss_fn = _float32_loss(ContrastiveLoss(), precision.device_type)
-    state: dict = {}
-    start_epoch, start_batch, step, best = 0, 0, 0, float("inf")
-    checkpoint_data = broadcast_object(read_checkpoint(out) if main and resume else None)
-    if checkpoint_data is not None:
-        state = load_training_state(out, model, optimizer, scheduler, checkpoint=checkpoint_data,
-                                    scaler=scaler, rank=run.rank)
-        start_epoch, start_batch = state["next_epoch"], state["next_batch"]
-        step, best = state["step"], state["best_val_loss"]
-        emit({"event": "resumed", "epoch": start_epoch, "batch": start_batch, "step": step})
-    commands = [*state.get("commands", []), command or command_line()]
-    log_path = out / "log.csv"
-    if main:
-        remove_stale_temporaries(out)
-        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-        if not resume or not log_path.exists() or checkpoint_data is None:
-            _reset_log(log_path, 0)
+    training = _Training(config, run, progress, should_stop)
+    training.start(resume, command)
+    summary: dict = {}
+    for epoch in range(training.start_epoch, config.epochs):
+        stopped = training.train_one_epoch(epoch)
+        if stopped is not None:
+            return stopped
+        summary = training.end_epoch(epoch)
+        if summary.get("stopped"):
+            return summary
+    return training.finish(summary)
+
+
+class _Training:
+    """One training run in steps: :meth:`start` (data, model, optimiser, resume), :meth:`train_one_epoch`,
+    :meth:`end_epoch` (validation, log, best model, checkpoint) and :meth:`finish` (exports).
+
+    Only rank 0 writes files and progress events; every rank runs every step."""
+
+    def __init__(self, config: TrainConfig, run: DistributedRun, progress: Progress | None,
+                 should_stop: Callable[[], bool] | None):
+        if config.batch_size % run.world:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of processes "
+                             f"({run.world})")
+        self.config, self.run = config, run
+        self.out = Path(config.out)
+        self.main = run.is_main
+        self.progress = progress if (progress and run.is_main) else None
+        self.should_stop = should_stop or (lambda: False)
+        self.device = run.device
+        self.precision = resolve_amp(config.amp, self.device)
+        self.n_local = config.batch_size // run.world
+        self.rows = slice(run.rank * self.n_local, (run.rank + 1) * self.n_local)  # this rank's share of a batch
+        self.stop_requested = False
+        self.state: dict = {}
+        self.start_epoch, self.start_batch, self.step, self.best = 0, 0, 0, float("inf")
+        self.losses: list[float] = []
+
+    def emit(self, kind: str, **fields) -> None:
+        if self.progress is not None:
+            self.progress(event(kind, **fields))
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def start(self, resume: bool, command: str | None) -> None:
+        config, run = self.config, self.run
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self._build_data()
+        self._build_model()
+        checkpoint_data = broadcast_object(read_checkpoint(self.out) if self.main and resume else None)
+        if checkpoint_data is not None:
+            self.state = load_training_state(self.out, self.model, self.optimizer, self.scheduler,
+                                             checkpoint=checkpoint_data, scaler=self.scaler, rank=run.rank)
+            self.start_epoch, self.start_batch = self.state["next_epoch"], self.state["next_batch"]
+            self.step, self.best = self.state["step"], self.state["best_val_loss"]
+            self.emit("resumed", epoch=self.start_epoch, batch=self.start_batch, step=self.step)
+        self.commands = [*self.state.get("commands", []), command or command_line()]
+        self.log_path = self.out / LOG_FILE
+        if self.main:
+            remove_stale_temporaries(self.out)
+            (self.out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+            resumed = resume and self.log_path.exists() and checkpoint_data is not None
+            _reset_log(self.log_path, self.start_epoch if resumed else 0)
+        self.card = {**cohort_provenance(config.cohort), "command": self.commands[0],
+                     "resume_commands": self.commands[1:], "world_size": run.world, "device": self.device.type,
+                     "amp": self.precision.mode,
+                     "patients_seen": patients_seen_entry(config.cohort, {i.patient for i in self.train_items},
+                                                          {i.patient for i in self.val_items})}
+        self.emit("start", train_exams=len(self.train_set), val_exams=len(self.val_set or []),
+                  skipped=self.skipped + self.train_set.skipped, steps_per_epoch=self.steps_per_epoch,
+                  epochs=config.epochs, world_size=run.world, device=str(self.device), amp=self.precision.mode)
+
+    def _build_data(self) -> None:
+        config = self.config
+        prep = PreprocessConfig.from_dict(config.preprocessing)
+        items, self.skipped = cohort_items(config.cohort)
+        self.train_items, self.val_items = split_by_patient(items, config.val_fraction, config.seed)
+        self.train_set = ContrastiveDataset(self.train_items, prep, attributes=config.attributes,
+                                            augment=config.augment, seed=config.seed)
+        self.val_set = ContrastiveDataset(self.val_items, prep, attributes=config.attributes, augment=False,
+                                          seed=config.seed) if self.val_items else None
+        self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+    def _build_model(self) -> None:
+        config, run, device = self.config, self.run, self.device
+        model = build_model(model_config(config))
+        if config.text_dropout is not None:
+            set_text_dropout(model, config.text_dropout)
+        if run.world > 1 and config.sync_batchnorm:
+            model = convert_sync_batchnorm(model, device)
+        if device.type == "cuda":
+            model = model.to(device=device, memory_format=torch.channels_last_3d)
         else:
-            _reset_log(log_path, start_epoch)
-    card = {**cohort_provenance(config.cohort), "command": commands[0], "resume_commands": commands[1:],
-            "world_size": run.world, "device": device.type, "amp": precision.mode,
-            "patients_seen": patients_seen_entry(config.cohort, {i.patient for i in train_items},
-                                                 {i.patient for i in val_items})}
-    emit({"event": "start", "train_exams": len(train_set), "val_exams": len(val_set or []),
-          "skipped": skipped + train_set.skipped, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
-          "world_size": run.world, "device": str(device), "amp": precision.mode})
+            model = model.to(device)
+        broadcast_module(model)
+        if run.world > 1:  # identical weights everywhere, then each rank its own dropout stream
+            torch.manual_seed(config.seed * 1000 + run.rank)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_lambda(config.warmup_steps, self.total_steps))
+        self.scaler = self.precision.grad_scaler()
+        self.loss_fn = _float32_loss(ContrastiveLoss(), self.precision.device_type)
 
-    def checkpoint(next_epoch: int, next_batch: int, losses: list) -> None:
-        rngs = all_gather_objects(rng_state(device))  # every rank takes part
-        if main:
-            save_training_state(out, model, optimizer, scheduler,
-                                {"next_epoch": next_epoch, "next_batch": next_batch, "step": step,
-                                 "best_val_loss": best, "epoch_losses": losses, "config": config.to_dict(),
-                                 "world_size": run.world, "commands": commands},
-                                rng=rngs, scaler=scaler)
+    # -- steps -------------------------------------------------------------------------------------
+    def _backward(self, loss: torch.Tensor) -> None:
+        with torch.autocast(self.precision.device_type, enabled=False):
+            self.scaler.scale(loss).backward()
 
-    def backward(loss: torch.Tensor) -> None:
-        with torch.autocast(precision.device_type, enabled=False):
-            scaler.scale(loss).backward()
-
-    def train_step(images: torch.Tensor, texts: list[str]) -> float:
-        optimizer.zero_grad(set_to_none=True)
+    def train_step(self, images: torch.Tensor, texts: list[str]) -> float:
+        """One optimiser step on this rank's share of a batch; returns its loss."""
+        config, model = self.config, self.model
+        self.optimizer.zero_grad(set_to_none=True)
         if config.micro_batch and config.micro_batch < len(texts):  # per-rank micro-batches, all negatives
-            with precision.autocast():
-                loss = accumulated_step(model, images, texts, config.micro_batch, loss_fn, backward=backward)
+            with self.precision.autocast():
+                loss = accumulated_step(model, images, texts, config.micro_batch, self.loss_fn,
+                                        backward=self._backward)
         else:
-            with precision.autocast():
+            with self.precision.autocast():
                 img, txt, scale = model(images, texts)
-            loss_t = loss_fn(img, txt, scale)
-            backward(loss_t)
+            loss_t = self.loss_fn(img, txt, scale)
+            self._backward(loss_t)
             loss = float(loss_t.detach())
         all_reduce_gradients(model)
-        scaler.unscale_(optimizer)
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         model.clamp_logit_scale_()
-        scheduler.step()
+        self.scheduler.step()
         return loss
 
-    lo, hi = run.rank * n_local, (run.rank + 1) * n_local
-    pin = device.type == "cuda"
-
-    summary: dict = {}
-    stop_requested = False
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        train_set.set_epoch(epoch)
-        chunks = batch_indices(len(train_set), config.batch_size, config.seed, epoch, True, True)
-        first = start_batch if epoch == start_epoch else 0
-        losses = list(state.get("epoch_losses", [])) if epoch == start_epoch and first else []
-        t0 = time.perf_counter()
-        produced = ((b, make_batch(train_set, chunks[b][lo:hi], pin)) for b in range(first, len(chunks)))
+    def train_one_epoch(self, epoch: int) -> dict | None:
+        """The epoch's steps from where it stands; a stop request mid-epoch saves a checkpoint at the next
+        batch and returns the summary of the stop (else None)."""
+        config = self.config
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        chunks = batch_indices(len(self.train_set), config.batch_size, config.seed, epoch, True, True)
+        first = self.start_batch if epoch == self.start_epoch else 0
+        self.losses = list(self.state.get("epoch_losses", [])) if epoch == self.start_epoch and first else []
+        self.epoch_started = time.perf_counter()
+        pin = self.device.type == "cuda"
+        produced = ((b, make_batch(self.train_set, chunks[b][self.rows], pin)) for b in range(first, len(chunks)))
         for b, batch in prefetch(produced):
-            local_loss = train_step(batch_images(batch, device), batch["text"])
-            step += 1
-            loss, stop_now = mean_over_ranks(local_loss, bool(should_stop and should_stop()))
-            losses.append(loss)
-            emit({"event": "step", "epoch": epoch, "step": step, "loss": loss,
-                  "lr": scheduler.get_last_lr()[0], "total_steps": total})
-            stop_requested = stop_requested or stop_now
+            local_loss = self.train_step(batch_images(batch, self.device), batch["text"])
+            self.step += 1
+            loss, stop_now = mean_over_ranks(local_loss, bool(self.should_stop()))
+            self.losses.append(loss)
+            self.emit("step", epoch=epoch, step=self.step, loss=loss, lr=self.scheduler.get_last_lr()[0],
+                      total_steps=self.total_steps)
+            self.stop_requested = self.stop_requested or stop_now
             if stop_now and b + 1 < len(chunks):
-                checkpoint(epoch, b + 1, losses)
-                emit({"event": "stopped", "epoch": epoch, "step": step, "checkpoint": str(out / CHECKPOINT)})
-                return {"epoch": epoch, "step": step, "stopped": True}
-        metrics = validate(model, val_set, config.batch_size, _float32_loss(clip_loss, precision.device_type),
-                           precision) if val_set else {}
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        if main:
-            with open(log_path, "a", newline="") as fh:
-                csv.writer(fh).writerow([epoch, step, train_loss, scheduler.get_last_lr()[0],
+                self.checkpoint(epoch, b + 1, self.losses)
+                self.emit("stopped", epoch=epoch, step=self.step, checkpoint=str(self.out / CHECKPOINT_FILE))
+                return {"epoch": epoch, "step": self.step, "stopped": True}
+        return None
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Validation, the log row, the best model, the checkpoint and the epoch event."""
+        config = self.config
+        metrics = validate(self.model, self.val_set, config.batch_size,
+                           _float32_loss(clip_loss, self.precision.device_type), self.precision) if self.val_set else {}
+        train_loss = float(np.mean(self.losses)) if self.losses else float("nan")
+        if self.main:
+            with open(self.log_path, "a", newline="") as fh:
+                csv.writer(fh).writerow([epoch, self.step, train_loss, self.scheduler.get_last_lr()[0],
                                          *(metrics.get(k, "") for k in ("val_loss", "recall_at_1",
                                                                           "recall_at_5", "mean_rank"))])
-        if metrics and metrics["val_loss"] < best:
-            best = metrics["val_loss"]
-            if main:
-                export(model, config, out / "best", metrics, epoch, len(train_set), card)
-        checkpoint(epoch + 1, 0, [])
-        summary = {"epoch": epoch, "step": step, "train_loss": train_loss, **metrics,
-                   "seconds": time.perf_counter() - t0, "best_val_loss": best}
-        emit({"event": "epoch", **summary})
-        if any_rank(stop_requested or bool(should_stop and should_stop())):
-            emit({"event": "stopped", "epoch": epoch, "step": step, "checkpoint": str(out / CHECKPOINT)})
+        if metrics and metrics["val_loss"] < self.best:
+            self.best = metrics["val_loss"]
+            if self.main:
+                export(self.model, config, self.out / BEST_MODEL, metrics, epoch, len(self.train_set), self.card)
+        self.checkpoint(epoch + 1, 0, [])
+        summary = {"epoch": epoch, "step": self.step, "train_loss": train_loss, **metrics,
+                   "seconds": time.perf_counter() - self.epoch_started, "best_val_loss": self.best}
+        self.emit("epoch", **summary)
+        if any_rank(self.stop_requested or bool(self.should_stop())):
+            self.emit("stopped", epoch=epoch, step=self.step, checkpoint=str(self.out / CHECKPOINT_FILE))
             return {**summary, "stopped": True}
-    if main:
-        export(model, config, out / "last_model", summary, summary.get("epoch", config.epochs - 1),
-               len(train_set), card)
-        plot_losses(log_path, out / "loss_curve.png")
-        best_file = out / "best.safetensors"
-        emit({"event": "done", **summary,
-              "model": str(best_file if best_file.exists() else out / "last_model.safetensors")})
-    any_rank(False)  # the other ranks wait for rank 0's files before leaving
-    return summary
+        return summary
+
+    def checkpoint(self, next_epoch: int, next_batch: int, losses: list) -> None:
+        rngs = all_gather_objects(rng_state(self.device))  # every rank takes part
+        if self.main:
+            save_training_state(self.out, self.model, self.optimizer, self.scheduler,
+                                {"next_epoch": next_epoch, "next_batch": next_batch, "step": self.step,
+                                 "best_val_loss": self.best, "epoch_losses": losses,
+                                 "config": self.config.to_dict(), "world_size": self.run.world,
+                                 "commands": self.commands},
+                                rng=rngs, scaler=self.scaler)
+
+    def finish(self, summary: dict) -> dict:
+        if self.main:
+            export(self.model, self.config, self.out / LAST_MODEL, summary,
+                   summary.get("epoch", self.config.epochs - 1), len(self.train_set), self.card)
+            plot_losses(self.log_path, self.out / LOSS_CURVE_FILE)
+            best_file = self.out / f"{BEST_MODEL}.safetensors"
+            self.emit("done", **summary,
+                      model=str(best_file if best_file.exists() else self.out / f"{LAST_MODEL}.safetensors"))
+        any_rank(False)  # the other ranks wait for rank 0's files before leaving
+        return summary
 
 
 def export(model, config: TrainConfig, path: Path, metrics: dict, epoch: int, n_train: int,
@@ -677,17 +676,18 @@ def export(model, config: TrainConfig, path: Path, metrics: dict, epoch: int, n_
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The run's loss curves (train and validation per epoch) as a PNG, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     with open(log_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig = Figure(figsize=(5, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot(epochs, [float(r["train_loss"]) for r in rows], label="train")
     val = [(int(r["epoch"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
     if val:
@@ -696,5 +696,4 @@ def plot_losses(log_path: Path, png: Path) -> None:
     ax.set_ylabel("contrastive loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_medimp.core.training_job import TrainingProgress
+from napari_medimp._widgets.training_form import TrainingProgress
 
 pytestmark = pytest.mark.gui
 
@@ -189,7 +189,7 @@ def _start(qtbot, widget, cohort, tiny_config, out, epochs, probe=None):
 
 def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, notes, qtbot, cohort, tiny_config,
                                                                      tmp_path):
-    from napari_medimp.core.training_job import inspect_run_folder
+    from napari_medimp._widgets.training_form import inspect_run_folder
 
     viewer, widget = dialog
     run = tmp_path / "run"
@@ -262,7 +262,7 @@ def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_co
     # the loss plot holds every step and both epochs
     steps, _, val_steps, _ = widget.progress.curves()
     assert len(steps) == widget.progress.total_steps and len(val_steps) == 2
-    assert len(widget._train_line.get_xdata()) == len(steps)
+    assert len(widget.loss_plot.train_line.get_xdata()) == len(steps)
 
     # hand-over to the analysis widget of this viewer
     class FakeAnalysis:
@@ -279,7 +279,7 @@ def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_co
 
     widget.setMinimumWidth(560)  # a wider dock for the picture: the whole table is readable
     qtbot.wait(100)
-    widget.canvas.draw()
+    widget.loss_plot.canvas.draw()
     content = widget.content
     content.resize(content.width(), content.sizeHint().height())
     shot = tmp_path / "training_dialog.png"
@@ -433,7 +433,7 @@ def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot
     assert [widget.table.item(0, c).text() for c in range(3)] == ["MEDIMP", "2y", "0.75 [0.65-0.85]"]
     assert widget.use_button.isEnabled() and widget.model_path == model
     assert widget.status_label.text().startswith("done: model") and not notes["error"]
-    assert len(widget._train_line.get_xdata()) == 2 and len(widget._val_line.get_xdata()) == 1
+    assert len(widget.loss_plot.train_line.get_xdata()) == 2 and len(widget.loss_plot.val_line.get_xdata()) == 1
 
 
 def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_path):
@@ -444,3 +444,14 @@ def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_
     assert "exit code 1" in notes["error"][-1] and "ValueError: the cohort is broken" in notes["error"][-1]
     assert widget.status_label.text() == "training failed (exit code 1): ValueError: the cohort is broken"
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_napari_task_list_hooks_exist():
+    """The training dialog lists its runs through napari's private task-list hooks (no public API in
+    napari 0.9): this fails when napari moves them, so that napari_medimp/_widgets/_tasks.py is updated."""
+    from napari._qt.qt_main_window import Window
+    from napari.utils.task_status import Status
+
+    assert callable(getattr(Window, "_register_task_status", None))
+    assert callable(getattr(Window, "_update_task_status", None))
+    assert {"BUSY", "COMPLETED", "CANCELLED", "FAILED"} <= set(Status.__members__)

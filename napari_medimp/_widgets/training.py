@@ -3,7 +3,7 @@
 The training runs in a child process (``python -m src_train train ... --json-progress``) started with
 ``QProcess``: the viewer stays responsive, and everything the training holds (GPU memory included) is
 freed when the process ends. Its stdout carries one JSON progress event per line (parsed by
-:mod:`napari_medimp.core.training_job`); anything else, and stderr, goes to the log view.
+:mod:`napari_medimp._widgets.training_form`); anything else, and stderr, goes to the log view.
 
 Cancel sends SIGTERM: the training finishes its step, writes ``RUN/last.safetensors`` and exits with code
 3; a later Start with "Resume" continues from there. A process that does not stop within
@@ -51,15 +51,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medimp.core import training_job as tj
+from napari_medimp._widgets import training_form as tj
 
-from . import _registry
+from . import _registry, _tasks
+from .loss_plot import LossPlot
 
 PLUGIN = "napari-medimp"
 WIDGET_NAME = "MEDIMP training"
 ANALYSIS_WIDGET_NAME = "MEDIMP graft analysis"
 _ERROR_STYLE = "color: #e0555f;"
-_TRAIN_COLOR, _VAL_COLOR = "#5b9bd5", "#f0a030"
 _NOTE_STYLE = "color: #e3b617;"
 
 #: widgets whose child process is running (stopped cleanly when the application quits)
@@ -317,9 +317,8 @@ class TrainingWidget(QWidget):
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status_label)
 
-        self._build_plot()
-        layout.addWidget(self.canvas)
-        layout.addWidget(self.legend_label)
+        self.loss_plot = LossPlot(self.viewer)
+        layout.addWidget(self.loss_plot)
 
         self.table = QTableWidget(0, len(tj.DISPLAY_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(tj.DISPLAY_COLUMNS))
@@ -363,84 +362,8 @@ class TrainingWidget(QWidget):
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(lambda: self._kill_if_running())
 
-    def _build_plot(self) -> None:
-        """The loss plot: axes drawn only when their limits change, the curves blitted over them."""
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-
-        self.figure = Figure(figsize=(4.0, 2.2), dpi=100)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.axes = self.figure.add_subplot()
-        (self._train_line,) = self.axes.plot([], [], lw=1.0, color=_TRAIN_COLOR, animated=True)
-        (self._val_line,) = self.axes.plot([], [], "o-", lw=1.5, ms=4, color=_VAL_COLOR, animated=True)
-        self.axes.set_xlabel("step")  # no rotated "loss" label: the legend below says it, and it is cheaper
-        for axis in (self.axes.xaxis, self.axes.yaxis):
-            axis.set_major_locator(MaxNLocator(nbins=4))
-        self.axes.set_xlim(0, 1)
-        self.axes.set_ylim(0, 1)
-        self.figure.subplots_adjust(left=0.1, right=0.97, top=0.95, bottom=0.22)
-        self._limits: tuple[float, float] = (1.0, 1.0)
-        self._new_axes = True
-        self._background = None
-        self.canvas.mpl_connect("draw_event", self._on_canvas_drawn)
-        # the legend is Qt text: free to draw, unlike matplotlib text
-        self.legend_label = QLabel(
-            f"loss: <span style='color:{_TRAIN_COLOR}'>&#9473;</span> training (each step) &nbsp; "
-            f"<span style='color:{_VAL_COLOR}'>&#9679;</span> validation (each epoch)")
-        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
-        self._apply_theme()
-        self.canvas.draw()  # the first draw loads fonts: do it now rather than during a run
-        try:
-            self.viewer.events.theme.connect(self._apply_theme)
-        except (AttributeError, TypeError):
-            pass
-
-    def _apply_theme(self, *_) -> None:
-        try:
-            from napari.utils.theme import get_theme
-
-            theme = get_theme(self.viewer.theme)
-            background, text = theme.background.as_hex(), theme.text.as_hex()
-        except Exception:
-            background, text = "#ffffff", "#000000"
-        self.figure.set_facecolor(background)
-        self.axes.set_facecolor(background)
-        for spine in self.axes.spines.values():
-            spine.set_color(text)
-        self.axes.tick_params(colors=text, labelsize=7)
-        self.axes.xaxis.label.set_color(text)
-        self.axes.xaxis.label.set_fontsize(8)
-        self.canvas.draw_idle()
-
-    def _on_canvas_drawn(self, _event) -> None:
-        # a full draw (axes, ticks) just happened: keep it as the background of the curves
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        self.axes.draw_artist(self._train_line)
-        self.axes.draw_artist(self._val_line)
-
     def _update_plot(self) -> None:
-        """Show the current curves: a blit of the two lines, or a full draw when the axes change."""
-        steps, losses, val_steps, val_losses = self.progress.curves()
-        self._train_line.set_data(steps, losses)
-        self._val_line.set_data(val_steps, val_losses)
-        if steps or val_steps:
-            limits = tj.plot_limits(self.progress, None if self._new_axes else self._limits)
-            self._new_axes = False
-        else:
-            limits = self._limits  # nothing to show yet: keep the axes, clear the curves
-        if limits != self._limits or self._background is None:
-            self._limits = limits
-            self.axes.set_xlim(0, limits[0])
-            self.axes.set_ylim(0, limits[1])
-            self.canvas.draw_idle()  # _on_canvas_drawn adds the curves
-            return
-        self.canvas.restore_region(self._background)
-        self.axes.draw_artist(self._train_line)
-        self.axes.draw_artist(self._val_line)
-        self.canvas.update()  # painted with the other changes (canvas.blit would repaint right now)
+        self.loss_plot.show_progress(self.progress)
 
     @staticmethod
     def _available_devices() -> list[str]:
@@ -455,7 +378,7 @@ class TrainingWidget(QWidget):
     # the form
     # ------------------------------------------------------------------------------------------------
     def options(self) -> tj.TrainingOptions:
-        """The form as :class:`~napari_medimp.core.training_job.TrainingOptions`."""
+        """The form as :class:`~napari_medimp._widgets.training_form.TrainingOptions`."""
         return tj.TrainingOptions(
             cohort=self.cohort_edit.text().strip(),
             out=self.out_edit.text().strip(),
@@ -659,7 +582,7 @@ class TrainingWidget(QWidget):
         self._run_cohort = tj.resolve_cohort(options.cohort).absolute()
         self._run_out = Path(options.out).expanduser().absolute()
         self.log_view.clear()
-        self._new_axes = True  # the first losses of this run set the axes
+        self.loss_plot.reset_axes()  # the first losses of this run set the axes
         self._progress_dirty = True
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -985,46 +908,21 @@ class TrainingWidget(QWidget):
     # ------------------------------------------------------------------------------------------------
     # napari's task list (asks before closing the window; stops the process when it closes)
     # ------------------------------------------------------------------------------------------------
-    def _window(self):
-        viewer = getattr(self.viewer, "__wrapped__", self.viewer)
-        try:
-            return viewer.window
-        except AttributeError:
-            return None
-
     def _register_task(self) -> None:
-        window = self._window()
-        register = getattr(window, "_register_task_status", None)
-        if register is None:
-            self._task_id = None
-            return
-        from napari.utils.task_status import Status
-
         ref = weakref.ref(self)
 
         def stop() -> bool:
             widget = ref()
             return widget.shutdown() if widget is not None else True
 
-        self._task_epoch = None
-        self._task_id = register("napari-medimp", Status.BUSY, f"MEDIMP {self.phase} running",
-                                 cancel_callback=stop)
+        self._task_id = _tasks.register(self.viewer, f"MEDIMP {self.phase} running", cancel=stop)
 
     def _update_task(self, text: str) -> None:
-        self._set_task("BUSY", f"MEDIMP {self.phase}: {text}")
+        _tasks.update(self.viewer, self._task_id, "BUSY", f"MEDIMP {self.phase}: {text}")
 
     def _end_task(self, status: str, text: str) -> None:
-        self._set_task(status, text)
+        _tasks.update(self.viewer, self._task_id, status, text)
         self._task_id = None
-
-    def _set_task(self, status: str, text: str) -> None:
-        if self._task_id is None:
-            return
-        update = getattr(self._window(), "_update_task_status", None)
-        if update is not None:
-            from napari.utils.task_status import Status
-
-            update(self._task_id, Status[status], text)
 
     # ------------------------------------------------------------------------------------------------
     # closing

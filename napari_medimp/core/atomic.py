@@ -26,5 +26,11 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o644) -> Path:
     return path
 
 
+def temporaries_of(path) -> list[Path]:
+    """Temporary files that writes of ``path`` left behind when their process was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.part"))
+
+
 def atomic_write_bytes(path, payload: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))

@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from .configs import strict_from_dict
+from .paper import PAPER_INPUT_SIZE
 from .volume import DCEVolume
 
 if TYPE_CHECKING:
@@ -61,10 +62,6 @@ __all__ = [
 #: bump when a change alters the tensors produced for a given config (saved inside model files)
 PREPROCESS_VERSION = 1
 
-#: MEDIMP's input size ``[96, 144, 192]`` is the spatial order of its torchio tensors, i.e. NIfTI
-#: ``(x, y, z)``; in our ``(z, y, x)`` convention that is ``(192, 144, 96)`` (assuming RAS-like files,
-#: which the paper does not state).
-PAPER_INPUT_SIZE = (192, 144, 96)
 
 PHASE_KEYWORDS = ("baseline", "peak", "late")
 NORMALIZATION_MODES = ("robust", "zscore", "none")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..preprocess import PAPER_INPUT_SIZE
+from ..paper import PAPER_EMBED_DIM, PAPER_INPUT_SIZE
 
 __all__ = [
     "AntiAliasPool3d",
@@ -60,8 +60,6 @@ def _triple(size: int | Sequence[int]) -> tuple[int, int, int]:
 
 #: first-convolution stride of MEDIMP's encoder in (z, y, x) order: full resolution along x
 PAPER_STEM_STRIDE = (2, 2, 1)
-#: MEDIMP's embedding size (its CLIP RN50 configuration)
-PAPER_EMBED_DIM = 1024
 
 
 def feature_grid(input_size: int | Sequence[int], stem_stride: int | Sequence[int] = 2,

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medimp.core import training_job as tj
+from napari_medimp._widgets import training_form as tj
+from napari_medimp.core.training_run import STATE_KEY
 
 CLINICAL = "patient_id,donor_age,gfr_D15,outcome_2y\nP0001,44,70.2,0\nP0002,64,47.5,1\n"
 
@@ -36,7 +37,7 @@ def _fake_checkpoint(run: Path, state: dict, in_metadata: bool = True, json_copy
     from safetensors.numpy import save_file
 
     run.mkdir(parents=True, exist_ok=True)
-    metadata = {tj.STATE_KEY: json.dumps(state)} if in_metadata else None
+    metadata = {STATE_KEY: json.dumps(state)} if in_metadata else None
     save_file({"model.w": np.zeros(2, np.float32)}, str(run / tj.CHECKPOINT_FILE), metadata=metadata)
     if json_copy:
         (run / "last.json").write_text(json.dumps(state))
@@ -363,7 +364,7 @@ def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
 def test_module_needs_no_qt():
     import subprocess
 
-    code = ("import sys; import napari_medimp.core.training_job; "
+    code = ("import sys; import napari_medimp._widgets.training_form; "
             "assert not any(m.split('.')[0] in ('qtpy', 'PyQt6', 'PyQt5', 'napari') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith(('qtpy', 'PyQt', 'napari.'))]")
     subprocess.run([sys.executable, "-c", code], check=True)

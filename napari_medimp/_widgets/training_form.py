@@ -15,7 +15,8 @@ does not need a GUI, so it can be tested (and reused by other front ends) on a h
   evaluation that follows a finished training, and its table;
 * :func:`describe_exit` -- a child's exit code in words.
 
-``src_train`` is imported lazily (it imports torch) and only for its presets and option names.
+What the dialog and the trainer must agree on (options, presets, run files, exit codes, progress
+events) is :mod:`napari_medimp.core.training_run`; this module never imports ``src_train``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .prompts import ATTRIBUTES
+from ..core.prompts import ATTRIBUTES
+from ..core.training_run import (
+    CHECKPOINT_FILE,
+    EVENT_FIELDS,
+    EXIT_STOPPED,
+    LOG_FILE,
+    PRESETS,
+    RUN_FILES,
+    TrainConfig,
+    config_fields,
+    is_finite,
+    is_int,
+    is_number,
+    parse_event,
+    preset_summary,
+    read_checkpoint_state,
+)
 
 __all__ = [
     "ATTRIBUTE_LABELS",
@@ -65,14 +82,6 @@ __all__ = [
     "source_root",
 ]
 
-#: exit code of ``python -m src_train train`` after a requested stop (checkpoint saved)
-EXIT_STOPPED = 3
-CHECKPOINT_FILE = "last.safetensors"
-#: safetensors metadata key of the training state inside the checkpoint (``src_train.train.STATE_KEY``)
-STATE_KEY = "medimp_training_state"
-#: files a training run writes into its output folder (besides the checkpoint)
-RUN_FILES = ("last.json", "log.csv", "train_config.json", "best.safetensors", "last_model.safetensors")
-
 PRESET_LABELS = {"cpu-small": "CPU small (tiny 3D ResNet)", "paper": "GPU paper (3D CLIP ResNet-50)"}
 ATTRIBUTE_LABELS = {"gfr": "GFR", "exam": "exam date", "creatinine": "creatinine stability",
                     "donor_age": "donor age"}
@@ -91,28 +100,11 @@ class OptionsError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # presets and configs
 # --------------------------------------------------------------------------------------------------
-def _presets() -> dict[str, dict]:
-    from src_train.train import PRESETS
-
-    return PRESETS
-
-
-def _config_fields() -> set[str]:
-    from dataclasses import fields
-
-    from src_train.train import TrainConfig
-
-    return {f.name for f in fields(TrainConfig)}
-
-
 def preset_defaults(preset: str) -> dict[str, int]:
-    """Epochs and batch size of a training preset (``src_train.train.PRESETS``)."""
-    from src_train.train import TrainConfig
-
-    presets = _presets()
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
-    values = presets[preset]
+    """Epochs and batch size of a training preset (``core.training_run.PRESETS``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    values = PRESETS[preset]
     base = TrainConfig.__dataclass_fields__
     return {key: int(values.get(key, base[key].default)) for key in ("epochs", "batch_size")}
 
@@ -136,8 +128,8 @@ def effective_defaults(preset: str, config: str | os.PathLike | None = None) -> 
 def preset_warning(preset: str, devices: Sequence[str]) -> str | None:
     """Why a preset is a poor choice on this machine (``devices`` as from ``available_devices()``)."""
     if preset == "paper" and "cuda" not in devices:
-        return ("the paper preset (3D ResNet-50, 96x144x192 input, batch 22, 200 epochs) needs a CUDA GPU; "
-                "none is available here: use CPU small")
+        return (f"the paper preset ({preset_summary('paper')}) needs a CUDA GPU; none is available here: "
+                "use CPU small")
     return None
 
 
@@ -154,7 +146,7 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} must hold a JSON object of training options")
-    unknown = sorted(set(data) - _config_fields())
+    unknown = sorted(set(data) - config_fields())
     if unknown:
         raise ValueError(f"unknown training option(s) {', '.join(unknown)} in {path.name}")
     return data
@@ -224,21 +216,6 @@ class RunFolder:
         return f"step {self.step}, {self.next_epoch}{of} epochs done"
 
 
-def _checkpoint_state(path: Path) -> dict:
-    """The training state of a checkpoint: from the safetensors header's metadata (where
-    ``src_train`` keeps it), else from the ``last.json`` copy next to it."""
-    try:
-        with open(path / CHECKPOINT_FILE, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if 0 < n <= 100_000_000:
-                metadata = json.loads(fh.read(n)).get("__metadata__") or {}
-                if STATE_KEY in metadata:
-                    return json.loads(metadata[STATE_KEY])
-    except (OSError, ValueError, AttributeError):
-        pass
-    return json.loads((path / "last.json").read_text())
-
-
 def inspect_run_folder(path: str | os.PathLike) -> RunFolder:
     """What ``path`` holds: a resumable checkpoint (with its position), files of a run, or nothing."""
     path = Path(path).expanduser()
@@ -248,7 +225,7 @@ def inspect_run_folder(path: str | os.PathLike) -> RunFolder:
     run.previous_files = [name for name in (CHECKPOINT_FILE, *RUN_FILES) if (path / name).exists()]
     if (path / CHECKPOINT_FILE).is_file():
         try:
-            state = _checkpoint_state(path)
+            state = read_checkpoint_state(path)
             run.next_epoch, run.step = int(state["next_epoch"]), int(state["step"])
             run.next_batch = int(state.get("next_batch") or 0)
             run.config = state.get("config") if isinstance(state.get("config"), dict) else None
@@ -295,8 +272,8 @@ class TrainingOptions:
             cohort = resolve_cohort(self.cohort)
         except ValueError as exc:
             problems["cohort"] = str(exc)
-        if self.preset not in _presets():
-            problems["preset"] = f"unknown preset {self.preset!r}; known: {', '.join(sorted(_presets()))}"
+        if self.preset not in PRESETS:
+            problems["preset"] = f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}"
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             problems["epochs"] = "train for at least 1 epoch"
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 2):
@@ -449,62 +426,9 @@ class LineSplitter:
         return [self._clean(rest)] if rest.strip() else []
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-#: required fields of each progress event and their kinds
-EVENT_FIELDS: dict[str, dict[str, str]] = {
-    "start": {"train_exams": "int", "val_exams": "int", "steps_per_epoch": "int", "epochs": "int"},
-    "resumed": {"epoch": "int", "step": "int"},
-    "step": {"epoch": "int", "step": "int", "total_steps": "int", "loss": "number"},
-    "epoch": {"epoch": "int", "step": "int", "train_loss": "number"},
-    "stopped": {"epoch": "int", "step": "int", "checkpoint": "str"},
-    "done": {"model": "str"},
-}
-_OPTIONAL_NUMBERS = ("val_loss", "recall_at_1", "recall_at_5", "mean_rank", "lr", "seconds", "best_val_loss")
-_CHECKS = {"int": _is_int, "number": _is_number, "str": lambda v: isinstance(v, str) and bool(v)}
-
-
-def parse_event(line: str | bytes) -> dict | None:
-    """A progress event from one stdout line, or ``None`` when the line is not a valid event (log it).
-
-    Valid: a JSON object whose ``event`` is one of :data:`EVENT_FIELDS` with every required field of the
-    right kind, and metrics (``val_loss``, ``recall_at_1``, ...) numbers when present. NaN losses are
-    kept (a diverging run is worth showing)."""
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(event, dict):
-        return None
-    required = EVENT_FIELDS.get(event.get("event"))  # type: ignore[arg-type]
-    if required is None:
-        return None
-    if not all(name in event and _CHECKS[kind](event[name]) for name, kind in required.items()):
-        return None
-    if any(name in event and event[name] is not None and not _is_number(event[name])
-           for name in _OPTIONAL_NUMBERS):
-        return None
-    return event
-
-
-def _finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
 def read_training_log(run: str | os.PathLike) -> list[dict]:
     """Per-epoch rows of a run's ``log.csv`` (numbers as floats, missing values as None)."""
-    path = Path(run) / "log.csv"
+    path = Path(run) / LOG_FILE
     if not path.is_file():
         return []
     rows = []
@@ -561,7 +485,7 @@ class TrainingProgress:
         """Epochs of an earlier part of a resumed run (from :func:`read_training_log`)."""
         known = {m["epoch"] for m in self.epoch_metrics}
         old = [dict(r, event="epoch") for r in log_rows
-               if _is_number(r.get("epoch")) and r["epoch"] not in known and _is_number(r.get("step"))]
+               if is_number(r.get("epoch")) and r["epoch"] not in known and is_number(r.get("step"))]
         for row in old:
             row["epoch"], row["step"] = int(row["epoch"]), int(row["step"])
         self.epoch_metrics = sorted(old + self.epoch_metrics, key=lambda m: m["step"])
@@ -579,9 +503,9 @@ class TrainingProgress:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.3f}")
         last = self.epoch_metrics[-1] if self.epoch_metrics else {}
-        if _finite(last.get("val_loss")):
+        if is_finite(last.get("val_loss")):
             parts.append(f"val loss {last['val_loss']:.3f}")
-        if _finite(last.get("recall_at_1")):
+        if is_finite(last.get("recall_at_1")):
             parts.append(f"recall@1 {last['recall_at_1']:.2f}")
         if not parts and self.train_exams is not None:
             parts.append(f"{self.train_exams} training exams, {self.val_exams} validation exams")
@@ -595,7 +519,7 @@ class TrainingProgress:
             size = math.ceil(len(pairs) / max_points)
             chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
             pairs = [(sum(s for s, _ in c) / len(c), sum(v for _, v in c) / len(c)) for c in chunks]
-        val = [(m["step"], m["val_loss"]) for m in self.epoch_metrics if _finite(m.get("val_loss"))]
+        val = [(m["step"], m["val_loss"]) for m in self.epoch_metrics if is_finite(m.get("val_loss"))]
         return [s for s, _ in pairs], [v for _, v in pairs], [s for s, _ in val], [v for _, v in val]
 
 
@@ -695,13 +619,13 @@ def _estimate(row: Mapping[str, Any], name: str) -> str:
     """"0.82 [0.74-0.89]" from an evaluation table row (estimate and bootstrap interval); tables of the
     first release (fold mean and std) read "0.82 ± 0.05"."""
     value = row.get(name)
-    if _finite(value):
+    if is_finite(value):
         low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-        return f"{value:.2f} [{low:.2f}-{high:.2f}]" if _finite(low) and _finite(high) else f"{value:.2f}"
+        return f"{value:.2f} [{low:.2f}-{high:.2f}]" if is_finite(low) and is_finite(high) else f"{value:.2f}"
     mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
-    if not _finite(mean):
+    if not is_finite(mean):
         return "–"
-    return f"{mean:.2f} ± {std:.2f}" if _finite(std) else f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}" if is_finite(std) else f"{mean:.2f}"
 
 
 def evaluation_display_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[list[str], str]]:
@@ -709,9 +633,9 @@ def evaluation_display_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[lis
     out = []
     for row in rows:
         n, pos = row.get("n_patients"), row.get("n_positive")
-        patients = f"{n} ({pos} pos.)" if _is_int(n) and _is_int(pos) else ("" if n is None else str(n))
-        f1 = row.get("f1") if _finite(row.get("f1")) else row.get("f1_mean")
+        patients = f"{n} ({pos} pos.)" if is_int(n) and is_int(pos) else ("" if n is None else str(n))
+        f1 = row.get("f1") if is_finite(row.get("f1")) else row.get("f1_mean")
         cells = [str(row.get("feature_set") or ""), str(row.get("horizon") or ""), _estimate(row, "auc"),
-                 f"{f1:.2f}" if _finite(f1) else "–", patients, str(row.get("status") or "")]
+                 f"{f1:.2f}" if is_finite(f1) else "–", patients, str(row.get("status") or "")]
         out.append((cells, str(row.get("message") or "")))
     return out

@@ -1,0 +1,218 @@
+"""What a training run is, for the trainer (``src_train``) and its front ends (the napari dialog).
+
+Everything both sides must agree on lives here once, without torch: the options (:class:`TrainConfig`,
+the presets), the files of a run folder, where the training state sits inside the checkpoint, the exit
+code of a stopped run and the progress events printed with ``--json-progress``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .configs import strict_from_dict
+from .paper import PAPER_EMBED_DIM, PAPER_INPUT_SIZE
+from .preprocess import PreprocessConfig
+from .prompts import ATTRIBUTES
+
+#: exit code of ``python -m src_train train`` after a requested stop (checkpoint saved)
+EXIT_STOPPED = 3
+
+#: files of a run folder
+CHECKPOINT_FILE = "last.safetensors"  # weights, optimiser state and the training state (metadata)
+STATE_FILE = "last.json"  # a readable copy of the training state
+LOG_FILE = "log.csv"
+CONFIG_FILE = "train_config.json"
+BEST_MODEL = "best"  # best.safetensors + best.json: the model of the best validation loss
+LAST_MODEL = "last_model"  # the model of the last epoch
+LOSS_CURVE_FILE = "loss_curve.png"
+#: files a run writes besides the checkpoint
+RUN_FILES = (STATE_FILE, LOG_FILE, CONFIG_FILE, f"{BEST_MODEL}.safetensors", f"{BEST_MODEL}.json",
+             f"{LAST_MODEL}.safetensors", f"{LAST_MODEL}.json", LOSS_CURVE_FILE)
+#: safetensors metadata key of the training state inside the checkpoint
+STATE_KEY = "medimp_training_state"
+#: largest safetensors header read when looking for the training state
+_MAX_HEADER_BYTES = 100_000_000
+
+#: mixed-precision choices of ``--amp``
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    cohort: str = ""
+    out: str = "medimp-run"
+    image_encoder: str = "clip_resnet_tiny"
+    image_encoder_kwargs: dict = field(default_factory=dict)
+    embed_dim: int = 64
+    text_model: str | None = None
+    text_trainable_layers: int = 1
+    preprocessing: dict = field(default_factory=lambda: PreprocessConfig().to_dict())
+    attributes: tuple[str, ...] = ATTRIBUTES
+    epochs: int = 10
+    batch_size: int = 8
+    micro_batch: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    augment: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+    text_dropout: float | None = None
+    sync_batchnorm: bool = True
+
+    def __post_init__(self):
+        self.attributes = tuple(self.attributes)
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (a contrastive batch needs negatives)")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise ValueError(f"micro_batch must be between 1 and batch_size ({self.batch_size})")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["attributes"] = list(self.attributes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return strict_from_dict(cls, data, "training options")
+
+
+PRESETS = {
+    "cpu-small": {"image_encoder": "clip_resnet_tiny", "image_encoder_kwargs": {"width": 16}, "embed_dim": 64,
+                  "batch_size": 8, "epochs": 30, "lr": 3e-4},
+    "paper": {"image_encoder": "clip_resnet50_3d", "embed_dim": PAPER_EMBED_DIM, "batch_size": 22, "epochs": 200,
+              "lr": 1e-4, "warmup_steps": 500,
+              "preprocessing": PreprocessConfig(target_spacing=(1.0, 1.0, 1.0),
+                                                input_size=PAPER_INPUT_SIZE).to_dict()},
+}
+
+
+def config_fields() -> set[str]:
+    return set(TrainConfig.__dataclass_fields__)
+
+
+def preset_summary(preset: str) -> str:
+    """'3D CLIP ResNet-50, 96x144x192 input, batch 22, 200 epochs' for a preset."""
+    values = {**TrainConfig().to_dict(), **PRESETS[preset]}
+    size = "x".join(str(n) for n in reversed(values["preprocessing"]["input_size"]))
+    return f"{values['image_encoder']}, {size} input, batch {values['batch_size']}, {values['epochs']} epochs"
+
+
+# --------------------------------------------------------------------------------------------------
+# the checkpoint's training state
+# --------------------------------------------------------------------------------------------------
+def safetensors_metadata(head: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file from its first bytes (header length + JSON header)."""
+    if len(head) < 8:
+        raise ValueError("file too short for a safetensors header")
+    n = int.from_bytes(head[:8], "little")
+    if not 0 < n <= _MAX_HEADER_BYTES or len(head) < 8 + n:
+        raise ValueError("safetensors header length is out of range or the file is truncated")
+    header = json.loads(head[8:8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def checkpoint_state(head: bytes, state_json: str | None = None) -> dict:
+    """The training state: from the checkpoint's own metadata (always consistent with its tensors), else
+    from the ``last.json`` copy (checkpoints written before the state moved into the file)."""
+    metadata = safetensors_metadata(head)
+    if STATE_KEY in metadata:
+        return json.loads(metadata[STATE_KEY])
+    if state_json is None:
+        raise ValueError(f"the training checkpoint has no state ({STATE_FILE} is missing)")
+    return json.loads(state_json)
+
+
+def read_checkpoint_state(folder) -> dict:
+    """The training state of a run folder's checkpoint, reading only the checkpoint's header."""
+    folder = Path(folder)
+    with open(folder / CHECKPOINT_FILE, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 0 < n <= _MAX_HEADER_BYTES:
+            raise ValueError(f"{CHECKPOINT_FILE}: safetensors header length is out of range")
+        fh.seek(0)
+        head = fh.read(8 + n)
+    state_file = folder / STATE_FILE
+    return checkpoint_state(head, state_file.read_text() if state_file.is_file() else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# progress events (one JSON object per stdout line with --json-progress)
+# --------------------------------------------------------------------------------------------------
+#: required fields of each progress event and their kinds
+EVENT_FIELDS: dict[str, dict[str, str]] = {
+    "start": {"train_exams": "int", "val_exams": "int", "steps_per_epoch": "int", "epochs": "int"},
+    "resumed": {"epoch": "int", "step": "int"},
+    "step": {"epoch": "int", "step": "int", "total_steps": "int", "loss": "number"},
+    "epoch": {"epoch": "int", "step": "int", "train_loss": "number"},
+    "stopped": {"epoch": "int", "step": "int", "checkpoint": "str"},
+    "done": {"model": "str"},
+}
+#: metrics an event may carry (numbers or null)
+OPTIONAL_NUMBERS = ("val_loss", "recall_at_1", "recall_at_5", "mean_rank", "lr", "seconds", "best_val_loss")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+_CHECKS = {"int": is_int, "number": is_number, "str": lambda v: isinstance(v, str) and bool(v)}
+
+
+def event(kind: str, **fields: Any) -> dict:
+    """A progress event, checked against :data:`EVENT_FIELDS` (the trainer emits only these)."""
+    required = EVENT_FIELDS[kind]
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise ValueError(f"progress event {kind!r} lacks {', '.join(missing)}")
+    return {"event": kind, **fields}
+
+
+def parse_event(line: str | bytes) -> dict | None:
+    """A progress event from one stdout line, or ``None`` when the line is not a valid event (log it).
+
+    Valid: a JSON object whose ``event`` is one of :data:`EVENT_FIELDS` with every required field of the
+    right kind, and metrics (``val_loss``, ``recall_at_1``, ...) numbers when present. NaN losses are
+    kept (a diverging run is worth showing)."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        parsed = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    required = EVENT_FIELDS.get(parsed.get("event"))  # type: ignore[arg-type]
+    if required is None:
+        return None
+    if not all(name in parsed and _CHECKS[kind](parsed[name]) for name, kind in required.items()):
+        return None
+    if any(name in parsed and parsed[name] is not None and not is_number(parsed[name])
+           for name in OPTIONAL_NUMBERS):
+        return None
+    return parsed
