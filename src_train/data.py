@@ -86,16 +86,32 @@ class PrepareExam:
 AUGMENT = {"flip": 0.5, "affine": 0.5, "rotate": 0.1, "scale": 0.1, "translate": (2.0, 4.0, 4.0),
            "blur": 0.2, "sigma": (0.25, 1.0), "noise": 0.2, "noise_std": 0.05, "gamma": 0.3,
            "gamma_range": (0.8, 1.25)}
-N_AUGMENT_PARAMS = 20
+#: the draws of one sample's augmentation, in the order of its parameter vector: (name, length). The
+#: yes/no draws (flip, affine, blur, noise, gamma) are 1.0 or 0.0.
+AUGMENT_DRAWS = (("flip", 1), ("affine", 1), ("angles", 3), ("scales", 3), ("shifts", 3), ("blur", 1),
+                 ("sigmas", 3), ("noise", 1), ("noise_std", 1), ("noise_seed", 1), ("gamma", 1),
+                 ("gamma_value", 1))
+
+
+def _draw_slices() -> dict[str, slice | int]:
+    out, start = {}, 0
+    for name, length in AUGMENT_DRAWS:
+        out[name] = start if length == 1 else slice(start, start + length)
+        start += length
+    return out
+
+
+#: position of each draw in the parameter vector: an index for single values, a slice for triples
+DRAW = _draw_slices()
+N_AUGMENT_PARAMS = sum(length for _, length in AUGMENT_DRAWS)
 
 
 def draw_augmentation(seed: int, epoch: int, index: int) -> torch.Tensor:
     """The augmentation of sample ``index`` in ``epoch``: a float64 vector of ``N_AUGMENT_PARAMS``
-    values drawn from a generator seeded by ``(seed, epoch, index)``, whatever was drawn before, so a
-    resumed run, or a rank holding part of the batch, draws exactly what one uninterrupted process does.
-
-    Layout: flip?; affine?, 3 angles, 3 scales, 3 translations (z, y, x); blur?, 3 sigmas; noise?, std,
-    noise seed; gamma?, gamma. Every value is drawn whether used or not (a fixed number of draws).
+    values laid out as :data:`AUGMENT_DRAWS` (read them through :data:`DRAW`), drawn from a generator
+    seeded by ``(seed, epoch, index)``, whatever was drawn before, so a resumed run, or a rank holding
+    part of the batch, draws exactly what one uninterrupted process does. Every value is drawn whether
+    used or not (a fixed number of draws).
     """
     a = AUGMENT
     rng = np.random.default_rng((seed, epoch, index, 1))
@@ -107,9 +123,13 @@ def draw_augmentation(seed: int, epoch: int, index: int) -> torch.Tensor:
     std = rng.uniform(0.0, a["noise_std"])
     noise_seed = float(rng.integers(2**31))
     gamma = rng.uniform(*a["gamma_range"])
-    values = [coins[0] < a["flip"], coins[1] < a["affine"], *angles, *scales, *shifts,
-              coins[2] < a["blur"], *sigmas, coins[3] < a["noise"], std, noise_seed, coins[4] < a["gamma"], gamma]
-    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+    draws = {"flip": coins[0] < a["flip"], "affine": coins[1] < a["affine"], "angles": angles, "scales": scales,
+             "shifts": shifts, "blur": coins[2] < a["blur"], "sigmas": sigmas, "noise": coins[3] < a["noise"],
+             "noise_std": std, "noise_seed": noise_seed, "gamma": coins[4] < a["gamma"], "gamma_value": gamma}
+    vector = np.empty(N_AUGMENT_PARAMS)
+    for name, position in DRAW.items():
+        vector[position] = draws[name]
+    return torch.from_numpy(vector)
 
 
 def _rotation(angles) -> np.ndarray:
@@ -125,10 +145,10 @@ def _rotation(angles) -> np.ndarray:
 def _affine_theta(params: np.ndarray, size_zyx) -> np.ndarray:
     """``affine_grid`` matrix (3 x 4, (x, y, z) order, normalised coordinates) of a rotation + scale
     about the centre and a translation, defined in voxel units (as MONAI's RandAffine)."""
-    linear = _rotation(params[2:5]) @ np.diag(params[5:8])
+    linear = _rotation(params[DRAW["angles"]]) @ np.diag(params[DRAW["scales"]])
     half = np.asarray(size_zyx, dtype=float) / 2.0
     norm_linear = (linear * half[None, :]) / half[:, None]  # D^-1 A D
-    norm_shift = params[8:11] / half
+    norm_shift = params[DRAW["shifts"]] / half
     flip = [2, 1, 0]  # (z, y, x) -> (x, y, z)
     return np.concatenate([norm_linear[np.ix_(flip, flip)], norm_shift[flip, None]], axis=1)
 
@@ -169,25 +189,28 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     if p.shape != (images.shape[0], N_AUGMENT_PARAMS):
         raise ValueError(f"expected ({images.shape[0]}, {N_AUGMENT_PARAMS}) augmentation parameters, got {p.shape}")
     x = images
-    flips = torch.as_tensor(p[:, 0] > 0.5, device=x.device).view(-1, *[1] * (x.dim() - 1))
+    def chosen(name: str) -> np.ndarray:
+        return np.flatnonzero(p[:, DRAW[name]] > 0.5)
+
+    flips = torch.as_tensor(p[:, DRAW["flip"]] > 0.5, device=x.device).view(-1, *[1] * (x.dim() - 1))
     x = torch.where(flips, x.flip(-1), x)  # a new tensor: the input is never modified
-    idx = np.flatnonzero(p[:, 1] > 0.5)
+    idx = chosen("affine")
     if idx.size:
         size = x.shape[2:]
         theta = torch.as_tensor(np.stack([_affine_theta(p[i], size) for i in idx]), dtype=x.dtype, device=x.device)
         sel = torch.as_tensor(idx, device=x.device)
         grid = F.affine_grid(theta, [idx.size, *x.shape[1:]], align_corners=False)
         x[sel] = F.grid_sample(x[sel], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    for i in np.flatnonzero(p[:, 11] > 0.5):
-        x[i] = _blur(x[i], p[i, 12:15])
-    for i in np.flatnonzero(p[:, 15] > 0.5):
-        generator = torch.Generator(device=x.device).manual_seed(int(p[i, 17]))
+    for i in chosen("blur"):
+        x[i] = _blur(x[i], p[i, DRAW["sigmas"]])
+    for i in chosen("noise"):
+        generator = torch.Generator(device=x.device).manual_seed(int(p[i, DRAW["noise_seed"]]))
         noise = torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=torch.float32)
-        x[i] = x[i] + (float(p[i, 16]) * noise).to(x.dtype)
-    for i in np.flatnonzero(p[:, 18] > 0.5):
+        x[i] = x[i] + (float(p[i, DRAW["noise_std"]]) * noise).to(x.dtype)
+    for i in chosen("gamma"):
         low, high = x[i].min(), x[i].max()
         span = high - low
-        x[i] = ((x[i] - low) / (span + 1e-7)).clamp_min(0) ** float(p[i, 19]) * span + low
+        x[i] = ((x[i] - low) / (span + 1e-7)).clamp_min(0) ** float(p[i, DRAW["gamma_value"]]) * span + low
     return x
 
 

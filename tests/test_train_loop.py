@@ -309,11 +309,10 @@ def test_each_exam_is_read_and_prepared_once(cohort, monkeypatch):
     assert len(calls) == 3, "training must not read the images again"
 
 
-FLAGS = [0, 1, 11, 15, 18]  # flip, affine, blur, noise, gamma
-
-
 def test_batch_augmentation_is_per_sample_and_does_what_it_says():
-    from src_train.data import augment_batch, draw_augmentation
+    from src_train.data import DRAW, augment_batch, draw_augmentation
+
+    flags = [DRAW[name] for name in ("flip", "affine", "blur", "noise", "gamma")]
 
     a = draw_augmentation(0, 3, 5)
     assert torch.equal(a, draw_augmentation(0, 3, 5)) and not torch.equal(a, draw_augmentation(0, 4, 5))
@@ -321,7 +320,7 @@ def test_batch_augmentation_is_per_sample_and_does_what_it_says():
     images = torch.rand(6, 2, 8, 12, 10)
     before = images.clone()
     params = torch.stack([draw_augmentation(1, 0, i) for i in range(6)])
-    params[:, FLAGS] = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0],
+    params[:, flags] = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0],
                                      [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.float64)
     batch = augment_batch(images, params)
     assert torch.equal(images, before), "the input (the cache) is never modified"
@@ -331,27 +330,40 @@ def test_batch_augmentation_is_per_sample_and_does_what_it_says():
     torch.testing.assert_close(batch, single, rtol=0, atol=1e-6)
 
     nothing = params.clone()
-    nothing[:, FLAGS] = 0
+    nothing[:, flags] = 0
     assert torch.equal(augment_batch(images, nothing), images)
     flip = nothing.clone()
-    flip[:, 0] = 1
+    flip[:, DRAW["flip"]] = 1
     assert torch.equal(augment_batch(images, flip), images.flip(-1))
     shift = nothing.clone()
-    shift[:, 1], shift[:, 2:5], shift[:, 5:8] = 1, 0, 1
-    shift[:, 8:11] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # one voxel along x
+    shift[:, DRAW["affine"]], shift[:, DRAW["angles"]], shift[:, DRAW["scales"]] = 1, 0, 1
+    shift[:, DRAW["shifts"]] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # one voxel along x
     out = augment_batch(images, shift)
     torch.testing.assert_close(out[..., :-1], images[..., 1:], rtol=0, atol=1e-5)
     assert torch.all(out[..., -1] == 0)
     gamma = nothing.clone()
-    gamma[:, 18] = 1
+    gamma[:, DRAW["gamma"]] = 1
     out = augment_batch(images, gamma)
     dims = (1, 2, 3, 4)
     torch.testing.assert_close(out.amin(dim=dims), images.amin(dim=dims))
     torch.testing.assert_close(out.amax(dim=dims), images.amax(dim=dims))
     blur = nothing.clone()
-    blur[:, 11] = 1
+    blur[:, DRAW["blur"]] = 1
     out = augment_batch(images, blur)
     assert out[:, :, 2:-2, 2:-2, 2:-2].std() < images[:, :, 2:-2, 2:-2, 2:-2].std()
+
+
+def test_augmentation_draws_keep_their_layout():
+    """Resumed runs and saved draws rely on the layout: flip, affine, 3 angles, 3 scales, 3 shifts, blur,
+    3 sigmas, noise, its std and seed, gamma and its value."""
+    from src_train.data import DRAW, N_AUGMENT_PARAMS, draw_augmentation
+
+    assert N_AUGMENT_PARAMS == 20
+    assert (DRAW["flip"], DRAW["affine"], DRAW["blur"], DRAW["noise"], DRAW["gamma"]) == (0, 1, 11, 15, 18)
+    assert DRAW["sigmas"] == slice(12, 15) and DRAW["gamma_value"] == 19
+    v = draw_augmentation(3, 1, 4).numpy()
+    assert set(v[[0, 1, 11, 15, 18]]) <= {0.0, 1.0}
+    assert 0.8 <= v[DRAW["gamma_value"]] <= 1.25 and 0.25 <= v[DRAW["sigmas"]].min()
 
 
 def test_prefetch_joins_its_producer_when_the_consumer_stops_early():
