@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from .core.curves import enhancement_summary, region_curves
+from .core.terms import KIDNEY_REGION_NAMES
 
-REGIONS = {2: "cortex", 3: "medulla", 4: "collecting system", 5: "artery"}
+REGIONS = KIDNEY_REGION_NAMES
 
 
 def sample_report(volume, labels) -> dict:

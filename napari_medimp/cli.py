@@ -448,6 +448,8 @@ TRAINING_COMMANDS = ("train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.terms import SALIENCY_METHODS
+
     parser = argparse.ArgumentParser(prog="medimp", description=__doc__,
                                      epilog="medimp train / medimp evaluate: see `medimp train --help` "
                                             "(same as python -m src_train)")
@@ -478,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("saliency", help="Grad-CAM / occlusion maps as NIfTI in the exam's geometry")
     _model_options(p)
-    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "occlusion"])
+    p.add_argument("--method", default="gradcam", choices=SALIENCY_METHODS)
     p.add_argument("--target", default="similarity", help="similarity (with the prompt) or 2y, 3y, 4y")
     p.add_argument("--prompt", help="prompt text for the similarity target (default: built from the values)")
     p.add_argument("--out", required=True, help="a .nii.gz for one exam, or a folder")
@@ -494,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="prompt text (default: built from the clinical values)")
     p.add_argument("--labels", help="label map (NIfTI) on the exam's grid: one curve per region "
                                     "(default: the exam folder's segmentation, if any)")
-    p.add_argument("--saliency", default="gradcam", choices=["gradcam", "gradcam++", "occlusion", "none"])
+    p.add_argument("--saliency", default="gradcam", choices=[*SALIENCY_METHODS, "none"])
     p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
                                     "there is a prompt, else the first prognosis horizon)")
     p.add_argument("--out", required=True, help="output folder")

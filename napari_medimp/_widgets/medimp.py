@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from html import escape as _html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,18 @@ from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
 from ..core.card import card_facts, facts_text, is_synthetic
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form, gfr_bin
+from ..core.terms import ARTERY, KIDNEY_REGION_NAMES, SALIENCY_METHODS
 from ._registry import register
 
 if TYPE_CHECKING:
     import napari
 
-REGION_NAMES = {2: "cortex", 3: "medulla", 4: "collecting system"}
+
+def _escape(text: str) -> str:
+    return _html_escape(str(text), quote=False)
+
+
+REGION_NAMES = {k: v for k, v in KIDNEY_REGION_NAMES.items() if k != ARTERY}  # the curves of the kidney
 FIELD_UNITS = {"donor_age": "years", "gfr": "mL/min/1.73 m²", "creatinine": "", "creatinine_std": "same unit"}
 FIELD_HINTS = {"donor_age": "age of the kidney donor", "gfr": "estimated GFR at this exam",
                "creatinine": "serum creatinine values up to this exam, separated by ';' (e.g. 120; 135; 150)",
@@ -51,7 +58,6 @@ FIELD_TITLES = {"exam": "Exam", "donor_age": "Donor age", "gfr": "GFR", "creatin
                 "creatinine_std": "Creat. std", "creatinine_unit": "Creatinine unit"}
 AUTO_ROI = "automatic (from the enhancement)"
 NO_LABELS = "none"
-SALIENCY_METHODS = ("gradcam", "gradcam++", "occlusion")
 
 
 class _Relay(QObject):
@@ -438,16 +444,16 @@ class MedimpWidget(QWidget):
         try:
             self._card = read_card(path)
         except (ModelFileError, OSError) as exc:
-            self.card_label.setText(f"<span style='color:#ff6b6b'>{_html(str(exc))}</span>")
+            self.card_label.setText(f"<span style='color:#ff6b6b'>{_escape(str(exc))}</span>")
             self._notify_error(f"model file not usable: {exc}")
             self._update_buttons()
             return False
         facts = card_facts(self._card)
         lines = facts_text(facts).split("\n")
-        html = "<br>".join(_html(line) for line in lines[:-1] if line) if facts["synthetic"] else \
-            "<br>".join(_html(line) for line in lines)
+        html = "<br>".join(_escape(line) for line in lines[:-1] if line) if facts["synthetic"] else \
+            "<br>".join(_escape(line) for line in lines)
         if facts["synthetic"]:
-            html += "<br><b style='color:#ffb347'>" + _html(lines[-1]) + "</b>"
+            html += "<br><b style='color:#ffb347'>" + _escape(lines[-1]) + "</b>"
         self.card_label.setText(html)
         self.target_combo.clear()
         self.target_combo.addItems(["similarity", *facts["horizons"]])
@@ -504,7 +510,7 @@ class MedimpWidget(QWidget):
         try:
             roi, how = self._roi_source(layer)
         except ValueError as exc:
-            self.roi_label.setText(f"<span style='color:#ff6b6b'>{_html(str(exc))}</span>")
+            self.roi_label.setText(f"<span style='color:#ff6b6b'>{_escape(str(exc))}</span>")
             return
         if roi is None:
             self.roi_label.setText("found from the enhancement when you analyse")
@@ -768,12 +774,12 @@ class MedimpWidget(QWidget):
         a = result.analysis
         reading = a["zero_shot_gfr"]
         best = max(reading, key=reading.get)
-        lines = [f"<b>Results for layer '{_html(result.layer_name)}'</b> (exam {a['exam']})"]
+        lines = [f"<b>Results for layer '{_escape(result.layer_name)}'</b> (exam {a['exam']})"]
         if a.get("similarity") is not None:
             lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
         accuracy = a.get("zero_shot_gfr_accuracy") or {}
-        lines.append(f"Zero-shot GFR reading: <b>{_html(best)}</b> ({reading[best]:.0%})"
-                     + (f"; entered GFR is <i>{_html(result.expected_bin)}</i>" if result.expected_bin else ""))
+        lines.append(f"Zero-shot GFR reading: <b>{_escape(best)}</b> ({reading[best]:.0%})"
+                     + (f"; entered GFR is <i>{_escape(result.expected_bin)}</i>" if result.expected_bin else ""))
         if accuracy.get("accuracy") is not None:
             lines.append(f"<small>This reading was right for {accuracy['accuracy']:.0%} of {accuracy['n_exams']} exams "
                          f"of patients the model never saw (always answering the commonest range: "
@@ -782,7 +788,7 @@ class MedimpWidget(QWidget):
             lines.append("<small>This model's GFR reading was not checked on unseen patients.</small>")
         lines += prognosis_lines(a)
         if a.get("prognosis_note"):
-            lines.append(f"<span style='color:#ffb347'>{_html(a['prognosis_note'])}</span>")
+            lines.append(f"<span style='color:#ffb347'>{_escape(a['prognosis_note'])}</span>")
         if is_synthetic(result.model):
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))
@@ -846,13 +852,13 @@ class MedimpWidget(QWidget):
     def _notify_error(self, message: str) -> None:
         from napari.utils.notifications import show_error
 
-        self.status_label.setText(f"<span style='color:#ff6b6b'>{_html(message)}</span>")
+        self.status_label.setText(f"<span style='color:#ff6b6b'>{_escape(message)}</span>")
         show_error(message)
 
     def _notify_warning(self, message: str) -> None:
         from napari.utils.notifications import show_warning
 
-        self.status_label.setText(_html(message))
+        self.status_label.setText(_escape(message))
         show_warning(message)
 
     def _notify_info(self, message: str) -> None:
@@ -933,12 +939,12 @@ def prognosis_lines(analysis: dict) -> list[str]:
         if not risks:
             continue
         values = ", ".join(f"{h[:-1]} years <b>{p:.0%}</b>" for h, p in risks.items())
-        used = f"<br><small>&nbsp;&nbsp;from {_html(inputs[kind])}</small>" if inputs.get(kind) else ""
+        used = f"<br><small>&nbsp;&nbsp;from {_escape(inputs[kind])}</small>" if inputs.get(kind) else ""
         label = KIND_LABELS[kind]
         lines.append(f"{label[0].upper()}{label[1:]}: {values}{used}")
     if lines:
         visit = reading.get("visit") or analysis.get("exam")
-        lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_html(visit)}):")
+        lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_escape(visit)}):")
     return lines
 
 
@@ -958,5 +964,3 @@ def _spatial_axes(layer) -> dict:
     return {"axis_labels": tuple(layer.axis_labels[-3:]), "units": tuple(str(u) for u in layer.units[-3:])}
 
 
-def _html(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

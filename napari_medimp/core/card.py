@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-HORIZON_ORDER = ("2y", "3y", "4y")
+from .terms import HORIZONS as HORIZON_ORDER
 
 
 def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, float | None, float | None]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,13 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .safetensors_file import NotSafetensors, read_header
 
 CARD_FORMAT = "napari-medimp-model"
 CARD_VERSION = 1
 # the licence says nothing about the training data: that is the card's "training" entry
 DEFAULT_LICENCE = "BSD-3-Clause (research use, not a medical device)"
 _PROGNOSIS_PREFIX = "prognosis."
-_MAX_HEADER = 100 * 2**20
 
 
 class ModelFileError(ValueError):
@@ -152,32 +151,11 @@ def check_safetensors(path) -> dict:
     """Validate that ``path`` is a safetensors file without executing anything; return its header."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-            size = path.stat().st_size
-            # a safetensors file is an 8-byte header length then a JSON table; its first byte may be 0x80
-            # (a header of 128 + 256 k bytes), so a pickle is recognised only when no table follows
-            looks_safetensors = len(head) == 9 and head[8:9] == b"{" and \
-                struct.unpack("<Q", head[:8])[0] <= size - 8
-            if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
-                raise ModelFileError(
-                    path, "is a pickled PyTorch checkpoint; only safetensors weights are loaded, "
-                    "because unpickling can run arbitrary code"
-                )
-            if len(head) < 8:
-                raise ModelFileError(path, "is too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head[:8])
-            if n > min(size - 8, _MAX_HEADER):
-                raise ModelFileError(path, "is not a safetensors file (bad header length)")
-            fh.seek(8)
-            header = json.loads(fh.read(n))
+        return read_header(path)
     except FileNotFoundError:
         raise ModelFileError(path, "weights file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(path, "is not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(path, "is not a safetensors file (header is not a table)")
-    return header
+    except NotSafetensors as exc:
+        raise ModelFileError(path, str(exc)) from None
 
 
 def _text_base_weights(text_path) -> Path | None:

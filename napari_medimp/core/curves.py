@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .terms import KIDNEY_REGION_NAMES  # noqa: F401  (re-exported)
 from .volume import DCEVolume
 
 
@@ -48,7 +49,6 @@ def enhancement_summary(curve: np.ndarray, times: np.ndarray, n_baseline: int = 
 ROI_CURVE = "kidney ROI"
 
 #: label values of the project's tissue maps (synthetic generator, sample exam) that are kidney regions
-KIDNEY_REGION_NAMES: dict[int, str] = {2: "cortex", 3: "medulla", 4: "collecting system", 5: "artery"}
 
 
 def _array(volume):

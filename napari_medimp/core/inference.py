@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
+from .atomic import atomic_write
 from .card import is_synthetic
 from .checkpoint import LoadedModel, load_model
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
@@ -137,10 +138,11 @@ class EmbeddingCache:
         value = np.asarray(value, np.float32)
         self._remember(key, value)
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{key}.{os.getpid()}.npy"
-            np.save(tmp, value, allow_pickle=False)
-            os.replace(tmp, self.folder / f"{key}.npy")
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, value, allow_pickle=False)
+
+            atomic_write(self.folder / f"{key}.npy", write)
 
     def _remember(self, key: str, value: np.ndarray) -> None:
         self._items[key] = value

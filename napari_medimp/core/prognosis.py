@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .prompts import EXAMS, ClinicalRecord
+from .terms import HORIZONS  # noqa: F401  (re-exported)
 
-HORIZONS = ("2y", "3y", "4y")
 #: head kinds, in display order
 KINDS = ("image", "image+clinical", "clinical")
 KIND_LABELS = {"image": "images (MEDIMP)", "image+clinical": "images + clinical values",

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from .terms import EXAMS, MG_DL_TO_UMOL_L  # noqa: F401  (re-exported)
+
 __all__ = [
     "ABLATION_STEPS",
     "ATTRIBUTES",
@@ -79,7 +81,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_VERSION = "1.0"
 
 # --------------------------------------------------------------------------------------------- bins
-EXAMS: tuple[str, ...] = ("D15", "D30", "M3", "M12")
 EXAM_PHRASES: Mapping[str, str] = MappingProxyType(
     {"D15": "two weeks", "D30": "first month", "M3": "third month", "M12": "first year"}
 )
@@ -90,7 +91,6 @@ _DONOR_AGE_EDGE = 65.0
 CREATININE_BINS: tuple[str, ...] = ("stable", "unstable")
 _CREATININE_STD_EDGE = 50.0
 
-MG_DL_TO_UMOL_L = 88.42
 """Serum creatinine: 1 mg/dL = 88.42 umol/L."""
 CREATININE_UNITS: Mapping[str, float] = MappingProxyType(
     {"umol/l": 1.0, "µmol/l": 1.0, "μmol/l": 1.0, "mg/dl": MG_DL_TO_UMOL_L}

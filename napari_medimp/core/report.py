@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .card import is_synthetic
+from .configs import jsonable as _jsonable
 from .curves import enhancement_summary
 from .prognosis import KIND_LABELS, RESULT_KEYS
 
@@ -54,30 +54,6 @@ CLINICAL_UNITS = {"gfr": "mL/min/1.73 m2", "donor_age": "years"}
 # --------------------------------------------------------------------------------------------------
 # JSON-native values
 # --------------------------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays, tuples, paths converted; NaN/Inf become None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "to_list"):  # RoiBox
-        return _jsonable(value.to_list())
-    return str(value)
-
-
 # --------------------------------------------------------------------------------------------------
 # pieces
 # --------------------------------------------------------------------------------------------------

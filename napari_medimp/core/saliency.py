@@ -18,9 +18,10 @@ from torch import nn
 from .preprocess import PreparedInput, RoiBox
 from .prognosis import FEATURES_ID
 from .prompts import EXAMS
+from .terms import SALIENCY_METHODS
 from .volume import DCEVolume
 
-METHODS = ("gradcam", "gradcam++", "occlusion")
+METHODS = SALIENCY_METHODS
 
 
 def normalize01(array) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import safetensors_file
 from .configs import strict_from_dict
 from .paper import PAPER_EMBED_DIM, PAPER_INPUT_SIZE
 from .preprocess import PreprocessConfig
@@ -34,8 +35,6 @@ RUN_FILES = (STATE_FILE, LOG_FILE, CONFIG_FILE, f"{BEST_MODEL}.safetensors", f"{
              f"{LAST_MODEL}.safetensors", f"{LAST_MODEL}.json", LOSS_CURVE_FILE)
 #: safetensors metadata key of the training state inside the checkpoint
 STATE_KEY = "medimp_training_state"
-#: largest safetensors header read when looking for the training state
-_MAX_HEADER_BYTES = 100_000_000
 
 #: mixed-precision choices of ``--amp``
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -112,42 +111,27 @@ def preset_summary(preset: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # the checkpoint's training state
 # --------------------------------------------------------------------------------------------------
-def safetensors_metadata(head: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file from its first bytes (header length + JSON header)."""
-    if len(head) < 8:
-        raise ValueError("file too short for a safetensors header")
-    n = int.from_bytes(head[:8], "little")
-    if not 0 < n <= _MAX_HEADER_BYTES or len(head) < 8 + n:
-        raise ValueError("safetensors header length is out of range or the file is truncated")
-    header = json.loads(head[8:8 + n])
-    if not isinstance(header, dict):
-        raise ValueError("safetensors header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def checkpoint_state(head: bytes, state_json: str | None = None) -> dict:
-    """The training state: from the checkpoint's own metadata (always consistent with its tensors), else
-    from the ``last.json`` copy (checkpoints written before the state moved into the file)."""
-    metadata = safetensors_metadata(head)
-    if STATE_KEY in metadata:
-        return json.loads(metadata[STATE_KEY])
-    if state_json is None:
-        raise ValueError(f"the training checkpoint has no state ({STATE_FILE} is missing)")
-    return json.loads(state_json)
+def checkpoint_state(payload: bytes, state_json: str | None = None) -> dict:
+    """The training state of a checkpoint held in memory: from its own metadata (always consistent with
+    its tensors), else from the ``last.json`` copy (checkpoints written before the state moved into the
+    file)."""
+    return _state(safetensors_file.metadata(safetensors_file.parse_header(payload)), state_json)
 
 
 def read_checkpoint_state(folder) -> dict:
     """The training state of a run folder's checkpoint, reading only the checkpoint's header."""
     folder = Path(folder)
-    with open(folder / CHECKPOINT_FILE, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if not 0 < n <= _MAX_HEADER_BYTES:
-            raise ValueError(f"{CHECKPOINT_FILE}: safetensors header length is out of range")
-        fh.seek(0)
-        head = fh.read(8 + n)
     state_file = folder / STATE_FILE
-    return checkpoint_state(head, state_file.read_text() if state_file.is_file() else None)
+    header = safetensors_file.read_header(folder / CHECKPOINT_FILE)
+    return _state(safetensors_file.metadata(header), state_file.read_text() if state_file.is_file() else None)
+
+
+def _state(metadata: dict, state_json: str | None) -> dict:
+    if STATE_KEY in metadata:
+        return json.loads(metadata[STATE_KEY])
+    if state_json is None:
+        raise ValueError(f"the training checkpoint has no state ({STATE_FILE} is missing)")
+    return json.loads(state_json)
 
 
 # --------------------------------------------------------------------------------------------------

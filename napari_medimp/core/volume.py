@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 AXIS_LABELS = ("t", "z", "y", "x")
+#: above this many bytes of float32 voxels a reader opens a volume lazily (one dask chunk per frame)
+LAZY_THRESHOLD_BYTES = 256 * 2**20
 
 
 class DCEReadError(ValueError):

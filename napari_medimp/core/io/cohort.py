@@ -12,11 +12,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..terms import EXAMS
 from ..volume import DCEReadError, DCEReadWarning, DCEVolume
 from .nifti import is_nifti, list_phase_files, load_nifti, load_phase_folder
 from .sequences import dynamic_sequences, load_phase_sequences
 
-EXAMS = ("D15", "D30", "M3", "M12")
 #: sequence folder names that hold segmentations rather than DCE images
 SEGMENTATION_NAMES = re.compile(r"^(seg|segmentation|labels?|masks?|roi)$", re.IGNORECASE)
 #: preferred sequence names, best first

@@ -21,12 +21,10 @@ import pydicom.multival
 import pydicom.uid
 from nibabel.orientations import aff2axcodes
 
-from ..volume import DCEReadError, DCEReadWarning, DCEVolume, sanitize
+from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import LPS_TO_RAS, canonical_plan, reorient_xyz
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-#: above this many bytes of float32 voxels a series is opened lazily (one dask chunk per phase)
-LAZY_THRESHOLD_BYTES = 256 * 2**20
 #: tags tried, in order, to group images into phases
 PHASE_TAGS = ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionTime", "TriggerTime",
               "ContentTime")

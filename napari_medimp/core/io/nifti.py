@@ -21,12 +21,10 @@ import nibabel as nib
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..volume import DCEReadError, DCEReadWarning, DCEVolume, sanitize
+from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import canonical_plan, reorient_xyz
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: above this many bytes of voxel data a file is opened lazily
-LAZY_THRESHOLD_BYTES = 256 * 2**20
 #: deflate cannot compress better than about 1032:1; used to bound what a .gz can hold
 _DEFLATE_MAX_RATIO = 1032
 

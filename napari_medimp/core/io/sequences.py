@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..volume import DCEReadError, DCEReadWarning, DCEVolume
+from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume
 
 LAYOUT_FILE = "medimp_layout.json"
 #: phase name -> keywords (matched case-insensitively inside the folder name), in acquisition order
@@ -200,7 +200,7 @@ def load_phase_sequences(exam_folder, folders: list[Path], load_sequence, layout
         )
 
     if lazy is None:
-        lazy = any(v.is_lazy for v in phases) and sum(int(np.prod(v.shape)) * 4 for v in phases) > 256 * 2**20
+        lazy = any(v.is_lazy for v in phases) and sum(int(np.prod(v.shape)) * 4 for v in phases) > LAZY_THRESHOLD_BYTES
     if lazy:
         import dask.array as da
 

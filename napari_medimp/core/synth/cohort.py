@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -16,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
+from ..configs import jsonable
 from ..io.nifti import save_nifti
 from .physiology import (
     CLINICAL_COLUMNS,
@@ -80,31 +79,7 @@ def clinical_csv(patients: Iterable[dict]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return float(f"{value:.7g}") if math.isfinite(value) else None
-    return obj
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def write_patient(out_dir, seed: int, index: int, settings: SynthSettings) -> dict:
@@ -179,7 +154,7 @@ def generate_cohort(out_dir, n_patients: int = 20, seed: int = 0, *, settings: S
             f"(GFR < {settings.graft_loss_gfr} mL/min/1.73 m2 at or before N years)"),
         "patients": patients,
     }
-    _write_text(out_dir / "ground_truth.json", json.dumps(_jsonable(truth), indent=1, allow_nan=False) + "\n")
+    _write_text(out_dir / "ground_truth.json", json.dumps(jsonable(truth, digits=7), indent=1, allow_nan=False) + "\n")
 
     written = sum(p["exams"][e]["files"] is not None for p in patients for e in EXAMS)
     return {

@@ -14,18 +14,25 @@ from typing import Any
 
 import numpy as np
 
+from ..terms import (
+    ARTERY,
+    BACKGROUND,
+    COLLECTING_SYSTEM,
+    CORTEX,
+    EXAMS,
+    HORIZON_YEARS,
+    MEDULLA,
+    MG_DL_TO_UMOL_L,
+    SURROUNDING_TISSUE,
+)
+
 GENERATOR_VERSION = "1.1.0"
 
-EXAMS = ("D15", "D30", "M3", "M12")
 EXAM_DAYS = {"D15": 15, "D30": 30, "M3": 90, "M12": 365}
-OUTCOME_YEARS = (2, 3, 4)
+OUTCOME_YEARS = HORIZON_YEARS
 
-BACKGROUND = 0
-SOFT_TISSUE = 1
-CORTEX = 2
-MEDULLA = 3
-COLLECTING_SYSTEM = 4
-ARTERY = 5
+SOFT_TISSUE = SURROUNDING_TISSUE
+#: label keys written into the generated files
 LABEL_NAMES = {
     BACKGROUND: "background",
     SOFT_TISSUE: "soft_tissue",
@@ -47,7 +54,7 @@ CLINICAL_COLUMNS = (
     *(f"outcome_{y}y" for y in OUTCOME_YEARS),
 )
 
-UMOL_PER_MG_DL = 88.42
+UMOL_PER_MG_DL = MG_DL_TO_UMOL_L
 DAYS_PER_YEAR = 365.25
 
 # streams of the per-patient random generators

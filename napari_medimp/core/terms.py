@@ -1,0 +1,24 @@
+"""The product's shared vocabulary, in one torch-free place: follow-up exams, prognosis horizons, tissue
+labels, saliency methods and the creatinine unit factor. Every module, the command line and the widgets
+take these from here."""
+
+from __future__ import annotations
+
+#: follow-up exams after transplant, in order: day 15, day 30, month 3, month 12
+EXAMS: tuple[str, ...] = ("D15", "D30", "M3", "M12")
+#: prognosis horizons (graft status 2, 3 and 4 years after transplant)
+HORIZONS: tuple[str, ...] = ("2y", "3y", "4y")
+#: the same horizons in years
+HORIZON_YEARS: tuple[int, ...] = tuple(int(h[:-1]) for h in HORIZONS)
+
+#: label values of the project's tissue maps (synthetic generator, sample exam)
+BACKGROUND, SURROUNDING_TISSUE, CORTEX, MEDULLA, COLLECTING_SYSTEM, ARTERY = range(6)
+#: label value -> region name, for the kidney regions and the feeding artery
+KIDNEY_REGION_NAMES: dict[int, str] = {CORTEX: "cortex", MEDULLA: "medulla",
+                                       COLLECTING_SYSTEM: "collecting system", ARTERY: "artery"}
+
+#: saliency methods, the default first
+SALIENCY_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "occlusion")
+
+#: serum creatinine: 1 mg/dL = 88.42 umol/L
+MG_DL_TO_UMOL_L = 88.42
