@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import nibabel as nib
 import numpy as np
@@ -20,10 +19,7 @@ IMPAIRED = {"Fp": 0.025, "Eg": 0.11, "Tpt": 90, "Tlh": 90, "Tdt": 45, "Tcd": 45,
 
 @pytest.fixture(scope="module")
 def exam():
-    start = time.perf_counter()
-    made = synth.simulate_exam(seed=0, patient_index=0, exam="D30")
-    made.params["elapsed_s"] = time.perf_counter() - start
-    return made
+    return synth.simulate_exam(seed=0, patient_index=0, exam="D30")  # its speed: benchmarks/bench_synth.py
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +65,6 @@ def test_exam_shapes_geometry_and_labels(exam):
     assert side * centre[0] > 40
     assert (labels == synth.BACKGROUND).any()
     assert vol.metadata["sidecar"]["ContrastAgent"] == "gadoterate"
-    assert exam.params["elapsed_s"] < 10
 
 
 def test_cortex_enhances_before_medulla(exam):
