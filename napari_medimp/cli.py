@@ -329,20 +329,11 @@ def _load_exam(path: Path):
 def _cmd_analyze(args) -> int:
     import numpy as np
 
-    from .core.curves import KIDNEY_REGION_NAMES, check_labels, roi_and_region_curves
-    from .core.inference import analyze
-    from .core.io import save_nifti
+    from .core.curves import KIDNEY_REGION_NAMES
     from .core.io.nifti import load_labels
-    from .core.plots import results_figure
-    from .core.prompts import ClinicalRecord, build_prompt, gfr_bin, normalize_exam
-    from .core.report import (
-        build_report,
-        clinical_inputs,
-        describe_inputs,
-        report_summary,
-        saliency_info,
-        write_report,
-    )
+    from .core.pipeline import AnalysisRequest, run_analysis
+    from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
+    from .core.report import clinical_inputs, report_summary
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -379,53 +370,27 @@ def _cmd_analyze(args) -> int:
         if labels.shape == volume.shape[1:] and not np.allclose(label_affine, volume.affine, atol=1e-3):
             print(f"medimp: warning: {label_file} has the exam's grid but not its position/orientation "
                   "(affine); region curves assume they are aligned", file=sys.stderr)
-    if labels is not None:
-        check_labels(volume, labels)  # before the model runs: a mismatch is an input error
 
     record = _record(args, exam)
     if record is None and patient in table:
         record = ClinicalRecord.from_csv_row(table[patient], exam)
         record_source = "clinical.csv"
     prompt = args.prompt or (build_prompt(record) if record is not None else None)
-
-    predictor = _predictor(args)
-    analysis = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args), record=record)
-    times = volume.frame_times
-    curves = roi_and_region_curves(volume, analysis.roi, labels, names)
-
-    files: dict[str, Path] = {}
-    saliency = None
-    target = args.target or ("similarity" if prompt else next(iter(predictor.prognosis_horizons), None))
-    if args.saliency != "none" and target is None:
-        print("medimp: no saliency map: no prompt and no prognosis heads to explain", file=sys.stderr)
-    elif args.saliency != "none":
-        from .core.saliency import compute_saliency
-
-        result = compute_saliency(predictor, volume, analysis.roi, method=args.saliency, target=target,
-                                  prompt=prompt, exam=exam)
-        files["saliency"] = out / "saliency.nii.gz"
-        save_nifti(files["saliency"], result.data, result.roi_affine,
-                   sidecar={"method": result.method, "target": result.target, "prompt": prompt,
-                            "score": result.score, "roi_zyx": result.roi.to_list(),
-                            "model_sha256": predictor.loaded.weights_sha256})
-        saliency = saliency_info(result, files["saliency"])
-
     entered = clinical_inputs(gfr=args.gfr, donor_age=args.donor_age, creatinine=args.creatinine,
                               creatinine_std=args.creatinine_std, creatinine_unit=args.creatinine_unit,
                               record=record, source=record_source if record is not None else None)
-    inputs = describe_inputs(volume, exam=exam, roi=analysis.roi, clinical=entered, source=source,
-                             roi_source="given" if args.roi else "automatic (enhancing kidney)")
-    report = build_report(analysis=analysis.to_dict(), inputs=inputs, prompt=prompt,
-                          model=predictor.model_facts(), saliency=saliency, curves=curves, times=times)
-    files.update(write_report(report, out))
+    request = AnalysisRequest(
+        volume=volume, exam=exam, record=record, prompt=prompt, roi=_roi(args),
+        roi_source="given" if args.roi else "automatic (enhancing kidney)", labels=labels, region_names=names,
+        clinical=entered, source=source, saliency_method=None if args.saliency == "none" else args.saliency,
+        saliency_target=args.target)
+    request.check()  # options and labels, before the model loads
 
-    from .core.atomic import atomic_write
-
-    expected = gfr_bin(record.gfr) if record is not None and record.gfr is not None else None
-    figure = results_figure(analysis.to_dict(), curves, times, expected)
-    files["figure"] = atomic_write(out / "results.png",
-                                   lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    print(report_summary(report, files))
+    result = run_analysis(_predictor(args), request)
+    for note in result.notes:
+        print(f"medimp: {note}", file=sys.stderr)
+    files = result.write(out)
+    print(report_summary(result.written_report, files))
     return 0
 
 

@@ -212,3 +212,32 @@ def test_analyze_help_mentions_the_sample(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "sample" in text and "--saliency" in text and "--labels" in text
+
+
+def test_a_bad_saliency_target_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import napari_medimp.cli as cli
+
+    def no_model(args):
+        raise AssertionError("the model must not load for an invalid option")
+
+    monkeypatch.setattr(cli, "_predictor", no_model)
+    assert cli.main(["analyze", "sample", "--target", "9y", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown saliency target '9y'; choose one of similarity, 2y, 3y, 4y" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_request_checks_its_options():
+    import numpy as np
+    from helpers import kidney_volume
+
+    from napari_medimp.core.pipeline import AnalysisRequest
+
+    volume = kidney_volume()
+    with pytest.raises(ValueError, match="unknown saliency method 'lime'"):
+        AnalysisRequest(volume, "D30", saliency_method="lime").check()
+    with pytest.raises(ValueError, match="similarity target needs a prompt"):
+        AnalysisRequest(volume, "D30", saliency_method="gradcam", saliency_target="similarity").check()
+    with pytest.raises(ValueError, match="labels"):
+        AnalysisRequest(volume, "D30", labels=np.zeros((3, 3, 3), np.uint8)).check()
+    AnalysisRequest(volume, "D30", prompt="a prompt", saliency_method="occlusion").check()

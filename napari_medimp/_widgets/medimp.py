@@ -5,8 +5,6 @@ a worker thread; this module only moves values between Qt widgets, layers and th
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
 from html import escape as _html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +32,10 @@ from qtpy.QtWidgets import (
 
 from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
 from ..core.card import card_facts, facts_text, is_synthetic
+from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
-from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form, gfr_bin
+from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
+from ..core.report import clinical_inputs
 from ..core.terms import ARTERY, KIDNEY_REGION_NAMES, SALIENCY_METHODS
 from ._registry import register
 
@@ -66,24 +66,6 @@ class _Relay(QObject):
     progress = Signal(str, float)
 
 
-@dataclass
-class LayerResult:
-    """What was computed for one image layer (results never move to another layer)."""
-
-    layer_name: str
-    inputs: dict
-    prompt: str | None
-    analysis: dict
-    curves: dict
-    times: Any
-    model: dict
-    expected_bin: str | None
-    plots: tuple[bytes, bytes] = (b"", b"")
-    saliency: dict | None = None
-    saliency_map: Any = None
-    finished: float = field(default_factory=time.time)
-
-
 class MedimpWidget(QWidget):
     """Dock widget of the plugin (Plugins > MEDIMP graft analysis)."""
 
@@ -92,7 +74,8 @@ class MedimpWidget(QWidget):
         self.viewer = napari_viewer
         register(napari_viewer, self)
         self._predictors: dict[tuple, Any] = {}
-        self._results: dict[int, LayerResult] = {}
+        self._results: dict[int, AnalysisResult] = {}
+        self._plots: dict[int, tuple[bytes, bytes]] = {}  # panel images of each result
         self._auto_rois: dict[int, Any] = {}
         self._worker = None
         self._pbar = None
@@ -594,9 +577,20 @@ class MedimpWidget(QWidget):
         except ValueError as exc:
             self._notify_error(str(exc))
             return None
-        return {"layer": layer, "layer_name": layer.name, "volume": volume, "record": record, "prompt": prompt,
-                "roi": roi, "roi_how": roi_how, "labels": labels, "model": self.model_edit.text(),
-                "device": self.device_combo.currentText(), "exam": record.exam, "form": self.form_values()}
+        form = self.form_values()
+        clinical = clinical_inputs(gfr=form["gfr"], donor_age=form["donor_age"], creatinine=form["creatinine"],
+                                   creatinine_std=form["creatinine_std"], creatinine_unit=form["creatinine_unit"],
+                                   record=record, source="typed in the MEDIMP widget")
+        request = AnalysisRequest(volume=volume, exam=record.exam, record=record, prompt=prompt, roi=roi,
+                                  roi_source=roi_how, labels=labels, region_names=REGION_NAMES, clinical=clinical,
+                                  layer_name=layer.name)
+        try:
+            request.check()
+        except ValueError as exc:
+            self._notify_error(str(exc))
+            return None
+        return {"layer": layer, "layer_name": layer.name, "request": request, "model": self.model_edit.text(),
+                "device": self.device_combo.currentText()}
 
     def analyze(self) -> None:
         """Image-prompt similarity, zero-shot GFR bins, prognosis and curves of the chosen layer."""
@@ -606,43 +600,22 @@ class MedimpWidget(QWidget):
         relay = self._relay
 
         def job():
-            from ..core.curves import roi_and_region_curves
-            from ..core.inference import analyze
-
             relay.progress.emit("loading model", 0.02)
             predictor = self._predictor(spec["model"], spec["device"])
-            result = analyze(predictor, spec["volume"], exam=spec["exam"], prompt=spec["prompt"], roi=spec["roi"],
-                             record=spec["record"], progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.8 * f))
-            relay.progress.emit("time-intensity curves", 0.9)
-            curves = roi_and_region_curves(spec["volume"], result.roi, spec["labels"], REGION_NAMES)
-            times = spec["volume"].frame_times
-            expected = gfr_bin(spec["record"].gfr) if spec["record"].gfr is not None else None
+            result = run_analysis(predictor, spec["request"],
+                                  progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.85 * f))
             relay.progress.emit("plots", 0.95)
-            return result, curves, render_plots(result.to_dict(), curves, times, expected)
+            return result, result.panel_images()
 
         self._start(job, lambda out: self._analysis_done(spec, *out), f"analysing {spec['layer_name']!r}")
 
-    def _analysis_done(self, spec: dict, result, curves: dict, plots: tuple[bytes, bytes]) -> None:
-        from ..core.report import clinical_inputs, describe_inputs
-
+    def _analysis_done(self, spec: dict, result: AnalysisResult, plots: tuple[bytes, bytes]) -> None:
         layer = spec["layer"]
         if not self._layer_alive(layer):
             self._notify_warning(f"layer {spec['layer_name']!r} was removed during the analysis; result discarded")
             return
-        volume = spec["volume"]
-        record = spec["record"]
-        form = spec["form"]
-        clinical = clinical_inputs(gfr=form["gfr"], donor_age=form["donor_age"], creatinine=form["creatinine"],
-                                   creatinine_std=form["creatinine_std"], creatinine_unit=form["creatinine_unit"],
-                                   record=record, source="typed in the MEDIMP widget")
-        inputs = describe_inputs(volume, exam=spec["exam"], roi=result.roi, roi_source=spec["roi_how"],
-                                 clinical=clinical, layer_name=spec["layer_name"])
-        inputs["device"] = result.model.get("device")
-        self._results[_key(layer)] = LayerResult(
-            layer_name=spec["layer_name"], inputs=inputs, prompt=spec["prompt"], analysis=result.to_dict(),
-            curves=curves, times=volume.frame_times,
-            model=result.model, expected_bin=gfr_bin(record.gfr) if record.gfr is not None else None,
-            plots=plots)
+        self._results[_key(layer)] = result
+        self._plots[_key(layer)] = plots
         current = self.current_layer()
         if current is None or _key(current) != _key(layer):
             self._notify_info(f"analysis of {spec['layer_name']!r} finished; select that layer to see it")
@@ -658,13 +631,10 @@ class MedimpWidget(QWidget):
         relay = self._relay
 
         def job():
-            from ..core.saliency import compute_saliency
-
             relay.progress.emit("loading model", 0.02)
             predictor = self._predictor(spec["model"], spec["device"])
-            return compute_saliency(predictor, spec["volume"], spec["roi"], method=method, target=target,
-                                    prompt=spec["prompt"], exam=spec["exam"],
-                                    progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.9 * f))
+            return explain(predictor, spec["request"], method, target,
+                           progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.9 * f))
 
         self._start(job, lambda smap: self._saliency_done(spec, smap),
                     f"{method} saliency of {spec['layer_name']!r}")
@@ -677,8 +647,9 @@ class MedimpWidget(QWidget):
         scale = np.asarray(layer.scale[-3:], dtype=float)
         translate = np.asarray(layer.translate[-3:], dtype=float) + np.asarray(smap.roi.start) * scale
         name = f"saliency {smap.method} {smap.target} · {spec['layer_name']}"
-        info = {"method": smap.method, "target": smap.target, "score": smap.score, "roi_zyx": smap.roi.to_list(),
-                "prompt": spec["prompt"] if smap.target == "similarity" else None}
+        result = self._results.get(_key(layer))
+        info = result.attach_saliency(smap) if result is not None else {
+            "method": smap.method, "target": smap.target, "score": smap.score, "roi_zyx": smap.roi.to_list()}
         metadata = {"affine": np.asarray(smap.roi_affine).tolist(), "source_layer": spec["layer_name"],
                     "medimp_saliency": info}
         if name in self.viewer.layers:
@@ -690,9 +661,6 @@ class MedimpWidget(QWidget):
                                             opacity=0.7, contrast_limits=(0.0, 1.0), scale=scale,
                                             translate=translate, metadata=metadata, **_spatial_axes(layer))
         self.viewer.layers.selection.active = overlay
-        result = self._results.get(_key(layer))
-        if result is not None:
-            result.saliency, result.saliency_map = info, smap
         self.status_label.setText(f"{smap.method} for {smap.target} added over {spec['layer_name']!r} "
                                   f"(score {smap.score:.3f}); opacity in the layer controls")
         if not np.any(smap.data > 0):
@@ -759,7 +727,7 @@ class MedimpWidget(QWidget):
         self.export_button.setEnabled(not self.busy and self.current_result() is not None)
 
     # -------------------------------------------------------------------------------------- results
-    def current_result(self) -> LayerResult | None:
+    def current_result(self) -> AnalysisResult | None:
         layer = self.current_layer()
         return None if layer is None else self._results.get(_key(layer))
 
@@ -792,7 +760,8 @@ class MedimpWidget(QWidget):
         if is_synthetic(result.model):
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))
-        for canvas, png in zip((self.results_canvas, self.curves_canvas), result.plots, strict=True):
+        plots = self._plots.get(_key(self.current_layer()), (b"", b""))
+        for canvas, png in zip((self.results_canvas, self.curves_canvas), plots, strict=True):
             pixmap = QPixmap()
             pixmap.loadFromData(png, "PNG")
             width = max(200, self._content.width() - 40)
@@ -810,10 +779,6 @@ class MedimpWidget(QWidget):
     def export_report(self, folder) -> dict[str, Path] | None:
         """Report (JSON + CSV), results figure (PNG), viewer screenshot (PNG) and the saliency map
         (NIfTI, in the ROI's geometry) of the current layer's result, into ``folder``."""
-        from ..core.io import save_nifti
-        from ..core.plots import results_figure
-        from ..core.report import build_report, write_report
-
         result = self.current_result()
         if result is None:
             self._notify_error("nothing to export: analyse the current layer first")
@@ -821,21 +786,9 @@ class MedimpWidget(QWidget):
         folder = Path(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            files: dict[str, Path] = {}
-            saliency = dict(result.saliency) if result.saliency else None
-            if result.saliency_map is not None:
-                files["saliency"] = save_nifti(folder / "saliency.nii.gz", result.saliency_map.data,
-                                               result.saliency_map.roi_affine, dtype=np.float32)
-                saliency["file"] = str(files["saliency"])
-            figure = results_figure(result.analysis, result.curves, result.times, result.expected_bin)
-            files["figure"] = folder / "medimp_results.png"
-            figure.savefig(files["figure"], dpi=120)
-            files["screenshot"] = folder / "medimp_screenshot.png"
-            self.viewer.screenshot(str(files["screenshot"]), canvas_only=False)
-            report = build_report(analysis=result.analysis, inputs=result.inputs, prompt=result.prompt,
-                                  model=result.model, saliency=saliency, curves=result.curves, times=result.times)
-            report.setdefault("files", {}).update({k: str(v) for k, v in files.items()})
-            files.update(write_report(report, folder))
+            screenshot = folder / "medimp_screenshot.png"
+            self.viewer.screenshot(str(screenshot), canvas_only=False)
+            files = result.write(folder, extra={"screenshot": screenshot})
         except (OSError, ValueError) as exc:
             self._notify_error(f"export failed: {exc}")
             return None
@@ -898,35 +851,6 @@ def _leave_a_core_to_the_viewer() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores > 1 and torch.get_num_threads() >= cores:
         torch.set_num_threads(cores - 1)
-
-
-def render_plots(analysis: dict, curves: dict, times, expected_bin: str | None) -> tuple[bytes, bytes]:
-    """PNG bytes of the results panel (zero-shot GFR bins + prognosis) and of the time-intensity curves,
-    rendered with matplotlib's Agg backend (safe off the main thread: nothing here touches Qt)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ..core.plots import plot_curves, plot_prognosis, plot_zero_shot
-
-    out = []
-    for kind in ("results", "curves"):
-        figure = Figure(figsize=(4.0, 4.4 if kind == "results" else 2.4), dpi=90, facecolor="#262930")
-        FigureCanvasAgg(figure)
-        if kind == "results":
-            ax_zero, ax_prog = figure.subplots(2, 1)
-            plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
-            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True,
-                           with_clinical=analysis.get("prognosis_with_clinical"),
-                           clinical_only=analysis.get("prognosis_clinical_only"))
-        else:
-            plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
-        out.append(buffer.getvalue())
-    return out[0], out[1]
 
 
 def prognosis_lines(analysis: dict) -> list[str]:

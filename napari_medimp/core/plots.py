@@ -241,3 +241,30 @@ def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | No
         title += "\n" + textwrap.fill(f"prompt: {analysis_dict['prompt']}", 160)
     figure.suptitle(title, color=colors["text"], fontsize=FONT_SIZE + 1)
     return figure
+
+
+def panel_images(analysis: dict, curves: dict, times, expected_bin: str | None) -> tuple[bytes, bytes]:
+    """PNG bytes of the panel's results (zero-shot GFR bins + prognosis) and of its time-intensity curves, in
+    napari's dark theme, rendered with matplotlib's Agg backend (safe off the main thread: no Qt)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = []
+    for kind in ("results", "curves"):
+        figure = Figure(figsize=(4.0, 4.4 if kind == "results" else 2.4), dpi=90, facecolor="#262930")
+        FigureCanvasAgg(figure)
+        if kind == "results":
+            ax_zero, ax_prog = figure.subplots(2, 1)
+            plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
+            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True,
+                           with_clinical=analysis.get("prognosis_with_clinical"),
+                           clinical_only=analysis.get("prognosis_clinical_only"))
+        else:
+            plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
+        out.append(buffer.getvalue())
+    return out[0], out[1]
