@@ -38,3 +38,21 @@ def archive(tmp_path_factory):
     server.volume = vol
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny model file every test that only reads a model shares (built once per session)."""
+    from helpers import make_model_file
+
+    return make_model_file(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def training_cohort(tmp_path_factory):
+    """A 3-patient synthetic cohort on a small grid, shared by the training tests (never modified)."""
+    from napari_medimp.core import synth
+
+    out = tmp_path_factory.mktemp("training-cohort")
+    synth.generate_cohort(out, n_patients=3, seed=21, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0))
+    return out

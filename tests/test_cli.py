@@ -69,11 +69,6 @@ def small_cohort(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from helpers import make_model_file
-
-    return make_model_file(tmp_path_factory.mktemp("model"))
 
 
 def test_embed_a_cohort_to_npz_and_csv(small_cohort, tiny_model, tmp_path):

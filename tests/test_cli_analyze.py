@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import kidney_volume, make_model_file
+from helpers import kidney_volume
 
 from napari_medimp.cli import main
 from napari_medimp.core.io import load_dce, save_nifti
@@ -17,9 +17,6 @@ ROI = ["2", "18", "6", "32", "10", "42"]
 OUTPUTS = ("medimp_report.json", "medimp_report.csv", "results.png", "saliency.nii.gz")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

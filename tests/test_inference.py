@@ -16,8 +16,8 @@ from napari_medimp.core.volume import DCEVolume
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model"))
+def model_file(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

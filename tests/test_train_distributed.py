@@ -28,12 +28,8 @@ TINY = {"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0), input_
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from napari_medimp.core import synth
-
-    out = tmp_path_factory.mktemp("cohort")
-    synth.generate_cohort(out, n_patients=3, seed=21, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0))
-    return out
+def cohort(training_cohort):
+    return training_cohort
 
 
 def _config(cohort, out) -> TrainConfig:

@@ -28,12 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from napari_medimp.core import synth
-
-    out = tmp_path_factory.mktemp("cohort")
-    synth.generate_cohort(out, n_patients=3, seed=21, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0))
-    return out
+def cohort(training_cohort):
+    return training_cohort
 
 
 def _config(cohort, out, **kw):
@@ -44,10 +40,17 @@ def _config(cohort, out, **kw):
     return TrainConfig(**base)
 
 
-def test_smoke_training_writes_everything(cohort, tmp_path):
-    events = []
-    summary = train(_config(cohort, tmp_path / "run"), progress=events.append)
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def reference_run(cohort, tmp_path_factory):
+    """One uninterrupted training of the reference configuration: (run folder, events, summary)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    events: list = []
+    summary = train(_config(cohort, run), progress=events.append)
+    return run, events, summary
+
+
+def test_smoke_training_writes_everything(reference_run):
+    run, events, summary = reference_run
     for name in ("last.safetensors", "last.json", "log.csv", "loss_curve.png", "last_model.safetensors",
                  "last_model.json", "train_config.json"):
         assert (run / name).exists(), name
@@ -63,9 +66,8 @@ def test_smoke_training_writes_everything(cohort, tmp_path):
     assert loaded.card["training"]["amp"] == "off" and loaded.card["training"]["device"] == "cpu"
 
 
-def test_stop_then_resume_equals_an_uninterrupted_run(cohort, tmp_path):
-    reference = tmp_path / "ref"
-    train(_config(cohort, reference))
+def test_stop_then_resume_equals_an_uninterrupted_run(cohort, reference_run, tmp_path):
+    reference = reference_run[0]
     interrupted = tmp_path / "cut"
     calls = {"n": 0}
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import kidney_volume, make_model_file
+from helpers import kidney_volume
 from qtpy.QtCore import QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
@@ -16,9 +16,6 @@ from napari_medimp.core.preprocess import RoiBox
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture
