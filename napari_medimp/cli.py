@@ -102,9 +102,13 @@ def _cmd_demo(args) -> int:
 # model commands
 # --------------------------------------------------------------------------------------------------
 def _predictor(args):
+    import re
+
     from .core.inference import Predictor
     from .core.sample import default_model_path
 
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(args.device)):
+        raise ValueError(f"--device {args.device!r}: choose auto, cpu, mps, cuda or cuda:N")
     return Predictor.from_file(args.model or default_model_path(), device=args.device)
 
 
@@ -145,7 +149,9 @@ def _cmd_embed(args) -> int:
     import numpy as np
 
     from .core.io import load_dce
+    from .core.outputs import check_output, spreadsheet_safe
 
+    out = check_output(args.out, args.overwrite, (".npz", ".csv"))
     predictor = _predictor(args)
     ids, vectors = [], []
     sources = _sources(Path(args.path))
@@ -154,15 +160,20 @@ def _cmd_embed(args) -> int:
         ids.append(ident)
         print(f"\r{n}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .core.atomic import atomic_write
+    from .core.outputs import write_csv
+
     matrix = np.stack(vectors).astype(np.float32)
     if out.suffix == ".csv":
-        header = "id," + ",".join(f"e{i}" for i in range(matrix.shape[1]))
-        rows = [f"{i}," + ",".join(f"{v:.7g}" for v in vec) for i, vec in zip(ids, matrix, strict=True)]
-        out.write_text(header + "\n" + "\n".join(rows) + "\n")
+        columns = ["id", *(f"e{i}" for i in range(matrix.shape[1]))]
+        write_csv(out, [{"id": spreadsheet_safe(i), **{f"e{k}": f"{v:.7g}" for k, v in enumerate(vec)}}
+                        for i, vec in zip(ids, matrix, strict=True)], columns)
     else:
-        np.savez(out, ids=np.array(ids), embeddings=matrix, weights_sha256=predictor.loaded.weights_sha256)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: numpy adds no second .npz
+                np.savez(fh, ids=np.array(ids), embeddings=matrix, weights_sha256=predictor.loaded.weights_sha256)
+
+        atomic_write(out, write)
     print(f"{len(ids)} embeddings ({matrix.shape[1]} dimensions) -> {out}")
     return 0
 
@@ -184,12 +195,15 @@ def _risk_columns(reading) -> dict:
 
 
 def _cmd_predict(args) -> int:
-    import csv
-
     from .core.inference import analyze
     from .core.io import load_dce
+    from .core.outputs import check_output
     from .core.prompts import EXAMS, ClinicalRecord, build_prompt
 
+    out = check_output(args.out, args.overwrite, (".csv", ".json"))
+    patients_out = out.with_name(out.stem + "_patients.csv")
+    if out.suffix == ".csv":
+        check_output(patients_out, args.overwrite, option="--out (its patients' table)")
     predictor = _predictor(args)
     rows, table = [], _cohort_records(Path(args.path))
     sources = _sources(Path(args.path))
@@ -215,41 +229,40 @@ def _cmd_predict(args) -> int:
         if result.reading is not None:
             last_reading[patient] = result.reading
     patients = [{"patient": p, **_risk_columns(r)} for p, r in last_reading.items()]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .core.atomic import atomic_write_bytes
+    from .core.outputs import write_csv
+
     if out.suffix == ".json":
-        out.write_text(json.dumps({"exams": rows, "patients": patients, "model": predictor.model_facts()},
-                                  indent=1) + "\n")
+        atomic_write_bytes(out, (json.dumps({"exams": rows, "patients": patients, "model": predictor.model_facts()},
+                                            indent=1) + "\n").encode())
     else:
-        with open(out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(out, rows)
         if patients:
-            with open(out.with_name(out.stem + "_patients.csv"), "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(patients[0]))
-                writer.writeheader()
-                writer.writerows(patients)
+            write_csv(patients_out, patients)
     print(f"{len(rows)} exams, {len(patients)} patients -> {out}")
     return 0
 
 
 def _cmd_saliency(args) -> int:
     from .core.io import load_dce, save_nifti
+    from .core.outputs import check_output
     from .core.prompts import build_prompt
     from .core.saliency import compute_saliency
 
-    predictor = _predictor(args)
     sources = _sources(Path(args.path))
     out = Path(args.out)
-    for ident, exam, path in sources:
+    single = len(sources) == 1 and out.name.endswith((".nii", ".nii.gz"))
+    targets = [out if single else out / f"{ident.replace('/', '_')}_{args.method}_{args.target}.nii.gz"
+               for ident, _, _ in sources]
+    for target in targets:
+        check_output(target, args.overwrite)
+    predictor = _predictor(args)
+    for (ident, exam, path), target in zip(sources, targets, strict=True):
         exam = (exam or args.exam).upper()
         record = _record(args, exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
         result = compute_saliency(predictor, load_dce(path), _roi(args), method=args.method,
                                   target=args.target, prompt=prompt, exam=exam)
-        target = out if len(sources) == 1 and out.name.endswith((".nii", ".nii.gz")) else \
-            out / f"{ident.replace('/', '_')}_{args.method}_{args.target}.nii.gz"
         save_nifti(target, result.data, result.roi_affine,
                    sidecar={"method": args.method, "target": args.target, "prompt": prompt,
                             "score": result.score, "roi_zyx": result.roi.to_list(),
@@ -331,13 +344,16 @@ def _cmd_analyze(args) -> int:
 
     from .core.curves import KIDNEY_REGION_NAMES
     from .core.io.nifti import load_labels
-    from .core.pipeline import AnalysisRequest, run_analysis
+    from .core.outputs import check_output_folder
+    from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
     from .core.report import clinical_inputs, report_summary
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is a file; give a folder for the report")
+    if not args.overwrite:
+        check_output_folder(out, ANALYSIS_FILES, overwrite=False)  # before any work
     _refuse_typed_non_numbers(args)
     exam = normalize_exam(args.exam)
     names = None
@@ -387,6 +403,7 @@ def _cmd_analyze(args) -> int:
     request.check()  # options and labels, before the model loads
 
     result = run_analysis(_predictor(args), request)
+    check_output_folder(out, ANALYSIS_FILES, overwrite=args.overwrite)  # the earlier analysis goes only now
     for note in result.notes:
         print(f"medimp: {note}", file=sys.stderr)
     files = result.write(out)
@@ -417,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="medimp", description=__doc__,
                                      epilog="medimp train / medimp evaluate: see `medimp train --help` "
-                                            "(same as python -m src_train)")
+                                            "(same as python -m src_train). A failure prints one line and "
+                                            "exits with 1 (data or files) or 2 (command line); --debug "
+                                            "anywhere on the line shows the traceback instead.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a synthetic renal-graft DCE-MRI cohort")
@@ -436,11 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="image embeddings of one exam or every exam of a cohort")
     _model_options(p, clinical=False)
     p.add_argument("--out", required=True, help="embeddings file: .npz (ids + matrix) or .csv")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("predict", help="prompt similarity, zero-shot GFR bins and prognosis")
     _model_options(p)
     p.add_argument("--out", required=True, help="predictions: .csv (plus _patients.csv) or .json")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("saliency", help="Grad-CAM / occlusion maps as NIfTI in the exam's geometry")
@@ -449,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="similarity", help="similarity (with the prompt) or 2y, 3y, 4y")
     p.add_argument("--prompt", help="prompt text for the similarity target (default: built from the values)")
     p.add_argument("--out", required=True, help="a .nii.gz for one exam, or a folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing maps")
     p.set_defaults(func=_cmd_saliency)
 
     p = sub.add_parser("analyze", help="one exam, everything at once: prognosis, zero-shot GFR bins, "
@@ -465,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
                                     "there is a prompt, else the first prognosis horizon)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier analysis in that folder (its files are removed first)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("pacs", help="query and retrieve DCE-MRI from a PACS (servers in the PACS settings file)")
@@ -494,24 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in TRAINING_COMMANDS:
         from src_train.cli import main as train_main
 
-        return train_main(argv, prog="medimp")
+        return train_main(argv + (["--debug"] if debug else []), prog="medimp")
     args = build_parser().parse_args(argv)
-    from .core.checkpoint import ModelFileError
-    from .core.pacs import PacsError
-    from .core.prompts import ClinicalValueError
-    from .core.volume import DCEReadError
+    from .core.failures import run_reporting_failures
 
-    try:
-        return args.func(args)
-    except (DCEReadError, ModelFileError, ClinicalValueError, PacsError) as exc:
-        print(f"medimp: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # invalid option values: ROI outside the volume, unknown target, ...
-        print(f"medimp: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_failures(args.func, args, "medimp", debug)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def _cmd_train(args) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    summary = train(config, resume=args.resume, progress=_printer(args.json_progress),
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=_printer(args.json_progress),
                     should_stop=lambda: stop["requested"], command=command_line(args.argv, args.prog))
     from napari_medimp.core.training_run import EXIT_STOPPED
 
@@ -307,6 +307,8 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
                    help="mixed precision: auto (default) = bf16 on GPUs that support it, else fp16 with loss "
                         "scaling; off on the CPU")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a run folder that holds an earlier run (its run files are removed)")
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(func=_cmd_train)
 
@@ -332,13 +334,10 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
 
 def main(argv=None, prog: str = "python -m src_train") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser(prog).parse_args(argv)
     args.argv, args.prog = argv, prog  # recorded in the model card as the training command
-    from napari_medimp.core.checkpoint import ModelFileError
-    from napari_medimp.core.volume import DCEReadError
+    from napari_medimp.core.failures import EXIT_DATA, run_reporting_failures
 
-    try:
-        return args.func(args)
-    except (ValueError, ModelFileError, DCEReadError, FileNotFoundError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
+    return run_reporting_failures(args.func, args, prog, debug, value_error=EXIT_DATA)  # about the cohort

@@ -47,6 +47,7 @@ from napari_medimp.core.training_run import (
     LOG_FILE,
     LOSS_CURVE_FILE,
     PRESETS,
+    RUN_FILES,
     STATE_FILE,
     STATE_KEY,
     TrainConfig,
@@ -271,11 +272,18 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
         texts.append(txt)
     if not images:
         return {}
-    sim = torch.cat(images) @ torch.cat(texts).T
-    ranks = (sim > sim.diag()[:, None]).sum(dim=1).float() + 1  # 1 = the true prompt is the best match
+    ranks = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T)
     return {"val_loss": float(np.mean(losses)), "recall_at_1": float((ranks <= 1).float().mean()),
             "recall_at_5": float((ranks <= 5).float().mean()), "mean_rank": float(ranks.mean()),
-            "n_val": int(sim.shape[0])}
+            "n_val": int(ranks.shape[0])}
+
+
+def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:
+    """Rank of each image's true prompt (the diagonal) among all prompts, 1 = best. A tie counts against
+    the true prompt, and a row holding NaN or Inf ranks last: a broken model never scores a win."""
+    ranks = (sim >= sim.diag()[:, None]).sum(dim=1).float()
+    ranks[~torch.isfinite(sim).all(dim=1)] = float(sim.shape[1])
+    return ranks
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,19 +446,80 @@ def set_text_dropout(model, p: float) -> None:
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, progress: Progress | None = None,
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
           should_stop: Callable[[], bool] | None = None, command: str | None = None) -> dict:
     """Train; returns the summary. ``should_stop`` is polled after every step: a stop saves ``last``
     with the position inside the epoch, and ``resume=True`` continues from there.
 
+    A run folder that holds an earlier run is used only with ``resume`` (continue it) or ``overwrite``
+    (its run files are removed first); a lock keeps a second training out of a folder in use.
     Under torchrun every rank calls this with the same config; the process group is joined here and
     left at the end. ``command``: the command line recorded in the model card (default: ``sys.argv``).
     """
     run = setup_distributed(config.device)
     try:
-        return _train(config, run, resume, progress, should_stop, command)
+        with _run_folder_lock(Path(config.out), run.is_main):
+            if run.is_main and not resume:
+                _clear_earlier_run(Path(config.out), overwrite)
+            return _train(config, run, resume, progress, should_stop, command)
     finally:
         run.close()
+
+
+LOCK_FILE = "run.lock"
+
+
+def _clear_earlier_run(out: Path, overwrite: bool) -> None:
+    earlier = [name for name in (CHECKPOINT_FILE, *RUN_FILES) if (out / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise ValueError(f"{out} holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    for name in earlier:
+        (out / name).unlink()
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out: Path, main: bool):
+    """Hold ``run.lock`` (this process id) in the run folder while training; another live process's lock
+    is a refusal naming it, a dead process's lock is taken over."""
+    if not main:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise ValueError(f"{out} is in use by another training (process {pid}); wait for it to end or "
+                                 "choose another --out") from None
+            lock.unlink(missing_ok=True)  # left by a process that no longer runs
+    else:
+        raise ValueError(f"{out}: cannot take the run folder's lock ({LOCK_FILE})")
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Progress | None,
@@ -609,6 +678,9 @@ class _Training:
             local_loss = self.train_step(batch_images(batch, self.device), batch["text"])
             self.step += 1
             loss, stop_now = mean_over_ranks(local_loss, bool(self.should_stop()))
+            if not math.isfinite(loss):
+                raise ValueError(f"training diverged at step {self.step} (loss {loss}); the last good checkpoint "
+                                 f"is kept in {self.out / CHECKPOINT_FILE}: resume with a lower learning rate")
             self.losses.append(loss)
             self.emit("step", epoch=epoch, step=self.step, loss=loss, lr=self.scheduler.get_last_lr()[0],
                       total_steps=self.total_steps)

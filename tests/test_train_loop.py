@@ -263,7 +263,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_p
     assert (state["next_epoch"], state["next_batch"]) == (1, 0), "killed after epoch 0's checkpoint, in epoch 1"
     # a write cut short leaves only hidden temporaries, never a file the loader takes for a checkpoint
     leftovers = {p.name for p in run.iterdir()} - {"last.safetensors", "last.json", "log.csv", "train_config.json",
-                                                   "best.safetensors", "best.json"}
+                                                   "best.safetensors", "best.json",
+                                                   "run.lock"}  # the killed process's lock: taken over below
     assert all(name.startswith(".") and name.endswith(".part") for name in leftovers), leftovers
     payload = (run / "last.safetensors").read_bytes()
     (run / ".last.safetensors.abc123.part").write_bytes(payload[: len(payload) // 2])  # as if killed mid-write
@@ -274,6 +275,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_p
     assert resumed[0] == {"event": "resumed", "epoch": 1, "batch": 0, "step": steps_per_epoch}
     assert resumed[-1]["event"] == "done"
     assert not list(run.glob(".*.part")), "stale temporaries are removed on resume"
+    assert not (run / "run.lock").exists(), "the lock goes with the run that held it"
 
     ref_steps, killed_steps, resumed_steps = _steps(reference), _steps(killed), _steps(resumed)
     assert sorted(resumed_steps) == list(range(steps_per_epoch + 1, 3 * steps_per_epoch + 1))
@@ -398,3 +400,62 @@ def test_prefetch_joins_its_producer_when_the_consumer_stops_early():
 
     with pytest.raises(RuntimeError, match="bad exam"):
         list(prefetch(broken()))
+
+
+def test_an_earlier_run_is_neither_overwritten_nor_shared(cohort, reference_run, tmp_path, capsys):
+    """Training again into a used folder needs --resume or --overwrite; a live training's folder is refused."""
+    import shutil
+
+    from src_train.cli import main
+
+    run = tmp_path / "used"
+    shutil.copytree(reference_run[0], run)
+    best = (run / "best.safetensors").read_bytes() if (run / "best.safetensors").exists() else None
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
+                                                                    input_size=(8, 16, 16)).to_dict(),
+                                  "embed_dim": 16, "val_fraction": 0.34, "epochs": 1, "batch_size": 2}))
+    argv = ["train", "--cohort", str(cohort), "--out", str(run), "--config", str(config)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+    assert best is None or (run / "best.safetensors").read_bytes() == best, "nothing was touched"
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(f"{other.pid}\n")
+        assert main([*argv, "--overwrite"]) == 1
+        assert f"in use by another training (process {other.pid})" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    (run / "run.lock").write_text("999999999\n")  # a process that no longer runs
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (run / "run.lock").exists()
+    assert len((run / "log.csv").read_text().splitlines()) == 2  # the new run's one epoch only
+
+
+def test_ties_and_nan_count_as_misses_in_retrieval_ranks():
+    from src_train.train import retrieval_ranks
+
+    sim = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [float("nan"), 0.2, 0.3]])
+    assert retrieval_ranks(sim).tolist() == [1.0, 2.0, 3.0]  # best; tied with another prompt; NaN row last
+    assert retrieval_ranks(torch.full((3, 3), float("nan"))).tolist() == [3.0, 3.0, 3.0]
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cohort, tmp_path, monkeypatch):
+    from src_train import train as train_module
+
+    real_step = train_module._Training.train_step
+
+    def diverging(self, images, texts):  # finite through the first epoch, NaN in the second
+        loss = real_step(self, images, texts)
+        return float("nan") if self.step >= self.steps_per_epoch else loss
+
+    monkeypatch.setattr(train_module._Training, "train_step", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"training diverged at step \d+ \(loss nan\); the last good checkpoint"):
+        train(_config(cohort, run, epochs=3))
+    state = json.loads((run / "last.json").read_text())
+    assert (state["next_epoch"], state["next_batch"]) == (1, 0)  # the end of the finite first epoch
+    assert not (run / "run.lock").exists()

@@ -30,6 +30,9 @@ REPORT_STEM = "medimp_report"
 FIGURE_FILE = "results.png"
 SALIENCY_FILE = "saliency.nii.gz"
 SALIENCY_TARGETS = ("similarity", *HORIZONS)
+#: every file an analysis may leave in its folder (an export adds the viewer screenshot)
+ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", FIGURE_FILE, SALIENCY_FILE, "saliency.json",
+                  "medimp_screenshot.png")
 
 
 @dataclass

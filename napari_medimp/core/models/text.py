@@ -203,7 +203,9 @@ class TextEncoder(nn.Module):
         carry the weights).
         """
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a local load takes a blink: no bar in the user's terminal or log
         path = resolve_text_model_path(name_or_path)
         if load_weights:
             model = AutoModel.from_pretrained(str(path), local_files_only=True)

@@ -1,0 +1,58 @@
+"""How the command lines report a failure: one line naming the file or option and the problem, and an exit
+code (1: the data or the files, 2: the command line); ``--debug`` shows the traceback instead."""
+
+from __future__ import annotations
+
+import sys
+
+#: exit codes: a problem with the data or the files (1), with the command line (2)
+EXIT_DATA, EXIT_USAGE = 1, 2
+
+
+#: the project's own errors about the data, files, model files and archives: (module, class)
+_INPUT_ERRORS = (("napari_medimp.core.volume", "DCEReadError"), ("napari_medimp.core.checkpoint", "ModelFileError"),
+                 ("napari_medimp.core.prompts", "ClinicalValueError"), ("napari_medimp.core.pacs", "PacsError"))
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    # only modules already imported can have raised it: nothing heavy (torch) is imported to tell
+    for module, name in _INPUT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
+
+def failure_message(exc: BaseException, value_error: int = EXIT_USAGE) -> tuple[int, str]:
+    """(exit code, one line) for a failure: 1 for the data and files, 2 for the command line.
+
+    ``value_error``: the code of a plain ValueError: option values for the viewer's commands (an ROI
+    outside the volume, an unknown target), the cohort's contents for training and evaluation."""
+    if _is_input_error(exc):
+        return EXIT_DATA, str(exc)
+    if isinstance(exc, ValueError):
+        return value_error, str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_DATA, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return EXIT_DATA, "not enough memory for this input (the image or a size it declares is too large)"
+    if isinstance(exc, RecursionError):
+        return EXIT_DATA, "an input file is nested too deeply to be read"
+    return EXIT_DATA, (f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the details, "
+                       "and report it)")
+
+
+def run_reporting_failures(function, args, prog: str, debug: bool, value_error: int = EXIT_USAGE) -> int:
+    """Run a command; a failure becomes one line on stderr and an exit code (a traceback with --debug)."""
+    try:
+        return function(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        code, message = failure_message(exc, value_error)
+        print(f"{prog}: {message}", file=sys.stderr)
+        return code

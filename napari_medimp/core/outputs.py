@@ -1,0 +1,73 @@
+"""Output files a user keeps: never overwritten without being asked, written whole or not at all, and safe
+to open in a spreadsheet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+
+
+class OutputExistsError(ValueError):
+    """An output would replace a file the user has; the message says how to allow it."""
+
+
+def check_output(path, overwrite: bool, suffixes: Sequence[str] | None = None, option: str = "--out") -> Path:
+    """``path`` as an output file: refused when it exists (unless ``overwrite``), when it is a folder, or
+    when its suffix is not one of ``suffixes``. Nothing is written here."""
+    path = Path(path)
+    if suffixes is not None and not any(path.name.lower().endswith(s) for s in suffixes):
+        raise ValueError(f"{option} {path}: the file name must end with {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{option} {path} exists; choose another name or pass --overwrite to replace it")
+    return path
+
+
+def check_output_folder(folder, owned: Iterable[str], overwrite: bool, option: str = "--out") -> Path:
+    """A folder for one result: refused when it holds files of an earlier result (``owned`` names) unless
+    ``overwrite``, which then removes them, so that no file of the earlier result stays beside the new
+    one. Other files of the folder are left alone."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} exists and is a file; give a folder")
+    earlier = [folder / name for name in owned if (folder / name).exists()]
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier)
+        raise OutputExistsError(f"{option} {folder} already holds an earlier result ({names}); choose another "
+                                "folder or pass --overwrite to replace it")
+    for path in earlier:
+        path.unlink()
+    return folder
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (numbers pass)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def write_csv(path, rows: Sequence[Mapping], fieldnames: Sequence[str] | None = None) -> Path:
+    """Rows to a CSV file, atomically, with formula-like text cells escaped."""
+    fieldnames = list(fieldnames or (rows[0] if rows else []))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator=os.linesep if os.name == "nt" else "\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
+    return atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
