@@ -132,7 +132,8 @@ def test_predict_single_file_with_typed_values(small_cohort, tiny_model, tmp_pat
     assert low["p_dysfunction_4y"] == values["p_dysfunction_4y"]
     assert float(low["p_dysfunction_with_clinical_4y"]) > float(values["p_dysfunction_with_clinical_4y"])
     # absurd clinical values: a clear message, no traceback
-    code = main(["predict", str(image), "--model", str(tiny_model), "--gfr", "900", "--out", str(out)])
+    code = main(["predict", str(image), "--model", str(tiny_model), "--gfr", "900", "--out",
+                 str(tmp_path / "absurd.csv")])
     assert code == 1
     err = capsys.readouterr().err
     assert "gfr" in err.lower() and "900" in err and "Traceback" not in err

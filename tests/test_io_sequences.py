@@ -189,3 +189,24 @@ def test_a_medimp_layout_cohort_reaches_training_prediction_and_the_reader(tmp_p
     layers = read_dce(cohort / "001-0002")
     assert [kwargs["name"] for _, kwargs, _ in layers] == ["001-0002 D15", "001-0002 M12"]
     assert all(data.shape == (3, 20, 40, 48) for data, _, _ in layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# the clinical table as spreadsheets export it
+# --------------------------------------------------------------------------------------------------
+def test_clinical_table_with_bom_and_semicolons_is_read(tmp_path):
+    from napari_medimp.core.io.cohort import read_clinical_table
+
+    table = tmp_path / "clinical.csv"
+    table.write_bytes("\ufeffpatient_id;donor_age;gfr_D30\r\nP1;52;48\r\nP2;70;\r\n".encode())
+    rows = read_clinical_table(table)
+    assert list(rows) == ["P1", "P2"] and rows["P1"]["gfr_D30"] == "48" and rows["P2"]["donor_age"] == "70"
+
+
+def test_a_patient_listed_twice_is_refused_naming_both_rows(tmp_path):
+    from napari_medimp.core.io.cohort import read_clinical_table
+
+    table = tmp_path / "clinical.csv"
+    table.write_text("patient_id,gfr_D30\nP1,74\nP2,50\nP1,12\n")
+    with pytest.raises(ValueError, match=r"patient P1 is listed twice \(lines 2 and 4\)"):
+        read_clinical_table(table)

@@ -177,11 +177,41 @@ def cohort_exams(path) -> list[tuple[str, str, Path]]:
     return []
 
 
+#: largest clinical table read (a cohort of thousands of patients is a few MB)
+MAX_TABLE_BYTES = 64 * 2**20
+
+
 def read_clinical_table(path) -> dict[str, dict]:
-    """patient id -> row of ``clinical.csv``; a missing ``patient_id`` column is an error."""
+    """patient id -> row of ``clinical.csv``.
+
+    Comma or semicolon separated (as spreadsheets export it in many locales), with or without a byte-order
+    mark. A missing ``patient_id`` column, a patient listed twice (both rows named) or a file that is not a
+    regular file of reasonable size is an error."""
     path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "patient_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: the clinical table needs a 'patient_id' column")
-        return {row["patient_id"]: row for row in reader}
+    if not path.is_file():
+        raise ValueError(f"{path}: the clinical table must be a regular file")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_TABLE_BYTES // 2**20} MB; not a clinical table")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    header = text.split("\n", 1)[0]
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "patient_id" not in fields:
+        raise ValueError(f"{path}: the clinical table needs a 'patient_id' column (found: {', '.join(fields) or 'none'})")
+    reader.fieldnames = fields
+    rows: dict[str, dict] = {}
+    first_line: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        patient = (row.get("patient_id") or "").strip()
+        if not patient:
+            continue
+        if patient in rows:
+            raise ValueError(f"{path}: patient {patient} is listed twice (lines {first_line[patient]} and {line}); "
+                             "keep one row per patient")
+        rows[patient] = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None}
+        first_line[patient] = line
+    return rows
