@@ -161,3 +161,31 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pic
     assert pickled.read_bytes()[0] == 0x80
     with pytest.raises(ModelFileError, match="pickled"):
         check_safetensors(pickled)
+
+
+def test_text_weights_hash_is_recorded_and_checked_for_the_default_text_model(tmp_path):
+    import json
+
+    from helpers import make_model_file
+    from napari_medimp.core.checkpoint import ModelFileError, load_model
+
+    path = make_model_file(tmp_path)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    if card["text_model"]["frozen_weights_stored"]:
+        pytest.skip("this model file stores its text weights")
+    assert len(card["text_model"]["base_weights_sha256"]) == 64
+    card["text_model"]["base_weights_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="other text-model weights"):
+        load_model(path)
+
+
+def test_the_demo_model_records_its_text_weights():
+    import json
+
+    from napari_medimp.core.checkpoint import _text_base_weights, sha256_file
+    from napari_medimp.core.sample import default_model_path
+
+    card = json.loads(default_model_path().with_suffix(".json").read_text())
+    assert card["text_model"]["base_weights_sha256"] == sha256_file(_text_base_weights(card["text_model"]["name_or_path"]))

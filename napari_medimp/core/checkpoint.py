@@ -158,8 +158,14 @@ def check_safetensors(path) -> dict:
         raise ModelFileError(path, str(exc)) from None
 
 
-def _text_base_weights(text_path) -> Path | None:
-    folder = Path(text_path)
+def _text_base_weights(text_name_or_path) -> Path | None:
+    """The weights file of the text model a model file builds on (the shipped default included)."""
+    from .models.text import resolve_text_model_path
+
+    try:
+        folder = resolve_text_model_path(text_name_or_path)
+    except (FileNotFoundError, ImportError):
+        return None
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).exists():
             return folder / name
@@ -324,7 +330,15 @@ def load_model(path, device: str | torch.device = "cpu", text_model_path=None) -
     if not frozen_stored:
         base = _text_base_weights(model.text_encoder.name_or_path)
         expected_base = text_info.get("base_weights_sha256")
-        if expected_base and base is not None and sha256_file(base) != expected_base:
+        if not expected_base:
+            import warnings
+
+            warnings.warn(f"{model_paths(path)[1]}: the card does not record which text-model weights the model "
+                          "was trained on; they cannot be checked", stacklevel=2)
+        elif base is None:
+            raise ModelFileError(weights_path, f"needs the text model {model.text_encoder.name_or_path}, whose "
+                                               "weights file was not found")
+        elif sha256_file(base) != expected_base:
             raise ModelFileError(weights_path, f"was trained on top of other text-model weights than those in "
                                                f"{model.text_encoder.name_or_path} (sha256 differs)")
     tensors = load_file(str(weights_path))
