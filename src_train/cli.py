@@ -62,7 +62,8 @@ def _cmd_train(args) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    summary = train(config, resume=args.resume, overwrite=args.overwrite, progress=_printer(args.json_progress),
+    summary = train(config, resume=args.resume, overwrite=args.overwrite, override=args.override,
+                    progress=_printer(args.json_progress),
                     should_stop=lambda: stop["requested"], command=command_line(args.argv, args.prog))
     from napari_medimp.core.training_run import EXIT_STOPPED
 
@@ -309,6 +310,8 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in a run folder that holds an earlier run (its run files are removed)")
+    p.add_argument("--override", action="store_true",
+                   help="with --resume: continue although options other than the epochs changed")
     p.add_argument("--json-progress", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(func=_cmd_train)
 

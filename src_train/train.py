@@ -352,7 +352,17 @@ def load_training_state(folder: Path, model, optimizer, scheduler, *, checkpoint
     payload, json_text = checkpoint
     state = checkpoint_state(payload, json_text)
     tensors = load_bytes(payload)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(f"{folder / CHECKPOINT_FILE} holds NaN or infinite values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): it cannot be resumed; start again with --overwrite")
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+        raise ValueError(f"{folder / CHECKPOINT_FILE} was saved from another model architecture ({first}); "
+                         "resume with the run's own options (its train_config.json) or start again with "
+                         "--overwrite") from None
     opt_state: dict = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -446,8 +456,9 @@ def set_text_dropout(model, p: float) -> None:
 # --------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
-          should_stop: Callable[[], bool] | None = None, command: str | None = None) -> dict:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, override: bool = False,
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          command: str | None = None) -> dict:
     """Train; returns the summary. ``should_stop`` is polled after every step: a stop saves ``last``
     with the position inside the epoch, and ``resume=True`` continues from there.
 
@@ -461,12 +472,29 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         with _run_folder_lock(Path(config.out), run.is_main):
             if run.is_main and not resume:
                 _clear_earlier_run(Path(config.out), overwrite)
-            return _train(config, run, resume, progress, should_stop, command)
+            return _train(config, run, resume, progress, should_stop, command, override)
     finally:
         run.close()
 
 
 LOCK_FILE = "run.lock"
+#: options that may change when a run is resumed (paths can move, a run can be extended or moved to a GPU)
+RESUMABLE_CHANGES = ("epochs", "out", "cohort", "device")
+
+
+def options_changed(saved: dict, now: dict) -> list[str]:
+    """'lr 0.0001 -> 0.001' for every option but :data:`RESUMABLE_CHANGES` that differs from the saved run."""
+    def plain(value):  # tuples and lists, as JSON keeps them
+        return json.loads(json.dumps(value, default=float))
+
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        before, after = plain(saved.get(key)), plain(now.get(key))
+        if before != after:
+            changed.append(f"{key} {before} -> {after}")
+    return changed
 
 
 def _clear_earlier_run(out: Path, overwrite: bool) -> None:
@@ -523,8 +551,9 @@ def _alive(pid: int) -> bool:
 
 
 def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Progress | None,
-           should_stop: Callable[[], bool] | None, command: str | None) -> dict:
+           should_stop: Callable[[], bool] | None, command: str | None, override: bool = False) -> dict:
     training = _Training(config, run, progress, should_stop)
+    training.override = override
     training.start(resume, command)
     summary: dict = {}
     for epoch in range(training.start_epoch, config.epochs):
@@ -558,6 +587,7 @@ class _Training:
         self.n_local = config.batch_size // run.world
         self.rows = slice(run.rank * self.n_local, (run.rank + 1) * self.n_local)  # this rank's share of a batch
         self.stop_requested = False
+        self.override = False
         self.state: dict = {}
         self.start_epoch, self.start_batch, self.step, self.best = 0, 0, 0, float("inf")
         self.losses: list[float] = []
@@ -575,6 +605,13 @@ class _Training:
         self._build_data()
         self._build_model()
         checkpoint_data = broadcast_object(read_checkpoint(self.out) if self.main and resume else None)
+        if checkpoint_data is not None and not self.override:
+            saved = checkpoint_state(*checkpoint_data).get("config") or {}
+            changed = options_changed(saved, config.to_dict())
+            if changed:
+                raise ValueError(f"{self.out} was trained with other options ({'; '.join(changed)}); resume with "
+                                 "the same options (only the number of epochs may change), or pass --override "
+                                 "to resume anyway (the model card then records the new options)")
         if checkpoint_data is not None:
             self.state = load_training_state(self.out, self.model, self.optimizer, self.scheduler,
                                              checkpoint=checkpoint_data, scaler=self.scaler, rank=run.rank)

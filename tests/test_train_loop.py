@@ -459,3 +459,29 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cohor
     state = json.loads((run / "last.json").read_text())
     assert (state["next_epoch"], state["next_batch"]) == (1, 0)  # the end of the finite first epoch
     assert not (run / "run.lock").exists()
+
+
+def test_resume_checks_the_checkpoint_and_the_options(cohort, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from napari_medimp.core.safetensors_file import metadata, read_header
+
+    run = tmp_path / "run"
+    calls = {"n": 0}
+
+    def stop_after_one_step():
+        calls["n"] += 1
+        return calls["n"] == 1
+
+    assert train(_config(cohort, run), should_stop=stop_after_one_step)["stopped"]
+    with pytest.raises(ValueError, match=r"trained with other options \(lr 0.0001 -> 0.01\).*--override"):
+        train(_config(cohort, run, lr=1e-2), resume=True)
+    assert not (run / "last_model.safetensors").exists(), "nothing was trained"
+
+    checkpoint = run / "last.safetensors"
+    tensors = load_file(str(checkpoint))
+    name = next(k for k, v in tensors.items() if k.startswith("model.") and v.is_floating_point())
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(checkpoint), metadata=metadata(read_header(checkpoint)))
+    with pytest.raises(ValueError, match=f"holds NaN or infinite values \\({name}"):
+        train(_config(cohort, run), resume=True)
