@@ -167,6 +167,7 @@ def test_text_weights_hash_is_recorded_and_checked_for_the_default_text_model(tm
     import json
 
     from helpers import make_model_file
+
     from napari_medimp.core.checkpoint import ModelFileError, load_model
 
     path = make_model_file(tmp_path)
@@ -189,3 +190,23 @@ def test_the_demo_model_records_its_text_weights():
 
     card = json.loads(default_model_path().with_suffix(".json").read_text())
     assert card["text_model"]["base_weights_sha256"] == sha256_file(_text_base_weights(card["text_model"]["name_or_path"]))
+
+
+def test_a_pipe_named_as_a_model_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    from helpers import make_model_file
+
+    from napari_medimp.core.checkpoint import ModelFileError, load_model
+
+    path = make_model_file(tmp_path)
+    weights = path.with_suffix(".safetensors")
+    weights.unlink()
+    os.mkfifo(weights)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(path)
+    card = path.with_suffix(".json")
+    card.unlink()
+    os.mkfifo(card)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tracemalloc
 import warnings
 
@@ -280,3 +281,16 @@ def test_no_warning_for_a_clean_4d_file(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dce(path)
+
+
+@pytest.mark.parametrize("times, problem", [
+    ([0.0, 10.0, 5.0, 20.0], "do not increase (frame 3 at 5 s after frame 2 at 10 s)"),
+    ([0.0, 0.0, 0.0, 0.0], "are all equal"),
+    ([0.0, 1e30, 2e30, 3e30], "more than a day"),
+    ([0.0, float("nan"), 2.0, 3.0], "not all finite"),
+])
+def test_impossible_frame_times_are_ignored_with_a_notice(tmp_path, times, problem):
+    path = save_nifti(tmp_path / "dce.nii.gz", np.zeros((4, 3, 4, 5), np.float32), np.eye(4), frame_times=times)
+    with pytest.warns(DCEReadWarning, match=re.escape(problem)):
+        volume = load_nifti(path)
+    assert volume.frame_times is None and problem in volume.metadata["frame_times_ignored"]

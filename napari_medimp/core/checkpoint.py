@@ -255,6 +255,10 @@ def save_model(
 def read_card(path) -> dict:
     """The JSON card of a model file, checked for format and version."""
     _, card_path = model_paths(path)
+    if Path(card_path).exists() and not Path(card_path).is_file():
+        raise ModelFileError(card_path, "is not a regular file (a pipe or a device); not read")
+    if Path(card_path).is_file() and Path(card_path).stat().st_size > 64 * 2**20:
+        raise ModelFileError(card_path, "model card larger than 64 MB; not read")
     try:
         card = json.loads(Path(card_path).read_text())
     except FileNotFoundError:

@@ -7,6 +7,7 @@ offsets, and an optional ``__metadata__`` of strings), then the raw tensor bytes
 from __future__ import annotations
 
 import json
+import stat
 import struct
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def parse_header(payload: bytes) -> dict:
 def read_header(path) -> dict:
     """The JSON table of a safetensors file on disk, reading only its header."""
     path = Path(path)
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise NotSafetensors("is not a regular file (a pipe or a device); not read")
+    size = info.st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
         if _looks_pickled(head, size):

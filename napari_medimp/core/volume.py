@@ -39,6 +39,28 @@ class DCEReadWarning(UserWarning):
     """An image was read but something about it deserves the user's attention."""
 
 
+#: longest acquisition accepted as frame times (a DCE series lasts minutes; a day is certainly wrong)
+MAX_ACQUISITION_S = 86400.0
+
+
+def frame_times_problem(times) -> str | None:
+    """Why frame times (seconds from the first frame) cannot be right, or None when they can."""
+    times = np.asarray(times, dtype=float)
+    if times.size < 2:
+        return None if times.size == 0 or np.all(np.isfinite(times)) else "are not finite numbers"
+    if not np.all(np.isfinite(times)):
+        return "are not all finite numbers"
+    steps = np.diff(times)
+    if np.all(steps == 0):
+        return "are all equal"
+    if np.any(steps <= 0):
+        where = int(np.flatnonzero(steps <= 0)[0])
+        return f"do not increase (frame {where + 2} at {times[where + 1]:g} s after frame {where + 1} at {times[where]:g} s)"
+    if times[-1] - times[0] > MAX_ACQUISITION_S:
+        return f"span {times[-1] - times[0]:.3g} s, more than a day"
+    return None
+
+
 @dataclass
 class DCEVolume:
     data: Any
@@ -59,6 +81,12 @@ class DCEVolume:
                 raise ValueError(
                     f"{self.n_frames} frames but {self.frame_times.size} frame times were given"
                 )
+            problem = frame_times_problem(self.frame_times)
+            if problem:
+                warnings.warn(f"{self.source or 'image'}: frame times {problem}; they are ignored (curves use "
+                              "frame numbers)", DCEReadWarning, stacklevel=3)
+                self.metadata = {**self.metadata, "frame_times_ignored": problem}
+                self.frame_times = None
 
     # -- geometry ---------------------------------------------------------------------------------
     @property

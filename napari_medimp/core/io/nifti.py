@@ -50,6 +50,10 @@ def read_sidecar(path) -> dict:
     side = sidecar_path(path)
     if not side.exists():
         return {}
+    if not side.is_file() or side.stat().st_size > 16 * 2**20:
+        warnings.warn(f"{side}: sidecar ignored, not a regular file of reasonable size", DCEReadWarning,
+                      stacklevel=2)
+        return {}
     try:
         content = json.loads(side.read_text())
     except (OSError, ValueError) as exc:
@@ -144,9 +148,12 @@ def _human(n: float) -> str:
 def _frame_times_from(path: Path, img, n_frames: int, sidecar: dict) -> np.ndarray | None:
     times = sidecar.get("FrameTimes")
     if times is not None:
-        times = np.asarray(times, dtype=float)
-        if times.shape == (n_frames,) and np.all(np.isfinite(times)):
-            return times
+        try:
+            times = np.asarray(times, dtype=float)
+        except (TypeError, ValueError):
+            times = np.asarray([])
+        if times.shape == (n_frames,):
+            return times  # their values are checked with the volume (volume.frame_times_problem)
         warnings.warn(
             f"{path}: sidecar lists {times.size} frame times for {n_frames} frames; ignored",
             DCEReadWarning,
