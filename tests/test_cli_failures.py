@@ -34,7 +34,7 @@ def test_outputs_are_never_overwritten_without_being_asked(tmp_path, tiny_model,
 
 def test_analysis_folder_holds_one_analysis(tmp_path, tiny_model, capsys):
     out = tmp_path / "report"
-    assert main(["analyze", "sample", "--model", str(tiny_model), "--gfr", "48", "--saliency", "occlusion",
+    assert main(["analyze", "sample", "--model", str(tiny_model), "--gfr", "48", "--saliency", "gradcam",
                  "--out", str(out)]) == 0
     assert (out / "saliency.nii.gz").exists()
     first = (out / "medimp_report.json").read_text()
