@@ -155,10 +155,12 @@ def _cmd_embed(args) -> int:
     predictor = _predictor(args)
     ids, vectors = [], []
     sources = _sources(Path(args.path))
-    for n, (ident, _exam, path) in enumerate(sources, 1):
+    def embed_one(ident, _exam, path):
         vectors.append(predictor.embed_image(load_dce(path), _roi(args)).vector)
         ids.append(ident)
-        print(f"\r{n}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
+        print(f"\r{len(ids)}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
+
+    _each_exam(sources, embed_one)
     print(file=sys.stderr)
     from .core.atomic import atomic_write
     from .core.outputs import write_csv
@@ -194,6 +196,29 @@ def _risk_columns(reading) -> dict:
     return row
 
 
+def _each_exam(sources, work):
+    """``work(ident, exam, path)`` for every exam; in a cohort an exam whose image or clinical row cannot be
+    read is skipped and listed (the others are processed); a single exam's failure is the command's."""
+    from .core.prompts import ClinicalValueError
+    from .core.volume import DCEReadError
+
+    done, skipped = 0, []
+    for ident, exam, path in sources:
+        try:
+            work(ident, exam, path)
+            done += 1
+        except (DCEReadError, ClinicalValueError, OSError) as exc:
+            if len(sources) == 1:
+                raise
+            skipped.append(f"{ident}: {exc}")
+            print(f"medimp: skipped {ident}: {exc}", file=sys.stderr)
+    if skipped and not done:
+        raise ValueError(f"none of the {len(sources)} exams could be read (first: {skipped[0]})")
+    if skipped:
+        print(f"medimp: {len(skipped)} of {len(sources)} exams skipped (listed above)", file=sys.stderr)
+    return skipped
+
+
 def _cmd_predict(args) -> int:
     from .core.inference import analyze
     from .core.io import load_dce
@@ -212,7 +237,7 @@ def _cmd_predict(args) -> int:
     sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam).upper(), 99)))
     by_patient: dict[str, dict] = {}
     last_reading: dict[str, object] = {}
-    for ident, exam, path in sources:
+    def predict_one(ident, exam, path):
         exam = (exam or args.exam).upper()
         patient = ident.split("/")[0]
         record = _record(args, exam)
@@ -228,13 +253,15 @@ def _cmd_predict(args) -> int:
         rows.append(row)
         if result.reading is not None:
             last_reading[patient] = result.reading
+
+    skipped = _each_exam(sources, predict_one)
     patients = [{"patient": p, **_risk_columns(r)} for p, r in last_reading.items()]
     from .core.atomic import atomic_write_bytes
     from .core.outputs import write_csv
 
     if out.suffix == ".json":
-        atomic_write_bytes(out, (json.dumps({"exams": rows, "patients": patients, "model": predictor.model_facts()},
-                                            indent=1) + "\n").encode())
+        atomic_write_bytes(out, (json.dumps({"exams": rows, "patients": patients, "skipped": skipped,
+                                             "model": predictor.model_facts()}, indent=1) + "\n").encode())
     else:
         write_csv(out, rows)
         if patients:

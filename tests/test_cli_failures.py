@@ -127,3 +127,25 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, tiny_model
     err = capsys.readouterr().err
     assert err.endswith("e.npz: No space left on device\n") and "Traceback" not in err
     assert list(out.iterdir()) == [], "no partial or temporary file is left"
+
+
+def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_model, capsys):
+    import shutil
+
+    from helpers import kidney_volume
+    from napari_medimp.core.io import save_dce
+
+    cohort = tmp_path / "cohort"
+    for patient in ("P1", "P2"):
+        save_dce(kidney_volume(), cohort / patient / "D30" / "dce" / "dce.nii.gz")
+    broken = cohort / "P2" / "D30" / "dce" / "dce.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:400])  # truncated
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped P2/D30:" in err and "1 of 2 exams skipped" in err and "Traceback" not in err
+    assert [row["id"] for row in csv.DictReader(open(out, newline=""))] == ["P1/D30"]
+    shutil.rmtree(cohort / "P1")  # a single exam left: its failure is the command's, exit 1, nothing written
+    assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(tmp_path / "none.csv")]) == 1
+    assert "dce.nii.gz: not a readable NIfTI file" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "none.csv").exists()
