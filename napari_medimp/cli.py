@@ -369,12 +369,12 @@ def _load_exam(path: Path):
 def _cmd_analyze(args) -> int:
     import numpy as np
 
-    from .core.curves import KIDNEY_REGION_NAMES
     from .core.io.nifti import load_labels
     from .core.outputs import check_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
     from .core.report import clinical_inputs, report_summary
+    from .core.terms import KIDNEY_REGION_NAMES
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

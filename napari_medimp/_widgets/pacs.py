@@ -259,10 +259,9 @@ class PacsWidget(QWidget):
 
 def open_pacs_dialog(viewer: napari.viewer.Viewer) -> PacsWidget:
     """Show the Open from PACS dock of ``viewer``."""
-    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET_NAME)
-    dock.show()
-    dock.raise_()
-    return widget
+    from ._registry import show_plugin_dock
+
+    return show_plugin_dock(viewer, WIDGET_NAME, PLUGIN)
 
 
 __all__ = ["PacsWidget", "open_pacs_dialog"]

@@ -961,10 +961,7 @@ def _describe_event(event: dict) -> str:
 
 def open_training_dialog(viewer: napari.viewer.Viewer) -> TrainingWidget:
     """Show the MEDIMP training dock of ``viewer`` (the docked one when there is one)."""
-    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET_NAME)
-    dock.show()
-    dock.raise_()
-    return widget
+    return _registry.show_plugin_dock(viewer, WIDGET_NAME, PLUGIN)
 
 
 __all__ = ["TrainingWidget", "open_training_dialog"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def write_csv(path, rows: Sequence[Mapping], fieldnames: Sequence[str] | None = 
     """Rows to a CSV file, atomically, with formula-like text cells escaped."""
     fieldnames = list(fieldnames or (rows[0] if rows else []))
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator=os.linesep if os.name == "nt" else "\n")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})

@@ -180,9 +180,9 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
     curves = roi_and_region_curves(request.volume, analysis.roi, request.labels, names)
     inputs = describe_inputs(request.volume, exam=request.exam, roi=analysis.roi, clinical=request.clinical,
                              source=request.source, roi_source=request.roi_source, layer_name=request.layer_name)
-    inputs["device"] = analysis.model.get("device") if isinstance(analysis.model, dict) else None
+    inputs["device"] = analysis.model.get("device")
     result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
-                            inputs=inputs, model=predictor.model_facts())
+                            inputs=inputs, model=analysis.model)
     if with_map:
         target = default_saliency_target(request, predictor)
         if target is None:

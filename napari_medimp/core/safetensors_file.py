@@ -28,18 +28,18 @@ def _header_length(head: bytes, size: int) -> int:
     return n
 
 
-def _looks_pickled(head: bytes, size: int) -> bool:
+def _refuse_pickles(head: bytes, size: int) -> None:
     # the first byte of a safetensors file may be 0x80 (a header of 128 + 256 k bytes): a pickle (0x80) or
     # a zip archive (PK, torch.save's format) is recognised only when no JSON table follows
     looks_safetensors = len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8
-    return not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80")
+    if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        raise NotSafetensors("is a pickled PyTorch checkpoint; only safetensors weights are loaded, "
+                             "because unpickling can run arbitrary code")
 
 
 def parse_header(payload: bytes) -> dict:
     """The JSON table of a safetensors file held in memory (at least its header bytes)."""
-    if _looks_pickled(payload[:9], len(payload)):
-        raise NotSafetensors("is a pickled PyTorch checkpoint; only safetensors weights are loaded, "
-                             "because unpickling can run arbitrary code")
+    _refuse_pickles(payload[:9], len(payload))
     n = _header_length(payload[:8], len(payload))
     return _table(payload[8:8 + n])
 
@@ -53,9 +53,7 @@ def read_header(path) -> dict:
     size = info.st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
-        if _looks_pickled(head, size):
-            raise NotSafetensors("is a pickled PyTorch checkpoint; only safetensors weights are loaded, "
-                                 "because unpickling can run arbitrary code")
+        _refuse_pickles(head, size)
         n = _header_length(head, size)
         fh.seek(8)
         return _table(fh.read(n))

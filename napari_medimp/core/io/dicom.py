@@ -674,9 +674,7 @@ def _several_series(folder: Path, series: dict) -> DCEReadError:
     )
 
 
-def _series_geometry(planes: list[_Plane]) -> tuple:
-    normal = np.cross(planes[0].row_cos, planes[0].col_cos)
-    _, levels = _slice_indices(planes, normal)
+def _series_geometry(planes: list[_Plane], normal: np.ndarray, levels: np.ndarray) -> tuple:
     first = min(planes, key=lambda p: float(np.dot(normal, p.position)))
     return planes[0].shape, planes[0].row_cos, planes[0].col_cos, planes[0].pixel_spacing, levels, first.position
 
@@ -728,11 +726,11 @@ def _phase_series_planes(folder: Path, series: dict) -> tuple[list, list[_Plane]
             raise _several_series(folder, series)
         _check_consistent(planes)
         normal = np.cross(planes[0].row_cos, planes[0].col_cos)
-        slice_index, levels = _slice_indices(planes, normal)
+        _, levels = _slice_indices(planes, normal)
         if len(planes) != len(levels):  # this series has several images per position: it is dynamic itself
             raise _several_series(folder, series)
         name = f"series {items[0][1].get('SeriesNumber', '?')} '{items[0][1].get('SeriesDescription', uid)}'"
-        per_series.append((name, items, planes, _series_geometry(planes)))
+        per_series.append((name, items, planes, _series_geometry(planes, normal, levels)))
     reference = per_series[0]
     for other in per_series[1:]:
         if not _same_geometry(reference[3], other[3]):

@@ -200,7 +200,7 @@ def load_phase_sequences(exam_folder, folders: list[Path], load_sequence, layout
         )
 
     if lazy is None:
-        lazy = any(v.is_lazy for v in phases) and sum(int(np.prod(v.shape)) * 4 for v in phases) > LAZY_THRESHOLD_BYTES
+        lazy = sum(int(np.prod(v.shape)) * 4 for v in phases) > LAZY_THRESHOLD_BYTES
     if lazy:
         import dask.array as da
 
