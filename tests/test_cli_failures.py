@@ -133,6 +133,7 @@ def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_mo
     import shutil
 
     from helpers import kidney_volume
+
     from napari_medimp.core.io import save_dce
 
     cohort = tmp_path / "cohort"
