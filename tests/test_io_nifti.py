@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import struct
 import tracemalloc
 import warnings
 
@@ -294,3 +295,66 @@ def test_impossible_frame_times_are_ignored_with_a_notice(tmp_path, times, probl
     with pytest.warns(DCEReadWarning, match=re.escape(problem)):
         volume = load_nifti(path)
     assert volume.frame_times is None and problem in volume.metadata["frame_times_ignored"]
+
+
+def _patch_header(path, **fields):
+    """Write header fields as stored bytes (nibabel's writer would correct them)."""
+    raw = bytearray(path.read_bytes())
+    offsets = {"pixdim_xyz": (80, "<3f"), "qform_code": (252, "<h"), "sform_code": (254, "<h")}
+    for name, value in fields.items():
+        offset, fmt = offsets[name]
+        struct.pack_into(fmt, raw, offset, *np.atleast_1d(value))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _qform_only(tmp_path, name="q.nii"):
+    affine = np.diag([2.5, 2.5, 4.0, 1.0])
+    affine[:3, 3] = [-10.0, -20.0, -30.0]
+    img = nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_qform_only_with_zero_voxel_size_is_refused_not_read_as_1mm(tmp_path):
+    path = _patch_header(_qform_only(tmp_path), pixdim_xyz=(0.0, 0.0, 0.0))
+    with pytest.raises(DCEReadError, match=r"no voxel size along x, y, z \(pixdim 0, 0, 0\).*unknown"):
+        load_dce(path)
+    partial = _patch_header(_qform_only(tmp_path, "p.nii"), pixdim_xyz=(2.5, 2.5, float("nan")))
+    with pytest.raises(DCEReadError, match=r"along z \(pixdim 2.5, 2.5, nan\)"):
+        load_dce(partial)
+
+
+def test_qform_only_with_a_voxel_size_reads_it(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DCEReadWarning)
+        vol = load_dce(_qform_only(tmp_path))
+    np.testing.assert_allclose(sorted(vol.spacing), [2.5, 2.5, 4.0])
+
+
+def test_header_without_qform_and_sform_warns_that_geometry_is_assumed(tmp_path):
+    path = _patch_header(_qform_only(tmp_path), qform_code=0)
+    with pytest.warns(DCEReadWarning, match=r"no position or orientation .* 2.5, 2.5, 4 mm voxels"):
+        vol = load_dce(path)
+    np.testing.assert_allclose(sorted(vol.spacing), [2.5, 2.5, 4.0])
+
+
+def test_qform_and_sform_that_disagree_are_named_and_the_sform_is_used(tmp_path):
+    sform = np.diag([2.0, 2.0, 3.0, 1.0])
+    qform = sform.copy()
+    qform[:3, 3] = [0.0, 0.0, 6.0]  # two slices apart
+    img = nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), sform)
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    nib.save(img, str(tmp_path / "qs.nii"))
+    with pytest.warns(DCEReadWarning, match=r"qform and sform place the image 6 mm apart.*sform is used"):
+        vol = load_dce(tmp_path / "qs.nii")
+    np.testing.assert_allclose(vol.affine[:3, 3], [0.0, 0.0, 0.0], atol=1e-6)
+    # agreeing within round-off is not a problem
+    img.set_qform(sform, code=1)
+    nib.save(img, str(tmp_path / "same.nii"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DCEReadWarning)
+        load_dce(tmp_path / "same.nii")

@@ -7,9 +7,11 @@ allocated: a header that claims more data than the file can hold is refused with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gzip
 import json
+import logging
 import os
 import re
 import struct
@@ -75,9 +77,22 @@ def _gzip_isize(path) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header fixes it makes; what matters of them is checked and said here."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_image(path: Path):
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
     except FileNotFoundError:
         raise DCEReadError(path, "file not found") from None
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
@@ -132,6 +147,55 @@ def _gzip_complete(path: Path, expected_total: int) -> bool:
     """True when the gzip footer agrees with the expected uncompressed size (a cheap truncation test)."""
     isize = _gzip_isize(path)
     return isize is not None and isize == expected_total % 2**32
+
+
+def _raw_header(path: Path, img):
+    """The header as stored (nibabel's loader replaces a zero voxel size by 1 mm before anyone sees it)."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fobj:
+            return type(img.header).from_fileobj(fobj, check=False)
+    except Exception:  # noqa: BLE001 - the checked header is then the best there is
+        return img.header
+
+
+#: qform and sform agree when no image corner moves more than this share of the smallest voxel
+_QFORM_SFORM_TOL = 0.1
+
+
+def check_header_geometry(path: Path, img, shape_xyz) -> None:
+    """Refuse a header whose voxel size is unknown; warn when position or orientation is assumed.
+
+    * no sform and a voxel size (pixdim) of 0, negative zero or not a number: refused, since nibabel
+      would silently read 1 mm;
+    * neither qform nor sform: warned (axes and origin are assumed, the voxel size comes from pixdim);
+    * qform and sform both set but placing the image differently: warned (the sform is used, as
+      nibabel, ITK-SNAP and 3D Slicer do).
+    """
+    raw = _raw_header(path, img)
+    qcode, scode = int(raw["qform_code"]), int(raw["sform_code"])
+    if scode <= 0:
+        pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
+        bad = [axis for axis, size in zip("xyz", pixdim, strict=True) if not (np.isfinite(size) and size != 0)]
+        if bad:
+            sizes = ", ".join(f"{size:g}" for size in pixdim)
+            raise DCEReadError(
+                path, f"header gives no voxel size along {', '.join(bad)} (pixdim {sizes}) and has no sform: "
+                "the size of a voxel in mm is unknown; fix the header (pixdim) with the scanner's values")
+    if qcode <= 0 and scode <= 0:
+        zooms = ", ".join(f"{z:g}" for z in img.header.get_zooms()[:3])
+        warnings.warn(
+            f"{path}: header states no position or orientation (qform and sform codes are 0); the image axes "
+            f"are taken as the patient's, with {zooms} mm voxels from pixdim", DCEReadWarning, stacklevel=3)
+    elif qcode > 0 and scode > 0:
+        qform, sform = raw.get_qform(), raw.get_sform()
+        corners = np.array([[x, y, z, 1.0] for x in (0, shape_xyz[0] - 1) for y in (0, shape_xyz[1] - 1)
+                            for z in (0, shape_xyz[2] - 1)])
+        apart = float(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1).max())
+        voxel = float(np.min(np.linalg.norm(sform[:3, :3], axis=0)))
+        if apart > _QFORM_SFORM_TOL * voxel:
+            warnings.warn(
+                f"{path}: the header's qform and sform place the image {apart:.3g} mm apart at its corners; "
+                "the sform is used (as in most viewers)", DCEReadWarning, stacklevel=3)
 
 
 def _human(n: float) -> str:
@@ -199,6 +263,7 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
     if dims == 3:
         warnings.warn(f"{path}: 3D image opened as a single frame", DCEReadWarning, stacklevel=2)
 
+    check_header_geometry(path, img, shape[:3])
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DCEReadError(path, "header has no valid voxel-to-world affine")
