@@ -491,3 +491,62 @@ def test_enhanced_multiframe_real_world_value_mapping_per_frame(tmp_path):
     raw[2, 1, ROWS - 1 - 3, COLS - 1 - 0] = MARKER
     for t in range(3):
         np.testing.assert_allclose(vol.data[t], raw[t] * 0.5 * (t + 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry and time that would otherwise be guessed
+# --------------------------------------------------------------------------------------------------
+def test_acquisition_time_across_midnight_without_a_date_counts_on_the_next_day(tmp_path):
+    clock = ["235950", "000005", "000020"]
+    write_series(tmp_path / "s", seed=21, phase_tags=lambda t: {"AcquisitionTime": clock[t]})
+    with pytest.warns(DCEReadWarning, match=r"from 23:59:50.0 to 00:00:20.0 without a date.*cross midnight"):
+        vol = load_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(vol.data, expected_axial())  # phase order kept (not 00:00 first)
+    np.testing.assert_allclose(vol.frame_times, [0.0, 15.0, 30.0])
+
+
+def test_acquisition_time_against_the_phase_order_leaves_frame_times_unknown(tmp_path):
+    clock = ["101520", "101507", "101455"]  # decreasing while TemporalPositionIdentifier increases
+    write_series(tmp_path / "s", seed=22,
+                 phase_tags=lambda t: {"TemporalPositionIdentifier": t + 1, "AcquisitionTime": clock[t]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = load_dicom_series(tmp_path / "s")
+    notes = [str(w.message) for w in caught if issubclass(w.category, DCEReadWarning)]
+    assert vol.frame_times is None
+    assert len(notes) == 1 and "does not increase with the phase order; frame times are unknown" in notes[0]
+
+
+def test_slices_sharing_one_position_are_refused_not_read_as_frames(tmp_path):
+    """24 images (4 phases x 6 slices) that all carry the same ImagePositionPatient."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    uid = generate_uid()
+    for t in range(4):
+        for k in range(6):
+            make_slice(folder / f"IM{t}{k}.dcm", series_uid=uid, position=ORIGIN,
+                       pixels=np.full((ROWS, COLS), _value(t, k)), instance=6 * t + k + 1,
+                       TemporalPositionIdentifier=t + 1, AcquisitionTime=ACQ_TIMES[min(t, 2)])
+    with pytest.raises(DCEReadError, match=r"24 images lie at 1 slice position\(s\) but TemporalPositionIdentifier "
+                                           r"names only 4 phases.*share an ImagePositionPatient"):
+        load_dicom_series(folder)
+
+
+@pytest.mark.parametrize("slope", ["nan", "0"])
+def test_unusable_rescale_slope_is_refused_naming_the_file(tmp_path, slope):
+    write_series(tmp_path / "s", seed=23, n_phases=2, n_slices=2, RescaleIntercept=0,
+                 per_file=lambda t, k: {"RescaleSlope": slope} if (t, k) == (1, 1) else {"RescaleSlope": 1})
+    with pytest.raises(DCEReadError, match=rf"IM\d+\.dcm: .*RescaleSlope is '{slope}', not a usable number"):
+        load_dicom_series(tmp_path / "s")
+
+
+def test_single_slice_without_thickness_warns_that_1mm_is_assumed(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, seed=24, n_slices=1, drop=("SliceThickness",))
+    with pytest.warns(DCEReadWarning, match="neither SpacingBetweenSlices nor SliceThickness; 1 mm slices assumed"):
+        vol = load_dicom_series(folder)
+    assert vol.spacing[0] == pytest.approx(1.0)
+    write_series(tmp_path / "t", seed=24, n_slices=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DCEReadWarning)
+        assert load_dicom_series(tmp_path / "t").spacing[0] == pytest.approx(GAP)

@@ -250,25 +250,41 @@ def _private_float(ds, group: int, element: int, creator: str) -> float | None:
     return None
 
 
-def _scaling(ds, rwv_item=None) -> tuple[float, float, str]:
+def _given_number(ds, tag: str, default: float, where: tuple[Path, str] | None, nonzero: bool = False) -> float:
+    """A numeric tag of ``ds``, ``default`` when absent; a value that is present but not a usable number
+    (NaN, text, a zero slope) is refused naming the file: the stored values cannot be converted."""
+    raw = ds.get(tag)
+    if raw is None or str(raw).strip() == "":
+        return default
+    value = _float(raw)
+    if value is None or (nonzero and value == 0):
+        path, label = where or (Path("?"), "image")
+        raise DCEReadError(path, f"{label}: {tag} is {str(raw).strip()!r}, not a usable number; the stored "
+                                 "pixel values cannot be turned into image values")
+    return value
+
+
+def _scaling(ds, rwv_item=None, where: tuple[Path, str] | None = None) -> tuple[float, float, str]:
     """(slope, intercept, what they are) turning stored pixel values into the values the reader returns.
 
     Philips' private scale slope gives the scanner's floating-point values, which stay comparable across
     images whose display rescaling differs (as dcm2niix does by default); else a real-world value mapping;
-    else the rescale slope and intercept; else the stored values.
+    else the rescale slope and intercept; else the stored values. ``where``: (file, image label) named when
+    a slope or intercept is present but unusable.
     """
-    rescale_slope = _float(ds.get("RescaleSlope"), 1.0) or 1.0
-    rescale_intercept = _float(ds.get("RescaleIntercept"), 0.0)
+    rescale_slope = _given_number(ds, "RescaleSlope", 1.0, where, nonzero=True)
+    rescale_intercept = _given_number(ds, "RescaleIntercept", 0.0, where)
     if "philips" in str(ds.get("Manufacturer", "")).lower():
         scale = _private_float(ds, 0x2005, 0x0E, _PHILIPS_CREATOR)
         if scale:
             return (1.0 / scale, rescale_intercept / (rescale_slope * scale),
                     "Philips floating-point values (private scale slope)")
     mapping = rwv_item if rwv_item is not None else (ds.get("RealWorldValueMappingSequence") or [None])[0]
-    if mapping is not None and _float(mapping.get("RealWorldValueSlope")) is not None:
+    if mapping is not None and mapping.get("RealWorldValueSlope") is not None:
         units = mapping.get("MeasurementUnitsCodeSequence")
         unit = str(units[0].get("CodeValue", "")) if units else ""
-        return (_float(mapping.RealWorldValueSlope), _float(mapping.get("RealWorldValueIntercept"), 0.0),
+        return (_given_number(mapping, "RealWorldValueSlope", 1.0, where, nonzero=True),
+                _given_number(mapping, "RealWorldValueIntercept", 0.0, where),
                 f"real-world value mapping{f' ({unit})' if unit else ''}")
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
         return rescale_slope, rescale_intercept, "rescale slope and intercept"
@@ -300,7 +316,7 @@ def _classic_planes(path: Path, ds) -> list[_Plane]:
     if ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None:
         raise _missing_position(path, "the file")
     row, col = _cosines(path, path.name, ds.ImageOrientationPatient)
-    slope, intercept, scaling = _scaling(ds)
+    slope, intercept, scaling = _scaling(ds, where=(path, path.name))
     times = {}
     if ds.get("TemporalPositionIdentifier") is not None:
         times["TemporalPositionIdentifier"] = _float(ds.TemporalPositionIdentifier)
@@ -374,7 +390,7 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
                 setattr(frame_ds, tag, value)
         rwv = next((group.RealWorldValueMappingSequence[0] for group in (item, shared)
                     if group is not None and group.get("RealWorldValueMappingSequence")), None)
-        frame_slope, frame_intercept, scaling = _scaling(frame_ds, rwv)
+        frame_slope, frame_intercept, scaling = _scaling(frame_ds, rwv, where=(path, label))
         planes.append(
             _Plane(
                 path=path,
@@ -492,6 +508,13 @@ def _phases(planes: list[_Plane], slice_index: np.ndarray, n_slices: int, source
         n_phases = counts.pop()
         if n_phases == 1:
             return [sorted(range(len(planes)), key=lambda i: slice_index[i])], "none (single phase)"
+        for tag in available:
+            distinct = len({round(plane.times[tag], 6) for plane in planes})
+            if 1 < distinct < n_phases:
+                raise DCEReadError(
+                    source, f"{len(planes)} images lie at {n_slices} slice position(s) but {tag} names only "
+                    f"{distinct} phases: images of one phase share an ImagePositionPatient, so their slices "
+                    "cannot be placed (positions missing or copied)")
         time_tag = next((t for t in TIME_TAGS if t in available), None)
         if time_tag is None:
             warnings.warn(
@@ -516,6 +539,31 @@ def _phases(planes: list[_Plane], slice_index: np.ndarray, n_slices: int, source
     )
 
 
+_DAY_S = 86400.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = seconds % _DAY_S
+    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{seconds % 60:04.1f}"
+
+
+def _unwrap_midnight(planes: list[_Plane], source: Path) -> None:
+    """Times of day without a date that span more than half a day: the acquisition crossed midnight, so
+    the times after 00:00 count on the next day (said in a notice)."""
+    for tag in ("AcquisitionTime", "ContentTime"):
+        values = np.array([p.times[tag] for p in planes if tag in p.times])
+        if values.size < 2 or values.max() >= _DAY_S or values.max() - values.min() <= _DAY_S / 2:
+            continue
+        late = values[values >= _DAY_S / 2].min()
+        early = values[values < _DAY_S / 2].max()
+        for plane in planes:
+            if tag in plane.times and plane.times[tag] < _DAY_S / 2:
+                plane.times[tag] += _DAY_S
+        warnings.warn(f"{source}: {tag} runs from {_clock(late)} to {_clock(early)} without a date; the "
+                      "acquisition is taken to cross midnight (times after 00:00 count on the next day)",
+                      DCEReadWarning, stacklevel=3)
+
+
 def _frame_times(planes: list[_Plane], phases: list[list[int]], source: Path):
     for tag in TIME_TAGS:
         if all(tag in planes[i].times for phase in phases for i in phase):
@@ -523,10 +571,11 @@ def _frame_times(planes: list[_Plane], phases: list[list[int]], source: Path):
             times = starts - starts[0]
             if np.any(np.diff(times) < 0):
                 warnings.warn(
-                    f"{source}: {tag} does not increase with the phase order; frame times may be wrong",
+                    f"{source}: {tag} does not increase with the phase order; frame times are unknown",
                     DCEReadWarning,
                     stacklevel=3,
                 )
+                return None, None
             return times, tag
     return None, None
 
@@ -561,7 +610,11 @@ def _affine(planes: list[_Plane], normal: np.ndarray, levels: np.ndarray, slice_
                 stacklevel=3,
             )
     else:
-        gap = ref.gap or ref.thickness or 1.0
+        gap = ref.gap or ref.thickness
+        if not gap or gap <= 0:
+            warnings.warn(f"{source}: one slice position and neither SpacingBetweenSlices nor SliceThickness; "
+                          "1 mm slices assumed", DCEReadWarning, stacklevel=3)
+            gap = 1.0
     lps = np.eye(4)
     lps[:3, 0] = ref.row_cos * col_spacing
     lps[:3, 1] = ref.col_cos * row_spacing
@@ -824,6 +877,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     if not planes:
         raise DCEReadError(source, "the series holds no images")
     _check_consistent(planes)
+    _unwrap_midnight(planes, source)
 
     normal = np.cross(planes[0].row_cos, planes[0].col_cos)
     slice_index, levels = _slice_indices(planes, normal)
