@@ -68,8 +68,10 @@ def volume_layer_data(volume: DCEVolume, name: str | None = None, **extra) -> tu
     return (volume.data, kwargs, "image")
 
 
-def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney labels") -> tuple:
-    """A 3D label map in the geometry of ``volume``'s spatial axes."""
+def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney labels",
+                      region_names: dict[int, str] | None = None) -> tuple:
+    """A 3D label map in the geometry of ``volume``'s spatial axes; ``region_names`` (label value -> name,
+    from the file) travel in the layer's metadata for the curves of each region."""
     geometry = volume.layer_geometry()
     kwargs = {
         "name": name,
@@ -78,9 +80,24 @@ def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney
         "scale": geometry["scale"][1:],
         "translate": geometry["translate"][1:],
         "opacity": 0.6,
-        "metadata": {"affine": volume.affine.tolist(), "source": volume.source},
+        "metadata": {"affine": volume.affine.tolist(), "source": volume.source,
+                     "region_names": {int(k): str(v) for k, v in region_names.items()} if region_names else None},
     }
     return (np.asarray(labels), kwargs, "labels")
+
+
+def layer_region_names(metadata) -> dict[int, str] | None:
+    """Region names a labels layer carries (see :func:`labels_layer_data`), None when it has none."""
+    names = (metadata or {}).get("region_names")
+    if not isinstance(names, dict):
+        return None
+    out = {}
+    for key, name in names.items():
+        try:
+            out[int(key)] = str(name)
+        except (TypeError, ValueError):
+            continue
+    return out or None
 
 
 def _default_name(volume: DCEVolume) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from ._layers import labels_layer_data, volume_layer_data
 from .core.io import DCEReadError, load_dce
 from .core.io.cohort import classify_folder, load_exam, patient_exams
-from .core.io.nifti import is_nifti, load_labels
+from .core.io.nifti import is_nifti, label_names, load_labels
 
 
 def _supported(path: Path) -> bool:
@@ -45,7 +45,8 @@ def _exam_layers(exam_folder: Path, name: str | None = None) -> list[tuple]:
     if seg_file is not None:
         labels, affine = load_labels(seg_file)
         if labels.shape == volume.shape[1:] and np.allclose(affine, volume.affine, atol=1e-3):
-            layers.append(labels_layer_data(labels, volume, name=f"{layers[0][1]['name']} labels"))
+            layers.append(labels_layer_data(labels, volume, name=f"{layers[0][1]['name']} labels",
+                                            region_names=label_names(seg_file)))
         else:
             warnings.warn(f"{seg_file}: segmentation grid {labels.shape} differs from the DCE grid "
                           f"{volume.shape[1:]}; not shown", stacklevel=2)

@@ -314,24 +314,6 @@ def _refuse_typed_non_numbers(args) -> None:
             raise ClinicalValueError(name, value, f"--{name.replace('_', '-')} {value!r} is not a number")
 
 
-def _label_names(path: Path) -> dict[int, str] | None:
-    """Region names from a label map's JSON sidecar (``{"Labels": {"2": "cortex", ...}}``), if any."""
-    from .core.io.nifti import read_sidecar
-
-    labels = read_sidecar(path).get("Labels")
-    if not isinstance(labels, dict):
-        return None
-    names = {}
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError):
-            continue
-        if value != 0 and str(name).lower() not in ("background", "soft_tissue", "soft tissue"):
-            names[value] = str(name).replace("_", " ")
-    return names or None
-
-
 def _load_exam(path: Path):
     """(volume, exam folder's label file or None): one exam, refusing 3D images and images without signal."""
     import warnings
@@ -369,7 +351,7 @@ def _load_exam(path: Path):
 def _cmd_analyze(args) -> int:
     import numpy as np
 
-    from .core.io.nifti import load_labels
+    from .core.io.nifti import label_names, load_labels
     from .core.outputs import check_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
@@ -409,7 +391,7 @@ def _cmd_analyze(args) -> int:
     if args.labels or label_file:
         label_file = Path(args.labels) if args.labels else label_file
         labels, label_affine = load_labels(label_file)
-        names = _label_names(label_file)
+        names = label_names(label_file)
         if labels.shape == volume.shape[1:] and not np.allclose(label_affine, volume.affine, atol=1e-3):
             print(f"medimp: warning: {label_file} has the exam's grid but not its position/orientation "
                   "(affine); region curves assume they are aligned", file=sys.stderr)

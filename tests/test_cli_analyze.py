@@ -29,6 +29,7 @@ def exam(tmp_path_factory):
     r = ((z - 10) / 6) ** 2 + ((y - 18) / 10) ** 2 + ((x - 26) / 12) ** 2
     labels = np.where(r <= 0.4, 3, np.where(r <= 1, 2, 0)).astype(np.uint8)
     seg = save_nifti(folder / "seg.nii.gz", labels, volume.affine, dtype=np.uint8)
+    (folder / "seg.json").write_text(json.dumps({"Labels": {"0": "background", "2": "cortex", "3": "medulla"}}))
     return image, seg, labels
 
 
@@ -58,6 +59,7 @@ def test_analyze_report_contents(analyzed, exam, tiny_model):
     inputs = report["inputs"]
     assert inputs["source_file"] == str(image) and inputs["exam"] == "M3"
     assert inputs["roi"]["voxels_zyx"] == [int(v) for v in ROI] and inputs["roi"]["source"] == "given"
+    assert inputs["reading_notes"] == []  # a clean file: nothing assumed
     assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.4;1.9", "unit": "mg/dL"}
     assert inputs["clinical"]["used"]["gfr_ml_min_1_73m2"] == 42.0
     prompt = report["prompt"]
@@ -238,3 +240,34 @@ def test_pipeline_request_checks_its_options():
     with pytest.raises(ValueError, match="labels"):
         AnalysisRequest(volume, "D30", labels=np.zeros((3, 3, 3), np.uint8)).check()
     AnalysisRequest(volume, "D30", prompt="a prompt", saliency_method="occlusion").check()
+
+
+def test_labels_without_names_are_numbered_never_taken_for_kidney_tissues(exam, tiny_model, tmp_path):
+    """A label file of someone else's convention (values 2 and 7, no sidecar): curves per value, by number."""
+    image, _, labels = exam
+    other = np.where(labels == 2, 7, labels).astype(np.uint8)
+    volume = load_dce(image)
+    seg = save_nifti(tmp_path / "theirs.nii.gz", other, volume.affine, dtype=np.uint8)
+    out = tmp_path / "numbered"
+    assert main(["analyze", str(image), "--model", str(tiny_model), "--roi", *ROI, "--labels", str(seg),
+                 "--saliency", "none", "--out", str(out)]) == 0
+    regions = json.loads((out / "medimp_report.json").read_text())["curves"]["regions"]
+    assert list(regions) == ["kidney ROI", "label 3", "label 7"]
+    np.testing.assert_allclose(regions["label 7"]["mean_signal"], volume.data[:, labels == 2].mean(axis=1), rtol=1e-5)
+
+
+def test_geometry_assumed_by_the_reader_is_stated_in_the_report(exam, tiny_model, tmp_path, capsys):
+    """A header without qform and sform: the notice reaches the terminal and the report."""
+    import struct
+
+    image, _, _ = exam
+    raw = bytearray(nib.load(str(image)).to_bytes())
+    struct.pack_into("<hh", raw, 252, 0, 0)  # qform_code, sform_code
+    bare = tmp_path / "bare.nii"
+    bare.write_bytes(bytes(raw))
+    out = tmp_path / "bare_report"
+    assert main(["analyze", str(bare), "--model", str(tiny_model), "--roi", *ROI, "--saliency", "none",
+                 "--out", str(out)]) == 0
+    assert "no position or orientation" in capsys.readouterr().err
+    notes = json.loads((out / "medimp_report.json").read_text())["inputs"]["reading_notes"]
+    assert len(notes) == 1 and "qform and sform codes are 0" in notes[0]

@@ -100,6 +100,10 @@ def test_sample_shows_an_enhancing_kidney(make_napari_viewer, tmp_path):
     np.testing.assert_allclose(labels.scale, image.scale[1:])
     np.testing.assert_allclose(labels.translate, image.translate[1:])
     labels.visible = False
+    from napari_medimp._layers import layer_region_names
+    from napari_medimp.core.terms import KIDNEY_REGION_NAMES
+
+    assert layer_region_names(labels.metadata) == KIDNEY_REGION_NAMES  # the panel's curves are named from it
     cortex = report["regions"]["cortex"]
     assert cortex["relative_peak_enhancement"] > 0.5
 
@@ -131,3 +135,16 @@ def test_writer_uses_scale_and_translate_of_a_plain_layer(make_napari_viewer, tm
     np.testing.assert_allclose(img.affine, expected)
     assert img.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), layer.data)
+
+
+def test_a_cohort_exam_opens_with_its_labels_named_from_the_label_file(training_cohort):
+    """The generator's label file names its values in a sidecar; the labels layer carries those names."""
+    from napari_medimp._layers import layer_region_names
+    from napari_medimp._reader import read_dce
+
+    exam = sorted(training_cohort.glob("*/D30"))[0]
+    layers = read_dce(exam)
+    assert [kind for *_, kind in layers] == ["image", "labels"]
+    names = layer_region_names(layers[1][1]["metadata"])
+    assert names is not None and names.get(2) == "cortex" and names.get(3) == "medulla"
+    assert 1 not in names  # surrounding tissue is not a region of the graft

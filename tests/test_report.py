@@ -173,9 +173,11 @@ def test_roi_and_region_curves():
     labels[3, 4, 5] = 3
     labels[1, 1, 1] = 7
     curves = roi_and_region_curves(volume, [0, 4, 0, 5, 0, 6], labels)
-    assert list(curves) == [ROI_CURVE, "cortex", "medulla"]  # project tissue labels; 7 is not one of them
-    np.testing.assert_allclose(curves["cortex"], volume.data[:, 0, 0, 0])
-    np.testing.assert_allclose(curves["medulla"], volume.data[:, 3, 4, 5])
+    # no names given: every value is a region named by its number, none is taken for a kidney tissue
+    assert list(curves) == [ROI_CURVE, "label 2", "label 3", "label 7"]
+    np.testing.assert_allclose(curves["label 2"], volume.data[:, 0, 0, 0])
+    np.testing.assert_allclose(curves["label 3"], volume.data[:, 3, 4, 5])
+    np.testing.assert_allclose(curves["label 7"], volume.data[:, 1, 1, 1])
     np.testing.assert_allclose(curves[ROI_CURVE], volume.data.reshape(3, -1).mean(axis=1))
     named = roi_and_region_curves(volume, labels=labels, names={7: "graft", 9: "absent"})
     assert list(named) == ["graft"]
@@ -320,3 +322,10 @@ def test_roi_in_mm_of_an_oblique_affine():
     assert mm["first_voxel_centre_ras_mm"] == [10.0, 20.0, 30.0]
     assert mm["last_voxel_centre_ras_mm"] == [13.0, 26.0, 32.0]  # (x, y, z) = (3, 2, 1)
     assert mm["size_zyx_mm"] == [6.0, 3.0, 8.0]
+
+
+def test_a_label_map_with_too_many_values_is_refused():
+    volume = _small_volume()
+    labels = np.arange(4 * 5 * 6, dtype=np.int32).reshape(4, 5, 6)  # 119 non-zero values: an image, not labels
+    with pytest.raises(ValueError, match="holds 119 different values; at most 64 regions"):
+        roi_and_region_curves(volume, labels=labels)

@@ -30,13 +30,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import box_rectangle, roi_from_vertices, volume_from_layer_data
+from .._layers import box_rectangle, layer_region_names, roi_from_vertices, volume_from_layer_data
 from ..core.card import card_facts, facts_text, is_synthetic
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
-from ..core.report import clinical_inputs
-from ..core.terms import ARTERY, KIDNEY_REGION_NAMES, SALIENCY_METHODS
+from ..core.report import clinical_inputs, note_without_path
+from ..core.terms import SALIENCY_METHODS
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ def _escape(text: str) -> str:
     return _html_escape(str(text), quote=False)
 
 
-REGION_NAMES = {k: v for k, v in KIDNEY_REGION_NAMES.items() if k != ARTERY}  # the curves of the kidney
 FIELD_UNITS = {"donor_age": "years", "gfr": "mL/min/1.73 m²", "creatinine": "", "creatinine_std": "same unit"}
 FIELD_HINTS = {"donor_age": "age of the kidney donor", "gfr": "estimated GFR at this exam",
                "creatinine": "serum creatinine values up to this exam, separated by ';' (e.g. 120; 135; 150)",
@@ -132,7 +131,8 @@ class MedimpWidget(QWidget):
         self.layer_combo.setToolTip("the 4D DCE-MRI layer (t, z, y, x) to analyse")
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         self.labels_combo = QComboBox()
-        self.labels_combo.setToolTip("optional tissue labels (2 cortex, 3 medulla, 4 collecting system) for curves")
+        self.labels_combo.setToolTip("optional tissue labels for a curve per region (named as in the label file, "
+                                     "else 'label N')")
         self.roi_combo = QComboBox()
         self.roi_combo.setToolTip("a Shapes layer with a box around the kidney, or the automatic box")
         self.roi_combo.currentIndexChanged.connect(lambda *_: self._update_roi_label())
@@ -543,6 +543,12 @@ class MedimpWidget(QWidget):
     def _volume(self, layer):
         return volume_from_layer_data(layer.data, layer.scale, layer.translate, layer.metadata, layer.name)
 
+    def _region_names(self) -> dict[int, str] | None:
+        name = self.labels_combo.currentText()
+        if name == NO_LABELS or name not in self.viewer.layers:
+            return None
+        return layer_region_names(self.viewer.layers[name].metadata)
+
     def _labels(self, layer):
         name = self.labels_combo.currentText()
         if not name or name == NO_LABELS or name not in self.viewer.layers:
@@ -582,7 +588,7 @@ class MedimpWidget(QWidget):
                                    creatinine_std=form["creatinine_std"], creatinine_unit=form["creatinine_unit"],
                                    record=record, source="typed in the MEDIMP widget")
         request = AnalysisRequest(volume=volume, exam=record.exam, record=record, prompt=prompt, roi=roi,
-                                  roi_source=roi_how, labels=labels, region_names=REGION_NAMES, clinical=clinical,
+                                  roi_source=roi_how, labels=labels, region_names=self._region_names(), clinical=clinical,
                                   layer_name=layer.name)
         try:
             request.check()
@@ -757,6 +763,9 @@ class MedimpWidget(QWidget):
         lines += prognosis_lines(a)
         if a.get("prognosis_note"):
             lines.append(f"<span style='color:#ffb347'>{_escape(a['prognosis_note'])}</span>")
+        for note in result.inputs.get("reading_notes") or []:
+            lines.append(f"<span style='color:#ffb347'>How the image was read: "
+                         f"{_escape(note_without_path(note))}</span>")
         if is_synthetic(result.model):
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .terms import KIDNEY_REGION_NAMES  # noqa: F401  (re-exported)
 from .volume import DCEVolume
 
 
@@ -74,21 +73,28 @@ def roi_curve(volume, roi) -> np.ndarray:
     return np.array([_read(data[(t, *box.slices)]).mean() for t in range(int(data.shape[0]))])
 
 
+#: more distinct values than this in a label map are not regions to draw curves of
+MAX_REGIONS = 64
+
+
 def check_labels(volume, labels) -> np.ndarray:
-    """``labels`` as an array, after checking that it lies on the volume's spatial ``(z, y, x)`` grid."""
+    """``labels`` as an array, after checking that it lies on the volume's spatial ``(z, y, x)`` grid and
+    holds at most :data:`MAX_REGIONS` regions."""
     labels = np.asarray(labels)
     grid = tuple(int(s) for s in _array(volume).shape[1:])
     if labels.shape != grid:
         raise ValueError(f"label map shape {labels.shape} (z, y, x) does not match the image's spatial shape "
                          f"{grid} (z, y, x); the labels must be drawn on this exam's grid")
+    values = np.unique(labels)
+    if np.count_nonzero(values) > MAX_REGIONS:
+        raise ValueError(f"the label map holds {np.count_nonzero(values)} different values; at most {MAX_REGIONS} "
+                         "regions can have curves (is it an image rather than labels?)")
     return labels
 
 
 def default_region_names(labels) -> dict[int, str]:
-    """Kidney regions of the project's tissue maps when present, else ``"label N"`` per non-zero value."""
-    values = [int(v) for v in np.unique(np.asarray(labels)) if v != 0]
-    known = {v: KIDNEY_REGION_NAMES[v] for v in values if v in KIDNEY_REGION_NAMES}
-    return known or {v: f"label {v}" for v in values}
+    """``"label N"`` for every non-zero value: a label map without names says nothing of what they mean."""
+    return {int(v): f"label {int(v)}" for v in np.unique(np.asarray(labels)) if v != 0}
 
 
 def roi_and_region_curves(volume, roi=None, labels=None, names: dict[int, str] | None = None) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from .curves import check_labels, roi_and_region_curves
 from .preprocess import RoiBox
 from .prompts import ClinicalRecord, gfr_bin
 from .report import build_report, describe_inputs, saliency_info, write_report
-from .terms import HORIZONS, KIDNEY_REGION_NAMES, SALIENCY_METHODS
+from .terms import HORIZONS, SALIENCY_METHODS
 from .volume import DCEVolume
 
 Progress = Callable[[str, float], None]
@@ -176,7 +176,7 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
     analysis = analyze(predictor, request.volume, exam=request.exam, prompt=request.prompt, roi=request.roi,
                        record=request.record, progress=lambda stage, f: say(stage, share * f))
     say("time-intensity curves", share)
-    names = request.region_names if request.region_names is not None else KIDNEY_REGION_NAMES
+    names = request.region_names  # None: 'label N' per value (see curves.default_region_names)
     curves = roi_and_region_curves(request.volume, analysis.roi, request.labels, names)
     inputs = describe_inputs(request.volume, exam=request.exam, roi=analysis.roi, clinical=request.clinical,
                              source=request.source, roi_source=request.roi_source, layer_name=request.layer_name)

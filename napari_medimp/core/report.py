@@ -136,12 +136,20 @@ def describe_inputs(volume, *, exam: str, roi=None, roi_source: str | None = Non
         "spacing_zyx_mm": [round(float(s), 4) for s in volume.spacing],
         "frame_times_s": None if volume.frame_times is None else [round(float(t), 3) for t in volume.frame_times],
         "clinical": clinical or {"source": None, "entered": {}},
+        # what the reader assumed or ignored (voxel size, orientation, frame times, ...)
+        "reading_notes": list(volume.metadata.get("reading_notes") or []),
     }
     if roi is not None:
         info["roi"] = {"voxels_zyx": list(roi.to_list() if hasattr(roi, "to_list") else roi),
                        "voxels_order": "z0, z1, y0, y1, x0, x1 (half-open)",
                        "source": roi_source, **roi_in_mm(roi, volume.affine)}
     return info
+
+
+def note_without_path(note: str) -> str:
+    """A reader's notice without the file path it starts with (the panel names the layer already)."""
+    head, sep, rest = note.partition(": ")
+    return rest if sep and ("/" in head or "\\" in head) else note
 
 
 def saliency_info(saliency, file=None) -> dict:

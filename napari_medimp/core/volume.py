@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -186,3 +187,25 @@ def affine_from_geometry(scale, translate, rotate=None) -> np.ndarray:
     affine[:3, :3] = flip @ linear @ flip
     affine[:3, 3] = translate[::-1]
     return affine
+
+
+def keeps_reading_notes(load):
+    """Decorate a reader returning a :class:`DCEVolume` (or a tuple starting with one): what it had to
+    assume or ignore (:class:`DCEReadWarning`) is warned as usual and also kept in the volume's
+    ``metadata["reading_notes"]``, so that a report states it beside the result."""
+
+    @functools.wraps(load)
+    def reader(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DCEReadWarning)
+            out = load(*args, **kwargs)
+        volume = out[0] if isinstance(out, tuple) else out
+        notes = list(volume.metadata.get("reading_notes") or [])
+        for item in caught:
+            if issubclass(item.category, DCEReadWarning):
+                notes.append(str(item.message))
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+        volume.metadata["reading_notes"] = list(dict.fromkeys(notes))
+        return out
+
+    return reader

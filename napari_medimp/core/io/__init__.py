@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..volume import DCEReadError, DCEReadWarning, DCEVolume
+from ..volume import DCEReadError, DCEReadWarning, DCEVolume, keeps_reading_notes
 from .nifti import is_nifti, load_nifti, load_phase_folder, save_dce, save_nifti
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 
+@keeps_reading_notes
 def load_dce(path, lazy: bool | None = None) -> DCEVolume:
     """Open any supported DCE input and return one :class:`DCEVolume`.
 
@@ -26,8 +27,14 @@ def load_dce(path, lazy: bool | None = None) -> DCEVolume:
     * a folder of DICOM files: one multi-phase series;
     * a folder of 3D NIfTI phases;
     * an exam folder of a MEDIMP cohort tree ``patient/exam/sequence/``.
+
+    What the reader had to assume or ignore (:class:`DCEReadWarning`) is warned as usual and also kept
+    in ``metadata["reading_notes"]``, so that reports state it with the result.
     """
-    path = Path(path)
+    return _open(Path(path), lazy)
+
+
+def _open(path: Path, lazy: bool | None) -> DCEVolume:
     if not path.exists():
         raise DCEReadError(path, "no such file or folder")
     if path.is_file():

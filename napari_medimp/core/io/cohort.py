@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..terms import EXAMS
-from ..volume import DCEReadError, DCEReadWarning, DCEVolume
+from ..volume import DCEReadError, DCEReadWarning, DCEVolume, keeps_reading_notes
 from .nifti import is_nifti, list_phase_files, load_nifti, load_phase_folder
 from .sequences import dynamic_sequences, load_phase_sequences
 
@@ -120,6 +120,7 @@ def _phase_sequence_folders(exam_folder: Path) -> list[Path]:
     return folders if len(folders) > 1 else []
 
 
+@keeps_reading_notes
 def load_exam(exam_folder, lazy: bool | None = None) -> tuple[DCEVolume, Path | None]:
     """The DCE volume of an exam folder and the path of its segmentation (if any).
 

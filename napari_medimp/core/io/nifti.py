@@ -327,6 +327,23 @@ def load_labels(path) -> tuple[np.ndarray, np.ndarray]:
     return labels.astype(dtype), volume.affine
 
 
+def label_names(path) -> dict[int, str] | None:
+    """Region names of a label map from its JSON sidecar (``{"Labels": {"2": "cortex", ...}}``); None when
+    the file names none (its values are then only numbers: nothing is assumed about what they mean)."""
+    labels = read_sidecar(path).get("Labels")
+    if not isinstance(labels, dict):
+        return None
+    names = {}
+    for key, name in labels.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            continue
+        if value != 0 and str(name).lower() not in ("background", "soft_tissue", "soft tissue"):
+            names[value] = str(name).replace("_", " ")
+    return names or None
+
+
 # --------------------------------------------------------------------------------------------------
 # folder of 3D phases
 # --------------------------------------------------------------------------------------------------
