@@ -157,7 +157,7 @@ def test_bad_form_values_show_a_message_and_start_nothing(dialog, notes, qtbot, 
     for form, field, message in cases:
         widget.set_form(out=tmp_path / "run", **form)
         _click(qtbot, widget.start_button)
-        assert widget.process is None and widget.phase == "idle"
+        assert widget.child.process is None and widget.phase == "idle"
         label = widget._errors[field]
         assert label.isVisible() and message in label.text(), (field, label.text())
         assert message in notes["error"][-1] and "not started" in widget.status_label.text()
@@ -171,7 +171,7 @@ def test_bad_form_values_show_a_message_and_start_nothing(dialog, notes, qtbot, 
     (run / "log.csv").write_text("epoch\n")
     widget.set_form(out=run)
     _click(qtbot, widget.start_button)
-    assert widget.process is None and "previous run" in widget._errors["out"].text()
+    assert widget.child.process is None and "previous run" in widget._errors["out"].text()
     assert not widget.resume_check.isEnabled()
 
 
@@ -195,7 +195,7 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
     run = tmp_path / "run"
     probe = GapProbe()
     _start(qtbot, widget, cohort, tiny_config, run, epochs=50, probe=probe)
-    pid = widget.process.processId()
+    pid = widget.child.process.processId()
     qtbot.waitUntil(lambda: widget.progress_bar.value() > 0, timeout=120_000)
     assert widget.progress_bar.maximum() == 50 * widget.progress.steps_per_epoch
     assert "epoch 1/50" in widget.status_label.text() and "loss" in widget.status_label.text()
@@ -224,7 +224,7 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
     assert "--resume" in widget.log_view.toPlainText()
     qtbot.waitUntil(lambda: widget.progress.step > stopped_at, timeout=120_000)
     assert widget.progress.first_step == stopped_at  # the "resumed" event
-    pid = widget.process.processId()
+    pid = widget.child.process.processId()
 
     # closing the viewer stops the run the same way (napari lists it among the window's busy tasks)
     assert any("napari-medimp" in task for task in viewer.window._task_status_manager.get_status())
@@ -377,7 +377,7 @@ def test_dock_closed_while_training_stops_the_process(dialog, qtbot, tmp_path):
     viewer, widget = dialog
     _fake_run(widget, tmp_path, "stop")
     qtbot.waitUntil(lambda: widget.progress.step == 1, timeout=20_000)
-    pid = widget.process.processId()
+    pid = widget.child.process.processId()
     assert "a line that is not an event" in widget.log_view.toPlainText()
     assert widget.progress.train_exams == 8  # the event split across two reads arrived whole
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does

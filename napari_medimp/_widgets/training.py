@@ -1,9 +1,10 @@
 """MEDIMP training dialog: train a model on a local cohort from napari, then evaluate it.
 
-The training runs in a child process (``python -m src_train train ... --json-progress``) started with
-``QProcess``: the viewer stays responsive, and everything the training holds (GPU memory included) is
-freed when the process ends. Its stdout carries one JSON progress event per line (parsed by
-:mod:`napari_medimp._widgets.training_form`); anything else, and stderr, goes to the log view.
+The training runs in a child process (``python -m src_train train ... --json-progress``) handled by
+:class:`~napari_medimp._widgets.training_process.ChildProcess`: the viewer stays responsive, and
+everything the training holds (GPU memory included) is freed when the process ends. Its stdout carries
+one JSON progress event per line (parsed by :mod:`napari_medimp._widgets.training_form`); anything else,
+and stderr, goes to the log view.
 
 Cancel sends SIGTERM: the training finishes its step, writes ``RUN/last.safetensors`` and exits with code
 3; a later Start with "Resume" continues from there. A process that does not stop within
@@ -15,7 +16,6 @@ its table is shown and "Use in MEDIMP analysis" hands the model file to the anal
 """
 
 import functools
-import os
 import traceback
 import weakref
 from collections import deque
@@ -24,11 +24,10 @@ from pathlib import Path
 import napari
 import napari.viewer
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QProcess, QProcessEnvironment, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtGui import QFontDatabase
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QApplication,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -55,30 +54,13 @@ from napari_medimp._widgets import training_form as tj
 
 from . import _registry, _tasks
 from .loss_plot import LossPlot
+from .training_process import ChildProcess
 
 PLUGIN = "napari-medimp"
 WIDGET_NAME = "MEDIMP training"
 ANALYSIS_WIDGET_NAME = "MEDIMP graft analysis"
 _ERROR_STYLE = "color: #e0555f;"
 _NOTE_STYLE = "color: #e3b617;"
-
-#: widgets whose child process is running (stopped cleanly when the application quits)
-_RUNNING: "weakref.WeakSet[TrainingWidget]" = weakref.WeakSet()
-_QUIT_HOOKED = False
-
-
-def _shutdown_all() -> None:
-    for widget in list(_RUNNING):
-        widget.shutdown()
-
-
-def _hook_application_quit() -> None:
-    global _QUIT_HOOKED
-    app = QApplication.instance()
-    if app is not None and not _QUIT_HOOKED:
-        app.aboutToQuit.connect(_shutdown_all)
-        _QUIT_HOOKED = True
-
 
 def _slot(method):
     """A Qt slot that reports its errors as napari notifications instead of raising into Qt."""
@@ -104,27 +86,26 @@ class TrainingWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        #: the training or evaluation process (one at a time)
+        self.child = ChildProcess(self)
+        self.child.stdout_line.connect(self._on_stdout_line)
+        self.child.stderr_line.connect(self._on_stderr_line)
+        self.child.note.connect(self._log)
+        self.child.ended.connect(self._on_child_ended)
         #: seconds a cancelled training may take to save its checkpoint before it is killed
         self.kill_timeout_s = 300.0
-        #: seconds closing the viewer waits for a running training to save its checkpoint
-        self.close_timeout_s = 60.0
+        self.close_timeout_s = 60.0  # closing waits this long for a running training's checkpoint
         #: progress bar, status line and loss plot refresh at most this often while a run is active
         self.redraw_interval_ms = 250
         #: the child runs at this lower CPU priority (Unix), so the viewer stays responsive on a busy CPU
         self.child_niceness = 10
-        self.process: QProcess | None = None
         self.phase = "idle"  # idle, train, evaluate
         self.exit_code: int | None = None
         self.model_path: Path | None = None
         self.evaluation_rows: list[dict] = []
         self.progress = tj.TrainingProgress()
-        self._stopping = False
-        self._killed = False
-        self._kill_reason = ""
         self._show_all_errors = False
         self._touched: set[str] = set()
-        self._stdout = tj.LineSplitter()
-        self._stderr = tj.LineSplitter()
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._run_cohort: Path | None = None
         self._run_out: Path | None = None
@@ -138,7 +119,6 @@ class TrainingWidget(QWidget):
         self._refresh_run_folder()
         self._refresh_errors()
         self._set_running(False)
-        _hook_application_quit()
 
     # ------------------------------------------------------------------------------------------------
     # layout
@@ -358,9 +338,6 @@ class TrainingWidget(QWidget):
         self._plot_timer = QTimer(self)  # progress bar, status and plot
         self._plot_timer.setInterval(self.redraw_interval_ms)
         self._plot_timer.timeout.connect(self._refresh_progress_view)
-        self._kill_timer = QTimer(self)
-        self._kill_timer.setSingleShot(True)
-        self._kill_timer.timeout.connect(lambda: self._kill_if_running())
 
     def _update_plot(self) -> None:
         self.loss_plot.show_progress(self.progress)
@@ -544,7 +521,16 @@ class TrainingWidget(QWidget):
     # running
     # ------------------------------------------------------------------------------------------------
     def is_running(self) -> bool:
-        return self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning
+        return self.child.is_running()
+
+    @property
+    def close_timeout_s(self) -> float:
+        """Seconds closing the viewer (or quitting) waits for a running process before killing it."""
+        return self.child.shutdown_timeout_s
+
+    @close_timeout_s.setter
+    def close_timeout_s(self, seconds: float) -> None:
+        self.child.shutdown_timeout_s = seconds
 
     @_slot
     def _on_start_clicked(self, *_) -> None:
@@ -591,117 +577,55 @@ class TrainingWidget(QWidget):
         return True
 
     def _launch(self, phase: str, command: list[str]) -> None:
-        process = QProcess(self)
-        process.setProgram(command[0])
-        process.setArguments(command[1:])
-        env = QProcessEnvironment()
-        for key, value in tj.child_environment().items():
-            env.insert(key, value)
-        process.setProcessEnvironment(env)
-        root = tj.source_root()
-        if root is not None:
-            process.setWorkingDirectory(str(root))  # `-m src_train` finds this package, not a same-named folder
-        process.readyReadStandardOutput.connect(functools.partial(self._on_stdout, process))
-        process.readyReadStandardError.connect(functools.partial(self._on_stderr, process))
-        process.finished.connect(functools.partial(self._on_finished, process))
-        process.errorOccurred.connect(functools.partial(self._on_process_error, process))
-        process.started.connect(functools.partial(self._on_started, process))
-        self.process, self.phase = process, phase
-        self._stopping = self._killed = False
-        self._kill_reason = ""
-        self._stdout, self._stderr = tj.LineSplitter(), tj.LineSplitter()
+        env = tj.child_environment()
+        root = tj.source_root()  # the working folder: `-m src_train` finds this package, not a same-named one
+        self.phase = phase
         self._stderr_tail.clear()
         self._log("$ " + " ".join(command))
         self._set_running(True)
         self._register_task()
-        process.start()
-
-    @_slot
-    def _on_started(self, process: QProcess, *_) -> None:
-        # threads the child creates later (torch's pools, the data prefetcher) inherit the priority
-        if self.child_niceness and hasattr(os, "setpriority"):
-            try:
-                pid = int(process.processId())
-                os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid) + self.child_niceness)
-            except OSError:
-                pass
+        self.child.start(phase, command[0], command[1:], env=env, working_dir=root, niceness=self.child_niceness)
 
     def cancel(self) -> None:
         """Stop the running process: the training saves a checkpoint first (a second Cancel kills it)."""
         if not self.is_running():
             return
-        if self._stopping:
-            self._kill_if_running("on Force stop")
-            return
-        self._stopping = True
-        self.process.terminate()
-        if self.phase == "train":
+        train = self.phase == "train"
+        if not self.child.cancel(self.kill_timeout_s if train else None, force_reason="on Force stop"):
+            return  # a second Cancel: killed
+        if train:
             self._set_status("stopping, saving checkpoint...")
             self.cancel_button.setText("Force stop")
             self.cancel_button.setToolTip("kill the training now (the step in progress is not saved)")
-            self._kill_timer.start(int(self.kill_timeout_s * 1000))
         else:
             self._set_status("cancelling the evaluation...")
-
-    def _kill_if_running(self, reason: str = "") -> None:
-        if self.is_running():
-            self._killed = True
-            self._kill_reason = reason or f"after not stopping within {self.kill_timeout_s:g} s"
-            self._log(f"killing the {self.phase} process ({self._kill_reason})")
-            self.process.kill()
 
     def shutdown(self, timeout_s: float | None = None) -> bool:
         """Stop a running process and wait for it (checkpoint saved when it stops in time, else killed).
 
         Used when the viewer, the dock or the application closes: no process outlives the window."""
-        process = self.process
-        if process is None or process.state() == QProcess.ProcessState.NotRunning:
-            return True
-        timeout_ms = int(1000 * (self.close_timeout_s if timeout_s is None else timeout_s))
-        self._stopping = True
-        if process.state() == QProcess.ProcessState.Starting:
-            process.waitForStarted(5000)
-        process.terminate()
-        if not process.waitForFinished(timeout_ms):
-            self._killed = True
-            self._kill_reason = f"as the window closed, after not stopping within {timeout_ms / 1000:g} s"
-            process.kill()
-            process.waitForFinished(5000)
-        return process.state() == QProcess.ProcessState.NotRunning
+        return self.child.shutdown(timeout_s)
 
     # child output --------------------------------------------------------------------------------
     @_slot
-    def _on_stdout(self, process: QProcess, *_) -> None:
-        if process is self.process:
-            self._handle_stdout(self._stdout.feed(bytes(process.readAllStandardOutput())))
+    def _on_stdout_line(self, line: str) -> None:
+        event = tj.parse_event(line)
+        if event is None:
+            if line.strip():
+                self._log(line)
+            return
+        self.progress.apply(event)
+        self._progress_dirty = True  # shown by the refresh timer, a few times a second at most
+        if event["event"] in ("start", "resumed", "stopped", "done"):
+            self._log(_describe_event(event))
+        if event["event"] == "epoch":
+            self._log(f"epoch {event['epoch'] + 1}: {self.progress.status_text()}")
 
     @_slot
-    def _on_stderr(self, process: QProcess, *_) -> None:
-        if process is self.process:
-            self._handle_stderr(self._stderr.feed(bytes(process.readAllStandardError())))
-
-    def _handle_stdout(self, lines: list[str]) -> None:
-        changed = False
-        for line in lines:
-            event = tj.parse_event(line)
-            if event is None:
-                if line.strip():
-                    self._log(line)
-                continue
-            self.progress.apply(event)
-            changed = True
-            if event["event"] in ("start", "resumed", "stopped", "done"):
-                self._log(_describe_event(event))
-            if event["event"] == "epoch":
-                self._log(f"epoch {event['epoch'] + 1}: {self.progress.status_text()}")
-        if changed:
-            self._progress_dirty = True  # shown by the refresh timer, a few times a second at most
-
-    def _handle_stderr(self, lines: list[str]) -> None:
-        for line in lines:
-            if line.strip():
-                self._stderr_tail.append(line)
-                self._log(line)
+    def _on_stderr_line(self, line: str) -> None:
+        if line.strip():
+            self._stderr_tail.append(line)
+            self._log(line)
 
     def _refresh_progress_view(self) -> None:
         """Progress bar, status line and loss plot from the events received since the last refresh."""
@@ -716,7 +640,7 @@ class TrainingWidget(QWidget):
                 self.progress_bar.setRange(0, p.total_steps)
             self.progress_bar.setValue(min(p.step, p.total_steps))
             self.progress_bar.setUpdatesEnabled(True)
-        if self.phase == "train" and not self._stopping:
+        if self.phase == "train" and not self.child.stopping:
             self._set_status(p.status_text())
         self._update_plot()
         if p.epoch != self._task_epoch:  # napari keeps every update of a task: once per epoch is plenty
@@ -725,28 +649,10 @@ class TrainingWidget(QWidget):
 
     # the end of a process ------------------------------------------------------------------------
     @_slot
-    def _on_process_error(self, process: QProcess, error) -> None:
-        if process is not self.process or error != QProcess.ProcessError.FailedToStart:
-            return  # crashes and kills also end with finished()
-        self._finish(process, -1, crashed=True, message=f"could not start {process.program()}: "
-                                                         f"{process.errorString()}")
-
-    @_slot
-    def _on_finished(self, process: QProcess, code: int, status=None) -> None:
-        if process is not self.process:
-            return
-        crashed = status == QProcess.ExitStatus.CrashExit
-        self._finish(process, code, crashed=crashed)
-
-    def _finish(self, process: QProcess, code: int, crashed: bool, message: str = "") -> None:
-        self._handle_stdout(self._stdout.feed(bytes(process.readAllStandardOutput())) + self._stdout.finish())
-        self._handle_stderr(self._stderr.feed(bytes(process.readAllStandardError())) + self._stderr.finish())
-        self._kill_timer.stop()
-        phase, cancelled, killed = self.phase, self._stopping, self._killed
+    def _on_child_ended(self, phase: str, code: int, crashed: bool, cancelled: bool, killed: bool,
+                        message: str) -> None:
         self.exit_code = -1 if crashed else code
-        self.process, self.phase = None, "idle"
-        self._stopping = False
-        process.deleteLater()
+        self.phase = "idle"
         self._set_running(False)
         self._refresh_progress_view()
         self._log(f"[{phase} process ended: {'killed' if crashed else f'exit code {code}'}]")
@@ -779,7 +685,7 @@ class TrainingWidget(QWidget):
             return
         self._end_task("FAILED", "training failed")
         if killed:
-            text = (f"training killed {self._kill_reason}; the last checkpoint written at the end of an "
+            text = (f"training killed {message}; the last checkpoint written at the end of an "
                     "epoch (if any) is kept")
         elif cancelled and crashed and p.step:
             checkpoint = self._run_out / tj.CHECKPOINT_FILE
@@ -892,10 +798,8 @@ class TrainingWidget(QWidget):
         self.cancel_button.setToolTip("stop the training after its current step; a checkpoint is saved")
         self.use_button.setEnabled(not running and self.model_path is not None)
         if running:
-            _RUNNING.add(self)
             self._plot_timer.start()
         else:
-            _RUNNING.discard(self)
             self._plot_timer.stop()
 
     def _set_status(self, text: str, error: bool = False) -> None:
