@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from .configs import strict_from_dict
+from .memory import check_memory
 from .paper import PAPER_INPUT_SIZE
 from .volume import DCEVolume
 
@@ -658,6 +659,11 @@ def prepare(volume: DCEVolume, config: PreprocessConfig | None = None,
     offset, scale = _intensity_stats(channels, baseline_image, config, where)
 
     spacing = _grid_spacing(config, volume.affine, roi)
+    resampled = float(np.prod(roi.shape, dtype=np.float64)) * float(np.prod(volume.spacing)) / float(np.prod(spacing))
+    # MONAI's resampling holds the input, the grid and the output: about three float32 copies
+    check_memory(3 * 4 * channels.shape[0] * max(resampled, float(np.prod(config.input_size))),
+                 f"resampling box {roi.to_list()} of {volume.source or 'the image'} (voxels of "
+                 f"{' x '.join(f'{s:g}' for s in volume.spacing)} mm) to {' x '.join(f'{s:g}' for s in spacing)} mm")
     if config.antialias:
         sigmas = _antialias_sigmas(volume.affine, spacing)
         if any(s > 0 for s in sigmas):

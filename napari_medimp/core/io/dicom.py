@@ -21,6 +21,7 @@ import pydicom.multival
 import pydicom.uid
 from nibabel.orientations import aff2axcodes
 
+from ..memory import check_memory
 from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import LPS_TO_RAS, canonical_plan, reorient_xyz
 
@@ -902,6 +903,8 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     n_bytes = len(phases) * len(levels) * rows * cols * 4
     if lazy is None:
         lazy = n_bytes > LAZY_THRESHOLD_BYTES
+    check_memory(2 * (n_bytes // len(phases) if lazy else n_bytes),
+                 f"{source}: reading {len(phases)} phases of {len(levels)} slices of {rows}x{cols} pixels")
     if lazy:
         import dask
         import dask.array as da

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..memory import check_memory, human_bytes
 from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import canonical_plan, reorient_xyz
 
@@ -130,15 +131,15 @@ def _check_size(path: Path, img, shape) -> int:
         if n_bytes + offset > ceiling:
             raise DCEReadError(
                 path,
-                f"header claims {_human(n_bytes)} of voxels (shape {shape}, {dtype}) but a "
-                f"{_human(file_size)} gzip file cannot hold more than {_human(ceiling)}: "
+                f"header claims {human_bytes(n_bytes)} of voxels (shape {shape}, {dtype}) but a "
+                f"{human_bytes(file_size)} gzip file cannot hold more than {human_bytes(ceiling)}: "
                 "the header is corrupt or the file is truncated",
             )
     elif n_bytes + offset > file_size:
         raise DCEReadError(
             path,
-            f"file is truncated: header needs {_human(n_bytes + offset)} "
-            f"(shape {shape}, {dtype}) but the file has {_human(file_size)}",
+            f"file is truncated: header needs {human_bytes(n_bytes + offset)} "
+            f"(shape {shape}, {dtype}) but the file has {human_bytes(file_size)}",
         )
     return n_bytes
 
@@ -196,14 +197,6 @@ def check_header_geometry(path: Path, img, shape_xyz) -> None:
             warnings.warn(
                 f"{path}: the header's qform and sform place the image {apart:.3g} mm apart at its corners; "
                 "the sform is used (as in most viewers)", DCEReadWarning, stacklevel=3)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,6 +278,10 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
         lazy = n_bytes > LAZY_THRESHOLD_BYTES
     if lazy and path.suffix.lower() == ".gz" and not _gzip_complete(path, n_bytes + int(img.dataobj.offset)):
         lazy = False  # footer disagrees: read now so that truncation is reported at open time
+    n_voxels = int(np.prod(shape, dtype=np.float64))
+    # eager: the file's values as float32 and the reoriented copy; lazy: the same for one frame at a time
+    check_memory(2 * 4 * (n_voxels // n_frames if lazy else n_voxels),
+                 f"{path}: reading {' x '.join(map(str, shape))} voxels")
     if lazy:
         import dask
         import dask.array as da
