@@ -210,3 +210,66 @@ def test_a_pipe_named_as_a_model_file_is_refused_without_blocking(tmp_path):
     os.mkfifo(card)
     with pytest.raises(ModelFileError, match="not a regular file"):
         load_model(path)
+
+
+def _edit_card(weights, edit) -> None:
+    _, card_path = model_paths(weights)
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"embed_dim": 10**9}, r"embed_dim must be a whole number from 1 to 16384, got 1000000000"),
+    ({"embed_dim": "32"}, r"embed_dim must be a whole number .* got '32'"),
+    ({"input_size": [16, 24, 10**6]}, r"input_size\[2\] must be a whole number from 4 to 1024"),
+    ({"input_size": 16}, r"input_size must be \(z, y, x\), got 16"),
+    ({"image_encoder_kwargs": {"width": 10**6}}, r"image_encoder_kwargs\['width'\] must be a whole number"),
+    ({"image_encoder_kwargs": {"layers": list(range(100))}}, r"image_encoder_kwargs\[.layers.\] lists 100 values; at most 16"),
+    ({"image_encoder_kwargs": {"width": {"a": 1}}}, r"must be a number, a text, a flag or a list"),
+    ({"logit_scale_init": None}, r"logit_scale_init must be a finite number"),
+    ({"text_model": ["x"]}, r"text_model must be a text"),
+])
+def test_card_architecture_is_checked_before_anything_is_built(tiny_model, tmp_path, change, message):
+    weights = _save(tiny_model, tmp_path / "model")
+    _edit_card(weights, lambda card: card["architecture"].update(change))
+    with pytest.raises(ModelFileError, match=r"architecture cannot be rebuilt \(.*" + message):
+        load_model(weights)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(prognosis=[1, 2]), r"'prognosis' section is a list, not a mapping"),
+    (lambda c: c.update(architecture="resnet"), r"'architecture' section is a str, not a mapping"),
+    (lambda c: c["weights"].update(sha256=5), r"weights section has no sha256 text"),
+    (lambda c: c.update(training={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": 1}}}}}}}}}}}}),
+     r"nested more than 12 levels deep"),
+])
+def test_malformed_card_sections_are_named(tiny_model, tmp_path, edit, message):
+    weights = _save(tiny_model, tmp_path / "model")
+    _edit_card(weights, edit)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(weights)
+
+
+def test_a_card_nested_beyond_the_json_reader_is_refused(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model")
+    _, card_path = model_paths(weights)
+    card_path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        load_model(weights)
+
+
+def test_a_malformed_prognosis_head_is_one_message(tiny_model, tmp_path):
+    weights = _save(tiny_model, tmp_path / "model", prognosis={"2y": _head()})
+    _edit_card(weights, lambda card: card["prognosis"]["2y"].update(threshold="high"))
+    with pytest.raises(ModelFileError, match=r"prognosis heads cannot be read \(ValueError"):
+        load_model(weights)
+
+
+def test_an_encoder_larger_than_the_memory_budget_is_refused_before_it_is_built(monkeypatch):
+    from napari_medimp.core.memory import BUDGET_ENV, MemoryBudgetError
+
+    monkeypatch.setenv(BUDGET_ENV, "100M")
+    config = ModelConfig(image_encoder="clip_resnet50_3d", input_size=(96, 144, 192), embed_dim=512)
+    with pytest.raises(MemoryBudgetError, match=r"image encoder clip_resnet50_3d would need 9\d\d\.\d MiB"):  # 4 x 4 B x ~60 M
+        build_model(config)

@@ -308,7 +308,7 @@ class TrainingWidget(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setMinimumHeight(120)
         self.table.setToolTip("prognosis of graft dysfunction by patient-level cross-validation "
-                              "(mean ± std over folds); hover a row for details")
+                              "(AUC with its 95 % interval over patients); hover a row for details")
         layout.addWidget(self.table)
         self.use_button = QPushButton("Use in MEDIMP analysis")
         self.use_button.setToolTip("load the trained model into the MEDIMP graft analysis widget")

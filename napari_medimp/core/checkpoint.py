@@ -265,6 +265,8 @@ def read_card(path) -> dict:
         raise ModelFileError(card_path, "model card (JSON) not found next to the weights") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(card_path, f"model card is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(card_path, "model card is nested too deeply to be a card") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise ModelFileError(card_path, f"is not a {CARD_FORMAT} card")
     if int(card.get("format_version", 0)) > CARD_VERSION:
@@ -273,7 +275,29 @@ def read_card(path) -> dict:
     for key in ("architecture", "preprocessing", "weights"):
         if key not in card:
             raise ModelFileError(card_path, f"model card lacks its '{key}' section")
+    for key in ("architecture", "preprocessing", "weights", "text_model", "prognosis", "training"):
+        if card.get(key) is not None and not isinstance(card[key], dict):
+            raise ModelFileError(card_path, f"model card's '{key}' section is a {type(card[key]).__name__}, "
+                                            "not a mapping")
+    if not isinstance(card["weights"].get("sha256"), str):
+        raise ModelFileError(card_path, "model card's weights section has no sha256 text")
+    if _depth(card) > _MAX_CARD_DEPTH:
+        raise ModelFileError(card_path, f"model card is nested more than {_MAX_CARD_DEPTH} levels deep")
     return card
+
+
+#: a card is a few levels deep (sections, heads, their descriptions)
+_MAX_CARD_DEPTH = 12
+
+
+def _depth(value, level: int = 0) -> int:
+    if level > _MAX_CARD_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
 
 
 def verify_weights(path, card: dict) -> Path:
@@ -346,9 +370,13 @@ def load_model(path, device: str | torch.device = "cpu", text_model_path=None) -
             raise ModelFileError(weights_path, f"was trained on top of other text-model weights than those in "
                                                f"{model.text_encoder.name_or_path} (sha256 differs)")
     tensors = load_file(str(weights_path))
-    heads = {
-        h: PrognosisHead.from_tensors(h, tensors, desc) for h, desc in (card.get("prognosis") or {}).items()
-    }
+    try:
+        heads = {
+            h: PrognosisHead.from_tensors(h, tensors, desc) for h, desc in (card.get("prognosis") or {}).items()
+        }
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise ModelFileError(model_paths(path)[1], f"prognosis heads cannot be read ({type(exc).__name__}: "
+                                                   f"{str(exc)[:200]})") from None
     weights = {k: v for k, v in tensors.items() if not k.startswith(_PROGNOSIS_PREFIX)}
     state = model.state_dict()
     frozen_text = set() if frozen_stored else set(state) - set(_stored_keys(model, include_frozen_text=False))

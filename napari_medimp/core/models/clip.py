@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import strict_from_dict
+from ..memory import check_memory
 from .image import PAPER_INPUT_SIZE, build_image_encoder
 from .text import DEFAULT_TEXT_MODEL, TextEncoder
 
@@ -82,12 +83,30 @@ class ModelConfig:
     logit_scale_init: float = LOGIT_SCALE_INIT
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
-        if len(self.input_size) != 3:
-            raise ValueError(f"input_size must be (z, y, x), got {self.input_size}")
+        # types and ranges first: a card or a training config is input, and every size here is allocated
+        if not isinstance(self.input_size, (list, tuple)) or len(self.input_size) != 3:
+            raise ValueError(f"input_size must be (z, y, x), got {self.input_size!r}")
+        self.input_size = tuple(_whole(f"input_size[{i}]", s, 4, 1024)  # type: ignore[assignment]
+                                for i, s in enumerate(self.input_size))
+        _text("image_encoder", self.image_encoder)
+        if not isinstance(self.image_encoder_kwargs, Mapping):
+            raise ValueError(f"image_encoder_kwargs must be a mapping, got {type(self.image_encoder_kwargs).__name__}")
         self.image_encoder_kwargs = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.image_encoder_kwargs).items()
+            _text("image_encoder_kwargs key", k): _encoder_argument(k, v) for k, v in self.image_encoder_kwargs.items()
         }
+        _whole("in_channels", self.in_channels, 1, 64)
+        _whole("embed_dim", self.embed_dim, 1, MAX_WIDTH)
+        _whole("image_features_dim", self.image_features_dim, 1, MAX_WIDTH, optional=True)
+        _whole("projection_hidden_dim", self.projection_hidden_dim, 1, MAX_WIDTH, optional=True)
+        _text("text_model", self.text_model)
+        if self.text_revision is not None:
+            _text("text_revision", self.text_revision)
+        _text("text_pooling", self.text_pooling)
+        _whole("text_max_length", self.text_max_length, 1, 4096)
+        _whole("text_trainable_layers", self.text_trainable_layers, 0, 1000, optional=True)
+        if (isinstance(self.logit_scale_init, bool) or not isinstance(self.logit_scale_init, (int, float))
+                or not math.isfinite(self.logit_scale_init)):
+            raise ValueError(f"logit_scale_init must be a finite number, got {self.logit_scale_init!r}")
         for kind in (self.image_projection, self.text_projection):
             if kind not in PROJECTIONS:
                 raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
@@ -102,6 +121,52 @@ class ModelConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a newer file format)."""
         return strict_from_dict(cls, d, "model config keys", hint=" (written by a newer napari-medimp?)")
+
+
+#: widest feature or embedding size a model may declare
+MAX_WIDTH = 16384
+
+
+def _whole(name: str, value, low: int, high: int, optional: bool = False):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise ValueError(f"{name} must be a text (at most 4096 characters), got {type(value).__name__}")
+    return value
+
+
+def _encoder_argument(key: str, value):
+    """An image encoder's option: a number (whole numbers at most 4096), a text, a flag or a short list of
+    whole numbers (e.g. blocks per stage)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) > 16:
+            raise ValueError(f"image_encoder_kwargs[{key!r}] lists {len(value)} values; at most 16")
+        return [_whole(f"image_encoder_kwargs[{key!r}]", v, 0, 4096) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return _whole(f"image_encoder_kwargs[{key!r}]", value, 0, 4096)
+    if isinstance(value, float) and math.isfinite(value) and abs(value) <= 4096:
+        return value
+    if isinstance(value, str):
+        return _text(f"image_encoder_kwargs[{key!r}]", value)
+    raise ValueError(f"image_encoder_kwargs[{key!r}] must be a number, a text, a flag or a list of whole numbers, "
+                     f"got {value!r}"[:300])
+
+
+def image_encoder_bytes(config: ModelConfig) -> int:
+    """Bytes of the image encoder's float32 weights, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        encoder = build_image_encoder(config.image_encoder, in_channels=config.in_channels,
+                                      output_dim=config.image_features_dim or config.embed_dim,
+                                      input_size=config.input_size, **config.image_encoder_kwargs)
+    return 4 * sum(p.numel() for p in encoder.parameters())
 
 
 class MedimpCLIP(nn.Module):
@@ -190,6 +255,8 @@ def build_model(
     checkpoints that carry all weights. A revision differing from ``config.text_revision`` warns;
     when that field is ``None`` the model's ``config`` (a copy) records the loaded revision.
     """
+    check_memory(4 * image_encoder_bytes(config),  # training holds weights, gradients and two moments
+                 f"image encoder {config.image_encoder} {config.image_encoder_kwargs or ''}".strip())
     out_dim = config.image_features_dim or config.embed_dim
     image_encoder = build_image_encoder(
         config.image_encoder,
