@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_medimp.core.io import load_dce
+from napari_medimp.core.io import DCEReadError, load_dce
 from napari_medimp.core.io.cohort import cohort_exams, read_clinical_table
 from napari_medimp.core.preprocess import PreprocessConfig, prepare
 from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError, prompt_variants
@@ -246,15 +246,37 @@ class ContrastiveDataset:
             raise ValueError(f"no exam has a value for the prompt attributes {', '.join(self.attributes)}")
         self._prepare = PrepareExam(config)
         n_cached = int(round(max(0.0, min(1.0, cache_rate)) * len(self.items)))
-        indices = range(n_cached)
-        if num_workers > 0 and n_cached > 1:
+        indices = range(len(self.items))
+        # every exam is opened once here: one that cannot be read or prepared is skipped with its reason
+        # (cached exams are prepared, the others only opened), so a bad file never stops a run midway
+        if num_workers > 0 and len(self.items) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
-                cached = list(pool.map(self._prepared, indices))
+                outcomes = list(pool.map(lambda i: self._try(i, i < n_cached), indices))
         else:
-            cached = [self._prepared(i) for i in indices]
-        self._cached: list[torch.Tensor] = cached
+            outcomes = [self._try(i, i < n_cached) for i in indices]
+        keep = [i for i, (_, problem) in enumerate(outcomes) if problem is None]
+        for i, (_, problem) in enumerate(outcomes):
+            if problem is not None:
+                self.skipped.append(f"{self.items[i].patient}/{self.items[i].exam}: {problem}")
+        if not keep:
+            raise ValueError(f"no exam of the cohort could be read ({self.skipped[-1]})")
+        self._cached: list[torch.Tensor] = [outcomes[i][0] for i in keep if outcomes[i][0] is not None]
+        self.items = [self.items[i] for i in keep]
+        self.prompts = [self.prompts[i] for i in keep]
+
+    def _try(self, index: int, cache: bool) -> tuple[torch.Tensor | None, str | None]:
+        """(prepared image when ``cache``, None) or (None, why the exam cannot be used)."""
+        try:
+            if cache:
+                return self._prepared(index), None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                load_dce(self.items[index].image, lazy=True)
+            return None, None
+        except (DCEReadError, ValueError, OSError) as exc:
+            return None, str(exc)
 
     def _prepared(self, index: int) -> torch.Tensor:
         item = self.items[index]

@@ -78,3 +78,24 @@ def test_missing_table_and_unknown_patients(cohort, tmp_path):
     table.write_text("patient_id,donor_age\nP9999,50\n")
     items, skipped = cohort_items(cohort, table=table)
     assert not items and all("not in clinical.csv" in s for s in skipped)
+
+
+@pytest.mark.parametrize("cache_rate", [1.0, 0.0])
+def test_an_unreadable_exam_is_skipped_with_its_reason_and_the_rest_trains(cohort, tmp_path, cache_rate):
+    """A truncated image in the cohort: that exam is left out (named, with why), the others are used."""
+    import shutil
+
+    copy = tmp_path / "cohort"
+    shutil.copytree(cohort, copy)
+    items, _ = cohort_items(copy)
+    bad = items[1]
+    image = next(bad.image.rglob("*_dce.nii.gz"))  # the exam folder's dynamic series
+    raw = image.read_bytes()
+    image.write_bytes(raw[: len(raw) // 3])
+    data = ContrastiveDataset(items, CONFIG, seed=3, cache_rate=cache_rate)
+    assert len(data) == len(items) - 1
+    assert [(i.patient, i.exam) for i in data.items] == [(i.patient, i.exam) for i in items if i is not bad]
+    assert len(data.skipped) == 1 and data.skipped[0].startswith(f"{bad.patient}/{bad.exam}: ")
+    assert "truncated or corrupt" in data.skipped[0] or "gzip" in data.skipped[0]
+    assert all(data.prompts[k] for k in range(len(data)))
+    assert tuple(data[len(data) - 1]["image"].shape) == (1, 8, 16, 16)
