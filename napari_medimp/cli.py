@@ -199,6 +199,7 @@ def _risk_columns(reading) -> dict:
 def _each_exam(sources, work):
     """``work(ident, exam, path)`` for every exam; in a cohort an exam whose image or clinical row cannot be
     read is skipped and listed (the others are processed); a single exam's failure is the command's."""
+    from .core.memory import MemoryBudgetError
     from .core.prompts import ClinicalValueError
     from .core.volume import DCEReadError
 
@@ -207,7 +208,7 @@ def _each_exam(sources, work):
         try:
             work(ident, exam, path)
             done += 1
-        except (DCEReadError, ClinicalValueError, OSError) as exc:
+        except (DCEReadError, ClinicalValueError, MemoryBudgetError, OSError) as exc:
             if len(sources) == 1:
                 raise
             skipped.append(f"{ident}: {exc}")
@@ -284,17 +285,21 @@ def _cmd_saliency(args) -> int:
     for target in targets:
         check_output(target, args.overwrite)
     predictor = _predictor(args)
-    for (ident, exam, path), target in zip(sources, targets, strict=True):
+    target_of = {ident: target for (ident, _, _), target in zip(sources, targets, strict=True)}
+
+    def explain_one(ident, exam, path):
         exam = (exam or args.exam).upper()
         record = _record(args, exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
         result = compute_saliency(predictor, load_dce(path), _roi(args), method=args.method,
                                   target=args.target, prompt=prompt, exam=exam)
-        save_nifti(target, result.data, result.roi_affine,
+        save_nifti(target_of[ident], result.data, result.roi_affine,
                    sidecar={"method": args.method, "target": args.target, "prompt": prompt,
                             "score": result.score, "roi_zyx": result.roi.to_list(),
                             "model_sha256": predictor.loaded.weights_sha256})
-        print(f"{ident}: {args.method} for {args.target} (score {result.score:.3f}) -> {target}")
+        print(f"{ident}: {args.method} for {args.target} (score {result.score:.3f}) -> {target_of[ident]}")
+
+    _each_exam(sources, explain_one)
     return 0
 
 

@@ -146,6 +146,12 @@ def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_mo
     err = capsys.readouterr().err
     assert "skipped P2/D30:" in err and "1 of 2 exams skipped" in err and "Traceback" not in err
     assert [row["id"] for row in csv.DictReader(open(out, newline=""))] == ["P1/D30"]
+    maps = tmp_path / "maps"
+    assert main(["saliency", str(cohort), "--model", str(tiny_model), "--method", "gradcam", "--target", "2y",
+                 "--out", str(maps)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped P2/D30:" in err and "1 of 2 exams skipped" in err and "Traceback" not in err
+    assert sorted(p.name for p in maps.iterdir()) == ["P1_D30_gradcam_2y.json", "P1_D30_gradcam_2y.nii.gz"]
     shutil.rmtree(cohort / "P1")  # a single exam left: its failure is the command's, exit 1, nothing written
     assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(tmp_path / "none.csv")]) == 1
     assert "dce.nii.gz: not a readable NIfTI file" in _one_line(capsys.readouterr().err)
