@@ -254,6 +254,10 @@ def save_model(
 # --------------------------------------------------------------------------------------------------
 def read_card(path) -> dict:
     """The JSON card of a model file, checked for format and version."""
+    given = Path(path)
+    if given.is_file() and given.suffix not in (".safetensors", ".json"):
+        check_safetensors(given)  # a pickle or another format is named as such, never loaded
+        raise ModelFileError(given, "a model file is NAME.safetensors with its card NAME.json beside it")
     _, card_path = model_paths(path)
     if Path(card_path).exists() and not Path(card_path).is_file():
         raise ModelFileError(card_path, "is not a regular file (a pipe or a device); not read")
