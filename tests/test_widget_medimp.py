@@ -238,3 +238,48 @@ def test_event_loop_keeps_running_while_the_worker_computes(viewer_widget, qtbot
     _wait(qtbot, widget)
     timer.stop()
     assert len(ticks) > before and widget.current_result() is not None
+
+
+def test_hostile_files_and_a_failing_analysis_give_one_message_each_and_leave_the_viewer_intact(
+        viewer_widget, qtbot, tmp_path, monkeypatch):
+    """Broken files through napari's reader: one message each (napari shows it), no layer, no crash; the
+    panel on an image without signal: one error notification, the earlier result and layers kept."""
+    from hostile import nifti_cases
+    from napari.errors import ReaderPluginError
+
+    from napari_medimp.core.io import DCEReadError
+
+    viewer, widget, layer = viewer_widget
+    unreadable = {"truncated .nii.gz", "truncated .nii", "text file named .nii.gz", "5D image",
+                  "header claiming 400 G voxels", "qform only, voxel size 0"}
+    refused = [c for c in nifti_cases(tmp_path) if c.name in unreadable]  # the others open, and are not analysed
+    assert len(refused) == len(unreadable)
+    for case in refused:
+        before = [ly.name for ly in viewer.layers]
+        try:
+            viewer.open(str(case.path), plugin="napari-medimp")
+        except (ReaderPluginError, DCEReadError) as exc:  # napari shows it as one notification
+            message = str(exc.__cause__ if isinstance(exc, ReaderPluginError) else exc)
+            assert "\n" not in message and case.path.name in message, (case.name, message)
+        else:  # napari's own reader took it: then it opened nothing of ours, and said nothing wrong
+            raise AssertionError(f"{case.name}: opened without a message")
+        assert [ly.name for ly in viewer.layers] == before, case.name
+    # the viewer still opens a good file afterwards
+    viewer.open(str(next(c.path for c in nifti_cases(tmp_path / "again") if c.expect == "read")),
+                plugin="napari-medimp")
+
+    _fill(widget)
+    widget.analyze()
+    _wait(qtbot, widget)
+    assert widget.current_result() is not None
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    flat = viewer.add_image(np.ones((6, 20, 40, 48), np.float32), name="flat")
+    viewer.layers.selection.active = flat
+    widget.layer_combo.setCurrentText("flat")
+    widget.analyze()
+    _wait(qtbot, widget)
+    assert len(errors) == 1 and "flat" not in (widget.results_label.text() or "x"), errors
+    assert "no enhancing region" in errors[0] or "constant" in errors[0], errors
+    widget.layer_combo.setCurrentText("graft A")
+    assert widget.current_result() is not None and "graft A" in widget.results_label.text()

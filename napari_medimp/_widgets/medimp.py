@@ -95,7 +95,7 @@ class MedimpWidget(QWidget):
         during the first analysis."""
         from napari.qt.threading import create_worker
 
-        self._warming = create_worker(_import_heavy_modules)
+        self._warming = create_worker(_import_heavy_modules, _ignore_errors=True)  # the analysis says it
         self._warming.finished.connect(lambda: setattr(self, "_warming", None))
         self._warming.start()
 
@@ -686,7 +686,8 @@ class MedimpWidget(QWidget):
             _import_heavy_modules()
             return fn()
 
-        worker = create_worker(run)
+        # errors are shown once, as this panel's notification (not re-raised as a second, raw one)
+        worker = create_worker(run, _ignore_errors=True)
         worker.returned.connect(lambda value: self._safe(on_done, value))
         worker.errored.connect(lambda exc: self._notify_error(f"{description} failed: {exc}"))
         worker.finished.connect(self._finished)
