@@ -487,11 +487,12 @@ def options_changed(saved: dict, now: dict) -> list[str]:
     def plain(value):  # tuples and lists, as JSON keeps them
         return json.loads(json.dumps(value, default=float))
 
+    defaults = TrainConfig().to_dict()  # an option newer than the saved run had its default there
     changed = []
     for key in sorted(set(saved) | set(now)):
         if key in RESUMABLE_CHANGES:
             continue
-        before, after = plain(saved.get(key)), plain(now.get(key))
+        before, after = plain(saved.get(key, defaults.get(key))), plain(now.get(key, defaults.get(key)))
         if before != after:
             changed.append(f"{key} {before} -> {after}")
     return changed
@@ -627,13 +628,14 @@ class _Training:
             _reset_log(self.log_path, self.start_epoch if resumed else 0)
         self.card = {**cohort_provenance(config.cohort), "command": self.commands[0],
                      "resume_commands": self.commands[1:], "world_size": run.world, "device": self.device.type,
-                     "amp": self.precision.mode,
+                     "amp": self.precision.mode, "frozen_text_layers_cached": self.frozen_text_cached,
                      "patients_seen": patients_seen_entry(config.cohort, {i.patient for i in self.train_items},
                                                           {i.patient for i in self.val_items})}
         self.emit("start", train_exams=len(self.train_set), val_exams=len(self.val_set or []),
                   skipped=self.skipped + self.train_set.skipped + (self.val_set.skipped if self.val_set else []),
                   steps_per_epoch=self.steps_per_epoch,
-                  epochs=config.epochs, world_size=run.world, device=str(self.device), amp=self.precision.mode)
+                  epochs=config.epochs, world_size=run.world, device=str(self.device), amp=self.precision.mode,
+                  frozen_text_cached=self.frozen_text_cached)
 
     def _build_data(self) -> None:
         config = self.config
@@ -659,6 +661,8 @@ class _Training:
         else:
             model = model.to(device)
         broadcast_module(model)
+        # frozen text layers as a fixed feature extractor, once per prompt (False when the model does not allow it)
+        self.frozen_text_cached = bool(config.cache_frozen_text and model.text_encoder.cache_frozen_layers())
         if run.world > 1:  # identical weights everywhere, then each rank its own dropout stream
             torch.manual_seed(config.seed * 1000 + run.rank)
         self.model = model

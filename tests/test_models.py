@@ -35,6 +35,8 @@ SENTENCES = [
     "The GFR is low.",
     "Two weeks after transplantation, the donor age is high and the creatinine is unstable.",
 ]
+#: training prompts with a repeat (the cache keeps one entry per distinct text)
+TEXTS = [*SENTENCES, "First year after transplant; glomerular filtration rate is medium.", SENTENCES[0]]
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +356,57 @@ def test_build_model_monai_encoder():
         feats = model.encode_image(torch.randn(2, 1, *SMALL))
     assert feats.shape == (2, 16)
     assert model.get_submodule(model.gradcam_layer) is model.image_encoder.backbone.layer4
+
+
+# ---------------------------------------------------------------- text encoder: frozen layers cached
+
+
+def _no_dropout(encoder: TextEncoder) -> None:
+    for module in encoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+@pytest.mark.parametrize("trainable", [1, 3, 0])
+def test_cached_frozen_layers_give_the_plain_features_and_gradients(trainable):
+    enc = TextEncoder.from_pretrained(None, pooling="mean", trainable_layers=trainable)
+    enc.eval()
+    plain = enc.encode(TEXTS).detach()
+    assert enc.cache_frozen_layers() and enc.caches_frozen_layers
+    enc.train()
+    _no_dropout(enc)  # training mode without dropout: the cached path must equal the plain forward
+    cached = enc.encode(TEXTS)
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    assert len(enc._prefix.store) == len(set(TEXTS))
+    if trainable == 0:  # the whole tower is fixed: nothing of it learns (the projection above it does)
+        assert not cached.requires_grad
+        return
+    cached.sum().backward()
+    layers = enc.transformer.encoder.layer
+    for i, layer in enumerate(layers):
+        got = any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+        assert got == (i >= 6 - trainable), i
+
+
+def test_the_cache_is_used_and_bounded():
+    enc = TextEncoder.from_pretrained(None, pooling="mean", trainable_layers=1)
+    assert enc.cache_frozen_layers(max_texts=2)
+    enc.train()
+    _no_dropout(enc)
+    first = enc.encode(TEXTS[:1]).detach()
+    for key in enc._prefix.store:  # a changed cache entry changes the output: the entry is what is used
+        enc._prefix.store[key] = enc._prefix.store[key] + 1.0
+    assert not torch.allclose(enc.encode(TEXTS[:1]), first)
+    enc.encode(TEXTS[:3])
+    assert len(enc._prefix.store) == 2  # the oldest text left the cache
+    enc.eval()  # evaluation never reads the cache
+    torch.testing.assert_close(enc.encode(TEXTS[:1]), first, atol=1e-5, rtol=1e-5)
+
+
+def test_no_cache_for_a_fully_trainable_encoder_and_a_refreeze_drops_it():
+    enc = TextEncoder.from_pretrained(None, pooling="mean")
+    assert not enc.cache_frozen_layers()  # nothing frozen
+    enc.freeze_all_but_last(2)
+    assert enc.cache_frozen_layers()
+    enc.freeze_all_but_last(4)
+    assert not enc.caches_frozen_layers  # other layers frozen now: the cache would be wrong

@@ -64,6 +64,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     text_dropout: float | None = None
+    #: frozen text layers are a fixed feature extractor (no dropout), computed once per distinct prompt
+    cache_frozen_text: bool = True
     sync_batchnorm: bool = True
 
     def __post_init__(self):

@@ -186,6 +186,7 @@ class TextEncoder(nn.Module):
         self.revision = revision
         self.hidden_size = int(model.config.hidden_size)
         self.trainable_layers: int | None = None
+        self._prefix: _FrozenPrefix | None = None
 
     @classmethod
     def from_pretrained(
@@ -228,6 +229,7 @@ class TextEncoder(nn.Module):
         """Freeze everything but the last ``n`` layers (see :func:`freeze_all_but_last`)."""
         freeze_all_but_last(self.transformer, n)
         self.trainable_layers = n
+        self._prefix = None  # a cache of other frozen layers would be wrong
 
     @property
     def device(self) -> torch.device:
@@ -256,11 +258,148 @@ class TextEncoder(nn.Module):
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.transformer(**kwargs).last_hidden_state
+        if self.training and self._prefix is not None:
+            hidden = self._prefix.forward(kwargs)
+        else:
+            hidden = self.transformer(**kwargs).last_hidden_state
         return pool_hidden_states(hidden, attention_mask, self.pooling)
+
+    # -- frozen layers as a fixed feature extractor -------------------------------------------------
+    def cache_frozen_layers(self, max_texts: int = 8192) -> bool:
+        """Treat the frozen layers as a fixed feature extractor during training: they run without dropout,
+        so their output depends on the text alone and is computed once per distinct text (kept for up to
+        ``max_texts`` texts), which spares most of the text tower's work when prompts repeat.
+
+        Only for a partly frozen encoder (:meth:`freeze_all_but_last` with ``0 <= n < layers``). The
+        cached path is checked against the plain forward on probe texts; when they differ (an
+        architecture whose layers do not chain simply) nothing is cached. Returns whether it is on.
+        """
+        self._prefix = None
+        n = self.trainable_layers
+        if n is None or n >= self.num_layers or self.tokenizer is None:
+            return False
+        candidate = _FrozenPrefix(self, self.num_layers - n, max_texts)
+        if not candidate.agrees():
+            return False
+        self._prefix = candidate
+        return True
+
+    @property
+    def caches_frozen_layers(self) -> bool:
+        return self._prefix is not None
 
     def encode(self, texts: Sequence[str] | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Texts (or a token batch from :meth:`tokenize`) -> ``(B, hidden_size)``."""
         batch = self.tokenize(texts) if not isinstance(texts, Mapping) else dict(texts)
         device = self.device
         return self(**{k: v.to(device) for k, v in batch.items()})
+
+
+class _FrozenPrefix:
+    """The output of a text encoder's first ``k`` (frozen) layers per token sequence, and the forward that
+    feeds it to the remaining layers. Frozen layers run in eval mode (no dropout) here."""
+
+    _PROBES = ("estimated glomerular filtration rate is low", "donor age is high; first month after transplant")
+
+    def __init__(self, encoder: TextEncoder, k: int, max_texts: int):
+        from collections import OrderedDict
+
+        self.encoder, self.k, self.max_texts = encoder, k, max_texts
+        self.store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        model = encoder.transformer
+        self.layers = find_transformer_layers(model)
+        name = next(n for n, m in model.named_modules() if m is self.layers)
+        parent_name, _, self.attribute = name.rpartition(".")
+        self.parent = model.get_submodule(parent_name) if parent_name else model
+
+    # the layer list is swapped for part of itself while one of the passes below runs
+    def _with_layers(self, layers: nn.ModuleList):
+        import contextlib
+
+        @contextlib.contextmanager
+        def swapped():
+            self.parent._modules[self.attribute] = layers
+            try:
+                yield
+            finally:
+                self.parent._modules[self.attribute] = self.layers
+
+        return swapped()
+
+    @staticmethod
+    def _keys(batch: Mapping[str, torch.Tensor]) -> list[tuple]:
+        mask = batch["attention_mask"]
+        types = batch.get("token_type_ids")
+        keys = []
+        for i in range(mask.shape[0]):
+            n = int(mask[i].sum())
+            ids = tuple(batch["input_ids"][i, :n].tolist())
+            keys.append(ids if types is None else (ids, tuple(types[i, :n].tolist())))
+        return keys
+
+    def _compute(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states after the frozen layers, in eval mode, without gradients."""
+        model = self.encoder.transformer
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad(), self._with_layers(nn.ModuleList(list(self.layers)[: self.k])):
+                return model(**batch).last_hidden_state
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def prefix(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, T, H)``: the frozen layers' output for each row (cached per token sequence); padding rows 0."""
+        keys = self._keys(batch)
+        for i, key in enumerate(keys):
+            if key not in self.store:  # each text alone, unpadded: its entry never depends on its batch
+                n = int(batch["attention_mask"][i].sum())
+                row = {name: value[i:i + 1, :n] for name, value in batch.items()}
+                self.store[key] = self._compute(row)[0].detach().clone()
+        out = batch["input_ids"].new_zeros((*batch["input_ids"].shape, self.encoder.hidden_size),
+                                           dtype=next(iter(self.store.values())).dtype)
+        for i, key in enumerate(keys):
+            cached = self.store[key]
+            self.store.move_to_end(key)
+            out[i, : cached.shape[0]] = cached
+        while len(self.store) > self.max_texts:
+            self.store.popitem(last=False)
+        return out
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The last hidden state: the cached frozen output fed to the trainable layers."""
+        hidden = self.prefix(batch)
+        rest = list(self.layers)[self.k:]
+        if not rest:
+            return hidden
+
+        def feed(module, args, kwargs):
+            return (hidden.to(args[0].dtype if args else hidden.dtype), *args[1:]), kwargs
+
+        handle = rest[0].register_forward_pre_hook(feed, with_kwargs=True)
+        try:
+            with self._with_layers(nn.ModuleList(rest)):
+                return self.encoder.transformer(**batch).last_hidden_state
+        finally:
+            handle.remove()
+
+    def agrees(self) -> bool:
+        """Whether the cached path gives the plain forward's output (both in eval mode) on probe texts."""
+        model = self.encoder.transformer
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            batch = self.encoder.tokenize(list(self._PROBES))
+            batch = {k: v.to(self.encoder.device) for k, v in batch.items()}
+            with torch.no_grad():
+                plain = model(**batch).last_hidden_state
+                cached = self.forward(batch)
+            mask = batch["attention_mask"].bool()
+            return bool(torch.allclose(plain[mask], cached[mask], atol=1e-4, rtol=1e-4))
+        except Exception:  # noqa: BLE001 - an architecture this does not fit: no cache, plain forward
+            return False
+        finally:
+            self.store.clear()
+            for module, mode in modes:
+                module.training = mode
