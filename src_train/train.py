@@ -663,6 +663,8 @@ class _Training:
         broadcast_module(model)
         # frozen text layers as a fixed feature extractor, once per prompt (False when the model does not allow it)
         self.frozen_text_cached = bool(config.cache_frozen_text and model.text_encoder.cache_frozen_layers())
+        if self.frozen_text_cached:  # every prompt variant once, before the first step
+            model.text_encoder.warm_frozen_cache([v for variants in self.train_set.prompts for v in variants])
         if run.world > 1:  # identical weights everywhere, then each rank its own dropout stream
             torch.manual_seed(config.seed * 1000 + run.rank)
         self.model = model

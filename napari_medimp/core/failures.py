@@ -3,6 +3,8 @@ code (1: the data or the files, 2: the command line); ``--debug`` shows the trac
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 
 #: exit codes: a problem with the data or the files (1), with the command line (2)
@@ -57,3 +59,16 @@ def run_reporting_failures(function, args, prog: str, debug: bool, value_error: 
         code, message = failure_message(exc, value_error)
         print(f"{prog}: {message}", file=sys.stderr)
         return code
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR):
+    """Raise a library's logger to ``level`` for a while: what it would log is checked and said by the
+    caller in the product's words (or must stay out of the user's logs, such as network addresses)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

@@ -31,11 +31,11 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .failures import quiet_logger
 
 CONFIG_ENV = "NAPARI_MEDIMP_PACS_CONFIG"
 MANIFEST = "retrieval.json"
@@ -132,16 +132,9 @@ def server_named(name: str | None = None, path=None) -> PacsServer:
 # --------------------------------------------------------------------------------------------------
 # associations
 # --------------------------------------------------------------------------------------------------
-@contextmanager
 def _quiet_network_log():
     """pynetdicom logs association details (addresses, AE titles); keep them out of the user's logs."""
-    logger = logging.getLogger("pynetdicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet_logger("pynetdicom", logging.CRITICAL)
 
 
 def _application_entity(server: PacsServer):

@@ -7,11 +7,9 @@ allocated: a header that claims more data than the file can hold is refused with
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gzip
 import json
-import logging
 import os
 import re
 import struct
@@ -23,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..failures import quiet_logger
 from ..memory import check_memory, human_bytes
 from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume, sanitize
 from .orient import canonical_plan, reorient_xyz
@@ -78,21 +77,9 @@ def _gzip_isize(path) -> int | None:
         return None
 
 
-@contextlib.contextmanager
-def _quiet_nibabel():
-    """nibabel logs the header fixes it makes; what matters of them is checked and said here."""
-    logger = logging.getLogger("nibabel.global")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _load_image(path: Path):
     try:
-        with _quiet_nibabel():
+        with quiet_logger("nibabel.global"):  # its header fixes are checked and said here
             img = nib.load(str(path))
     except FileNotFoundError:
         raise DCEReadError(path, "file not found") from None

@@ -288,6 +288,17 @@ class TextEncoder(nn.Module):
     def caches_frozen_layers(self) -> bool:
         return self._prefix is not None
 
+    def warm_frozen_cache(self, texts: Sequence[str], chunk: int = 64) -> int:
+        """Compute the frozen layers' output of ``texts`` now (e.g. every prompt variant of a training set),
+        so that training steps only read it; returns how many texts the cache holds."""
+        if self._prefix is None:
+            return 0
+        texts = sorted(set(texts))[: self._prefix.max_texts]
+        if texts:
+            batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+            self._prefix.fill(batch, chunk)
+        return len(self._prefix.store)
+
     def encode(self, texts: Sequence[str] | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Texts (or a token batch from :meth:`tokenize`) -> ``(B, hidden_size)``."""
         batch = self.tokenize(texts) if not isinstance(texts, Mapping) else dict(texts)
@@ -348,6 +359,22 @@ class _FrozenPrefix:
         finally:
             for module, mode in modes:
                 module.training = mode
+
+    def fill(self, batch: Mapping[str, torch.Tensor], chunk: int) -> None:
+        """Store every row of ``batch``: rows of one token length together, unpadded, ``chunk`` at a time, in
+        a fixed order (the same texts always give the same entries)."""
+        keys = self._keys(batch)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        by_length: dict[int, list[int]] = {}
+        for i in sorted(range(len(keys)), key=lambda i: (lengths[i], keys[i])):
+            if keys[i] not in self.store:
+                by_length.setdefault(int(lengths[i]), []).append(i)
+        for n, rows in by_length.items():
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                hidden = self._compute({name: value[part, :n] for name, value in batch.items()})
+                for j, i in enumerate(part):
+                    self.store[keys[i]] = hidden[j].detach().clone()
 
     def prefix(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, T, H)``: the frozen layers' output for each row (cached per token sequence); padding rows 0."""
