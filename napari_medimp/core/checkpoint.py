@@ -283,8 +283,6 @@ def read_card(path) -> dict:
         if card.get(key) is not None and not isinstance(card[key], dict):
             raise ModelFileError(card_path, f"model card's '{key}' section is a {type(card[key]).__name__}, "
                                             "not a mapping")
-    if not isinstance(card["weights"].get("sha256"), str):
-        raise ModelFileError(card_path, "model card's weights section has no sha256 text")
     if _depth(card) > _MAX_CARD_DEPTH:
         raise ModelFileError(card_path, f"model card is nested more than {_MAX_CARD_DEPTH} levels deep")
     return card
@@ -306,9 +304,11 @@ def _depth(value, level: int = 0) -> int:
 
 def verify_weights(path, card: dict) -> Path:
     """Check the weights file is safetensors and matches the card's sha256."""
-    weights_path, _ = model_paths(path)
+    weights_path, card_path = model_paths(path)
     check_safetensors(weights_path)
     expected = card["weights"].get("sha256")
+    if not isinstance(expected, str):
+        raise ModelFileError(card_path, "model card's weights section has no sha256 text")
     actual = sha256_file(weights_path)
     if expected != actual:
         raise ModelFileError(weights_path, f"weights were modified after the card was written "
