@@ -133,12 +133,9 @@ def _record(args, exam: str):
 
 def _cohort_records(path: Path) -> dict:
     """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table."""
-    from .core.io.cohort import read_clinical_table
+    from .core.io.cohort import cohort_clinical_table
 
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / "clinical.csv").exists():
-            return read_clinical_table(folder / "clinical.csv")
-    return {}
+    return cohort_clinical_table(path)[0]
 
 
 def _roi(args):

@@ -267,6 +267,8 @@ def test_hostile_files_and_a_failing_analysis_give_one_message_each_and_leave_th
     # the viewer still opens a good file afterwards
     viewer.open(str(next(c.path for c in nifti_cases(tmp_path / "again") if c.expect == "read")),
                 plugin="napari-medimp")
+    assert widget.layer_combo.currentText() != "graft A"  # the panel follows the exam just opened
+    widget.layer_combo.setCurrentText("graft A")
 
     _fill(widget)
     widget.analyze()
@@ -283,3 +285,46 @@ def test_hostile_files_and_a_failing_analysis_give_one_message_each_and_leave_th
     assert "no enhancing region" in errors[0] or "constant" in errors[0], errors
     widget.layer_combo.setCurrentText("graft A")
     assert widget.current_result() is not None and "graft A" in widget.results_label.text()
+
+
+def test_the_exam_and_values_come_from_the_opened_exam_never_from_the_previous_patient(
+        viewer_widget, qtbot, training_cohort, monkeypatch):
+    """Docked first, then a cohort exam opened: the panel reads that exam, with its patient's clinical.csv
+    values marked as such; a typed exam that disagrees must be confirmed; another patient's layer never
+    keeps the previous values."""
+    import csv
+
+    viewer, widget, _ = viewer_widget
+    _fill(widget)  # values typed for the first image
+    rows = {r["patient_id"]: r for r in csv.DictReader(open(training_cohort / "clinical.csv", newline=""))}
+
+    viewer.open(str(training_cohort / "P0001" / "M3"), plugin="napari-medimp")
+    assert widget.layer_combo.currentText() == "P0001 M3"
+    assert widget.fields["exam"].value == "M3"
+    assert float(widget.fields["gfr"].value) == pytest.approx(float(rows["P0001"]["gfr_M3"]))
+    assert float(widget.fields["donor_age"].value) == pytest.approx(float(rows["P0001"]["donor_age"]))
+    creatinine = [float(v) for v in widget.fields["creatinine"].value.split(";")]
+    assert creatinine == [float(rows["P0001"][f"creatinine_{e}"]) for e in ("D15", "D30", "M3")]  # up to M3
+    text = widget.identity_label.text()
+    assert "patient P0001, exam M3" in text and "clinical.csv" in text and not widget.exam_confirm.isVisible()
+
+    widget.fields["exam"].value = "M12"  # typed against the image
+    assert "The form says exam M12, but layer 'P0001 M3' is exam M3" in widget.identity_label.text()
+    assert widget.exam_confirm.isVisibleTo(widget)
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    widget.analyze()
+    assert not widget.busy and len(errors) == 1 and "is exam M3" in errors[0]
+    widget.exam_confirm.setChecked(True)
+    widget.analyze()
+    assert widget.busy
+    _wait(qtbot, widget)
+    assert widget.current_result().analysis["exam"] == "M12"  # as confirmed
+
+    viewer.open(str(training_cohort / "P0003" / "D30"), plugin="napari-medimp")
+    assert widget.layer_combo.currentText() == "P0003 D30" and widget.fields["exam"].value == "D30"
+    assert float(widget.fields["gfr"].value) == pytest.approx(float(rows["P0003"]["gfr_D30"]))
+    assert widget.fields["creatinine"].value.count(";") == 0  # P0003's D30 creatinine is missing: D15 only
+    widget.layer_combo.setCurrentText("graft A")  # an image of no stated patient: nothing carried over
+    assert all(widget.fields[name].value == "" for name in ("donor_age", "gfr", "creatinine", "creatinine_std"))
+    assert not widget.exam_confirm.isVisible()

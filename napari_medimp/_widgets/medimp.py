@@ -14,6 +14,7 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -80,6 +81,9 @@ class MedimpWidget(QWidget):
         self._pbar = None
         self._prompt_generated = ""
         self._setting_prompt = False
+        #: who and which exam the current layer is (from its data), and whose values the form holds
+        self._identity: dict[str, Any] = {}
+        self._form_patient: str | None = None
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self._build()
@@ -184,6 +188,15 @@ class MedimpWidget(QWidget):
             widget.changed.connect(self._on_form_changed)
         layout = QVBoxLayout(box)
         layout.addWidget(self.form.native)
+        self.identity_label = QLabel("")
+        self.identity_label.setWordWrap(True)
+        self.identity_label.setVisible(False)
+        layout.addWidget(self.identity_label)
+        self.exam_confirm = QCheckBox("Analyse as the exam typed above")
+        self.exam_confirm.setToolTip("the image says another exam; tick to analyse it as the exam in the form")
+        self.exam_confirm.setVisible(False)
+        self.exam_confirm.toggled.connect(lambda *_: self._update_buttons())
+        layout.addWidget(self.exam_confirm)
         return box
 
     def _build_prompt_group(self) -> QGroupBox:
@@ -305,16 +318,17 @@ class MedimpWidget(QWidget):
         combo.blockSignals(False)
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
+        current = before = self.layer_combo.currentText()
         images = [layer.name for layer in self._layers_of("image")]
-        if not current and event is not None and getattr(event, "type", "") == "inserted":
-            current = getattr(event, "value", None) and event.value.name
+        inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if inserted is not None and inserted.name in images:
+            current = inserted.name  # an exam just opened is the one the panel reads
         self._fill(self.layer_combo, images, current)
         self._fill(self.labels_combo, [layer.name for layer in self._layers_of("labels")],
                    self.labels_combo.currentText(), NO_LABELS)
         self._fill(self.roi_combo, [layer.name for layer in self._layers_of("shapes")],
                    self.roi_combo.currentText(), AUTO_ROI)
-        if self.layer_combo.currentText() != current:
+        if self.layer_combo.currentText() != before:
             self._on_layer_changed()
         self._update_buttons()
 
@@ -328,11 +342,71 @@ class MedimpWidget(QWidget):
     def _on_layer_changed(self, *_) -> None:
         layer = self.current_layer()
         if layer is not None:
-            exam = str((layer.metadata.get("dce_metadata") or {}).get("exam") or "").upper()
-            if exam in EXAMS:
-                self.fields["exam"].value = exam
+            self._take_identity(layer)
         self._update_roi_label()
         self._show_results()
+
+    # ------------------------------------------------------------------------------ exam identity
+    def _take_identity(self, layer) -> None:
+        """The exam and patient come from the layer's data (cohort folders, sidecar); another patient's
+        values never stay in the form; the cohort's clinical.csv fills the form when it has the patient."""
+        meta = layer.metadata.get("dce_metadata") or {}
+        exam = str(meta.get("exam") or "").upper()
+        patient = str(meta.get("patient") or "") or None
+        source = str(layer.metadata.get("source") or meta.get("source") or "")
+        self._identity = {"exam": exam if exam in EXAMS else None, "patient": patient, "table": None,
+                          "layer": layer.name}
+        if patient != self._form_patient:
+            self.prefill(**{name: "" for name in ("donor_age", "gfr", "creatinine", "creatinine_std")})
+            self._form_patient = patient
+        if self._identity["exam"]:
+            self.fields["exam"].value = self._identity["exam"]
+        if patient and source and self._identity["exam"]:
+            self._fill_from_table(Path(source), patient, self._identity["exam"])
+        self.exam_confirm.setChecked(False)
+        self._show_identity()
+
+    def _fill_from_table(self, source: Path, patient: str, exam: str) -> None:
+        from ..core.io.cohort import cohort_clinical_table
+        from ..core.prompts import ClinicalRecord
+
+        try:
+            rows, table = cohort_clinical_table(source)
+            if patient not in rows:
+                return
+            record = ClinicalRecord.from_csv_row(rows[patient], exam)
+        except (OSError, ValueError) as exc:
+            self._notify_warning(f"clinical values of {patient} not read from the cohort's table: {exc}")
+            return
+        self.prefill(donor_age=record.donor_age, gfr=record.gfr, creatinine=list(record.creatinine),
+                     creatinine_std=record.creatinine_std, creatinine_unit="umol/L")
+        self._identity["table"] = str(table)
+
+    def exam_mismatch(self) -> str | None:
+        """Why the form's exam is not the layer's (None when they agree or the layer does not say)."""
+        exam = self._identity.get("exam")
+        typed = str(self.fields["exam"].value)
+        if not exam or typed == exam:
+            return None
+        return (f"The form says exam {typed}, but layer '{self._identity['layer']}' is exam {exam} (from its "
+                f"folder or file). Choose {exam} above, or tick the box to analyse it as {typed}.")
+
+    def _show_identity(self) -> None:
+        identity, lines = self._identity, []
+        if identity.get("patient") or identity.get("exam"):
+            who = f"patient {identity['patient']}, " if identity.get("patient") else ""
+            lines.append(f"Image: {who}exam {identity.get('exam') or 'not stated'} (from its folder or file).")
+        if identity.get("table"):
+            lines.append(f"Values filled in from {Path(identity['table']).name} of the cohort; edit them to use "
+                         "others.")
+        mismatch = self.exam_mismatch()
+        if mismatch:
+            lines.append(f"<span style='color:#ffb347'>{_escape(mismatch)}</span>")
+        self.identity_label.setText("<br>".join(lines))
+        self.identity_label.setVisible(bool(lines))
+        self.exam_confirm.setVisible(mismatch is not None)
+        if mismatch is None:
+            self.exam_confirm.setChecked(False)
 
     # ------------------------------------------------------------------------------------- clinical
     def form_values(self) -> dict[str, Any]:
@@ -367,6 +441,8 @@ class MedimpWidget(QWidget):
     def _on_form_changed(self, *_) -> None:
         self.validate_form()
         self._regenerate_prompt(force=False)
+        if hasattr(self, "identity_label"):
+            self._show_identity()
 
     def _attributes(self) -> tuple[str, ...]:
         card = getattr(self, "_card", None) or {}
@@ -600,6 +676,10 @@ class MedimpWidget(QWidget):
 
     def analyze(self) -> None:
         """Image-prompt similarity, zero-shot GFR bins, prognosis and curves of the chosen layer."""
+        mismatch = self.exam_mismatch()
+        if mismatch and not self.exam_confirm.isChecked():
+            self._notify_error(mismatch)
+            return
         spec = self._inputs()
         if spec is None:
             return

@@ -216,3 +216,15 @@ def read_clinical_table(path) -> dict[str, dict]:
         rows[patient] = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None}
         first_line[patient] = line
     return rows
+
+
+def cohort_clinical_table(path) -> tuple[dict, Path | None]:
+    """(patient id -> row, the table) of the ``clinical.csv`` of the cohort ``path`` lies in: a cohort,
+    patient or exam folder, or a file of an exam's sequence (up to four levels below the cohort);
+    ``({}, None)`` if none."""
+    path = Path(path)
+    for folder in [path, *path.parents][:5]:
+        table = folder / "clinical.csv"
+        if table.is_file():
+            return read_clinical_table(table), table
+    return {}, None
