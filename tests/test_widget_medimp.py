@@ -328,3 +328,22 @@ def test_the_exam_and_values_come_from_the_opened_exam_never_from_the_previous_p
     widget.layer_combo.setCurrentText("graft A")  # an image of no stated patient: nothing carried over
     assert all(widget.fields[name].value == "" for name in ("donor_age", "gfr", "creatinine", "creatinine_std"))
     assert not widget.exam_confirm.isVisible()
+
+
+def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):
+    """The panel imports heavy libraries in the background when it opens; a session closed before that
+    ends must still exit normally (it aborted with 'WorkerBaseSignals has been deleted')."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "quick.py"
+    script.write_text("import napari\n"
+                      "from napari_medimp._widgets.medimp import MedimpWidget\n"
+                      "viewer = napari.Viewer(show=True)\n"
+                      "viewer.window.add_dock_widget(MedimpWidget(viewer), name='MEDIMP', area='right')\n"
+                      "viewer.close()\n"
+                      "print('closed')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "closed" in done.stdout and "has been deleted" not in done.stderr

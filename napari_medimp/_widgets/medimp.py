@@ -99,6 +99,7 @@ class MedimpWidget(QWidget):
         during the first analysis."""
         from napari.qt.threading import create_worker
 
+        _wait_for_workers_at_exit()
         self._warming = create_worker(_import_heavy_modules, _ignore_errors=True)  # the analysis says it
         self._warming.finished.connect(lambda: setattr(self, "_warming", None))
         self._warming.start()
@@ -912,6 +913,22 @@ class MedimpWidget(QWidget):
 
 _IMPORTS_LOCK = threading.Lock()
 _IMPORTED = threading.Event()
+
+
+_EXIT_HOOKED = []
+
+
+def _wait_for_workers_at_exit() -> None:
+    """Let background work (the warm-up import, an analysis) end before Python tears Qt down: a worker
+    that signals into deleted Qt objects at exit would abort the process."""
+    if _EXIT_HOOKED:
+        return
+    import atexit
+
+    from qtpy.QtCore import QThreadPool
+
+    atexit.register(lambda: QThreadPool.globalInstance().waitForDone(120_000))
+    _EXIT_HOOKED.append(True)
 
 
 def _import_heavy_modules() -> None:
