@@ -160,12 +160,16 @@ def _encoder_argument(key: str, value):
                      f"got {value!r}"[:300])
 
 
+def _image_encoder(config: ModelConfig) -> nn.Module:
+    return build_image_encoder(config.image_encoder, in_channels=config.in_channels,
+                               output_dim=config.image_features_dim or config.embed_dim,
+                               input_size=config.input_size, **config.image_encoder_kwargs)
+
+
 def image_encoder_bytes(config: ModelConfig) -> int:
     """Bytes of the image encoder's float32 weights, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
-        encoder = build_image_encoder(config.image_encoder, in_channels=config.in_channels,
-                                      output_dim=config.image_features_dim or config.embed_dim,
-                                      input_size=config.input_size, **config.image_encoder_kwargs)
+        encoder = _image_encoder(config)
     return 4 * sum(p.numel() for p in encoder.parameters())
 
 
@@ -257,14 +261,7 @@ def build_model(
     """
     check_memory(4 * image_encoder_bytes(config),  # training holds weights, gradients and two moments
                  f"image encoder {config.image_encoder} {config.image_encoder_kwargs or ''}".strip())
-    out_dim = config.image_features_dim or config.embed_dim
-    image_encoder = build_image_encoder(
-        config.image_encoder,
-        in_channels=config.in_channels,
-        output_dim=out_dim,
-        input_size=config.input_size,
-        **config.image_encoder_kwargs,
-    )
+    image_encoder = _image_encoder(config)
     text_encoder = TextEncoder.from_pretrained(
         text_model_path if text_model_path is not None else config.text_model,
         pooling=config.text_pooling,

@@ -11,6 +11,7 @@ Two defects of the MEDIMP reference code are avoided here on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -323,19 +324,26 @@ class _FrozenPrefix:
         parent_name, _, self.attribute = name.rpartition(".")
         self.parent = model.get_submodule(parent_name) if parent_name else model
 
-    # the layer list is swapped for part of itself while one of the passes below runs
+    @contextlib.contextmanager
     def _with_layers(self, layers: nn.ModuleList):
-        import contextlib
+        """The layer list swapped for part of itself while one of the passes below runs."""
+        self.parent._modules[self.attribute] = layers
+        try:
+            yield
+        finally:
+            self.parent._modules[self.attribute] = self.layers
 
-        @contextlib.contextmanager
-        def swapped():
-            self.parent._modules[self.attribute] = layers
-            try:
-                yield
-            finally:
-                self.parent._modules[self.attribute] = self.layers
-
-        return swapped()
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The transformer in eval mode (no dropout), every module's own mode restored afterwards."""
+        model = self.encoder.transformer
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
     @staticmethod
     def _keys(batch: Mapping[str, torch.Tensor]) -> list[tuple]:
@@ -350,15 +358,9 @@ class _FrozenPrefix:
 
     def _compute(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states after the frozen layers, in eval mode, without gradients."""
-        model = self.encoder.transformer
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad(), self._with_layers(nn.ModuleList(list(self.layers)[: self.k])):
-                return model(**batch).last_hidden_state
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        with self._eval_mode() as model, torch.no_grad(), \
+                self._with_layers(nn.ModuleList(list(self.layers)[: self.k])):
+            return model(**batch).last_hidden_state
 
     def fill(self, batch: Mapping[str, torch.Tensor], chunk: int) -> None:
         """Store every row of ``batch``: rows of one token length together, unpadded, ``chunk`` at a time, in
@@ -413,13 +415,10 @@ class _FrozenPrefix:
 
     def agrees(self) -> bool:
         """Whether the cached path gives the plain forward's output (both in eval mode) on probe texts."""
-        model = self.encoder.transformer
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
         try:
-            batch = self.encoder.tokenize(list(self._PROBES))
-            batch = {k: v.to(self.encoder.device) for k, v in batch.items()}
-            with torch.no_grad():
+            with self._eval_mode() as model, torch.no_grad():
+                batch = self.encoder.tokenize(list(self._PROBES))
+                batch = {k: v.to(self.encoder.device) for k, v in batch.items()}
                 plain = model(**batch).last_hidden_state
                 cached = self.forward(batch)
             mask = batch["attention_mask"].bool()
@@ -428,5 +427,3 @@ class _FrozenPrefix:
             return False
         finally:
             self.store.clear()
-            for module, mode in modes:
-                module.training = mode
