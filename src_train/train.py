@@ -592,6 +592,8 @@ class _Training:
         self.state: dict = {}
         self.start_epoch, self.start_batch, self.step, self.best = 0, 0, 0, float("inf")
         self.losses: list[float] = []
+        #: the training loss of every step so far, resumed parts included (kept in the checkpoint's state)
+        self.loss_history: list[float] = []
 
     def emit(self, kind: str, **fields) -> None:
         if self.progress is not None:
@@ -618,6 +620,7 @@ class _Training:
                                              checkpoint=checkpoint_data, scaler=self.scaler, rank=run.rank)
             self.start_epoch, self.start_batch = self.state["next_epoch"], self.state["next_batch"]
             self.step, self.best = self.state["step"], self.state["best_val_loss"]
+            self.loss_history = list(self.state.get("loss_history", []))[:self.step]
             self.emit("resumed", epoch=self.start_epoch, batch=self.start_batch, step=self.step)
         self.commands = [*self.state.get("commands", []), command or command_line()]
         self.log_path = self.out / LOG_FILE
@@ -726,6 +729,7 @@ class _Training:
                 raise ValueError(f"training diverged at step {self.step} (loss {loss}); the last good checkpoint "
                                  f"is kept in {self.out / CHECKPOINT_FILE}: resume with a lower learning rate")
             self.losses.append(loss)
+            self.loss_history.append(loss)
             self.emit("step", epoch=epoch, step=self.step, loss=loss, lr=self.scheduler.get_last_lr()[0],
                       total_steps=self.total_steps)
             self.stop_requested = self.stop_requested or stop_now
@@ -765,6 +769,7 @@ class _Training:
             save_training_state(self.out, self.model, self.optimizer, self.scheduler,
                                 {"next_epoch": next_epoch, "next_batch": next_batch, "step": self.step,
                                  "best_val_loss": self.best, "epoch_losses": losses,
+                                 "loss_history": self.loss_history,
                                  "config": self.config.to_dict(), "world_size": self.run.world,
                                  "commands": self.commands},
                                 rng=rngs, scaler=self.scaler)
