@@ -93,7 +93,8 @@ def test_presets_follow_the_training_program():
 
     assert set(tj.PRESET_LABELS) == set(PRESETS)
     assert tj.preset_defaults("cpu-small") == {"epochs": PRESETS["cpu-small"]["epochs"],
-                                               "batch_size": PRESETS["cpu-small"]["batch_size"]}
+                                               "batch_size": PRESETS["cpu-small"]["batch_size"],
+                                               "device": "auto", "amp": "auto"}
     with pytest.raises(ValueError, match="unknown preset"):
         tj.preset_defaults("huge")
     assert tj.preset_warning("paper", ["cpu"]) and "CUDA" in tj.preset_warning("paper", ["mps", "cpu"])
@@ -103,9 +104,9 @@ def test_presets_follow_the_training_program():
 
 def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"epochs": 3, "embed_dim": 16}))
-    assert tj.read_config(good) == {"epochs": 3, "embed_dim": 16}
-    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": 8}
+    good.write_text(json.dumps({"epochs": 3, "embed_dim": 16, "amp": "bf16"}))
+    assert tj.read_config(good) == {"epochs": 3, "embed_dim": 16, "amp": "bf16"}
+    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": 8, "device": "auto", "amp": "bf16"}
     (tmp_path / "bad.json").write_text("{epochs: 3")
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "typo.json").write_text(json.dumps({"epoch": 3}))
@@ -113,7 +114,8 @@ def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
                           ("list.json", "JSON object"), ("typo.json", "unknown training option")):
         with pytest.raises(ValueError, match=message):
             tj.read_config(tmp_path / name)
-    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {"epochs": 30, "batch_size": 8}
+    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {"epochs": 30, "batch_size": 8,
+                                                                         "device": "auto", "amp": "auto"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,6 +137,30 @@ def test_valid_options_give_a_command_the_training_program_accepts(cohort, tmp_p
     assert Path(train_config.out).is_absolute()
     assert (train_config.epochs, train_config.batch_size, train_config.embed_dim) == (2, 4, 16)
     assert train_config.attributes == ("gfr", "donor_age")  # always in the prompt's order
+    assert (train_config.device, train_config.amp) == ("auto", "auto")
+
+
+def test_device_and_precision_reach_the_training_program(cohort, tmp_path):
+    from src_train.cli import build_parser, train_config_from_args
+
+    gpu = ("cuda", "cpu")
+    options = _options(cohort, tmp_path, device="cuda", amp="fp16", devices=gpu)
+    assert options.problems() == {}
+    config = train_config_from_args(build_parser().parse_args(options.command()[3:]))
+    assert (config.device, config.amp) == ("cuda", "fp16")
+    assert _options(cohort, tmp_path, device="cpu", amp="bf16").problems() == {}  # bf16 runs on the CPU
+    # the choices are those the trainer accepts, checked as it would
+    assert tj.AMP_MODES == ("auto", "bf16", "fp16", "off") and set(tj.PRECISION_LABELS) == set(tj.AMP_MODES)
+    assert "needs a CUDA GPU" in _options(cohort, tmp_path, amp="fp16").problems()["amp"]  # auto is the CPU here
+    assert "needs a CUDA GPU" in _options(cohort, tmp_path, device="cpu", amp="fp16", devices=gpu).problems()["amp"]
+    assert "not on an Apple GPU" in tj.precision_problem("bf16", "auto", ("mps", "cpu"))
+    assert tj.precision_problem("fp16", "auto", gpu) is None and tj.precision_problem("off", "mps", ("cpu",)) is None
+    assert "no CUDA GPU on this machine" in _options(cohort, tmp_path, device="cuda").problems()["device"]
+    assert tj.device_choices(("cpu",)) == ["auto", "cpu"]
+    assert tj.device_choices(("cuda", "mps", "cpu")) == ["auto", "cuda", "mps", "cpu"]
+    # the evaluation embeds the exams on the same device
+    command = tj.evaluation_command("m", "c", tmp_path, device="cuda")
+    assert command[command.index("--device") + 1] == "cuda"
 
 
 @pytest.mark.parametrize("changes, field, message", [
@@ -178,11 +204,13 @@ def test_resume_uses_the_runs_own_settings(cohort, tmp_path):
 
     run = tmp_path / "run"
     _fake_checkpoint(run, STATE)
-    options = _options(cohort, tmp_path, resume=True, epochs=40, batch_size=16, config="/ignored.json")
-    assert options.problems() == {}
+    options = _options(cohort, tmp_path, resume=True, epochs=40, batch_size=16, config="/ignored.json",
+                       amp="fp16", device="cpu")
+    assert options.problems() == {}  # the precision is the run's own: the form's is not checked
     args = build_parser().parse_args(options.command()[3:])
     assert args.resume and args.config == str(run.absolute() / "train_config.json")
     assert args.epochs == 40 and args.batch_size is None and args.attributes is None
+    assert args.amp is None and args.device == "cpu"  # a resumed run may move to another device
 
 
 def test_run_folder_state_from_the_checkpoint(tmp_path):
@@ -206,7 +234,7 @@ def test_run_folder_state_from_the_checkpoint(tmp_path):
 def test_evaluation_command_and_child_environment(tmp_path):
     command = tj.evaluation_command("m.safetensors", "cohort", tmp_path, splits=2, repeats=1, python="PY")
     assert command[:4] == ["PY", "-m", "src_train", "evaluate"] and command[-1] == "--write-heads"
-    assert command[command.index("--splits") + 1] == "2"
+    assert command[command.index("--splits") + 1] == "2" and command[command.index("--device") + 1] == "auto"
     with pytest.raises(ValueError):
         tj.evaluation_command("m", "c", tmp_path, splits=1)
     assert tj.evaluation_command("m", "c", tmp_path, allow_overlap=True)[-1] == "--allow-overlap"
@@ -303,6 +331,67 @@ def test_resumed_run_shows_its_earlier_epochs(tmp_path):
     assert tj.read_training_log(tmp_path / "none") == []
 
 
+LOG = ("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
+       "0,4,1.1,0.0002,0.8,0.25,1.0,2.5\n1,8,0.9,0.0002,0.7,0.25,1.0,2.5\n")
+
+
+def test_a_resumed_run_shows_its_whole_loss_curve(tmp_path):
+    """The checkpoint keeps every step's loss across resumes: the curve starts at step 1."""
+    run = tmp_path / "run"
+    losses = [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1]
+    _fake_checkpoint(run, {**STATE, "next_epoch": 2, "next_batch": 2, "step": 10, "loss_history": losses,
+                           "epoch_losses": [1.2, 1.1]})
+    (run / "log.csv").write_text(LOG)
+    assert tj.read_loss_history(run) == list(enumerate(losses, 1))
+    progress = tj.TrainingProgress()
+    progress.add_run_history(run)
+    progress.apply({"event": "resumed", "epoch": 2, "batch": 2, "step": 10})
+    for step, loss in ((11, 1.0), (12, 0.9)):
+        progress.apply({"event": "step", "epoch": 2, "step": step, "loss": loss, "total_steps": 120})
+    steps, train, val_steps, val = progress.curves()
+    assert steps == list(range(1, 13)) and train == [*losses, 1.0, 0.9]
+    assert (val_steps, val) == ([4, 8], [0.8, 0.7])
+    # what an interrupted attempt showed beyond the checkpoint is done again: left out at the resume
+    progress = tj.TrainingProgress()
+    progress.apply({"event": "step", "epoch": 2, "step": 11, "loss": 5.0, "total_steps": 120})
+    progress.add_run_history(run)
+    progress.apply({"event": "resumed", "epoch": 2, "batch": 2, "step": 10})
+    assert progress.curves()[0] == list(range(1, 11))
+
+
+def test_a_run_of_an_earlier_version_shows_its_epochs_then_its_steps(tmp_path):
+    """Checkpoints without the step history: epoch means from log.csv, then the stopped epoch's steps."""
+    run = tmp_path / "run"
+    _fake_checkpoint(run, {**STATE, "next_epoch": 2, "next_batch": 2, "step": 10, "epoch_losses": [1.2, 1.1]})
+    (run / "log.csv").write_text(LOG + "2,12,0.5,0.0002,0.6,0.25,1.0,2.5\n")  # logged after the checkpoint
+    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (9, 1.2), (10, 1.1)]
+    # resumed from such a checkpoint: the history covers the steps after it only
+    _fake_checkpoint(run, {**STATE, "next_epoch": 3, "next_batch": 0, "step": 12, "loss_history": [0.6, 0.5]})
+    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (11, 0.6), (12, 0.5)]
+    (run / tj.CHECKPOINT_FILE).unlink()
+    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (12, 0.5)]  # a log without checkpoint
+    assert tj.read_loss_history(tmp_path / "none") == []
+
+
+def test_an_earlier_run_folder_gives_back_its_curve_model_and_evaluation(tmp_path):
+    run = tmp_path / "run"
+    _fake_checkpoint(run, {**STATE, "next_epoch": 2, "next_batch": 0, "step": 8, "loss_history": [1.0] * 8})
+    (run / "log.csv").write_text(LOG)
+    (run / "best.safetensors").write_bytes(b"")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "evaluation.csv").write_text(EVALUATION_CSV)
+    (run / "evaluation" / "evaluation.md").write_text("**WARNING: in-sample table: 2 of the 2 ...**\n")
+    results = tj.read_run_results(run)
+    assert results.model == run / "best.safetensors" and len(results.evaluation) == 2 and results.in_sample
+    p = results.progress
+    assert (p.step, p.steps_per_epoch, p.total_steps) == (8, 4, 120) and len(p.curves()[0]) == 8
+    assert results.describe() == ("earlier run in run: 2 epochs; model best.safetensors; its evaluation below "
+                                  "(IN-SAMPLE: not a result)")
+    (run / "evaluation" / "evaluation.csv").write_text("a,b\n")
+    assert "not an evaluation table" in tj.read_run_results(run).evaluation_problem
+    assert tj.read_run_results(tmp_path / "none").empty and tj.read_run_results(tmp_path).empty
+
+
 def test_exit_codes_in_words():
     level, text = tj.describe_exit("train", 3, False, checkpoint="/run/last.safetensors")
     assert level == "info" and text == ("stopped; checkpoint saved at /run/last.safetensors; "
@@ -329,13 +418,53 @@ def test_evaluation_table_is_read_with_types(tmp_path):
     assert len(rows) == 2
     assert rows[0]["n_patients"] == 40 and rows[0]["auc"] == 0.625 and rows[0]["feature_set"] == "MEDIMP"
     assert rows[1]["n_patients"] is None and rows[1]["auc"] is None
-    cells = tj.evaluation_display_rows(rows)
-    assert cells[0][0] == ["MEDIMP", "2y", "0.62 [0.50-0.75]", "0.50", "40 (20 pos.)", "ok"]
-    assert cells[1][0][2] == "–" and cells[1][0][4] == "" and "2 positive" in cells[1][1]
-    assert len(tj.DISPLAY_COLUMNS) == len(cells[0][0])
+    lines = tj.evaluation_lines(rows)
+    assert [line.heading for line in lines] == [True, False, False]
+    assert lines[0].cells == ["Graft dysfunction at 2 years\n40 patients, 20 with graft dysfunction"]
+    assert lines[1].cells == ["MEDIMP", "0.62 (0.50–0.75)", "0.50", "ok"] and not lines[1].flagged
+    assert lines[2].cells == ["clinical\nvalues only", "–", "–", "not enough\npatients"] and lines[2].flagged
+    assert "2 positive" in lines[2].tooltip and "clinical values only" in lines[2].tooltip
+    assert len(tj.DISPLAY_COLUMNS) == len(tj.COLUMN_HINTS) == len(lines[1].cells)
     # a table of the first release (fold mean and std) still reads
     old = {"feature_set": "MEDIMP", "horizon": "2y", "auc_mean": 0.7, "auc_std": 0.1, "f1_mean": 0.6}
-    assert tj.evaluation_display_rows([old])[0][0][2:4] == ["0.70 ± 0.10", "0.60"]
+    assert tj.evaluation_lines([old])[1].cells[1:3] == ["0.70 ± 0.10", "0.60"]
+
+
+def _row(n, pos, auc, name="MEDIMP", horizon="2y"):
+    return {"feature_set": name, "horizon": horizon, "n_patients": n, "n_positive": pos, "auc": auc,
+            "auc_low": max(0.0, auc - 0.2), "auc_high": min(1.0, auc + 0.2), "f1": 0.5, "status": "ok"}
+
+
+@pytest.mark.parametrize("n, pos, auc, flags", [
+    (6, 4, 0.25, ["too few patients", "weak"]),  # what a short run on a small cohort gives
+    (120, 40, 0.81, []),
+    (30, 10, 0.6, []),  # the thresholds themselves are enough
+    (29, 10, 0.8, ["too few patients"]),
+    (100, 9, 0.8, ["too few patients"]),  # 9 patients with dysfunction
+    (100, 91, 0.8, ["too few patients"]),  # 9 without
+    (100, 50, 0.59, ["weak"]),
+])
+def test_an_evaluation_too_small_or_too_weak_is_flagged(n, pos, auc, flags):
+    assert tj.reliability(_row(n, pos, auc)) == flags
+    line = tj.evaluation_lines([_row(n, pos, auc)])[1]
+    assert line.flagged == bool(flags) and line.cells[-1] == ("\n".join(flags) or "ok")
+    assert bool(tj.evaluation_warnings([_row(n, pos, auc)])) == bool(flags)
+
+
+def test_the_flags_are_said_in_words():
+    rows = [_row(6, 4, 0.25), _row(6, 4, 0.7, "clinical values only"), _row(6, 4, 0.3, "untrained encoder"),
+            _row(6, 4, 0.8, horizon="3y"), _row(100, 50, 0.55, horizon="4y")]
+    warnings = tj.evaluation_warnings(rows)
+    assert warnings == [
+        "Graft dysfunction at 2 and 3 years: only 6 patients (4 with graft dysfunction, 2 without), too few "
+        f"to rely on these numbers; at least {tj.MIN_PATIENTS} patients, {tj.MIN_PER_OUTCOME} with and "
+        f"{tj.MIN_PER_OUTCOME} without dysfunction, are needed.",
+        "AUC below 0.6 (MEDIMP at 2 years: 0.25; MEDIMP at 4 years: 0.55): the model barely tells the patients who "
+        "will have graft dysfunction from those who will not (0.5 is chance)."]
+    lines = tj.evaluation_lines(rows)
+    assert [line.flagged for line in lines if line.heading] == [True, True, False]
+    assert "Too few patients" in lines[0].tooltip
+    assert lines[3].cells[-1] == "too few patients\nweak"  # the untrained encoder: flagged in its row only
 
 
 def test_evaluation_table_problems(tmp_path):
@@ -358,7 +487,7 @@ def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
     rows = tj.read_evaluation_table(write_csv(result.table, tmp_path / "evaluation.csv"))
     assert [r["horizon"] for r in rows] == ["2y"]
     assert isinstance(rows[0]["auc"], float) and rows[0]["n_patients"] == 12
-    assert tj.evaluation_display_rows(rows)[0][0][2].count("[") == 1
+    assert tj.evaluation_lines(rows)[1].cells[1].count("(") == 1
 
 
 def test_module_needs_no_qt():

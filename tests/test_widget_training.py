@@ -191,6 +191,7 @@ def _start(qtbot, widget, cohort, tiny_config, out, epochs, probe=None):
 def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, notes, qtbot, cohort, tiny_config,
                                                                      tmp_path):
     from napari_medimp._widgets.training_form import inspect_run_folder
+    from napari_medimp.core.training_run import read_checkpoint_state
 
     viewer, widget = dialog
     run = tmp_path / "run"
@@ -216,9 +217,13 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
     stopped_at = widget.progress.step
     assert inspect_run_folder(run).step == stopped_at
 
-    # Start again: Resume is ticked, the run's own settings apply, training goes on from the checkpoint
+    first_losses = dict(widget.progress.step_losses)
+    assert sorted(first_losses) == list(range(1, stopped_at + 1))
+
+    # Start again: Resume is offered, the run's own settings apply, training goes on from the checkpoint
     assert widget.resume_check.isEnabled() and widget.resume_check.isChecked()
-    assert not widget.preset_combo.isEnabled() and widget.epochs_spin.isEnabled()
+    assert not widget.preset_combo.isEnabled() and not widget.precision_combo.isEnabled()
+    assert widget.epochs_spin.isEnabled() and widget.device_combo.isEnabled()
     results = []
     widget.run_finished.connect(lambda phase, code: results.append((phase, code)))
     _click(qtbot, widget.start_button)
@@ -226,6 +231,12 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
     qtbot.waitUntil(lambda: widget.progress.step > stopped_at, timeout=120_000)
     assert widget.progress.first_step == stopped_at  # the "resumed" event
     pid = widget.child.process.processId()
+    # the loss plot shows the whole curve: the steps before the stop (read back from the run folder), then these
+    qtbot.waitUntil(lambda: len(widget.loss_plot.train_line.get_xdata()) > stopped_at, timeout=30_000)
+    steps, losses, _, _ = widget.progress.curves()
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > stopped_at
+    assert list(widget.loss_plot.train_line.get_xdata()[:stopped_at]) == list(range(1, stopped_at + 1))
+    assert losses[:stopped_at] == pytest.approx([first_losses[s] for s in range(1, stopped_at + 1)])
 
     # closing the viewer stops the run the same way (napari lists it among the window's busy tasks)
     assert any("napari-medimp" in task for task in viewer.window._task_status_manager.get_status())
@@ -233,11 +244,17 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
     assert results == [("train", 3)] and not _pid_alive(pid)
     assert inspect_run_folder(run).step > stopped_at
     assert probe.ticks > 10  # the main thread kept running while the child process trained
+    # the run folder holds the loss of every step of both parts, as the dialog saw them
+    state = read_checkpoint_state(run)
+    assert len(state["loss_history"]) == state["step"]
+    seen = dict(widget.progress.step_losses)
+    assert state["loss_history"] == pytest.approx([seen[s] for s in range(1, state["step"] + 1)])
 
 
 @pytest.mark.slow  # a 2-epoch training and its evaluation: about 40 s on 2 idle cores
 def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
     from napari_medimp._widgets import _registry
+    from napari_medimp._widgets.training_form import evaluation_lines
 
     viewer, widget = dialog
     run = tmp_path / "run"
@@ -256,9 +273,11 @@ def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_co
     assert widget.model_path == model and model.exists()
     assert widget.status_label.text().startswith("done: model")
     # the table of the evaluation
-    assert widget.table.rowCount() == len(widget.evaluation_rows) > 0
-    assert widget.table.item(0, 0).text() == "MEDIMP"
-    assert re.fullmatch(r"\d\.\d\d \[\d\.\d\d-\d\.\d\d\]", widget.table.item(0, 2).text())  # AUC [95 % interval]
+    assert widget.table.rowCount() == len(evaluation_lines(widget.evaluation_rows)) > len(widget.evaluation_rows) > 0
+    assert widget.table.item(0, 0).text().startswith("Graft dysfunction at")  # a horizon's heading
+    assert widget.table.item(1, 0).text() == "MEDIMP"
+    assert re.fullmatch(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)", widget.table.item(1, 1).text())  # AUC (95 % CI)
+    assert "too few patients" in widget.evaluation_note.text()  # 4 patients
     assert (run / "evaluation" / "evaluation.csv").exists()
     assert json.loads(model.with_suffix(".json").read_text())["prognosis"], "heads stored in the model file"
     # the loss plot holds every step and both epochs
@@ -418,11 +437,13 @@ def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot
     commands = []
 
     def evaluation_command(model, cohort, out, splits, repeats, **options):
-        commands.append((model, cohort, out, splits, repeats))
+        commands.append((model, cohort, out, splits, repeats, options["device"]))
         return [sys.executable, "-c", FAKE_EVALUATION, "--out", str(out)]
 
     monkeypatch.setattr(training.tj, "evaluation_command", evaluation_command)
-    widget.set_form(splits=4, repeats=3)
+    _fake_run_folder(tmp_path, evaluation=False)  # a stopped run, resumed below
+    widget.set_form(splits=4, repeats=3, out=tmp_path, resume=True)
+    assert widget.resume_check.isChecked()
     widget._run_cohort = tmp_path / "cohort"
     phases = []
     widget.run_finished.connect(lambda phase, code: phases.append((phase, code)))
@@ -430,22 +451,186 @@ def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot
     _fake_run(widget, tmp_path, "done", model)
     qtbot.waitUntil(lambda: len(phases) == 2, timeout=30_000)
     assert phases == [("train", 0), ("evaluate", 0)]
-    assert commands == [(model, tmp_path / "cohort", tmp_path / "evaluation", 4, 3)]
+    assert commands == [(model, tmp_path / "cohort", tmp_path / "evaluation", 4, 3, "auto")]
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 2
-    assert [widget.table.item(0, c).text() for c in range(3)] == ["MEDIMP", "2y", "0.75 [0.65-0.85]"]
+    assert widget.table.item(0, 0).text() == "Graft dysfunction at 2 years\n10 patients, 4 with graft dysfunction"
+    assert [widget.table.item(1, c).text() for c in range(4)] == ["MEDIMP", "0.75 (0.65–0.85)", "0.60",
+                                                                  "too few patients"]
+    assert widget.evaluation_note.isVisible() and "only 10 patients" in widget.evaluation_note.text()
     assert widget.use_button.isEnabled() and widget.model_path == model
     assert widget.status_label.text().startswith("done: model") and not notes["error"]
+    assert not widget.resume_check.isChecked()  # Resume was for that run
     assert len(widget.loss_plot.train_line.get_xdata()) == 2 and len(widget.loss_plot.val_line.get_xdata()) == 1
 
 
 def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_path):
     _, widget = dialog
+    _fake_run_folder(tmp_path, evaluation=False)
+    widget.set_form(out=tmp_path, resume=True)
+    assert widget.resume_check.isChecked()
     with qtbot.waitSignal(widget.run_finished, timeout=20_000) as finished:
         _fake_run(widget, tmp_path, "fail")
     assert finished.args == ["train", 1]
     assert "exit code 1" in notes["error"][-1] and "ValueError: the cohort is broken" in notes["error"][-1]
     assert widget.status_label.text() == "training failed (exit code 1): ValueError: the cohort is broken"
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.resume_check.isEnabled() and not widget.resume_check.isChecked()  # offered, not chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# an earlier run's folder, written as the trainer and the evaluation write it (no training needed)
+# --------------------------------------------------------------------------------------------------
+FEATURE_SETS = ("MEDIMP", "MEDIMP + clinical", "untrained encoder", "clinical values only", "oracle image reader",
+                "oracle + clinical")
+#: loss of each of the 12 steps of a run stopped after 3 of its 30 epochs of 4 steps
+LOSSES = [2.1, 2.0, 2.05, 1.9, 1.85, 1.9, 1.7, 1.75, 1.6, 1.62, 1.55, 1.5]
+
+
+def _fake_run_folder(run: Path, evaluation: bool = True, patients: int = 6, positive: int = 4) -> Path:
+    """A run folder as the trainer leaves it after 3 epochs (checkpoint with its state, log, best model) and,
+    with ``evaluation``, as the evaluation leaves it (a table on ``patients`` patients, MEDIMP's AUC 0.25)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from napari_medimp.core.training_run import STATE_KEY
+
+    run.mkdir(parents=True, exist_ok=True)
+    config = {"epochs": 30, "batch_size": 2, "attributes": ["gfr", "exam"], "amp": "off", "device": "auto"}
+    state = {"next_epoch": 3, "next_batch": 0, "step": 12, "best_val_loss": 1.6, "loss_history": LOSSES,
+             "epoch_losses": [], "config": config}
+    save_file({"model.w": np.zeros(2, np.float32)}, str(run / "last.safetensors"),
+              metadata={STATE_KEY: json.dumps(state)})
+    (run / "last.json").write_text(json.dumps(state))
+    (run / "train_config.json").write_text(json.dumps(config))
+    (run / "log.csv").write_text("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
+                                 "0,4,2.01,0.0003,1.9,0.2,1.0,2.5\n1,8,1.8,0.0003,1.7,0.2,1.0,2.4\n"
+                                 "2,12,1.59,0.0003,1.6,0.3,1.0,2.2\n")
+    (run / "best.safetensors").write_bytes(b"")
+    if evaluation:
+        rows = ["feature_set,horizon,n_patients,n_positive,auc,auc_low,auc_high,f1,f1_low,f1_high,brier,brier_low,"
+                "brier_high,status,message"]
+        for horizon in ("2y", "3y", "4y"):
+            for name in FEATURE_SETS:
+                auc = 0.25 if name == "MEDIMP" else 0.72
+                rows.append(f"{name},{horizon},{patients},{positive},{auc},0.0,1.0,0.57,0.0,1.0,0.3,0.1,0.5,ok,")
+        (run / "evaluation").mkdir(exist_ok=True)
+        (run / "evaluation" / "evaluation.csv").write_text("\n".join(rows) + "\n")
+        (run / "evaluation" / "evaluation.md").write_text("# Prognosis evaluation\n")
+    return run
+
+
+def _line_widths(metrics, text: str) -> int:
+    return max(metrics.horizontalAdvance(line) for line in text.split("\n"))
+
+
+def test_an_earlier_run_folder_shows_its_curve_table_and_model(dialog, notes, qtbot, tmp_path):
+    _, widget = dialog
+    run = _fake_run_folder(tmp_path / "run")
+    widget.out_edit.setText(str(run))  # as typed: the dialog looks at the folder when the typing pauses
+    qtbot.waitUntil(lambda: widget.table.rowCount() > 0, timeout=10_000)
+    assert widget.status_label.text() == ("earlier run in run: 3 epochs; model best.safetensors; "
+                                          "its evaluation below")
+    assert widget.table.rowCount() == 3 * (1 + len(FEATURE_SETS))
+    assert widget.table.item(1, 0).text() == "MEDIMP" and widget.table.item(1, 1).text() == "0.25 (0.00–1.00)"
+    assert widget.use_button.isEnabled() and widget.model_path == run / "best.safetensors"
+    # the whole loss curve, on axes that span the run's 30 epochs
+    plot = widget.loss_plot
+    assert list(plot.train_line.get_xdata()) == list(range(1, 13))
+    assert list(plot.train_line.get_ydata()) == pytest.approx(LOSSES)
+    assert list(plot.val_line.get_xdata()) == [4, 8, 12]
+    assert plot.axes.get_xlim() == (0, 120)
+    assert widget.progress_bar.value() == 12 and widget.progress_bar.maximum() == 120
+    assert widget.resume_check.isEnabled() and "3/30 epochs done" in widget.resume_check.text()
+    # an empty folder shows nothing of it
+    widget.set_form(out=tmp_path / "new")
+    assert widget.table.rowCount() == 0 and not widget.evaluation_note.isVisible()
+    assert len(plot.train_line.get_xdata()) == 0 and not widget.use_button.isEnabled()
+    assert not notes["error"] and not notes["warning"]
+
+
+def test_the_evaluation_table_is_readable_at_napari_s_default_size(dialog, qtbot, tmp_path):
+    """At napari's default window size the table fits its dock: every header and every cell whole, no
+    horizontal scrolling; a table on 6 patients with an AUC of 0.25 says both in words."""
+    from qtpy.QtGui import QFontMetrics
+
+    viewer, widget = dialog
+    viewer.window.resize(1089, 630)
+    qtbot.waitUntil(lambda: viewer.window.geometry()[2:] == (1089, 630), timeout=5_000)
+    widget.set_form(out=_fake_run_folder(tmp_path / "run"))
+    table = widget.table
+    qtbot.waitUntil(lambda: table.rowCount() > 0 and table.viewport().width() > 0, timeout=10_000)
+    qtbot.wait(50)
+    header = table.horizontalHeader()
+    widths = [header.sectionSize(c) for c in range(table.columnCount())]
+    header_metrics = header.fontMetrics()
+    for c in range(table.columnCount()):
+        title = table.horizontalHeaderItem(c).text()
+        assert widths[c] >= header_metrics.horizontalAdvance(title), title
+        assert table.horizontalHeaderItem(c).toolTip()  # the column's full meaning
+    for r in range(table.rowCount()):
+        for c in range(table.columnCount()):
+            item = table.item(r, c)
+            if item is None:
+                continue  # under a heading's span
+            metrics = QFontMetrics(item.font())
+            room = sum(widths[c:c + table.columnSpan(r, c)])
+            assert _line_widths(metrics, item.text()) <= room, (r, c, item.text())
+            assert table.rowHeight(r) >= metrics.lineSpacing() * item.text().count("\n") + metrics.height()
+            assert item.toolTip()
+    assert sum(widths) <= table.viewport().width() and table.horizontalScrollBar().maximum() == 0
+    # in words, for every row and below the table
+    medimp = [table.item(r, 3).text() for r in range(table.rowCount()) if table.item(r, 0).text() == "MEDIMP"]
+    assert medimp == ["too few patients\nweak"] * 3
+    assert widget.evaluation_note.isVisible()
+    note = widget.evaluation_note.text()
+    assert "Graft dysfunction at 2, 3 and 4 years: only 6 patients (4 with graft dysfunction" in note
+    assert "AUC below 0.6" in note and "MEDIMP at 2 years: 0.25" in note
+    # the picture: the dialog drawn in its dock, each column's header text drawn inside the table
+    import numpy as np
+    from PIL import Image
+
+    shot = tmp_path / "dialog.png"
+    widget.content.grab().save(str(shot))
+    _assert_not_blank(shot)
+    assert table.geometry().right() <= widget.content.width()
+    table.grab().save(str(tmp_path / "table.png"))
+    pixels = np.asarray(Image.open(tmp_path / "table.png").convert("L"), dtype=float)
+    top = header.geometry().top()
+    for c in range(table.columnCount()):
+        x = table.viewport().geometry().left() + header.sectionViewportPosition(c)
+        cell = pixels[top + 2:top + header.height() - 2, x + 2:x + widths[c] - 2]
+        assert cell.std() > 10, f"no header text drawn in column {c}"
+
+
+def test_device_and_precision_reach_the_training_process(dialog, qtbot, monkeypatch, cohort, tmp_path):
+    from napari_medimp._widgets.training_process import ChildProcess
+    from napari_medimp.core.inference import available_devices
+
+    _, widget = dialog
+    devices = available_devices()
+    assert [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())] == [
+        "auto", *(d for d in ("cuda", "mps") if d in devices), "cpu"]
+    assert [widget.precision_combo.itemData(i) for i in range(widget.precision_combo.count())] == [
+        "auto", "bf16", "fp16", "off"]
+    started = []
+    monkeypatch.setattr(ChildProcess, "start", lambda self, phase, program, args, **kw: started.append(args))
+    run = tmp_path / "run"
+    widget.set_form(cohort=cohort, out=run, epochs=2, device="cpu", amp="fp16")
+    _click(qtbot, widget.start_button)
+    assert not started and "fp16 needs a CUDA GPU" in widget._errors["amp"].text()
+    widget.set_form(amp="bf16")
+    assert not widget._errors["amp"].isVisible()
+    _click(qtbot, widget.start_button)
+    args = started[-1]
+    assert args[args.index("--device") + 1] == "cpu" and args[args.index("--amp") + 1] == "bf16"
+    # resumed, the run keeps its own precision (shown, not editable); the device may change
+    widget._set_running(False)
+    _fake_run_folder(run, evaluation=False)
+    widget.set_form(out=run, resume=True, device="auto")
+    assert widget.precision_combo.currentData() == "off" and not widget.precision_combo.isEnabled()
+    _click(qtbot, widget.start_button)
+    args = started[-1]
+    assert "--resume" in args and "--amp" not in args and args[args.index("--device") + 1] == "auto"
 
 
 def test_napari_task_list_hooks_exist():

@@ -12,7 +12,9 @@ Cancel sends SIGTERM: the training finishes its step, writes ``RUN/last.safetens
 the same way and waits for it, so no process outlives the window.
 
 A finished training is evaluated in a second process (``python -m src_train evaluate --write-heads``):
-its table is shown and "Use in MEDIMP analysis" hands the model file to the analysis widget.
+its table is shown, with what makes it unreliable said in words (too few patients, a weak AUC), and
+"Use in MEDIMP analysis" hands the model file to the analysis widget. An output folder that holds an earlier
+run shows what it left: its whole loss curve (across resumes), its evaluation table and its model.
 """
 
 import functools
@@ -25,7 +27,7 @@ import napari
 import napari.viewer
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtGui import QFontDatabase
+from qtpy.QtGui import QBrush, QColor, QFontDatabase
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -61,6 +63,7 @@ WIDGET_NAME = "MEDIMP training"
 ANALYSIS_WIDGET_NAME = "MEDIMP graft analysis"
 _ERROR_STYLE = "color: #e0555f;"
 _NOTE_STYLE = "color: #e3b617;"
+_NOTE_COLOR = "#e3b617"
 
 def _slot(method):
     """A Qt slot that reports its errors as napari notifications instead of raising into Qt."""
@@ -109,10 +112,13 @@ class TrainingWidget(QWidget):
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._run_cohort: Path | None = None
         self._run_out: Path | None = None
+        self._run_device = "auto"
         self._task_id = None
         self._task_epoch: int | None = None
         self._progress_dirty = False
         self._devices = self._available_devices()
+        #: the output folder whose earlier run the dialog shows (None: none shown)
+        self._shown_run: Path | None = None
 
         self._build()
         self._fill_defaults()
@@ -233,6 +239,19 @@ class TrainingWidget(QWidget):
         self.batch_spin.setToolTip("exams per contrastive batch (each exam's negatives are the others)")
         self.batch_spin.valueChanged.connect(lambda *_: self._touch("batch_size"))
         form.addRow("Batch size", self._with_error("batch_size", self.batch_spin))
+        self.device_combo = QComboBox()
+        for key in tj.device_choices(self._devices):
+            self.device_combo.addItem(tj.DEVICE_LABELS[key], key)
+        self.device_combo.setToolTip("where the training and the evaluation run; auto takes a CUDA GPU, then an "
+                                     "Apple GPU, then the CPU. A resumed run may move to another device")
+        self.device_combo.currentIndexChanged.connect(lambda *_: self._touch("device"))
+        form.addRow("Device", self._with_error("device", self.device_combo))
+        self.precision_combo = QComboBox()
+        for key in tj.AMP_MODES:
+            self.precision_combo.addItem(tj.PRECISION_LABELS[key], key)
+        self.precision_combo.setToolTip(tj.PRECISION_HINT)
+        self.precision_combo.currentIndexChanged.connect(lambda *_: self._touch("amp"))
+        form.addRow("Precision", self._with_error("amp", self.precision_combo))
         attributes = QWidget()
         grid = QGridLayout(attributes)
         grid.setContentsMargins(0, 0, 0, 0)
@@ -301,8 +320,12 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.loss_plot)
 
         self.table = QTableWidget(0, len(tj.DISPLAY_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(tj.DISPLAY_COLUMNS))
+        for c, (title, hint) in enumerate(zip(tj.DISPLAY_COLUMNS, tj.COLUMN_HINTS, strict=True)):
+            header = QTableWidgetItem(title)
+            header.setToolTip(hint)
+            self.table.setHorizontalHeaderItem(c, header)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(False)  # the cells carry their own line breaks: a narrow dock shows them whole
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -310,6 +333,12 @@ class TrainingWidget(QWidget):
         self.table.setToolTip("prognosis of graft dysfunction by patient-level cross-validation "
                               "(AUC with its 95 % interval over patients); hover a row for details")
         layout.addWidget(self.table)
+        self.evaluation_note = QLabel()
+        self.evaluation_note.setWordWrap(True)
+        self.evaluation_note.setStyleSheet(_NOTE_STYLE)
+        self.evaluation_note.setVisible(False)
+        self.evaluation_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.evaluation_note)
         self.use_button = QPushButton("Use in MEDIMP analysis")
         self.use_button.setToolTip("load the trained model into the MEDIMP graft analysis widget")
         self.use_button.clicked.connect(self._on_use_clicked)
@@ -327,7 +356,8 @@ class TrainingWidget(QWidget):
         self._form_widgets = [self.cohort_edit, self.cohort_folder_button, self.cohort_csv_button,
                               self.out_edit, self.out_button, self.resume_check, self.config_edit,
                               self.config_button, self.preset_combo, self.epochs_spin, self.batch_spin,
-                              *self.attribute_checks.values(), self.splits_spin, self.repeats_spin]
+                              self.device_combo, self.precision_combo, *self.attribute_checks.values(),
+                              self.splits_spin, self.repeats_spin]
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(300)
@@ -365,10 +395,14 @@ class TrainingWidget(QWidget):
             attributes=tuple(k for k, check in self.attribute_checks.items() if check.isChecked()),
             config=self.config_edit.text().strip() or None,
             resume=self.resume_check.isChecked(),
+            device=self.device_combo.currentData(),
+            amp=self.precision_combo.currentData(),
+            devices=tuple(self._devices),
         )
 
     def set_form(self, *, cohort=None, out=None, preset=None, epochs=None, batch_size=None,
-                 attributes=None, config=None, resume=None, splits=None, repeats=None) -> None:
+                 attributes=None, config=None, resume=None, splits=None, repeats=None, device=None,
+                 amp=None) -> None:
         """Fill the form (what a user would type); ``None`` leaves a field as it is."""
         if cohort is not None:
             self.cohort_edit.setText(str(cohort))
@@ -380,6 +414,7 @@ class TrainingWidget(QWidget):
         if out is not None:
             self.out_edit.setText(str(out))
             self._refresh_run_folder()
+            self._show_run_folder()
         if resume is not None:
             self.resume_check.setChecked(bool(resume))
         if epochs is not None:
@@ -393,7 +428,18 @@ class TrainingWidget(QWidget):
             self.splits_spin.setValue(int(splits))
         if repeats is not None:
             self.repeats_spin.setValue(int(repeats))
+        if device is not None:
+            self._select(self.device_combo, device)
+        if amp is not None:
+            self._select(self.precision_combo, amp)
         self._refresh_errors()
+
+    @staticmethod
+    def _select(combo: QComboBox, key: str) -> bool:
+        index = combo.findData(key)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+        return index >= 0
 
     def _touch(self, key: str) -> None:
         self._touched.add(key)
@@ -402,6 +448,7 @@ class TrainingWidget(QWidget):
     @_slot
     def _on_form_changed(self) -> None:
         self._refresh_run_folder()
+        self._show_run_folder()
         self._refresh_errors()
 
     def _refresh_errors(self, problems: dict | None = None) -> dict:
@@ -422,6 +469,8 @@ class TrainingWidget(QWidget):
         touched = set(self._touched)
         self.epochs_spin.setValue(values["epochs"])
         self.batch_spin.setValue(values["batch_size"])
+        self._select(self.device_combo, values["device"])  # a device absent here stays as chosen
+        self._select(self.precision_combo, values["amp"])
         self._touched = touched
 
     @_slot
@@ -451,11 +500,20 @@ class TrainingWidget(QWidget):
         if not can_resume and self.resume_check.isChecked():
             self.resume_check.setChecked(False)
 
+    def _reset_resume(self) -> None:
+        """Untick Resume, leaving the form as it is (the run's settings stay, now editable)."""
+        if self.resume_check.isChecked():
+            self.resume_check.blockSignals(True)
+            self.resume_check.setChecked(False)
+            self.resume_check.blockSignals(False)
+            self._enable_run_settings()
+            self._refresh_errors()
+
     def _enable_run_settings(self) -> None:
         """With Resume the run's own settings apply: only the number of epochs stays editable."""
         editable = not self.resume_check.isChecked() and not self.is_running()
         for widget in (self.preset_combo, self.batch_spin, self.config_edit, self.config_button,
-                       *self.attribute_checks.values()):
+                       self.precision_combo, *self.attribute_checks.values()):
             widget.setEnabled(editable)
 
     @_slot
@@ -473,6 +531,8 @@ class TrainingWidget(QWidget):
             if config.get("attributes"):
                 for key, check in self.attribute_checks.items():
                     check.setChecked(key in config["attributes"])
+            if config.get("amp"):
+                self._select(self.precision_combo, str(config["amp"]))
         else:
             self._fill_defaults()
         self._refresh_errors()
@@ -559,14 +619,15 @@ class TrainingWidget(QWidget):
             show_warning(f"MEDIMP training: {warning}")
         command = options.command()
         self.progress = tj.TrainingProgress()
-        if options.resume:
-            self.progress.add_history(tj.read_training_log(options.out))
+        if options.resume:  # the whole curve: what the earlier parts of the run recorded, then this part
+            self.progress.add_run_history(Path(options.out).expanduser())
         self.model_path = None
-        self.evaluation_rows = []
         self.exit_code = None
-        self.table.setRowCount(0)
+        self._fill_table([])
         self._run_cohort = tj.resolve_cohort(options.cohort).absolute()
         self._run_out = Path(options.out).expanduser().absolute()
+        self._run_device = options.device
+        self._shown_run = self._run_out
         self.log_view.clear()
         self.loss_plot.reset_axes()  # the first losses of this run set the axes
         self._progress_dirty = True
@@ -664,6 +725,7 @@ class TrainingWidget(QWidget):
 
     def _train_finished(self, code: int, crashed: bool, cancelled: bool, killed: bool, message: str) -> None:
         p = self.progress
+        self._reset_resume()  # a Resume choice is for one run; a stopped run offers it again below
         if not crashed and code == 0 and p.done and p.model:
             self.model_path = Path(p.model)
             self._end_task("COMPLETED", "training finished")
@@ -713,7 +775,8 @@ class TrainingWidget(QWidget):
         cohort, in_sample = tj.evaluation_cohort(self.eval_cohort_edit.text(), self._run_cohort)
         self._evaluation_in_sample = in_sample
         command = tj.evaluation_command(self.model_path, cohort, out, self.splits_spin.value(),
-                                        self.repeats_spin.value(), allow_overlap=in_sample)
+                                        self.repeats_spin.value(), allow_overlap=in_sample,
+                                        device=self._run_device)
         self._launch("evaluate", command)
         where = "its own training patients (in-sample)" if in_sample else f"the patients of {cohort}"
         self._set_status(f"training finished; evaluating the model on {where} ({self.splits_spin.value()}-fold "
@@ -724,12 +787,13 @@ class TrainingWidget(QWidget):
         if not crashed and code == 0:
             self._end_task("COMPLETED", "evaluation finished")
             try:
-                self.evaluation_rows = tj.read_evaluation_table(self._run_out / "evaluation")
+                rows = tj.read_evaluation_table(self._run_out / "evaluation")
             except ValueError as exc:
                 self._set_status(f"evaluation finished but its table cannot be read: {exc}", error=True)
                 show_error(f"MEDIMP evaluation: {exc}")
                 return
-            self._fill_table(self.evaluation_rows)
+            self._fill_table(rows)
+            self._shown_run = self._run_out
             self._set_status(f"done: model {self.model_path}; evaluation in {self._run_out / 'evaluation'}")
             if getattr(self, "_evaluation_in_sample", False):
                 self._set_status(f"done: model {self.model_path}. IN-SAMPLE table: evaluated on the training "
@@ -750,19 +814,69 @@ class TrainingWidget(QWidget):
         show_error(f"MEDIMP {text}")
 
     def _fill_table(self, rows: list[dict]) -> None:
-        display = tj.evaluation_display_rows(rows)
-        self.table.setRowCount(len(display))
-        for r, (cells, tip) in enumerate(display):
-            for c, text in enumerate(cells):
+        """The evaluation table: per horizon a heading line (patients), then a row per feature set; what
+        makes it unreliable in words below it."""
+        self.evaluation_rows = list(rows)
+        lines = tj.evaluation_lines(rows)
+        self.table.clearSpans()
+        self.table.setRowCount(len(lines))
+        note = QBrush(QColor(_NOTE_COLOR))
+        for r, line in enumerate(lines):
+            for c, text in enumerate(line.cells):
                 item = QTableWidgetItem(text)
-                if tip:
-                    item.setToolTip(tip)
-                if c in (2, 3):
+                item.setToolTip(line.tooltip)
+                if line.heading:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                elif c in (1, 2):
                     item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+                if line.flagged and (line.heading or c == len(line.cells) - 1):
+                    item.setForeground(note)
                 self.table.setItem(r, c, item)
+            if line.heading:
+                self.table.setSpan(r, 0, 1, self.table.columnCount())
         self.table.resizeColumnsToContents()
-        header = self.table.horizontalHeader().length() + 4
-        self.table.setMinimumHeight(min(360, self.table.verticalHeader().length() + header))
+        self.table.resizeRowsToContents()
+        header = self.table.horizontalHeader().height() + 2 * self.table.frameWidth()
+        self.table.setMinimumHeight(min(360, max(120, self.table.verticalHeader().length() + header)))
+        warnings = tj.evaluation_warnings(rows)
+        self.evaluation_note.setText("\n".join(warnings))
+        self.evaluation_note.setVisible(bool(warnings))
+
+    def _show_run_folder(self) -> None:
+        """Show what the output folder's earlier run left (loss curve, evaluation table, model), once per
+        folder chosen; a folder without a run clears what an other folder showed."""
+        if self.is_running():
+            return
+        text = self.out_edit.text().strip()
+        path = Path(text).expanduser().absolute() if text else None
+        if path == self._shown_run:
+            return
+        self._shown_run = path
+        results = tj.read_run_results(path) if path is not None else None
+        if results is None or results.empty:
+            self.progress = tj.TrainingProgress()
+            self.model_path = None
+            self._fill_table([])
+            self._show_curves()
+            self.use_button.setEnabled(False)
+            self._set_status("Choose a cohort and an output folder, then Start.")
+            return
+        self.progress = results.progress or tj.TrainingProgress()
+        self.model_path = results.model
+        self._fill_table(results.evaluation)
+        self._show_curves()
+        self.use_button.setEnabled(self.model_path is not None)
+        self._set_status(results.describe(), error=results.in_sample or bool(results.evaluation_problem))
+
+    def _show_curves(self) -> None:
+        """The loss plot and progress bar of :attr:`progress` with fresh axes (another run)."""
+        self.loss_plot.reset_axes()
+        self._update_plot()
+        p = self.progress
+        self.progress_bar.setRange(0, max(1, p.total_steps or p.step))
+        self.progress_bar.setValue(min(p.step, max(1, p.total_steps or p.step)))
 
     # ------------------------------------------------------------------------------------------------
     # hand the model over

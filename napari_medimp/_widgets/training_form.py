@@ -6,13 +6,17 @@ does not need a GUI, so it can be tested (and reused by other front ends) on a h
 
 * :class:`TrainingOptions` -- the form, validated field by field (:meth:`TrainingOptions.problems`),
   turned into an argument list (:meth:`TrainingOptions.command`);
-* :func:`resolve_cohort`, :func:`read_config`, :func:`inspect_run_folder` -- the checks behind the form;
+* :func:`resolve_cohort`, :func:`read_config`, :func:`inspect_run_folder`, :func:`precision_problem` --
+  the checks behind the form;
 * :class:`LineSplitter` and :func:`parse_event` -- bytes from the child -> complete lines -> validated
   progress events (anything else is a log line);
 * :class:`TrainingProgress` -- the events folded into what the dialog shows (progress, status line,
-  loss curves);
-* :func:`evaluation_command`, :func:`read_evaluation_table`, :func:`evaluation_display_rows` -- the
-  evaluation that follows a finished training, and its table;
+  loss curves), with the earlier parts of a resumed run read back from its folder
+  (:meth:`TrainingProgress.add_run_history`, :func:`read_loss_history`);
+* :func:`evaluation_command`, :func:`read_evaluation_table`, :func:`evaluation_lines`,
+  :func:`evaluation_warnings` -- the evaluation that follows a finished training, its table and what
+  makes it too weak to rely on (:data:`MIN_PATIENTS`, :data:`MIN_PER_OUTCOME`, :data:`MIN_AUC`);
+* :func:`read_run_results` -- what an earlier run left in its folder (model, loss curve, evaluation);
 * :func:`describe_exit` -- a child's exit code in words.
 
 What the dialog and the trainer must agree on (options, presets, run files, exit codes, progress
@@ -28,6 +32,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +40,12 @@ from typing import Any
 
 from ..core.prompts import ATTRIBUTES
 from ..core.training_run import (
+    AMP_MODES,
+    BEST_MODEL,
     CHECKPOINT_FILE,
     EVENT_FIELDS,
     EXIT_STOPPED,
+    LAST_MODEL,
     LOG_FILE,
     PRESETS,
     RUN_FILES,
@@ -52,31 +60,44 @@ from ..core.training_run import (
 )
 
 __all__ = [
+    "AMP_MODES",
     "ATTRIBUTE_LABELS",
     "CHECKPOINT_FILE",
+    "DEVICE_LABELS",
     "DISPLAY_COLUMNS",
     "EVENT_FIELDS",
     "EXIT_STOPPED",
+    "MIN_AUC",
+    "MIN_PATIENTS",
+    "MIN_PER_OUTCOME",
+    "PRECISION_LABELS",
     "PRESET_LABELS",
     "RUN_FILES",
     "LineSplitter",
     "OptionsError",
     "RunFolder",
+    "RunResults",
+    "TableLine",
     "TrainingOptions",
     "TrainingProgress",
     "child_environment",
     "describe_exit",
+    "device_choices",
     "effective_defaults",
     "evaluation_command",
-    "evaluation_display_rows",
+    "evaluation_lines",
+    "evaluation_warnings",
     "inspect_run_folder",
     "nice_ceiling",
     "parse_event",
     "plot_limits",
+    "precision_problem",
     "preset_defaults",
     "preset_warning",
     "read_config",
     "read_evaluation_table",
+    "read_loss_history",
+    "read_run_results",
     "read_training_log",
     "resolve_cohort",
     "source_root",
@@ -85,6 +106,13 @@ __all__ = [
 PRESET_LABELS = {"cpu-small": "CPU small (tiny 3D ResNet)", "paper": "GPU paper (3D CLIP ResNet-50)"}
 ATTRIBUTE_LABELS = {"gfr": "GFR", "exam": "exam date", "creatinine": "creatinine stability",
                     "donor_age": "donor age"}
+#: the training device: "auto" is the trainer's choice (cuda, then mps, then cpu)
+DEVICE_LABELS = {"auto": "auto (GPU when present)", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
+#: the trainer's ``--amp`` choices (``core.training_run.AMP_MODES``), in words
+PRECISION_LABELS = {"auto": "auto", "bf16": "bf16 (mixed)", "fp16": "fp16 (mixed, CUDA)", "off": "off (float32)"}
+PRECISION_HINT = ("mixed precision of the training (the trainer's --amp): auto is bf16 on a GPU that supports it, "
+                  "else fp16 with loss scaling, and float32 on the CPU or an Apple GPU; bf16 runs on a CUDA GPU or "
+                  "the CPU; fp16 needs a CUDA GPU; off is float32 everywhere. The loss is always computed in float32")
 COHORT_HINT = ("a cohort folder holds clinical.csv (one row per patient, column patient_id) and the images "
                "as patient/exam/sequence/*.nii.gz")
 
@@ -100,17 +128,20 @@ class OptionsError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # presets and configs
 # --------------------------------------------------------------------------------------------------
-def preset_defaults(preset: str) -> dict[str, int]:
-    """Epochs and batch size of a training preset (``core.training_run.PRESETS``)."""
+def preset_defaults(preset: str) -> dict[str, Any]:
+    """Epochs, batch size, device and precision (``amp``) of a training preset (``core.training_run.PRESETS``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
     values = PRESETS[preset]
     base = TrainConfig.__dataclass_fields__
-    return {key: int(values.get(key, base[key].default)) for key in ("epochs", "batch_size")}
+    out: dict[str, Any] = {key: int(values.get(key, base[key].default)) for key in ("epochs", "batch_size")}
+    out.update({key: str(values.get(key, base[key].default)) for key in ("device", "amp")})
+    return out
 
 
-def effective_defaults(preset: str, config: str | os.PathLike | None = None) -> dict[str, int]:
-    """Epochs and batch size the training would use: the preset's, overridden by a config file's.
+def effective_defaults(preset: str, config: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Epochs, batch size, device and precision the training would use: the preset's, overridden by a
+    config file's.
 
     An unreadable config is ignored here (:func:`read_config` reports it)."""
     values = preset_defaults(preset)
@@ -120,8 +151,12 @@ def effective_defaults(preset: str, config: str | os.PathLike | None = None) -> 
         except ValueError:
             return values
         for key in ("epochs", "batch_size"):
-            if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+            if is_int(data.get(key)):
                 values[key] = data[key]
+        if data.get("amp") in AMP_MODES:
+            values["amp"] = data["amp"]
+        if isinstance(data.get("device"), str) and data["device"]:
+            values["device"] = data["device"]
     return values
 
 
@@ -130,6 +165,27 @@ def preset_warning(preset: str, devices: Sequence[str]) -> str | None:
     if preset == "paper" and "cuda" not in devices:
         return (f"the paper preset ({preset_summary('paper')}) needs a CUDA GPU; none is available here: "
                 "use CPU small")
+    return None
+
+
+def device_choices(devices: Sequence[str]) -> list[str]:
+    """Devices the form offers: "auto" first, then those available here (``available_devices()``)."""
+    return ["auto", *(d for d in ("cuda", "mps") if d in devices), "cpu"]
+
+
+def precision_problem(amp: str, device: str, devices: Sequence[str]) -> str | None:
+    """Why a precision cannot run on a device (as the trainer would refuse it), or None.
+
+    ``device`` "auto" is the first of ``devices`` (cuda, then mps, then cpu). Whether a CUDA GPU has bf16
+    is known only to the trainer, which says so when it starts."""
+    if amp not in AMP_MODES:
+        return f"unknown precision {amp!r}; known: {', '.join(AMP_MODES)}"
+    kind = (devices[0] if devices else "cpu") if device == "auto" else device.split(":")[0]
+    where = {"cpu": "the CPU", "mps": "an Apple GPU", "cuda": "a CUDA GPU"}.get(kind, kind)
+    if amp == "fp16" and kind != "cuda":
+        return f"fp16 needs a CUDA GPU; the training would run on {where}: choose bf16, off or auto"
+    if amp == "bf16" and kind not in ("cuda", "cpu"):
+        return f"bf16 runs on a CUDA GPU or the CPU, not on {where}: choose off or auto"
     return None
 
 
@@ -236,6 +292,77 @@ def inspect_run_folder(path: str | os.PathLike) -> RunFolder:
     return run
 
 
+@dataclass
+class RunResults:
+    """What an earlier run left in its folder, for the dialog to show again."""
+
+    path: Path
+    #: its loss curve (None: no loss recorded)
+    progress: TrainingProgress | None = None
+    #: its model file (best validation loss, else the last epoch's)
+    model: Path | None = None
+    #: rows of its evaluation table (``evaluation/evaluation.csv``)
+    evaluation: list[dict] = field(default_factory=list)
+    #: why its evaluation table cannot be read
+    evaluation_problem: str | None = None
+    #: its evaluation is marked in-sample (on the training patients)
+    in_sample: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.progress is None and self.model is None and not self.evaluation and not self.evaluation_problem
+
+    def describe(self) -> str:
+        """Words for the status line, e.g. ``earlier run: 12 epochs; model best.safetensors; evaluation below``."""
+        parts = []
+        if self.progress is not None and self.progress.epoch_metrics:
+            parts.append(f"{len(self.progress.epoch_metrics)} epochs")
+        elif self.progress is not None:
+            parts.append(f"{self.progress.step} steps")
+        parts.append(f"model {self.model.name}" if self.model else "no model file yet")
+        if self.evaluation:
+            parts.append("its evaluation below" + (" (IN-SAMPLE: not a result)" if self.in_sample else ""))
+        elif self.evaluation_problem:
+            parts.append(f"its evaluation cannot be read: {self.evaluation_problem}")
+        return f"earlier run in {self.path.name}: " + "; ".join(parts)
+
+
+def read_run_results(path: str | os.PathLike) -> RunResults:
+    """The loss curve, model file and evaluation table an earlier run left in ``path`` (each when present)."""
+    path = Path(path).expanduser()
+    results = RunResults(path=path)
+    if not path.is_dir():
+        return results
+    progress = TrainingProgress()
+    progress.add_run_history(path)
+    if progress.step_losses or progress.epoch_metrics:
+        steps = [s for s, _ in progress.step_losses] + [m["step"] for m in progress.epoch_metrics]
+        progress.step = max(steps)
+        state = _checkpoint_state(path)
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        if is_int(config.get("epochs")) and is_int(state.get("next_epoch")) and state["next_epoch"] > 0 \
+                and not state.get("next_batch") and is_int(state.get("step")):
+            progress.epochs = config["epochs"]
+            progress.steps_per_epoch = state["step"] // state["next_epoch"]
+            progress.total_steps = progress.epochs * progress.steps_per_epoch
+        results.progress = progress
+    for name in (BEST_MODEL, LAST_MODEL):
+        if (path / f"{name}.safetensors").is_file():
+            results.model = path / f"{name}.safetensors"
+            break
+    evaluation = path / "evaluation"
+    if (evaluation / "evaluation.csv").exists():
+        try:
+            results.evaluation = read_evaluation_table(evaluation)
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            results.evaluation_problem = str(exc)
+        try:
+            results.in_sample = "in-sample table" in (evaluation / "evaluation.md").read_text(errors="replace")
+        except OSError:
+            pass
+    return results
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.resolve().relative_to(parent.resolve())
@@ -263,6 +390,12 @@ class TrainingOptions:
     attributes: tuple[str, ...] = ATTRIBUTES
     config: str | None = None
     resume: bool = False
+    #: training device (``--device``): "auto", "cpu", "cuda", "mps"
+    device: str = "auto"
+    #: mixed precision (``--amp``); with ``resume`` the run's own
+    amp: str = "auto"
+    #: devices available here, best first (``available_devices()``): to check ``device`` and ``amp``
+    devices: tuple[str, ...] = ("cpu",)
 
     def problems(self) -> dict[str, str]:
         """Field name -> message for every invalid field (empty: the options are valid)."""
@@ -288,6 +421,11 @@ class TrainingOptions:
                 read_config(self.config)
             except ValueError as exc:
                 problems["config"] = str(exc)
+        if self.device != "auto" and self.device.split(":")[0] not in self.devices:
+            problems["device"] = (f"no {DEVICE_LABELS.get(self.device, self.device)} on this machine; available: "
+                                  f"{', '.join(DEVICE_LABELS.get(d, d) for d in self.devices)}")
+        elif not self.resume and precision_problem(self.amp, self.device, self.devices):
+            problems["amp"] = precision_problem(self.amp, self.device, self.devices)
         problems.update(self._out_problems(cohort))
         return problems
 
@@ -332,8 +470,10 @@ class TrainingOptions:
             if self.batch_size is not None:
                 args += ["--batch-size", str(self.batch_size)]
             args += ["--attributes", ",".join(a for a in ATTRIBUTES if a in self.attributes)]
+            args += ["--amp", self.amp]  # a resumed run keeps its own (in its train_config.json)
         if self.epochs is not None:
             args += ["--epochs", str(self.epochs)]
+        args += ["--device", self.device]  # a resumed run may move to another device
         if self.resume:
             args.append("--resume")
         args.append("--json-progress")
@@ -347,16 +487,17 @@ class TrainingOptions:
 
 def evaluation_command(model: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike,
                        splits: int = 3, repeats: int = 2, python: str = sys.executable,
-                       allow_overlap: bool = False) -> list[str]:
+                       allow_overlap: bool = False, device: str = "auto") -> list[str]:
     """``python -m src_train evaluate ... --write-heads`` (prognosis heads go into the model file);
-    ``allow_overlap`` for an in-sample evaluation on the training patients (its table says so)."""
+    ``allow_overlap`` for an in-sample evaluation on the training patients (its table says so);
+    ``device`` embeds the exams there (the training's choice)."""
     if int(splits) < 2:
         raise ValueError("cross-validation needs at least 2 splits")
     if int(repeats) < 1:
         raise ValueError("at least 1 repeat")
     return [python, "-m", "src_train", "evaluate", "--model", str(model), "--cohort", str(cohort),
-            "--out", str(out), "--splits", str(int(splits)), "--repeats", str(int(repeats)), "--write-heads",
-            *(["--allow-overlap"] if allow_overlap else [])]
+            "--out", str(out), "--splits", str(int(splits)), "--repeats", str(int(repeats)), "--device", device,
+            "--write-heads", *(["--allow-overlap"] if allow_overlap else [])]
 
 
 def evaluation_cohort(chosen: str | os.PathLike | None, training_cohort: str | os.PathLike) -> tuple[Path, bool]:
@@ -438,6 +579,47 @@ def read_training_log(run: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _checkpoint_state(run: Path) -> dict:
+    if not (run / CHECKPOINT_FILE).is_file():
+        return {}
+    try:
+        state = read_checkpoint_state(run)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def read_loss_history(run: str | os.PathLike) -> list[tuple[int, float]]:
+    """(step, training loss) of what a run folder recorded, in step order.
+
+    The trainer keeps the loss of every step so far in its checkpoint (``loss_history``: the last steps up
+    to the checkpoint's ``step``, across resumes). Steps before it (a run of an earlier version) are read at
+    the resolution the folder has: each epoch's mean loss from ``log.csv`` at the epoch's last step, and the
+    losses of a stopped epoch (``epoch_losses``). Nothing when the folder holds no run."""
+    run = Path(run)
+    state = _checkpoint_state(run)
+    last = state.get("step") if is_int(state.get("step")) else None
+    history = state.get("loss_history")
+    history = history if isinstance(history, list) and all(is_number(v) for v in history) else []
+    pairs: list[tuple[int, float]] = []
+    if last is not None:
+        history = history[-last:] if last else []
+        pairs = [(last - len(history) + 1 + i, float(v)) for i, v in enumerate(history)]
+    first = pairs[0][0] if pairs else (last + 1 if last is not None else math.inf)
+    earlier: dict[int, float] = {}
+    for row in read_training_log(run):
+        step, loss = row.get("step"), row.get("train_loss")
+        if is_int(step) and is_finite(loss) and step < first and (last is None or step <= last):
+            earlier[step] = float(loss)
+    partial = state.get("epoch_losses") if state.get("next_batch") else None
+    if last is not None and isinstance(partial, list) and all(is_number(v) for v in partial):
+        for i, loss in enumerate(partial[-last:] if last else []):
+            step = last - len(partial[-last:]) + 1 + i
+            if step < first:
+                earlier[step] = float(loss)
+    return sorted(earlier.items()) + pairs
+
+
 @dataclass
 class TrainingProgress:
     """Progress events folded into what the dialog shows."""
@@ -469,6 +651,9 @@ class TrainingProgress:
         elif kind == "resumed":
             self.step = self.first_step = event["step"]
             self.epoch = event["epoch"]
+            # what an interrupted attempt recorded after the checkpoint is done again from here
+            self.step_losses = [(s, v) for s, v in self.step_losses if s <= self.step]
+            self.epoch_metrics = [m for m in self.epoch_metrics if m["step"] <= self.step]
         elif kind == "step":
             self.step, self.epoch, self.total_steps = event["step"], event["epoch"], event["total_steps"]
             self.loss = float(event["loss"])
@@ -480,6 +665,15 @@ class TrainingProgress:
             self.stopped, self.checkpoint = True, event["checkpoint"]
         elif kind == "done":
             self.done, self.model = True, event["model"]
+
+    def add_run_history(self, run: str | os.PathLike) -> None:
+        """What the run folder recorded before this process started: the loss of its steps
+        (:func:`read_loss_history`) and its epochs (:func:`read_training_log`), so that a resumed run shows
+        its whole curve."""
+        known = {s for s, _ in self.step_losses}
+        old = [(s, v) for s, v in read_loss_history(run) if s not in known]
+        self.step_losses = sorted(old + self.step_losses)
+        self.add_history(read_training_log(run))
 
     def add_history(self, log_rows: Sequence[Mapping[str, Any]]) -> None:
         """Epochs of an earlier part of a resumed run (from :func:`read_training_log`)."""
@@ -611,31 +805,157 @@ def read_evaluation_table(path: str | os.PathLike) -> list[dict]:
         return [{k: (v if k in _TEXT_COLUMNS else _to_number(v)) for k, v in row.items()} for row in reader]
 
 
-#: headers of the table the dialog shows (see :func:`evaluation_display_rows`)
-DISPLAY_COLUMNS = ("feature set", "horizon", "AUC [95 % CI]", "F1", "patients", "status")
+#: an evaluation on fewer patients than this (with a known outcome at the horizon) is flagged as too small
+MIN_PATIENTS = 30
+#: ... or with fewer than this many patients of either outcome (with and without graft dysfunction)
+MIN_PER_OUTCOME = 10
+#: an AUC below this is flagged as weak (0.5 is chance; 0.6 separates patients poorly)
+MIN_AUC = 0.6
+
+#: headers of the table the dialog shows (see :func:`evaluation_lines`) and their full meaning (tooltips)
+DISPLAY_COLUMNS = ("Prediction from", "AUC (95 % CI)", "F1", "Reliability")
+COLUMN_HINTS = (
+    "what the prognosis reads: MEDIMP's image embeddings, the same with the clinical values, the untrained "
+    "image encoder (a baseline), the clinical values alone (the reference), and on synthetic cohorts an oracle "
+    "image reader (the ceiling)",
+    "area under the ROC curve of graft dysfunction at this horizon, from each patient's latest visit, with "
+    "its 95 % confidence interval over patients (bootstrap): 0.5 is chance, 1 a perfect separation",
+    "F1 score of the prediction at a 50 % risk threshold (0 to 1)",
+    f"whether the row can be relied on: 'too few patients' below {MIN_PATIENTS} patients or below "
+    f"{MIN_PER_OUTCOME} of either outcome; 'weak' when the AUC is below {MIN_AUC}",
+)
+HORIZON_WORDS = {"2y": "2 years", "3y": "3 years", "4y": "4 years"}
+
+
+@dataclass
+class TableLine:
+    """One line of the evaluation table: a horizon's heading (one cell over every column) or a row."""
+
+    cells: list[str]
+    tooltip: str = ""
+    heading: bool = False
+    #: the row (or the horizon) is not to be relied on (see :func:`reliability`)
+    flagged: bool = False
 
 
 def _estimate(row: Mapping[str, Any], name: str) -> str:
-    """"0.82 [0.74-0.89]" from an evaluation table row (estimate and bootstrap interval); tables of the
+    """"0.82 (0.74–0.89)" from an evaluation table row (estimate and bootstrap interval); tables of the
     first release (fold mean and std) read "0.82 ± 0.05"."""
     value = row.get(name)
     if is_finite(value):
         low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-        return f"{value:.2f} [{low:.2f}-{high:.2f}]" if is_finite(low) and is_finite(high) else f"{value:.2f}"
+        return f"{value:.2f} ({low:.2f}–{high:.2f})" if is_finite(low) and is_finite(high) else f"{value:.2f}"
     mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
     if not is_finite(mean):
         return "–"
     return f"{mean:.2f} ± {std:.2f}" if is_finite(std) else f"{mean:.2f}"
 
 
-def evaluation_display_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[list[str], str]]:
-    """(cells under :data:`DISPLAY_COLUMNS`, tooltip) per table row."""
-    out = []
+def _auc(row: Mapping[str, Any]) -> float | None:
+    value = row.get("auc") if is_finite(row.get("auc")) else row.get("auc_mean")
+    return float(value) if is_finite(value) else None
+
+
+def horizon_words(horizon: Any) -> str:
+    """"2 years" for "2y"."""
+    return HORIZON_WORDS.get(str(horizon), str(horizon or "?"))
+
+
+def _too_few(n: Any, pos: Any) -> bool:
+    if not (is_int(n) and is_int(pos)):
+        return False
+    return n < MIN_PATIENTS or min(pos, n - pos) < MIN_PER_OUTCOME
+
+
+def reliability(row: Mapping[str, Any]) -> list[str]:
+    """Why a row of the evaluation table is not to be relied on (empty: nothing found): the evaluation's
+    own status when it could not score the row, "too few patients" (below :data:`MIN_PATIENTS`, or below
+    :data:`MIN_PER_OUTCOME` of either outcome), "weak" (AUC below :data:`MIN_AUC`)."""
+    status = str(row.get("status") or "ok")
+    if status != "ok":
+        return [status]
+    flags = []
+    if _too_few(row.get("n_patients"), row.get("n_positive")):
+        flags.append("too few patients")
+    auc = _auc(row)
+    if auc is not None and auc < MIN_AUC:
+        flags.append("weak")
+    return flags
+
+
+def _patients_words(n: Any, pos: Any) -> str:
+    if not (is_int(n) and is_int(pos)):
+        return "" if n is None else f"{n} patients"
+    return f"{n} patients, {pos} with graft dysfunction"
+
+
+def evaluation_lines(rows: Sequence[Mapping[str, Any]], width: int = 14) -> list[TableLine]:
+    """The evaluation table as the dialog shows it: per horizon a heading ("Graft dysfunction at 2 years ·
+    40 patients, 12 with graft dysfunction"), then a row per feature set under :data:`DISPLAY_COLUMNS`.
+    Long names are broken into lines of about ``width`` characters, so that the table fits a narrow dock;
+    each line's tooltip holds the full text."""
+    lines: list[TableLine] = []
+    order: list[str] = []
+    by_horizon: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = str(row.get("horizon") or "")
+        if key not in by_horizon:
+            order.append(key)
+            by_horizon[key] = []
+        by_horizon[key].append(row)
+    for key in order:
+        group = by_horizon[key]
+        first = next((r for r in group if is_int(r.get("n_patients"))), group[0])
+        n, pos = first.get("n_patients"), first.get("n_positive")
+        patients = _patients_words(n, pos)
+        heading = f"Graft dysfunction at {horizon_words(key)}" + (f"\n{patients}" if patients else "")
+        few = _too_few(n, pos)
+        tip = heading.replace("\n", ": ")
+        if few:
+            tip += (f". Too few patients to rely on these numbers: at least {MIN_PATIENTS}, with "
+                    f"{MIN_PER_OUTCOME} of each outcome, are needed")
+        lines.append(TableLine([heading], tip, heading=True, flagged=few))
+        for row in group:
+            name = str(row.get("feature_set") or "")
+            flags = reliability(row)
+            f1 = row.get("f1") if is_finite(row.get("f1")) else row.get("f1_mean")
+            cells = ["\n".join(textwrap.wrap(name, width)) or name, _estimate(row, "auc"),
+                     f"{f1:.2f}" if is_finite(f1) else "–",
+                     "\n".join(part for flag in flags for part in textwrap.wrap(flag, 16)) or "ok"]
+            tip = f"{name}, graft dysfunction at {horizon_words(key)}: AUC {cells[1]}" + (
+                f" on {patients}" if patients else "")
+            if row.get("message"):
+                tip += f"\n{row['message']}"
+            lines.append(TableLine(cells, tip, flagged=bool(flags)))
+    return lines
+
+
+def _join_horizons(words: Sequence[str]) -> str:
+    """"2, 3 and 4 years" for ["2 years", "3 years", "4 years"]."""
+    if len(words) > 1 and all(w.endswith(" years") for w in words):
+        numbers = [w[:-len(" years")] for w in words]
+        return f"{', '.join(numbers[:-1])} and {numbers[-1]} years"
+    return " and ".join(words)
+
+
+def evaluation_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What makes the table weak, in sentences: horizons with too few patients (below
+    :data:`MIN_PATIENTS`, or below :data:`MIN_PER_OUTCOME` of either outcome) and the trained model's AUCs
+    below :data:`MIN_AUC` (the table's cells also flag the baselines)."""
+    few: dict[tuple[int, int], list[str]] = {}
     for row in rows:
         n, pos = row.get("n_patients"), row.get("n_positive")
-        patients = f"{n} ({pos} pos.)" if is_int(n) and is_int(pos) else ("" if n is None else str(n))
-        f1 = row.get("f1") if is_finite(row.get("f1")) else row.get("f1_mean")
-        cells = [str(row.get("feature_set") or ""), str(row.get("horizon") or ""), _estimate(row, "auc"),
-                 f"{f1:.2f}" if is_finite(f1) else "–", patients, str(row.get("status") or "")]
-        out.append((cells, str(row.get("message") or "")))
-    return out
+        words = horizon_words(row.get("horizon"))
+        if _too_few(n, pos) and words not in few.setdefault((n, pos), []):
+            few[(n, pos)].append(words)
+    warnings = [f"Graft dysfunction at {_join_horizons(at)}: only {n} patients ({pos} with graft dysfunction, "
+                f"{n - pos} without), too few to rely on these numbers; at least {MIN_PATIENTS} patients, "
+                f"{MIN_PER_OUTCOME} with and {MIN_PER_OUTCOME} without dysfunction, are needed."
+                for (n, pos), at in few.items() if at]
+    weak = [row for row in rows if str(row.get("feature_set") or "").startswith("MEDIMP")
+            and "weak" in reliability(row)]
+    if weak:
+        listed = "; ".join(f"{r.get('feature_set')} at {horizon_words(r.get('horizon'))}: {_auc(r):.2f}" for r in weak)
+        warnings.append(f"AUC below {MIN_AUC} ({listed}): the model barely tells the patients who will have graft "
+                        "dysfunction from those who will not (0.5 is chance).")
+    return warnings
