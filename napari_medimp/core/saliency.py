@@ -1,14 +1,19 @@
-"""Where the model looked: Grad-CAM, Grad-CAM++ and occlusion sensitivity (``monai.visualize``).
+"""Where the model looked: Grad-CAM, Grad-CAM++ and occlusion sensitivity (``monai.visualize``) and
+integrated gradients.
 
 Two targets: the similarity between the image and a prompt, or the prognosis logit of one horizon. Maps
 are computed on the model grid, normalised to 0..1 with high = important (MONAI's default normaliser
 maps max to 0, so it is replaced), and resampled into the source volume's geometry inside the ROI.
+How faithful each method is (share on the graft, deletion and insertion, the weight-randomisation check)
+is measured by :mod:`napari_medimp.core.faithfulness` and ``benchmarks/bench_saliency.py``;
+:func:`randomised_copy` gives the model with randomised weights that check needs.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,11 @@ from .terms import SALIENCY_METHODS
 from .volume import DCEVolume
 
 METHODS = SALIENCY_METHODS
+#: integrated gradients: steps of the path from the baseline (zeros: the pre-contrast level, which is also
+#: what the model sees around the kidney box) to the image, and the Gaussian smoothing (model voxels) of
+#: the attributions' magnitude
+IG_STEPS = 32
+IG_SMOOTHING = 1.5
 
 
 def normalize01(array) -> np.ndarray:
@@ -77,14 +87,18 @@ def model_grid_map(target: nn.Module, x: torch.Tensor, method: str, layer: str,
 
     ``layer`` is the dotted name (inside ``target``) of the convolutional stage used by Grad-CAM.
     Occlusion costs one forward per patch position: the default patch is a quarter of the grid per
-    axis with 25 % overlap (about 150 forwards), coarse but affordable on a CPU.
+    axis with 25 % overlap (about 150 forwards), coarse but affordable on a CPU. Integrated gradients
+    costs :data:`IG_STEPS` forwards and backwards; its map is the attributions' magnitude summed over
+    channels and smoothed by a Gaussian of :data:`IG_SMOOTHING` voxels.
     """
-    from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
-
     if method not in METHODS:
         raise ValueError(f"saliency method must be one of {', '.join(METHODS)}, got {method!r}")
     target.eval()
     x = x.detach().clone()
+    if method == "integrated-gradients":
+        return integrated_gradients_map(target, x)
+    from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
+
     if method in ("gradcam", "gradcam++"):
         cam_class = GradCAM if method == "gradcam" else GradCAMpp
         cam = cam_class(nn_module=target, target_layers=layer, postprocessing=lambda m: m)
@@ -110,6 +124,65 @@ def model_grid_map(target: nn.Module, x: torch.Tensor, method: str, layer: str,
         occluded, _ = occlusion(x)
     drop = reference - occluded.detach().cpu().numpy()[0, 0]
     return normalize01(np.clip(drop, 0.0, None))
+
+
+def integrated_gradients_map(target: nn.Module, x: torch.Tensor, steps: int = IG_STEPS,
+                             smoothing: float = IG_SMOOTHING, batch: int = 8) -> np.ndarray:
+    """Integrated gradients (Sundararajan et al., ICML 2017) of ``target(x)[:, 0]`` from a zero baseline, as
+    a 0..1 map on the model grid: the magnitude of ``x * mean gradient`` along the straight path (midpoint
+    rule, ``steps`` points) summed over channels, Gaussian-smoothed by ``smoothing`` voxels.
+
+    Written here rather than taken from Captum: it is a dozen lines of autograd, and Captum's import alone
+    took 11 s on the development machine."""
+    from scipy import ndimage
+
+    trainable = [p for p in target.parameters() if p.requires_grad]
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
+    total = torch.zeros_like(x)
+    try:  # gradients of the input only
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for start in range(0, steps, batch):
+                path = (alphas[start:start + batch].view(-1, 1, 1, 1, 1) * x).requires_grad_(True)
+                (gradient,) = torch.autograd.grad(target(path)[:, 0].sum(), path)
+                total += gradient.sum(dim=0, keepdim=True)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    magnitude = (x * total / steps).abs().sum(dim=1)[0].detach().cpu().numpy()
+    if smoothing > 0:
+        magnitude = ndimage.gaussian_filter(magnitude, smoothing, mode="constant")
+    return normalize01(magnitude)
+
+
+def randomised_copy(module: nn.Module, parts: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
+    """A copy of ``module`` whose weights under ``parts`` (dotted names; default: all of it) are drawn
+    afresh: every layer re-initialised by its own default (``reset_parameters``, batch-norm statistics
+    reset) and any other parameter redrawn from a normal law with its own standard deviation. The weight
+    randomisation sanity check compares a method's maps of ``module`` and of this copy."""
+    copied = copy.deepcopy(module)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        roots = [copied.get_submodule(name) for name in parts] if parts else [copied]
+        for root in roots:
+            for sub in root.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.reset_running_stats()
+                if not hasattr(sub, "reset_parameters"):
+                    with torch.no_grad():
+                        for param in sub.parameters(recurse=False):
+                            param.normal_(0.0, float(param.std()) if param.numel() > 1 else 1.0)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return copied.eval()
+
+
+#: the image path of a saliency target: what :func:`randomised_copy` redraws for the sanity check
+IMAGE_PATH = ("model.image_encoder", "model.image_projection")
 
 
 @dataclass

@@ -18,7 +18,7 @@ KIDNEY_REGION_NAMES: dict[int, str] = {CORTEX: "cortex", MEDULLA: "medulla",
                                        COLLECTING_SYSTEM: "collecting system", ARTERY: "artery"}
 
 #: saliency methods, the default first
-SALIENCY_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "occlusion")
+SALIENCY_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "occlusion", "integrated-gradients")
 
 #: serum creatinine: 1 mg/dL = 88.42 umol/L
 MG_DL_TO_UMOL_L = 88.42
