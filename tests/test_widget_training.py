@@ -277,7 +277,7 @@ def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_co
     assert widget.table.item(0, 0).text().startswith("Graft dysfunction at")  # a horizon's heading
     assert widget.table.item(1, 0).text() == "MEDIMP"
     assert re.fullmatch(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)", widget.table.item(1, 1).text())  # AUC (95 % CI)
-    assert "too few patients" in widget.evaluation_note.text()  # 4 patients
+    assert "only 4 patients" in widget.evaluation_note.text() and widget.evaluation_note.isVisible()
     assert (run / "evaluation" / "evaluation.csv").exists()
     assert json.loads(model.with_suffix(".json").read_text())["prognosis"], "heads stored in the model file"
     # the loss plot holds every step and both epochs
