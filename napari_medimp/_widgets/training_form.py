@@ -63,6 +63,7 @@ __all__ = [
     "AMP_MODES",
     "ATTRIBUTE_LABELS",
     "CHECKPOINT_FILE",
+    "COLUMN_HINTS",
     "DEVICE_LABELS",
     "DISPLAY_COLUMNS",
     "EVENT_FIELDS",
@@ -87,6 +88,7 @@ __all__ = [
     "evaluation_command",
     "evaluation_lines",
     "evaluation_warnings",
+    "horizon_words",
     "inspect_run_folder",
     "nice_ceiling",
     "parse_event",
@@ -99,6 +101,7 @@ __all__ = [
     "read_loss_history",
     "read_run_results",
     "read_training_log",
+    "reliability",
     "resolve_cohort",
     "source_root",
 ]
