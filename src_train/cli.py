@@ -167,6 +167,7 @@ def _cmd_evaluate(args) -> int:
     import json as _json
 
     from napari_medimp.core.checkpoint import load_model, read_card, save_model
+    from napari_medimp.core.checks import embedding_reference
     from napari_medimp.core.inference import Predictor
     from napari_medimp.core.io.cohort import read_clinical_table
     from napari_medimp.core.prompts import TEMPLATE_VERSION
@@ -271,9 +272,12 @@ def _cmd_evaluate(args) -> int:
                                            "splits": args.splits, "repeats": args.repeats,
                                            "bootstrap": args.bootstrap, "seed": args.seed,
                                            "in_sample_warning": warning}}
+        owners = [p for p, exams in medimp.items() for _ in exams]
+        vectors = [v for exams in medimp.values() for v in exams.values()]
         training = {**(card.get("training") or {}),
                     "prognosis_heads_data": {"cohort": identity, "cohort_path": str(cohort),
-                                             "n_patients": len(patients)}}
+                                             "n_patients": len(patients)},
+                    "embedding_reference": embedding_reference(vectors, groups=owners, cohort=identity)}
         save_model(loaded.weights_path, loaded.model, preprocessing=card["preprocessing"],
                    prompt_template_version=card.get("prompt_template_version", TEMPLATE_VERSION),
                    training=training, metrics=metrics, prognosis=heads,

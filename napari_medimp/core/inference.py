@@ -14,7 +14,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from scipy.special import softmax
 from .atomic import atomic_write
 from .card import is_synthetic
 from .checkpoint import LoadedModel, load_model
+from .checks import Check, embedding_check, image_checks, outside_training
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
 from .prognosis import (
     CLINICAL_LABELS,
@@ -380,6 +381,17 @@ class Predictor:
             notes.append(f"exams after {visit} ({', '.join(ignored)}) are not part of a reading at {visit}")
         return PrognosisReading(visit, used, risks, clinical.given(), clinical.missing(), notes)
 
+    @property
+    def embedding_reference(self) -> dict | None:
+        """The card's reference of the training exams' embeddings (see :mod:`.checks`), if it has one."""
+        return (self.card.get("training") or {}).get("embedding_reference")
+
+    def checks(self, volume: DCEVolume, roi: RoiBox, vector) -> list[Check]:
+        """Whether this exam is something the model can read (:mod:`.checks`), for a result's label."""
+        config = self.preprocess_config
+        return [*image_checks(volume, roi, config.target_spacing, config.baseline_frames),
+                embedding_check(vector, self.embedding_reference)]
+
     def model_facts(self) -> dict:
         """Key facts from the model card, for display next to any result."""
         card = self.card
@@ -436,6 +448,11 @@ class Analysis:
     embedding: np.ndarray
     model: dict
     gfr_reading_accuracy: dict | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def outside_training(self) -> bool:
+        return outside_training(self.checks)
 
     @property
     def prognosis(self) -> dict[str, float]:
@@ -455,6 +472,8 @@ class Analysis:
             "prognosis_reading": self.reading.to_dict() if self.reading else None,
             "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes else None,
             "model": self.model,
+            "checks": [c.to_dict() for c in self.checks],
+            "outside_training": self.outside_training,
         }
 
 
@@ -476,4 +495,5 @@ def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str |
     accuracy = None if calibration is None else {k: calibration.get(k) for k in
                                                  ("accuracy", "balanced_accuracy", "majority_accuracy", "n_exams")}
     return Analysis(exam, embedding.roi, prompt, similarity, predictor.zero_shot(embedding.vector, "gfr"),
-                    reading, embedding.vector, predictor.model_facts(), accuracy)
+                    reading, embedding.vector, predictor.model_facts(), accuracy,
+                    predictor.checks(volume, embedding.roi, embedding.vector))

@@ -22,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .card import is_synthetic
+from .checks import OUTSIDE_TRAINING, failed_messages
 from .configs import jsonable as _jsonable
 from .curves import enhancement_summary
 from .prognosis import KIND_LABELS, RESULT_KEYS
@@ -205,6 +206,7 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "prognosis_reading": analysis.get("prognosis_reading"),
         "prognosis_note": analysis.get("prognosis_note"),
         "zero_shot_gfr_accuracy": analysis.get("zero_shot_gfr_accuracy"),
+        "outside_training": bool(analysis.get("outside_training")),
     }
     used = ((inputs.get("clinical") or {}).get("used") or {})
     gfr = used.get("gfr_ml_min_1_73m2")
@@ -219,6 +221,7 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER + (" " + SYNTHETIC_DISCLAIMER if synthetic else ""),
         "inputs": inputs,
+        "checks": list(analysis.get("checks") or []),
         "prompt": prompt,
         "model": {**model, "trained_on_synthetic_data": synthetic},
         "results": results,
@@ -286,6 +289,9 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
     """A few lines for a person: prompt, similarity, most likely GFR bin, prognosis, saliency, files."""
     results = report.get("results") or {}
     lines = [f"exam: {results.get('exam')}    ROI (z0 z1 y0 y1 x0 x1): {results.get('roi_zyx')}"]
+    failed = failed_messages(report.get("checks") or [])
+    if failed:
+        lines.append(f"{OUTSIDE_TRAINING.upper()}: " + "; ".join(failed))
     lines.append(f"prompt: {report.get('prompt') or '(none: no clinical values given)'}")
     if results.get("similarity") is not None:
         lines.append(f"image-prompt similarity: {results['similarity']:.3f}")
