@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.terms import KIDNEY_REGION_NAMES
 from .core.volume import AXIS_LABELS, DCEVolume
+
+#: colours of the kidney regions on the project's tissue maps; the background and the surrounding tissue
+#: stay transparent so the DCE image remains visible around the graft
+KIDNEY_REGION_COLOURS = {"cortex": "#ff9f1c", "medulla": "#2ec4b6", "collecting system": "#ffe66d",
+                         "artery": "#e71d36"}
 
 
 def contrast_limits(volume: DCEVolume, low: float = 1.0, high: float = 99.7,
@@ -83,7 +89,25 @@ def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney
         "metadata": {"affine": volume.affine.tolist(), "source": volume.source,
                      "region_names": {int(k): str(v) for k, v in region_names.items()} if region_names else None},
     }
+    colours = kidney_colormap(region_names)
+    if colours is not None:
+        kwargs["colormap"] = colours
     return (np.asarray(labels), kwargs, "labels")
+
+
+def kidney_colormap(region_names) -> dict | None:
+    """Label value -> colour for a map whose regions are the project's kidney tissues (other values,
+    surrounding tissue included, transparent); None for any other label map (napari's colours)."""
+    if not region_names:
+        return None
+    names = {int(k): str(v) for k, v in region_names.items()}
+    if any(KIDNEY_REGION_NAMES.get(value) != name for value, name in names.items()
+           if name in KIDNEY_REGION_COLOURS):
+        return None
+    kidney = {value: KIDNEY_REGION_COLOURS[name] for value, name in names.items() if name in KIDNEY_REGION_COLOURS}
+    if not kidney:
+        return None
+    return {None: "transparent", 0: "transparent", **kidney}
 
 
 def layer_region_names(metadata) -> dict[int, str] | None:

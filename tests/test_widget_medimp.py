@@ -215,6 +215,22 @@ def test_a_3d_layer_is_not_offered_and_a_bad_model_file_is_refused(viewer_widget
     assert "card" in widget.card_label.text()
 
 
+def test_a_one_frame_layer_is_not_offered_and_a_brain_fmri_is_labelled_outside_training(viewer_widget, qtbot):
+    from nibabel.testing import data_path
+
+    viewer, widget, _ = viewer_widget
+    viewer.add_image(np.zeros((1, 5, 6, 7), np.float32), name="one frame")
+    assert widget.layer_combo.findText("one frame") == -1
+    viewer.open(str(data_path / "example4d.nii.gz"), plugin="napari-medimp")
+    assert widget.layer_combo.currentText() == viewer.layers[-1].name
+    widget.prefill(exam="D30")
+    widget.analyze()
+    _wait(qtbot, widget)
+    text = widget.results_label.text()
+    assert "Outside what this model was trained on:" in text and "not a dynamic series" in text
+    assert "no enhancing kidney found" in text
+
+
 def test_event_loop_keeps_running_while_the_worker_computes(viewer_widget, qtbot):
     """The analysis and the saliency map run off the main thread: a 10 ms timer keeps firing while they
     compute. (The 100 ms bound on the worst gap is measured in benchmarks/bench_widget.py: a wall-clock
@@ -307,6 +323,12 @@ def test_the_exam_and_values_come_from_the_opened_exam_never_from_the_previous_p
     assert creatinine == [float(rows["P0001"][f"creatinine_{e}"]) for e in ("D15", "D30", "M3")]  # up to M3
     text = widget.identity_label.text()
     assert "patient P0001, exam M3" in text and "clinical.csv" in text and not widget.exam_confirm.isVisible()
+    # the exam's tissue labels are picked, outlined, surrounding tissue left transparent over the image
+    assert widget.labels_combo.currentText() == "P0001 M3 labels"
+    labels = viewer.layers["P0001 M3 labels"]
+    assert labels.contour == 1
+    np.testing.assert_allclose(labels.colormap.map(np.array([1]))[0, 3], 0.0)
+    assert labels.colormap.map(np.array([2]))[0, 3] > 0
 
     widget.fields["exam"].value = "M12"  # typed against the image
     assert "The form says exam M12, but layer 'P0001 M3' is exam M3" in widget.identity_label.text()

@@ -31,8 +31,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import box_rectangle, layer_region_names, roi_from_vertices, volume_from_layer_data
+from .._layers import (
+    box_rectangle,
+    kidney_colormap,
+    layer_region_names,
+    roi_from_vertices,
+    volume_from_layer_data,
+)
 from ..core.card import card_facts, facts_text, is_synthetic
+from ..core.checks import OUTSIDE_TRAINING, failed_messages
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
@@ -303,9 +310,19 @@ class MedimpWidget(QWidget):
 
         cls = {"image": napari.layers.Image, "labels": napari.layers.Labels, "shapes": napari.layers.Shapes}[kind]
         layers = [layer for layer in self.viewer.layers if isinstance(layer, cls)]
-        if kind == "image":
-            layers = [layer for layer in layers if layer.ndim == 4 and not layer.rgb]
+        if kind == "image":  # a dynamic series: 4D with more than one frame
+            layers = [layer for layer in layers if layer.ndim == 4 and not layer.rgb and layer.data.shape[0] > 1]
         return layers
+
+    def _labels_of_exam(self, layer) -> str | None:
+        """The labels layer read with this exam (same source file or folder), if one is open."""
+        source = layer.metadata.get("source")
+        if not source:
+            return None
+        for labels in self._layers_of("labels"):
+            if labels.metadata.get("source") == source:
+                return labels.name
+        return None
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], keep: str | None, first: str | None = None) -> None:
@@ -324,6 +341,8 @@ class MedimpWidget(QWidget):
         inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         if inserted is not None and inserted.name in images:
             current = inserted.name  # an exam just opened is the one the panel reads
+        if inserted is not None and kidney_colormap((inserted.metadata or {}).get("region_names")):
+            inserted.contour = 1  # kidney regions outlined: the DCE image stays readable underneath
         self._fill(self.layer_combo, images, current)
         self._fill(self.labels_combo, [layer.name for layer in self._layers_of("labels")],
                    self.labels_combo.currentText(), NO_LABELS)
@@ -331,6 +350,10 @@ class MedimpWidget(QWidget):
                    self.roi_combo.currentText(), AUTO_ROI)
         if self.layer_combo.currentText() != before:
             self._on_layer_changed()
+        elif self.labels_combo.currentText() == NO_LABELS and self.current_layer() is not None:
+            labels = self._labels_of_exam(self.current_layer())  # the exam's labels, opened after it
+            if labels is not None:
+                self.labels_combo.setCurrentText(labels)
         self._update_buttons()
 
     def current_layer(self):
@@ -344,6 +367,9 @@ class MedimpWidget(QWidget):
         layer = self.current_layer()
         if layer is not None:
             self._take_identity(layer)
+            labels = self._labels_of_exam(layer)
+            if labels is not None:
+                self.labels_combo.setCurrentText(labels)
         self._update_roi_label()
         self._show_results()
 
@@ -831,6 +857,11 @@ class MedimpWidget(QWidget):
         reading = a["zero_shot_gfr"]
         best = max(reading, key=reading.get)
         lines = [f"<b>Results for layer '{_escape(result.layer_name)}'</b> (exam {a['exam']})"]
+        failed = failed_messages(a.get("checks") or [])
+        if failed:
+            lines.append(f"<span style='color:#ff6b6b'><b>{OUTSIDE_TRAINING.capitalize()}:</b> "
+                         + "; ".join(_escape(m) for m in failed) + ". Read the results below with that in mind."
+                         "</span>")
         if a.get("similarity") is not None:
             lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
         accuracy = a.get("zero_shot_gfr_accuracy") or {}
