@@ -10,6 +10,7 @@ from torch import nn
 from napari_medimp.core.faithfulness import (
     REGIONS,
     deletion_insertion,
+    kidney_regions,
     randomisation_check,
     rank_correlation,
     region_shares,
@@ -121,6 +122,8 @@ def test_rank_correlation_and_the_randomisation_verdict():
     assert rank_correlation(a, np.ones(4)) == 0.0  # a constant map has no order to share
     assert randomisation_check(a, a[::-1]) == {"rank_correlation": pytest.approx(-1.0), "passed": True}
     assert randomisation_check(a, 2 * a)["passed"] is False
+    assert randomisation_check(a, np.zeros(4))["passed"] is True  # randomisation wiped the map out
+    assert randomisation_check(np.zeros(4), a)["passed"] is False  # an empty map shows nothing to destroy
     with pytest.raises(ValueError, match="different shapes"):
         rank_correlation(a, np.ones(5))
 
@@ -182,3 +185,26 @@ def test_randomised_copy_redraws_only_the_parts_named(tiny_model):
             assert not same, f"{name} was not redrawn"
         elif not name.startswith("image_encoder."):
             assert same, f"{name} changed outside the parts named"
+
+
+def test_deletion_by_blocks_orders_blocks_by_their_mean():
+    # blocks of two voxels: weights (4, 3) with mean map 1.5, weights (2, 1) with mean map 3.5: the second block
+    # goes first, leaving 7 of 10
+    curves = deletion_insertion(linear_score, np.ones(4), np.array([1.0, 2.0, 3.0, 4.0]), steps=2, block=(2,),
+                                n_random=0)
+    np.testing.assert_allclose(curves["deletion"], [1.0, 0.7, 0.0])
+    np.testing.assert_allclose(curves["insertion"], [0.0, 0.3, 1.0])
+    with pytest.raises(ValueError, match="block"):
+        deletion_insertion(linear_score, np.ones(4), WEIGHTS, block=(2, 2))
+
+
+def test_regions_come_from_the_label_names_never_from_the_numbers():
+    # a label file numbering its regions otherwise: 7 cortex, 8 medulla, 9 artery, 1 liver
+    labels = np.array([7, 7, 8, 1, 9, 0, 0, 0, 0, 0])
+    names = {7: "Cortex", 8: "medulla", 9: "artery", 1: "liver"}
+    shares = region_shares(MAP, labels, names=names)
+    assert list(shares["regions"]) == ["cortex", "medulla", "artery", "outside"]
+    assert shares["regions"]["cortex"]["energy"] == pytest.approx(0.2)
+    assert shares["regions"]["outside"]["box"] == pytest.approx(0.6)  # liver and unnamed voxels
+    assert shares["groups"] == {}  # no collecting system named: no graft total
+    assert kidney_regions(None) == {} and kidney_regions({3: "label 3"}) == {}
