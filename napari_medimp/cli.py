@@ -271,33 +271,82 @@ def _cmd_predict(args) -> int:
 def _cmd_saliency(args) -> int:
     from .core.io import load_dce, save_nifti
     from .core.outputs import check_output
+    from .core.pipeline import saliency_file_name, saliency_section
     from .core.prompts import build_prompt
     from .core.saliency import compute_saliency
+    from .core.terms import SALIENCY_METHODS
 
+    methods = list(dict.fromkeys(args.method or [SALIENCY_METHODS[0]]))
+    targets = list(dict.fromkeys(args.target))
     sources = _sources(Path(args.path))
     out = Path(args.out)
-    single = len(sources) == 1 and out.name.endswith((".nii", ".nii.gz"))
-    targets = [out if single else out / f"{ident.replace('/', '_')}_{args.method}_{args.target}.nii.gz"
-               for ident, _, _ in sources]
-    for target in targets:
+    single = len(sources) == 1 and len(methods) == 1 and len(targets) == 1 and out.name.endswith((".nii", ".nii.gz"))
+    if out.name.endswith((".nii", ".nii.gz")) and not single:
+        raise ValueError(f"--out {out} is one file but {len(sources)} exams x {len(methods)} methods x "
+                         f"{len(targets)} targets make several maps; give a folder")
+
+    def file_for(ident, exam, method, target):
+        if single:
+            return out
+        patient = ident.split("/")[0] if "/" in ident else None
+        return out / saliency_file_name(method, target, (exam or args.exam), prefix=patient)
+
+    planned = {(ident, m, t): file_for(ident, exam, m, t) for ident, exam, _ in sources for m in methods
+               for t in targets}
+    for target in planned.values():
         check_output(target, args.overwrite)
     predictor = _predictor(args)
-    target_of = {ident: target for (ident, _, _), target in zip(sources, targets, strict=True)}
+    if args.method:
+        print(f"saliency method: {', '.join(methods)}")
+    else:
+        print(f"saliency method: {methods[0]} (the default: the method that measured most faithful on unseen "
+              "labelled synthetic exams; see saliency_faithfulness in the demo model's card)")
 
     def explain_one(ident, exam, path):
         exam = (exam or args.exam).upper()
         record = _record(args, exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
-        result = compute_saliency(predictor, load_dce(path), _roi(args), method=args.method,
-                                  target=args.target, prompt=prompt, exam=exam)
-        save_nifti(target_of[ident], result.data, result.roi_affine,
-                   sidecar={"method": args.method, "target": args.target, "prompt": prompt,
-                            "score": result.score, "roi_zyx": result.roi.to_list(),
-                            "model_sha256": predictor.loaded.weights_sha256})
-        print(f"{ident}: {args.method} for {args.target} (score {result.score:.3f}) -> {target_of[ident]}")
+        volume = load_dce(path)
+        labels, names = _exam_labels(path, volume)
+        for method in methods:
+            for target in targets:
+                result = compute_saliency(predictor, volume, _roi(args), method=method, target=target,
+                                          prompt=prompt, exam=exam)
+                section = saliency_section(result, labels, names, prompt=prompt if target == "similarity" else None)
+                destination = planned[(ident, method, target)]
+                save_nifti(destination, result.data, result.roi_affine,
+                           sidecar={"method": method, "target": target, "exam": exam, "prompt": prompt,
+                                    "score": result.score, "score_meaning": section["score_meaning"],
+                                    "roi_zyx": result.roi.to_list(), "regions": section["regions"],
+                                    "regions_note": section["regions_note"],
+                                    "method_faithfulness": section["method_faithfulness"],
+                                    "model_sha256": predictor.loaded.weights_sha256})
+                shares = _shares_text(section)
+                print(f"{ident}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
 
     _each_exam(sources, explain_one)
     return 0
+
+
+def _exam_labels(path: Path, volume):
+    """(labels on the exam's grid, their region names) from an exam folder's segmentation, else (None, None)."""
+    from .core.io.nifti import label_names, load_labels
+
+    label_file = _exam_label_file(path)
+    if label_file is None:
+        return None, None
+    labels, _ = load_labels(label_file)
+    if labels.shape != volume.shape[1:]:
+        return None, None
+    return labels, label_names(label_file)
+
+
+def _shares_text(section: dict) -> str:
+    """'; top 10 % on graft+artery 64 % (box 15 %)' when the map's region shares are known."""
+    group = (section.get("groups") or {}).get("graft and artery")
+    if not group:
+        return ""
+    return f"; top 10 % on graft and artery {100 * group['top']:.0f} % (box {100 * group['box']:.0f} %)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,17 +386,22 @@ def _load_exam(path: Path):
                            "the image is constant (no signal): nothing to analyse")
     for note in notes:
         print(f"medimp: warning: {note}", file=sys.stderr)
-    labels = None
-    if path.is_dir():
-        from .core.io.cohort import classify_folder, exam_sequences
+    return volume, _exam_label_file(path)
 
-        if classify_folder(path).kind == "exam":
-            from .core.io.nifti import list_phase_files
 
-            seg = exam_sequences(path)[1]
-            files = list_phase_files(seg) if seg is not None else []
-            labels = files[0] if len(files) == 1 else None
-    return volume, labels
+def _exam_label_file(path: Path) -> Path | None:
+    """The segmentation of an exam folder (its ``seg`` sequence holding one file), else None."""
+    if not path.is_dir():
+        return None
+    from .core.io.cohort import classify_folder, exam_sequences
+
+    if classify_folder(path).kind != "exam":
+        return None
+    from .core.io.nifti import list_phase_files
+
+    seg = exam_sequences(path)[1]
+    files = list_phase_files(seg) if seg is not None else []
+    return files[0] if len(files) == 1 else None
 
 
 def _cmd_analyze(args) -> int:
@@ -419,7 +473,18 @@ def _cmd_analyze(args) -> int:
         print(f"medimp: {note}", file=sys.stderr)
     files = result.write(out)
     print(report_summary(result.written_report, files))
+    for section in result.written_report.get("saliency_maps") or []:
+        _print_saliency_regions(section)
     return 0
+
+
+def _print_saliency_regions(section: dict) -> None:
+    regions = section.get("regions")
+    if not regions:
+        print(f"saliency {section['method']} for {section['target']}: {section.get('regions_note')}")
+        return
+    print(f"saliency {section['method']} for {section['target']}, share of its top 10 % voxels (of the box): "
+          + ", ".join(f"{name} {100 * r['top']:.0f} % ({100 * r['box']:.0f} %)" for name, r in regions.items()))
 
 
 def _model_options(p: argparse.ArgumentParser, clinical: bool = True, path_help: str | None = None) -> None:
@@ -475,26 +540,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("saliency", help="Grad-CAM / occlusion maps as NIfTI in the exam's geometry")
+    p = sub.add_parser("saliency", help="saliency maps (integrated gradients, Grad-CAM, occlusion) as NIfTI in "
+                                        "the exam's geometry")
     _model_options(p)
-    p.add_argument("--method", default="gradcam", choices=SALIENCY_METHODS)
-    p.add_argument("--target", default="similarity", help="similarity (with the prompt) or 2y, 3y, 4y")
+    p.add_argument("--method", nargs="+", choices=SALIENCY_METHODS,
+                   help=f"one or more methods (default: {SALIENCY_METHODS[0]}, the most faithful measured on "
+                        "unseen labelled synthetic exams)")
+    p.add_argument("--target", nargs="+", default=["similarity"],
+                   help="one or more of: similarity (with the prompt), 2y, 3y, 4y")
     p.add_argument("--prompt", help="prompt text for the similarity target (default: built from the values)")
-    p.add_argument("--out", required=True, help="a .nii.gz for one exam, or a folder")
+    p.add_argument("--out", required=True,
+                   help="a .nii.gz for one map, or a folder (saliency-METHOD-TARGET-EXAM.nii.gz per map, the "
+                        "patient in front for a cohort)")
     p.add_argument("--overwrite", action="store_true", help="replace existing maps")
     p.set_defaults(func=_cmd_saliency)
 
     p = sub.add_parser("analyze", help="one exam, everything at once: prognosis, zero-shot GFR bins, "
                                        "saliency, time-intensity curves, a report and a figure",
                        description="Analyse one DCE-MRI exam and write DIR/medimp_report.json/.csv, "
-                                   "DIR/results.png and DIR/saliency.nii.gz. Research software, "
-                                   "not for clinical use.")
+                                   "DIR/results.png and DIR/saliency-METHOD-TARGET-EXAM.nii.gz. Research "
+                                   "software, not for clinical use.")
     _model_options(p, path_help="a DCE file or series or an exam folder; `sample` for the bundled synthetic "
                                 "sample exam (with its tissue labels)")
     p.add_argument("--prompt", help="prompt text (default: built from the clinical values)")
     p.add_argument("--labels", help="label map (NIfTI) on the exam's grid: one curve per region "
                                     "(default: the exam folder's segmentation, if any)")
-    p.add_argument("--saliency", default="gradcam", choices=[*SALIENCY_METHODS, "none"])
+    p.add_argument("--saliency", default=SALIENCY_METHODS[0], choices=[*SALIENCY_METHODS, "none"],
+                   help=f"saliency method (default: {SALIENCY_METHODS[0]}, the most faithful measured on unseen "
+                        "labelled synthetic exams), or none")
     p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
                                     "there is a prompt, else the first prognosis horizon)")
     p.add_argument("--out", required=True, help="output folder")

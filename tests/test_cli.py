@@ -12,6 +12,7 @@ import pytest
 from nibabel.testing import data_path
 
 from napari_medimp.cli import main
+from napari_medimp.core.terms import SALIENCY_METHODS
 
 
 def test_info_describes_a_file(capsys):
@@ -56,7 +57,8 @@ def test_headless_demo_writes_screenshot_and_report(tmp_path):
     assert "synthetic" in (tmp_path / "demo_report.md").read_text()
     analysis = json.loads((tmp_path / "medimp_report.json").read_text())  # the docked widget's analysis
     assert set(analysis["results"]["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
-    assert analysis["saliency"]["method"] == "gradcam" and (tmp_path / "saliency.nii.gz").exists()
+    method = analysis["saliency"]["method"]
+    assert method == SALIENCY_METHODS[0] and (tmp_path / f"saliency-{method}-similarity-D30.nii.gz").exists()
     assert analysis["inputs"]["clinical"]["used"]["gfr_ml_min_1_73m2"] is not None
 
 
@@ -139,7 +141,7 @@ def test_predict_single_file_with_typed_values(small_cohort, tiny_model, tmp_pat
     assert "gfr" in err.lower() and "900" in err and "Traceback" not in err
 
 
-def test_saliency_writes_nifti_in_the_exam_geometry(small_cohort, tiny_model, tmp_path):
+def test_saliency_writes_nifti_in_the_exam_geometry(small_cohort, tiny_model, tmp_path, capsys):
     import nibabel as nib
 
     from napari_medimp.core.io import load_dce
@@ -158,6 +160,25 @@ def test_saliency_writes_nifti_in_the_exam_geometry(small_cohort, tiny_model, tm
     values = np.asarray(saved.dataobj)
     assert values.min() >= 0 and values.max() <= 1
     assert json.loads(out.with_name("map.json").read_text())["target"] == "2y"
+    said = capsys.readouterr().out
+    assert f"saliency method: {SALIENCY_METHODS[0]} (the default" in said  # which method it used, and why
+
+
+def test_saliency_writes_one_file_per_method_target_and_exam(small_cohort, tiny_model, tmp_path, capsys):
+    image = sorted(small_cohort.rglob("*_dce.nii.gz"))[0]
+    out = tmp_path / "maps"
+    roi = ["2", "14", "5", "35", "6", "42"]
+    assert main(["saliency", str(image), "--model", str(tiny_model), "--roi", *roi, "--exam", "M3",
+                 "--method", "gradcam", "gradcam++", "--target", "2y", "3y", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert names == ["saliency-gradcam++-2y-M3.nii.gz", "saliency-gradcam++-3y-M3.nii.gz",
+                     "saliency-gradcam-2y-M3.nii.gz", "saliency-gradcam-3y-M3.nii.gz"]
+    sidecar = json.loads((out / "saliency-gradcam++-3y-M3.json").read_text())
+    assert sidecar["method"] == "gradcam++" and sidecar["target"] == "3y" and sidecar["exam"] == "M3"
+    assert "logit" in sidecar["score_meaning"] and sidecar["regions"] is None
+    assert "saliency method: gradcam, gradcam++" in capsys.readouterr().out
+    assert main(["saliency", str(image), "--model", str(tiny_model), "--method", "gradcam", "gradcam++",
+                 "--out", str(tmp_path / "one.nii.gz")]) == 2
 
 
 def test_model_commands_refuse_a_pickle(small_cohort, tmp_path, capsys):

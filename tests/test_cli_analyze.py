@@ -12,9 +12,13 @@ from helpers import kidney_volume
 
 from napari_medimp.cli import main
 from napari_medimp.core.io import load_dce, save_nifti
+from napari_medimp.core.pipeline import saliency_file_name
+from napari_medimp.core.terms import SALIENCY_METHODS
 
 ROI = ["2", "18", "6", "32", "10", "42"]
-OUTPUTS = ("medimp_report.json", "medimp_report.csv", "results.png", "saliency.nii.gz")
+#: the map of the analysis below: integrated gradients of the prompt similarity at M3
+MAP = saliency_file_name("integrated-gradients", "similarity", "M3")
+OUTPUTS = ("medimp_report.json", "medimp_report.csv", "results.png", MAP)
 
 
 
@@ -39,7 +43,7 @@ def analyzed(exam, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("analysis")
     argv = ["analyze", str(image), "--model", str(tiny_model), "--exam", "M3", "--gfr", "42",
             "--donor-age", "70", "--creatinine", "1.2;1.4;1.9", "--creatinine-unit", "mg/dL",
-            "--roi", *ROI, "--labels", str(seg), "--out", str(out)]
+            "--roi", *ROI, "--labels", str(seg), "--saliency", "integrated-gradients", "--out", str(out)]
     return main(argv), out
 
 
@@ -73,8 +77,18 @@ def test_analyze_report_contents(analyzed, exam, tiny_model):
     assert report["model"]["weights_sha256"] == card["weights"]["sha256"]
     assert report["model"]["training_data"] == "random weights (test)"
     assert "not for clinical use" in report["disclaimer"].lower()
-    assert report["saliency"]["method"] == "gradcam" and report["saliency"]["target"] == "similarity"
-    assert report["saliency"]["file"] == str(out / "saliency.nii.gz")
+    saliency = report["saliency"]
+    assert saliency["method"] == "integrated-gradients" and saliency["target"] == "similarity"
+    assert saliency["file"] == str(out / MAP) and saliency["exam"] == "M3"
+    assert report["saliency_maps"] == [saliency]
+    # the label file names cortex and medulla: the map's shares per region, each kind summing to 1
+    assert list(saliency["regions"]) == ["cortex", "medulla", "outside"]
+    for kind in ("box", "energy", "top"):
+        assert sum(r[kind] for r in saliency["regions"].values()) == pytest.approx(1.0)
+    inside = (labels[2:18, 6:32, 10:42] > 0).mean()  # the box's voxels the labels call kidney
+    assert saliency["regions"]["cortex"]["box"] + saliency["regions"]["medulla"]["box"] == pytest.approx(inside)
+    assert saliency["groups"] == {}  # no collecting system or artery named: no graft total
+    assert "cosine similarity" in saliency["score_meaning"] and "top 10 %" in saliency["explanation"]
     regions = report["curves"]["regions"]
     assert list(regions) == ["kidney ROI", "cortex", "medulla"]
     volume = load_dce(image)
@@ -90,7 +104,7 @@ def test_analyze_report_contents(analyzed, exam, tiny_model):
 def test_analyze_saliency_has_the_roi_affine(analyzed, exam):
     _, out = analyzed
     image, _, _ = exam
-    saved = nib.load(str(out / "saliency.nii.gz"))
+    saved = nib.load(str(out / MAP))
     source = load_dce(image)
     z0, z1, y0, y1, x0, x1 = (int(v) for v in ROI)
     assert saved.shape == (x1 - x0, y1 - y0, z1 - z0)
@@ -99,7 +113,8 @@ def test_analyze_saliency_has_the_roi_affine(analyzed, exam):
     np.testing.assert_allclose(saved.affine, expected, atol=1e-4)
     values = np.asarray(saved.dataobj)
     assert values.min() >= 0 and values.max() <= 1
-    assert json.loads((out / "saliency.json").read_text())["target"] == "similarity"
+    sidecar = json.loads((out / MAP.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["target"] == "similarity" and sidecar["exam"] == "M3" and "cortex" in sidecar["regions"]
 
 
 def test_analyze_prints_a_summary(exam, tiny_model, tmp_path, capsys):
@@ -110,9 +125,9 @@ def test_analyze_prints_a_summary(exam, tiny_model, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "no clinical values" in text and "most likely GFR bin" in text and "2y" in text
     assert str(out / "medimp_report.json") in text and "results.png" in text
-    assert not (out / "saliency.nii.gz").exists()
+    assert not list(out.glob("saliency*"))
     report = json.loads((out / "medimp_report.json").read_text())
-    assert report["prompt"] is None and report["saliency"] is None
+    assert report["prompt"] is None and report["saliency"] is None and report["saliency_maps"] == []
     assert report["inputs"]["roi"]["source"] == "given"
 
 
@@ -121,7 +136,8 @@ def test_analyze_without_prompt_explains_the_first_horizon(exam, tiny_model, tmp
     out = tmp_path / "horizon"
     assert main(["analyze", str(image), "--model", str(tiny_model), "--out", str(out)]) == 0
     report = json.loads((out / "medimp_report.json").read_text())
-    assert report["saliency"]["target"] == "2y"
+    assert report["saliency"]["target"] == "2y" and report["saliency"]["method"] == SALIENCY_METHODS[0]
+    assert report["saliency"]["regions"] is None and report["saliency"]["regions_note"].startswith("no tissue labels")
     assert report["inputs"]["roi"]["source"].startswith("automatic")
     assert list(report["curves"]["regions"]) == ["kidney ROI"]
 

@@ -36,7 +36,7 @@ def test_analysis_folder_holds_one_analysis(tmp_path, tiny_model, capsys):
     out = tmp_path / "report"
     assert main(["analyze", "sample", "--model", str(tiny_model), "--gfr", "48", "--saliency", "gradcam",
                  "--out", str(out)]) == 0
-    assert (out / "saliency.nii.gz").exists()
+    assert (out / "saliency-gradcam-similarity-D30.nii.gz").exists()
     first = (out / "medimp_report.json").read_text()
     capsys.readouterr()
     assert main(["analyze", "sample", "--model", str(tiny_model), "--saliency", "none", "--out", str(out)]) == 2
@@ -44,7 +44,7 @@ def test_analysis_folder_holds_one_analysis(tmp_path, tiny_model, capsys):
     assert (out / "medimp_report.json").read_text() == first
     assert main(["analyze", "sample", "--model", str(tiny_model), "--saliency", "none", "--out", str(out),
                  "--overwrite"]) == 0
-    assert not (out / "saliency.nii.gz").exists(), "the earlier analysis's map is not left beside the new report"
+    assert not list(out.glob("saliency*")), "the earlier analysis's map is not left beside the new report"
     assert json.loads((out / "medimp_report.json").read_text())["saliency"] is None
 
 
@@ -151,7 +151,8 @@ def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_mo
                  "--out", str(maps)]) == 0
     err = capsys.readouterr().err
     assert "skipped P2/D30:" in err and "1 of 2 exams skipped" in err and "Traceback" not in err
-    assert sorted(p.name for p in maps.iterdir()) == ["P1_D30_gradcam_2y.json", "P1_D30_gradcam_2y.nii.gz"]
+    assert sorted(p.name for p in maps.iterdir()) == ["P1-saliency-gradcam-2y-D30.json",
+                                                      "P1-saliency-gradcam-2y-D30.nii.gz"]
     shutil.rmtree(cohort / "P1")  # a single exam left: its failure is the command's, exit 1, nothing written
     assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(tmp_path / "none.csv")]) == 1
     assert "dce.nii.gz: not a readable NIfTI file" in _one_line(capsys.readouterr().err)

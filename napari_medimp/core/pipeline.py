@@ -21,17 +21,31 @@ from .curves import check_labels, roi_and_region_curves
 from .preprocess import RoiBox
 from .prompts import ClinicalRecord, gfr_bin
 from .report import build_report, describe_inputs, saliency_info, write_report
-from .terms import HORIZONS, SALIENCY_METHODS
+from .terms import EXAMS, HORIZONS, SALIENCY_METHODS
 from .volume import DCEVolume
 
 Progress = Callable[[str, float], None]
 #: file names of an analysis folder
 REPORT_STEM = "medimp_report"
 FIGURE_FILE = "results.png"
-SALIENCY_FILE = "saliency.nii.gz"
 SALIENCY_TARGETS = ("similarity", *HORIZONS)
+
+
+def saliency_file_name(method: str, target: str, exam: str | None, prefix: str | None = None) -> str:
+    """``saliency-<method>-<target>-<exam>.nii.gz`` (``<prefix>-`` in front when given): one file per map,
+    so maps of several methods, targets and exams live side by side."""
+    parts = [prefix, "saliency", method, target, (exam or "").upper() or None]
+    return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts if p) + ".nii.gz"
+
+
+#: every saliency map file (and its JSON sidecar) an analysis folder may hold, and the single map of the
+#: first release (``saliency.nii.gz``), so that an earlier analysis is never left beside a new one
+SALIENCY_FILES = tuple(name for method in SALIENCY_METHODS for target in SALIENCY_TARGETS for exam in EXAMS
+                       for name in (saliency_file_name(method, target, exam),
+                                    saliency_file_name(method, target, exam)[:-len(".nii.gz")] + ".json")
+                       ) + ("saliency.nii.gz", "saliency.json")
 #: every file an analysis may leave in its folder (an export adds the viewer screenshot)
-ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", FIGURE_FILE, SALIENCY_FILE, "saliency.json",
+ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", FIGURE_FILE, *SALIENCY_FILES,
                   "medimp_screenshot.png")
 
 
@@ -82,8 +96,12 @@ class AnalysisResult:
     curves: dict
     inputs: dict
     model: dict
+    #: the latest saliency map and its report section
     saliency_map: Any = None
     saliency: dict | None = None
+    #: every map computed for this result, by (method, target), with its report section
+    saliency_maps: dict = field(default_factory=dict)
+    saliency_sections: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     finished: float = field(default_factory=time.time)
     #: the report as :meth:`write` last wrote it (with the files it lists)
@@ -106,14 +124,24 @@ class AnalysisResult:
         return self.request.expected_bin
 
     def attach_saliency(self, smap) -> dict:
-        """Keep a saliency map computed for this result; returns its report section."""
-        self.saliency_map = smap
-        self.saliency = {**saliency_info(smap), "prompt": self.prompt if smap.target == "similarity" else None}
-        return self.saliency
+        """Keep a saliency map computed for this result (beside the maps of other methods and targets; a
+        map of the same method and target replaces the earlier one); returns its report section
+        (:func:`saliency_section`)."""
+        section = saliency_section(smap, self.request.labels, self.request.region_names,
+                                   prompt=self.prompt if smap.target == "similarity" else None)
+        key = (smap.method, smap.target)
+        self.saliency_maps[key], self.saliency_sections[key] = smap, section
+        self.saliency_map, self.saliency = smap, section
+        return section
 
     def report(self) -> dict:
-        return build_report(analysis=self.analysis, inputs=self.inputs, prompt=self.prompt, model=self.model,
-                            saliency=self.saliency, curves=self.curves, times=self.times)
+        return self._report(self.saliency, list(self.saliency_sections.values()))
+
+    def _report(self, saliency: dict | None, sections: list[dict]) -> dict:
+        report = build_report(analysis=self.analysis, inputs=self.inputs, prompt=self.prompt, model=self.model,
+                              saliency=saliency, curves=self.curves, times=self.times)
+        report["saliency_maps"] = sections
+        return report
 
     def figure(self):
         from .plots import results_figure
@@ -126,8 +154,9 @@ class AnalysisResult:
         return panel_images(self.analysis, self.curves, self.times, self.expected_bin)
 
     def write(self, folder, extra: Mapping[str, Path] | None = None) -> dict[str, Path]:
-        """The saliency map (NIfTI in the kidney box's geometry), the figure and the report (JSON + CSV) into
-        ``folder``, each written atomically; ``extra``: other files of the export, listed in the report."""
+        """Each saliency map (NIfTI in the kidney box's geometry, :func:`saliency_file_name`), the figure and the
+        report (JSON + CSV) into ``folder``, each written atomically; ``extra``: other files of the export,
+        listed in the report."""
         from .atomic import atomic_write
         from .io import save_nifti
 
@@ -136,19 +165,26 @@ class AnalysisResult:
             raise ValueError(f"{folder} exists and is a file; give a folder for the report")
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, Path] = dict(extra or {})
-        saliency = dict(self.saliency) if self.saliency else None
-        if self.saliency_map is not None:
-            smap = self.saliency_map
-            files["saliency"] = save_nifti(
-                folder / SALIENCY_FILE, smap.data, smap.roi_affine, dtype=np.float32,
-                sidecar={"method": smap.method, "target": smap.target, "prompt": saliency.get("prompt"),
-                         "score": smap.score, "roi_zyx": smap.roi.to_list(),
-                         "model_sha256": self.model.get("weights_sha256")})
-            saliency["file"] = str(files["saliency"])
+        sections = []
+        latest = None
+        for key, smap in self.saliency_maps.items():
+            section = dict(self.saliency_sections[key])
+            name = saliency_file_name(smap.method, smap.target, smap.exam or self.request.exam)
+            path = save_nifti(folder / name, smap.data, smap.roi_affine, dtype=np.float32,
+                              sidecar={"method": smap.method, "target": smap.target, "exam": section.get("exam"),
+                                       "prompt": section.get("prompt"), "score": smap.score,
+                                       "score_meaning": section.get("score_meaning"),
+                                       "roi_zyx": smap.roi.to_list(), "regions": section.get("regions"),
+                                       "model_sha256": self.model.get("weights_sha256")})
+            # the latest map keeps the key "saliency"; the others are named by method and target
+            files["saliency" if smap is self.saliency_map else f"saliency {smap.method} {smap.target}"] = path
+            section["file"] = str(path)
+            sections.append(section)
+            if smap is self.saliency_map:
+                latest = section
         figure = self.figure()
         files["figure"] = atomic_write(folder / FIGURE_FILE, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-        report = build_report(analysis=self.analysis, inputs=self.inputs, prompt=self.prompt, model=self.model,
-                              saliency=saliency, curves=self.curves, times=self.times)
+        report = self._report(latest, sections)
         report.setdefault("files", {}).update({k: str(v) for k, v in files.items()})
         files.update(write_report(report, folder, stem=REPORT_STEM))
         self.written_report = report
@@ -202,3 +238,80 @@ def explain(predictor, request: AnalysisRequest, method: str, target: str, progr
 
     return compute_saliency(predictor, request.volume, roi if roi is not None else request.roi, method=method,
                             target=target, prompt=request.prompt, exam=request.exam, progress=progress)
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f} %"
+
+
+def saliency_section(smap, labels=None, region_names=None, prompt: str | None = None) -> dict:
+    """The report section of one saliency map: :func:`report.saliency_info`, the exam, what the score is,
+    the map's share per tissue region when labels name the kidney regions (``regions``: per region its
+    share of the map's top 10 % voxels, of its energy and of the box; ``groups``: the graft, the graft and
+    its artery), the method's faithfulness figures from the model card, and all of it in words
+    (``explanation``)."""
+    from .faithfulness import kidney_regions, region_shares
+
+    section = {**saliency_info(smap), "exam": smap.exam, "prompt": prompt,
+               "score_meaning": score_meaning(smap.target), "regions": None, "groups": None}
+    if labels is None:
+        section["regions_note"] = "no tissue labels: the map's share per region is not known"
+    elif not kidney_regions(region_names):
+        section["regions_note"] = ("the tissue labels name no kidney region (cortex, medulla, collecting system, "
+                                   "artery): the map's share per region is not known")
+    else:
+        try:
+            shares = region_shares(smap.data, np.asarray(labels)[smap.roi.slices], names=region_names)
+        except ValueError as exc:
+            section["regions_note"] = str(exc)
+        else:
+            section["regions"], section["groups"] = shares["regions"], shares["groups"]
+            section["regions_note"] = ("per region: 'top', its share of the map's top 10 % voxels; 'energy', "
+                                       "its share of the map's sum; 'box', its share of the kidney box, what a "
+                                       "map without preference would give")
+    section["method_faithfulness"] = smap.method_faithfulness
+    section["explanation"] = saliency_explanation(section)
+    return section
+
+
+def score_meaning(target: str) -> str:
+    """What the number a map explains is, in words."""
+    if target == "similarity":
+        return ("the cosine similarity between the image's embedding and the prompt's (-1 to 1; higher: the "
+                "image matches the sentence better)")
+    return (f"the image-only prognosis logit of graft dysfunction at {target} for a reading from this exam "
+            "alone (higher: more risk; the probability is its logistic)")
+
+
+def saliency_explanation(section: dict) -> str:
+    """A saliency section in words: what the map shows, where it lies, and how far the method can be
+    trusted on this model."""
+    text = [f"{section['method']} map of {section['score_meaning'].split(' (')[0]} (score "
+            f"{section['score']:.3f}); bright = where the image moved that score most."]
+    groups = section.get("groups") or {}
+    regions = section.get("regions") or {}
+    if "graft and artery" in groups:
+        g = groups["graft and artery"]
+        text.append(f"On this exam {_percent(g['top'])} of its top 10 % voxels lie on the graft and its artery, "
+                    f"which fill {_percent(g['box'])} of the kidney box (a map without preference would put "
+                    f"{_percent(g['box'])} there).")
+    if regions:
+        text.append("Its top 10 % voxels per region (the region's share of the box): " + ", ".join(
+            f"{name} {_percent(r['top'])} (box {_percent(r['box'])})" for name, r in regions.items()) + ".")
+    else:
+        text.append(section.get("regions_note", "") + ".")
+    measured = section.get("method_faithfulness")
+    if measured:
+        check = "passed" if measured.get("randomisation_check") else "failed"
+        text.append(
+            f"On unseen synthetic exams this method put {_percent(measured['top_graft_artery'])} of its top 10 % "
+            f"voxels on the graft and artery (box {_percent(measured['box_graft_artery'])}); deletion area "
+            f"{measured['deletion_auc']:.2f} against {measured['random_deletion_auc']:.2f} for a random order "
+            f"(lower is better), insertion {measured['insertion_auc']:.2f} against "
+            f"{measured['random_insertion_auc']:.2f} (higher is better); its maps of the trained model and of the "
+            f"same model with randomised weights have a rank correlation of {measured['rank_correlation']:+.2f}, "
+            f"so the sanity check {check} (below 0.5 passes; a map that survives randomisation shows the image, "
+            "not what the model learned).")
+    else:
+        text.append("This model's card records no faithfulness figures for this method.")
+    return " ".join(text)

@@ -196,6 +196,10 @@ class SaliencyMap:
     score: float
     roi_affine: np.ndarray
     model_grid: np.ndarray
+    #: the exam (visit) it was computed for
+    exam: str | None = None
+    #: the method's faithfulness on unseen labelled exams, from the model card (None: not measured)
+    method_faithfulness: dict | None = None
 
     def layer_geometry(self, volume: DCEVolume) -> dict:
         """``scale``/``translate`` of a 3D layer that overlays the source volume's spatial axes."""
@@ -236,4 +240,15 @@ def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "g
     data, roi = prepared.to_source(grid)
     if progress:
         progress("done", 1.0)
-    return SaliencyMap(np.clip(data, 0.0, 1.0), roi, method, target, score, prepared.roi_affine, grid)
+    return SaliencyMap(np.clip(data, 0.0, 1.0), roi, method, target, score, prepared.roi_affine, grid,
+                       exam=exam.upper(), method_faithfulness=card_faithfulness(predictor.card, method))
+
+
+def card_faithfulness(card: dict, method: str) -> dict | None:
+    """The model card's faithfulness figures of ``method`` (``saliency_faithfulness``, written by
+    ``benchmarks/bench_saliency.py``) with the exams they were measured on; None when not measured."""
+    measured = card.get("saliency_faithfulness") if isinstance(card, dict) else None
+    if not isinstance(measured, dict) or not isinstance((measured.get("methods") or {}).get(method), dict):
+        return None
+    return {**measured["methods"][method], "exams": measured.get("exams"),
+            "best_method": measured.get("best_method"), "measured": measured.get("measured")}
