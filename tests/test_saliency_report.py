@@ -80,3 +80,17 @@ def test_maps_of_several_methods_and_targets_live_side_by_side():
     again = result.attach_saliency(hand_map("occlusion", "2y"))  # the same method and target: replaced
     assert list(result.saliency_maps) == [("occlusion", "2y"), ("gradcam", "similarity")]
     assert result.saliency == again == first and result.saliency_map.method == "occlusion"
+
+
+def test_the_default_method_is_the_one_the_demo_card_measured_best():
+    from napari_medimp.core.checkpoint import read_card
+    from napari_medimp.core.sample import default_model_path
+    from napari_medimp.core.terms import SALIENCY_METHODS
+
+    card = read_card(default_model_path())
+    measured = card["saliency_faithfulness"]
+    assert measured["best_method"] == SALIENCY_METHODS[0]
+    assert set(measured["methods"]) == set(SALIENCY_METHODS)  # every method measured
+    figures = card_faithfulness(card, SALIENCY_METHODS[0])
+    assert figures["box_graft_artery"] < figures["top_graft_artery"] and "unseen" in figures["exams"]
+    assert card_faithfulness(card, "lime") is None and card_faithfulness({}, "occlusion") is None
