@@ -24,6 +24,8 @@ the share; the card records which criteria it misses.
 Areas are given as medians over maps, with the number of maps on which the map beat the random orders:
 a prognosis logit can leave the range between the full and the empty image on a partly removed image.
 ``--write-card`` stores the summary in the model card's ``saliency_faithfulness`` (only the JSON changes).
+``--diagnose`` prints why maps sit off the kidney instead: how much of the model input is padding around
+the kidney box, how much of the input gradient lies there, and Grad-CAM's share at each stage.
 """
 
 from __future__ import annotations
@@ -111,6 +113,57 @@ def measure(args) -> tuple[list[dict], dict]:
     setup = {"model": str(args.model or default_model_path()), "weights_sha256": predictor.loaded.weights_sha256,
              "exams": args.exams, "first_seed": args.first_seed, "steps": args.steps, "random_orders": args.random, "block": "x".join(map(str, args.block))}
     return per_map, setup
+
+
+def diagnose(args) -> str:
+    """Why maps sit off the kidney: per exam and target, the share of the model input that is padding around
+    the kidney box (exactly 0 after normalisation), the share of the input gradient's magnitude there, the
+    last stage's grid, and Grad-CAM's top 10 % share on the graft and artery at each stage."""
+    from napari_medimp.core.faithfulness import region_shares
+    from napari_medimp.core.inference import Predictor
+    from napari_medimp.core.saliency import PrognosisTarget, SimilarityTarget, model_grid_map
+    from napari_medimp.core.sample import default_model_path
+
+    predictor = Predictor.from_file(args.model or default_model_path(), device="cpu")
+    model = predictor.model
+    stages = ("layer1", "layer2", "layer3", "layer4")
+    lines = ["| exam | target | padding share of the input | input-gradient magnitude in the padding | "
+             + " | ".join(f"Grad-CAM {s} top 10 % on graft+artery" for s in stages) + " |",
+             "|---|---|---|---|" + "---|" * len(stages)]
+    grids = {}
+    for name, exam, volume, labels, prompt in exams(args.exams, args.first_seed):
+        roi = predictor.roi_for(volume)
+        prepared = predictor.prepare(volume, roi)
+        x = prepared.tensor[None]
+        padding = (x[0, 0] == 0).numpy()
+        for target in args.targets:
+            wrapper = (SimilarityTarget(model, predictor.embed_texts([prompt])[0]) if target == "similarity" else
+                       PrognosisTarget(model, predictor.prognosis_head("image", exam, target), exam)).eval()
+            inputs = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                (gradient,) = torch.autograd.grad(wrapper(inputs)[:, 0].sum(), inputs)
+            magnitude = gradient.abs()[0, 0].numpy()
+            shares = []
+            for stage in stages:
+                layer = f"model.image_encoder.{stage}"
+                hooked = []
+                handle = model.get_submodule(f"image_encoder.{stage}").register_forward_hook(
+                    lambda _m, _i, out, hooked=hooked: hooked.append(tuple(out.shape[2:])))
+                with torch.no_grad():
+                    wrapper(x)
+                handle.remove()
+                grids[stage] = "x".join(map(str, hooked[0]))
+                on_box, _ = prepared.to_source(model_grid_map(wrapper, x, "gradcam", layer))
+                try:
+                    shares.append(f"{region_shares(on_box, labels[roi.slices])['groups']['graft and artery']['top']:.0%}")
+                except ValueError:
+                    shares.append("empty")
+            lines.append(f"| {name} | {target} | {padding.mean():.0%} | "
+                         f"{magnitude[padding].sum() / magnitude.sum():.0%} | " + " | ".join(shares) + " |")
+    lines.append("")
+    lines.append("Feature grids (z x y x x) of the stages for a 32x64x64 input: "
+                 + ", ".join(f"{s} {g}" for s, g in grids.items()))
+    return "\n".join(lines)
 
 
 def summarise(per_map: list[dict]) -> list[dict]:
@@ -275,11 +328,16 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the random orders and weights")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write every map's figures and the summary to this file")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="only the diagnosis: padding around the box, input gradient there, Grad-CAM per stage")
     parser.add_argument("--from-json", help="summarise the maps of an earlier run's --json instead of measuring")
     parser.add_argument("--write-card", action="store_true",
                         help="store the summary in the model card's saliency_faithfulness")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.diagnose:
+        print("\n" + diagnose(args))
+        return
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
