@@ -271,9 +271,9 @@ def _cmd_predict(args) -> int:
 def _cmd_saliency(args) -> int:
     from .core.io import load_dce, save_nifti
     from .core.outputs import check_output
-    from .core.pipeline import saliency_file_name, saliency_section
+    from .core.pipeline import faithfulness_line, saliency_file_name, saliency_section
     from .core.prompts import build_prompt
-    from .core.saliency import compute_saliency
+    from .core.saliency import card_faithfulness, compute_saliency
     from .core.terms import SALIENCY_METHODS
 
     methods = list(dict.fromkeys(args.method or [SALIENCY_METHODS[0]]))
@@ -301,6 +301,8 @@ def _cmd_saliency(args) -> int:
     else:
         print(f"saliency method: {methods[0]} (the default: the method that measured most faithful on unseen "
               "labelled synthetic exams; see saliency_faithfulness in the demo model's card)")
+    for method in methods:
+        print(faithfulness_line(method, card_faithfulness(predictor.card, method)))
 
     def explain_one(ident, exam, path):
         exam = (exam or args.exam).upper()
@@ -479,12 +481,15 @@ def _cmd_analyze(args) -> int:
 
 
 def _print_saliency_regions(section: dict) -> None:
+    from .core.pipeline import faithfulness_line
+
     regions = section.get("regions")
     if not regions:
         print(f"saliency {section['method']} for {section['target']}: {section.get('regions_note')}")
-        return
-    print(f"saliency {section['method']} for {section['target']}, share of its top 10 % voxels (of the box): "
-          + ", ".join(f"{name} {100 * r['top']:.0f} % ({100 * r['box']:.0f} %)" for name, r in regions.items()))
+    else:
+        print(f"saliency {section['method']} for {section['target']}, share of its top 10 % voxels (of the box): "
+              + ", ".join(f"{name} {100 * r['top']:.0f} % ({100 * r['box']:.0f} %)" for name, r in regions.items()))
+    print(faithfulness_line(section["method"], section.get("method_faithfulness")))
 
 
 def _model_options(p: argparse.ArgumentParser, clinical: bool = True, path_help: str | None = None) -> None:

@@ -162,6 +162,7 @@ def test_saliency_writes_nifti_in_the_exam_geometry(small_cohort, tiny_model, tm
     assert json.loads(out.with_name("map.json").read_text())["target"] == "2y"
     said = capsys.readouterr().out
     assert f"saliency method: {SALIENCY_METHODS[0]} (the default" in said  # which method it used, and why
+    assert "card records no faithfulness figures" in said  # the tiny model was never measured
 
 
 def test_saliency_writes_one_file_per_method_target_and_exam(small_cohort, tiny_model, tmp_path, capsys):

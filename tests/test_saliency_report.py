@@ -11,6 +11,7 @@ from napari_medimp.core.pipeline import (
     ANALYSIS_FILES,
     AnalysisRequest,
     AnalysisResult,
+    faithfulness_line,
     saliency_file_name,
     saliency_section,
 )
@@ -56,6 +57,14 @@ def test_section_gives_the_share_per_region_and_explains_it():
     assert "cortex 100 % (box 20 %)" in words and "outside 0 % (box 60 %)" in words
     assert "30 % of its top 10 % voxels on the graft and artery (box 15 %)" in words
     assert "sanity check passed" in words
+
+
+def test_faithfulness_in_one_line():
+    line = faithfulness_line("occlusion", card_faithfulness(CARD, "occlusion"))
+    assert line == ("occlusion on unseen synthetic exams: 30 % of its top 10 % voxels on the graft and artery (they "
+                    "fill 15 % of the box); weight-randomisation sanity check passed (rank correlation +0.10, "
+                    "passes below 0.5)")
+    assert "records no faithfulness figures" in faithfulness_line("gradcam", None)
 
 
 def test_section_without_labels_or_without_kidney_names_says_so():

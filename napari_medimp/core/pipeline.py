@@ -315,3 +315,14 @@ def saliency_explanation(section: dict) -> str:
     else:
         text.append("This model's card records no faithfulness figures for this method.")
     return " ".join(text)
+
+
+def faithfulness_line(method: str, measured: dict | None) -> str:
+    """One line on how faithful ``method`` measured on the model (its card's figures), or that it was not."""
+    if not measured:
+        return f"{method}: this model's card records no faithfulness figures for it"
+    check = "passed" if measured.get("randomisation_check") else "failed"
+    return (f"{method} on unseen synthetic exams: {_percent(measured['top_graft_artery'])} of its top 10 % voxels "
+            f"on the graft and artery (they fill {_percent(measured['box_graft_artery'])} of the box); weight-"
+            f"randomisation sanity check {check} (rank correlation {measured['rank_correlation']:+.2f}, passes "
+            "below 0.5)")
