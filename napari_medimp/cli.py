@@ -419,6 +419,10 @@ def _cmd_analyze(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is a file; give a folder for the report")
+    from .cli_patient import analyze_patient_command, is_patient_folder
+
+    if args.path != SAMPLE_ARGUMENT and is_patient_folder(args.path):
+        return analyze_patient_command(args)
     if not args.overwrite:
         check_output_folder(out, ANALYSIS_FILES, overwrite=False)  # before any work
     _refuse_typed_non_numbers(args)
@@ -438,7 +442,8 @@ def _cmd_analyze(args) -> int:
         sources = _sources(Path(args.path))
         if len(sources) != 1:
             raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
-                             "(a file, a series or an exam folder); use `medimp predict` for a cohort")
+                             "(a file, a series or an exam folder) or one patient folder; use `medimp predict` "
+                             "for a cohort")
         ident, tree_exam, path = sources[0]
         exam = normalize_exam(tree_exam or exam)
         volume, label_file = _load_exam(path)
@@ -565,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Analyse one DCE-MRI exam and write DIR/medimp_report.json/.csv, "
                                    "DIR/results.png and DIR/saliency-METHOD-TARGET-EXAM.nii.gz. Research "
                                    "software, not for clinical use.")
-    _model_options(p, path_help="a DCE file or series or an exam folder; `sample` for the bundled synthetic "
-                                "sample exam (with its tissue labels)")
+    _model_options(p, path_help="a DCE file or series or an exam folder; a patient folder for every exam of "
+                                "the patient visit by visit; `sample` for the bundled synthetic sample exam "
+                                "(with its tissue labels)")
     p.add_argument("--prompt", help="prompt text (default: built from the clinical values)")
     p.add_argument("--labels", help="label map (NIfTI) on the exam's grid: one curve per region "
                                     "(default: the exam folder's segmentation, if any)")
