@@ -231,3 +231,20 @@ def test_a_patient_folder_without_clinical_table_reads_images_only(predictor, tm
     assert result.clinical_source is None and "no clinical.csv" in result.notes[0]
     assert result.visit("M3").clinical["gfr_ml_min_1_73m2"] is None
     assert result.visit("M3").result.analysis["prognosis_reading"]["clinical_missing"]
+
+
+def test_dates_and_patient_read_from_dicom_tags_and_sidecars(predictor, tmp_path):
+    from napari_medimp.core.io.dicom_write import save_dicom_series
+
+    folder = tmp_path / "P7"
+    save_dicom_series(kidney_volume(n_frames=6), folder / "D15" / "dce", patient_id="P7", study_date="20240312")
+    save_dce(kidney_volume(seed=1, n_frames=6), folder / "D30" / "dce" / "dce.nii.gz",
+             sidecar={"PatientID": "P7", "AcquisitionDate": "2024-03-01"})
+    result = analyze_patient_folder(predictor, folder)
+    d15, d30 = result.visits
+    assert (d15.date, d15.date_source) == ("2024-03-12", "image metadata 'study_date'")
+    assert (d30.date, d30.date_source) == ("2024-03-01", "sidecar 'AcquisitionDate'")
+    assert d15.patient_in_data == d30.patient_in_data == "P7"
+    assert any("D30 is dated 2024-03-01, before D15 (2024-03-12)" in note for note in result.notes)
+    assert [t.get_text() for t in result.figure().axes[0].get_xticklabels()] == ["D15\n2024-03-12",
+                                                                                 "D30\n2024-03-01"]
