@@ -183,7 +183,7 @@ def test_analyze_refuses_absurd_and_non_numeric_clinical_values(exam, tiny_model
     image = str(exam[0])
     base = ["analyze", image, "--model", str(tiny_model), "--out", str(tmp_path / "o")]
     _fails(capsys, [*base, "--gfr", "900"], 1, "gfr", "900")
-    _fails(capsys, [*base, "--donor-age", "140"], 1, "donor_age", "140")
+    _fails(capsys, [*base, "--donor-age", "140"], 1, "donor age", "140")
     _fails(capsys, [*base, "--gfr", "nan"], 1, "gfr", "not a number")
     _fails(capsys, [*base, "--gfr", "forty"], 1, "gfr", "forty")
     _fails(capsys, [*base, "--creatinine", "1.2;1.4", "--creatinine-unit", "g/L"], 1, "g/L")

@@ -110,15 +110,15 @@ def test_creatinine_std_is_population_std():
 @pytest.mark.parametrize(
     "kwargs, field, pieces",
     [
-        (dict(donor_age=130), "donor_age", ["donor_age", "130", "0-100 years", "physiologically possible"]),
-        (dict(donor_age=-1), "donor_age", ["donor_age", "0-100 years"]),
-        (dict(gfr="250"), "gfr", ["gfr", "250", "0-200 mL/min/1.73 m2"]),
-        (dict(gfr="abc"), "gfr", ["gfr", "'abc'", "not a number", "0-200 mL/min/1.73 m2"]),
-        (dict(gfr=float("inf")), "gfr", ["gfr", "not a number"]),
+        (dict(donor_age=130), "donor_age", ["donor age", "130", "0-100 years", "values a patient can have"]),
+        (dict(donor_age=-1), "donor_age", ["donor age", "0-100 years"]),
+        (dict(gfr="250"), "gfr", ["GFR", "250", "0-200 mL/min/1.73 m2"]),
+        (dict(gfr="abc"), "gfr", ["GFR", "'abc'", "not a number", "0-200 mL/min/1.73 m2"]),
+        (dict(gfr=float("inf")), "gfr", ["GFR", "not a number"]),
         (dict(creatinine=[100, 5]), "creatinine", ["creatinine", "5", "10-3000 umol/L"]),
         (dict(creatinine=[40], creatinine_unit="mg/dL"), "creatinine", ["40 mg/dL", "3536.8 umol/L", "10-3000"]),
         (dict(creatinine="80; x"), "creatinine", ["creatinine", "'x'", "not a number"]),
-        (dict(creatinine_std=-3), "creatinine_std", ["creatinine_std", "0-3000 umol/L"]),
+        (dict(creatinine_std=-3), "creatinine_std", ["creatinine variability", "0-3000 umol/L"]),
     ],
 )
 def test_validation_messages(kwargs, field, pieces):
@@ -339,7 +339,7 @@ def test_check_form_reports_every_bad_field_at_once():
     assert record is None and set(errors) == {"gfr", "donor_age"}
     assert "not a number" in errors["gfr"] and "0-100 years" in errors["donor_age"]
     record, errors = check_form({"exam": "D30", "gfr": "48", "creatinine": "120; 135", "creatinine_std": "5"})
-    assert record is None and errors == {"creatinine_std": "give either a creatinine series or creatinine_std, not both"}
+    assert record is None and errors == {"creatinine_std": "give either the creatinine values or their variability (std), not both"}
     record, errors = check_form({"exam": "m3", "gfr": "48,5", "creatinine": "1,2; 1,5", "creatinine_unit": "mg/dL"})
     assert errors == {} and record.exam == "M3" and record.gfr == 48.5
     assert record.creatinine == pytest.approx((1.2 * 88.42, 1.5 * 88.42))

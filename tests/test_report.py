@@ -63,7 +63,7 @@ def test_zero_shot_bars_heights_order_and_highlight(dark):
     assert all(f == colors["bar"] for i, f in enumerate(faces) if i != 2)
     assert bars[2].get_linewidth() > bars[0].get_linewidth()
     assert ax.get_ylim() == (0.0, 1.0)
-    assert {"0.05", "0.10", "0.15", "0.50", "0.20"} <= set(_texts(ax))
+    assert {"5.0 %", "10 %", "15 %", "50 %", "20 %"} <= set(_texts(ax))
     assert "probability" in ax.get_ylabel()
 
 
@@ -81,7 +81,7 @@ def test_prognosis_bars_and_reference_line():
     assert [b.get_height() for b in ax.patches] == pytest.approx([0.2, 0.55, 0.95])
     assert ax.get_ylim() == (0.0, 1.0)
     assert any(np.allclose(line.get_ydata(), 0.5) for line in ax.lines)
-    assert {"20%", "55%", "95%"} <= set(_texts(ax))  # the same percent as the text beside the plot
+    assert {"20 %", "55 %", "95 %"} <= set(_texts(ax))  # the same percent as the text beside the plot
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2 years", "3 years", "4 years"]
 
 

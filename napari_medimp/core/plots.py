@@ -13,6 +13,9 @@ from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from .report import percent
 
 __all__ = [
     "DARK",
@@ -86,7 +89,7 @@ def _value_labels(ax, xs, values, colors: Mapping[str, str]) -> None:
     """Probability written above each bar (inside the top of bars close to 1, to stay within 0..1)."""
     for x, value in zip(xs, values, strict=True):
         inside = value > 0.88
-        ax.text(x, value - 0.02 if inside else value + 0.02, f"{value:.2f}", ha="center",
+        ax.text(x, value - 0.02 if inside else value + 0.02, percent(value), ha="center",
                 va="top" if inside else "bottom", fontsize=FONT_SIZE,
                 color="#ffffff" if inside else colors["text"])
 
@@ -116,6 +119,7 @@ def plot_zero_shot(ax, reading: Mapping[str, float], expected: str | None = None
     _value_labels(ax, xs, values, colors)
     ax.set_xticks(xs, [textwrap.fill(n, 10) for n in names])
     ax.set_ylim(0.0, 1.0)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.set_ylabel("probability")
     ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
     ax.set_axisbelow(True)
@@ -160,12 +164,13 @@ def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
         ax.bar(pos, ys, width=width * 0.9, color=color, label=label)
         for x, y in zip(pos, ys, strict=True):
             if np.isfinite(y):
-                ax.text(x, min(y + 0.02, 0.9), f"{y:.0%}", ha="center", va="bottom", color=colors["text"],
+                ax.text(x, min(y + 0.02, 0.9), percent(y), ha="center", va="bottom", color=colors["text"],
                         fontsize=FONT_SIZE - (2 if len(groups) > 1 else 0))
     ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
     ax.set_xticks(xs, [_horizon_label(n) for n in names])
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(0.0, 1.0)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.set_ylabel("probability of dysfunction")
     ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
     ax.set_axisbelow(True)

@@ -106,7 +106,12 @@ RANGES: Mapping[str, tuple[float, float, str]] = MappingProxyType(
         "creatinine_std": (0.0, 3000.0, "umol/L"),
     }
 )
-_RANGE_NOTE = "physiologically possible values, not normal clinical ranges"
+#: each clinical field in a clinician's words, for messages
+FIELD_WORDS: Mapping[str, str] = MappingProxyType(
+    {"donor_age": "donor age", "gfr": "GFR", "creatinine": "creatinine",
+     "creatinine_std": "creatinine variability (std)", "exam": "exam", "creatinine_unit": "creatinine unit"}
+)
+_RANGE_NOTE = "the values a patient can have"
 
 
 def _finite(value: float, name: str) -> float:
@@ -148,7 +153,7 @@ def normalize_exam(exam: str) -> str:
     key = str(exam).strip().upper() if exam is not None else ""
     if key not in EXAMS:
         raise ClinicalValueError(
-            "exam", exam, f"exam = {exam!r} is not a known follow-up exam; expected one of {', '.join(EXAMS)}"
+            "exam", exam, f"exam {exam!r} is not a follow-up exam; expected one of {', '.join(EXAMS)}"
         )
     return key
 
@@ -273,7 +278,7 @@ def _is_missing(value: Any) -> bool:
 
 def _range_text(name: str) -> str:
     lo, hi, unit = RANGES[name]
-    return f"{lo:g}-{hi:g} {unit} ({_RANGE_NOTE})"
+    return f"{lo:g}-{hi:g} {unit}, {_RANGE_NOTE}"
 
 
 def _to_float(name: str, value: Any) -> float | None:
@@ -297,7 +302,7 @@ def _to_float(name: str, value: Any) -> float | None:
             v = None
     if v is None or not math.isfinite(v):
         raise ClinicalValueError(
-            name, value, f"{name} = {value!r} is not a number; expected a value in {_range_text(name)}"
+            name, value, f"{FIELD_WORDS[name]} {value!r} is not a number (expected {_range_text(name)})"
         )
     return v
 
@@ -309,7 +314,7 @@ def _check_range(name: str, value: float | None, shown: str | None = None) -> fl
     if not lo <= value <= hi:
         shown = shown or f"{value:g} {unit}"
         raise ClinicalValueError(
-            name, value, f"{name} = {shown} is outside the accepted range {_range_text(name)}"
+            name, value, f"{FIELD_WORDS[name]} {shown} is outside {_range_text(name)}"
         )
     return value
 
@@ -387,7 +392,7 @@ class ClinicalRecord:
         std = _check_range("creatinine_std", _to_float("creatinine_std", self.creatinine_std))
         if std is not None and self.creatinine:
             raise ClinicalValueError(
-                "creatinine_std", std, "give either a creatinine series or creatinine_std, not both"
+                "creatinine_std", std, "give either the creatinine values or their variability (std), not both"
             )
         setattr_(self, "creatinine_std", std)
         setattr_(self, "extra", dict(self.extra or {}))

@@ -281,8 +281,13 @@ def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str
     return paths
 
 
-def _percent(p: float) -> str:
+def percent(p: float) -> str:
+    """A probability as people read it, the same in the panel, the figures and the reports: one decimal
+    below 10 % (0.2 %), none above (45 %)."""
     return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
+
+
+_percent = percent
 
 
 def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None = None) -> str:
