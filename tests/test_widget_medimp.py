@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from helpers import kidney_volume
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QPoint, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
 from napari_medimp.core.preprocess import RoiBox
@@ -32,7 +32,7 @@ def viewer_widget(make_napari_viewer, tiny_model):
     return viewer, widget, layer
 
 
-def _wait(qtbot, widget, timeout=60_000):
+def _wait(qtbot, widget, timeout=180_000):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
@@ -85,12 +85,17 @@ def test_bad_form_values_show_messages_and_change_nothing(viewer_widget, qtbot):
     widget.analyze()
     assert not widget.busy
     assert widget.errors["gfr"].visible and "not a number" in widget.errors["gfr"].value
-    assert widget.errors["donor_age"].visible and "outside the accepted range" in widget.errors["donor_age"].value
+    assert widget.errors["donor_age"].visible and widget.errors["donor_age"].value == "donor age 300 years is outside 0-100 years, the values a patient can have"
     assert not widget.errors["creatinine"].visible
     assert len(viewer.layers) == n_layers and widget.current_result() is None
-    assert "clinical values" in widget.status_label.text()
+    assert widget.status_label.text().count("clinical values need correcting") == 1  # one message, not a list
+    # the preview never shows a sentence built from a value that is now invalid
+    assert widget.prompt_edit.toPlainText() == "" and "waiting" in widget.prompt_state.text()
     widget.prefill(gfr="48", donor_age="58")
     assert not widget.errors["gfr"].visible
+    assert "medium" in widget.prompt_edit.toPlainText()
+    widget.prefill(gfr="4800")
+    assert widget.prompt_edit.toPlainText() == ""
 
 
 # ------------------------------------------------------------------------------------ the full flow
@@ -229,6 +234,29 @@ def test_a_one_frame_layer_is_not_offered_and_a_brain_fmri_is_labelled_outside_t
     text = widget.results_label.text()
     assert "Outside what this model was trained on:" in text and "not a dynamic series" in text
     assert "no enhancing kidney found" in text
+
+
+def test_at_napari_default_window_size_nothing_is_clipped_or_shifted_and_results_come_into_view(
+        viewer_widget, qtbot, tmp_path):
+    viewer, widget, _ = viewer_widget
+    viewer.window._qt_window.resize(1089, 630)  # napari's default window
+    qtbot.waitUntil(lambda: widget._scroll.viewport().width() < 400)
+    viewport = widget._scroll.viewport()
+    assert widget._content.minimumSizeHint().width() <= viewport.width()
+    qtbot.waitUntil(lambda: widget._content.width() <= viewport.width())
+    # tabbing to the last field of a row (the scroll area brings a focused field into view) never scrolls
+    # the panel sideways
+    unit = widget.fields["creatinine_unit"].native
+    widget._scroll.ensureWidgetVisible(unit)
+    assert widget._content.x() == 0 and widget._scroll.horizontalScrollBar().value() == 0
+    right = unit.mapTo(widget._content, unit.rect().topRight()).x()
+    assert right <= viewport.width(), (right, viewport.width())
+    _fill(widget)
+    widget.analyze()
+    _wait(qtbot, widget)
+    box = widget.results_box
+    qtbot.waitUntil(lambda: viewport.rect().contains(box.mapTo(viewport, box.rect().topLeft()) + QPoint(5, 30)))
+    viewer.window._qt_window.grab().save(str(tmp_path / "panel.png"))
 
 
 def test_event_loop_keeps_running_while_the_worker_computes(viewer_widget, qtbot):

@@ -332,9 +332,17 @@ def test_use_hands_the_model_to_the_analysis_widget(dialog, notes, qtbot, monkey
 
     docked = []
 
-    def add_plugin_dock_widget(plugin, name):
-        docked.append((plugin, name))
-        return object(), FakeAnalysis()
+    class FakeDock:
+        raised = False
+
+        def raise_(self):
+            self.raised = True
+
+    dock = FakeDock()
+
+    def add_plugin_dock_widget(plugin, name, tabify=False):
+        docked.append((plugin, name, tabify))
+        return dock, FakeAnalysis()
 
     monkeypatch.setattr(viewer.window, "add_plugin_dock_widget", add_plugin_dock_widget)
     assert not widget.use_button.isEnabled()
@@ -343,7 +351,9 @@ def test_use_hands_the_model_to_the_analysis_widget(dialog, notes, qtbot, monkey
     widget.model_path = tmp_path / "model.safetensors"
     # no analysis widget in this viewer: it is docked, then given the model
     widget.use_in_analysis()
-    assert docked == [("napari-medimp", "MEDIMP graft analysis")] and received == [widget.model_path]
+    # as a tab in front of the training dock (stacked, the two docks squashed each other)
+    assert docked == [("napari-medimp", "MEDIMP graft analysis", True)] and dock.raised
+    assert received == [widget.model_path]
     # the analysis widget registered for this viewer gets it directly
     registered = FakeAnalysis()
     _registry.register(viewer, registered)

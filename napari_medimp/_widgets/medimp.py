@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -43,7 +43,7 @@ from ..core.checks import OUTSIDE_TRAINING, failed_messages
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
-from ..core.report import clinical_inputs, note_without_path
+from ..core.report import clinical_inputs, note_without_path, percent
 from ..core.terms import SALIENCY_METHODS
 from ._registry import register
 
@@ -131,6 +131,7 @@ class MedimpWidget(QWidget):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
         self._content = content
+        self._scroll = scroll
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
@@ -152,7 +153,7 @@ class MedimpWidget(QWidget):
         self.show_box_button.setToolTip("find the kidney automatically and show it as an editable box")
         self.show_box_button.clicked.connect(self.show_kidney_box)
         self.roi_label = QLabel("")
-        self.roi_label.setWordWrap(True)
+        _wrapping(self.roi_label)
         for combo in (self.layer_combo, self.labels_combo, self.roi_combo):
             _shrinkable(combo)
         form.addRow("DCE layer", self.layer_combo)
@@ -190,14 +191,14 @@ class MedimpWidget(QWidget):
                 row.margins = (0, 0, 0, 0)
         for label in set(self.errors.values()):
             label.native.setStyleSheet("color: #ff6b6b;")
-            label.native.setWordWrap(True)
+            _wrapping(label.native)
             label.visible = False
         for widget in self.fields.values():
             widget.changed.connect(self._on_form_changed)
         layout = QVBoxLayout(box)
         layout.addWidget(self.form.native)
         self.identity_label = QLabel("")
-        self.identity_label.setWordWrap(True)
+        _wrapping(self.identity_label)
         self.identity_label.setVisible(False)
         layout.addWidget(self.identity_label)
         self.exam_confirm = QCheckBox("Analyse as the exam typed above")
@@ -218,18 +219,21 @@ class MedimpWidget(QWidget):
         self.variant_spin.valueChanged.connect(lambda *_: self._regenerate_prompt(force=False))
         row.addWidget(self.variant_spin)
         row.addStretch(1)
-        self.prompt_state = QLabel("")
-        row.addWidget(self.prompt_state)
-        self.regenerate_button = QPushButton("Regenerate")
-        self.regenerate_button.setToolTip("replace the text by the prompt generated from the values")
-        self.regenerate_button.clicked.connect(lambda: self._regenerate_prompt(force=True))
-        row.addWidget(self.regenerate_button)
         layout.addLayout(row)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("type clinical values above, or a prompt here")
         self.prompt_edit.setMaximumHeight(90)
         self.prompt_edit.textChanged.connect(self._on_prompt_edited)
         layout.addWidget(self.prompt_edit)
+        row = QHBoxLayout()
+        self.prompt_state = QLabel("")
+        row.addWidget(self.prompt_state)
+        row.addStretch(1)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setToolTip("replace the text by the prompt generated from the values")
+        self.regenerate_button.clicked.connect(lambda: self._regenerate_prompt(force=True))
+        row.addWidget(self.regenerate_button)
+        layout.addLayout(row)
         return box
 
     def _build_model_group(self) -> QGroupBox:
@@ -250,7 +254,7 @@ class MedimpWidget(QWidget):
         self.device_combo.addItems(["auto", *available_devices()])
         self.device_combo.setToolTip("auto picks cuda, then mps, then cpu")
         self.card_label = QLabel("")
-        self.card_label.setWordWrap(True)
+        _wrapping(self.card_label)
         self.card_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addRow("File", row)
         form.addRow("Device", self.device_combo)
@@ -267,12 +271,15 @@ class MedimpWidget(QWidget):
         row = QHBoxLayout()
         self.method_combo = QComboBox()
         self.method_combo.addItems(SALIENCY_METHODS)
+        self.method_combo.setToolTip("how the map is computed")
         self.target_combo = QComboBox()
         self.target_combo.setToolTip("explain the image-prompt similarity or the prognosis at one horizon")
+        for combo in (self.method_combo, self.target_combo):
+            _shrinkable(combo, 3)
         self.saliency_button = QPushButton("Saliency")
         self.saliency_button.setToolTip("add a saliency overlay (where the model looked) over the kidney")
         self.saliency_button.clicked.connect(self.saliency)
-        row.addWidget(self.method_combo)
+        row.addWidget(self.method_combo, 2)
         row.addWidget(self.target_combo, 1)
         row.addWidget(self.saliency_button)
         layout.addLayout(row)
@@ -281,15 +288,15 @@ class MedimpWidget(QWidget):
         self.export_button.clicked.connect(self._choose_export_folder)
         layout.addWidget(self.export_button)
         self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        _wrapping(self.status_label)
         layout.addWidget(self.status_label)
         return box
 
     def _build_results_group(self) -> QGroupBox:
-        box = QGroupBox("Results")
+        box = self.results_box = QGroupBox("Results")
         layout = QVBoxLayout(box)
         self.results_label = QLabel("No analysis yet.")
-        self.results_label.setWordWrap(True)
+        _wrapping(self.results_label)
         self.results_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.results_label)
         # plots are rendered in the worker thread (matplotlib Agg) and only shown here
@@ -484,9 +491,16 @@ class MedimpWidget(QWidget):
 
     def _regenerate_prompt(self, force: bool) -> None:
         text = self.generated_prompt()
-        if text is None:
-            return
         edited = self.prompt_edit.toPlainText() != self._prompt_generated
+        if text is None:  # an invalid value: a generated sentence built from it must not stay on screen
+            if not edited:
+                self._prompt_generated = ""
+                self._setting_prompt = True
+                self.prompt_edit.setPlainText("")
+                self._setting_prompt = False
+                self.prompt_state.setText("waiting for valid clinical values")
+                self.regenerate_button.setEnabled(False)
+            return
         self._prompt_generated = text
         if force or not edited:
             self._setting_prompt = True
@@ -670,7 +684,8 @@ class MedimpWidget(QWidget):
             return None
         record, errors = self.validate_form()
         if errors:
-            self._notify_error("clinical values: " + "; ".join(errors.values()))
+            count = f"{len(errors)} clinical values need" if len(errors) > 1 else "a clinical value needs"
+            self._notify_error(f"{count} correcting (shown in red under each field)")
             return None
         if self._card is None:
             self._notify_error("no usable model file; choose one in the Model section")
@@ -733,6 +748,13 @@ class MedimpWidget(QWidget):
         if current is None or _key(current) != _key(layer):
             self._notify_info(f"analysis of {spec['layer_name']!r} finished; select that layer to see it")
         self._show_results()
+        if current is not None and _key(current) == _key(layer):
+            QTimer.singleShot(0, self.scroll_to_results)  # once the results are laid out
+
+    def scroll_to_results(self) -> None:
+        """Bring the results to the top of the panel (they sit below the form, out of view)."""
+        self._content.layout().activate()
+        self._scroll.verticalScrollBar().setValue(self.results_box.y())
 
     def saliency(self) -> None:
         """Grad-CAM / occlusion map of the chosen target, added over the source layer."""
@@ -865,7 +887,7 @@ class MedimpWidget(QWidget):
         if a.get("similarity") is not None:
             lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
         accuracy = a.get("zero_shot_gfr_accuracy") or {}
-        lines.append(f"Zero-shot GFR reading: <b>{_escape(best)}</b> ({reading[best]:.0%})"
+        lines.append(f"Zero-shot GFR reading: <b>{_escape(best)}</b> ({percent(reading[best])})"
                      + (f"; entered GFR is <i>{_escape(result.expected_bin)}</i>" if result.expected_bin else ""))
         if accuracy.get("accuracy") is not None:
             lines.append(f"<small>This reading was right for {accuracy['accuracy']:.0%} of {accuracy['n_exams']} exams "
@@ -1000,7 +1022,7 @@ def prognosis_lines(analysis: dict) -> list[str]:
         risks = analysis.get(key) or {}
         if not risks:
             continue
-        values = ", ".join(f"{h[:-1]} years <b>{p:.0%}</b>" for h, p in risks.items())
+        values = ", ".join(f"{h[:-1]} years <b>{percent(p)}</b>" for h, p in risks.items())
         used = f"<br><small>&nbsp;&nbsp;from {_escape(inputs[kind])}</small>" if inputs.get(kind) else ""
         label = KIND_LABELS[kind]
         lines.append(f"{label[0].upper()}{label[1:]}: {values}{used}")
@@ -1015,10 +1037,17 @@ def _key(layer) -> str:
     return str(getattr(layer, "unique_id", id(layer)))
 
 
-def _shrinkable(combo: QComboBox) -> None:
-    """Long layer names must not widen the dock: show them elided, full name in the list."""
+def _wrapping(label: QLabel) -> None:
+    """A label that wraps at the dock's width and never widens it (long words included)."""
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setMinimumWidth(40)
+
+
+def _shrinkable(combo: QComboBox, characters: int = 12) -> None:
+    """Long names must not widen the dock: show them elided, full name in the list."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(12)
+    combo.setMinimumContentsLength(characters)
 
 
 def _spatial_axes(layer) -> dict:

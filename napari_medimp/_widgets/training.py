@@ -891,8 +891,9 @@ class TrainingWidget(QWidget):
             show_warning("No trained model yet: run a training to the end first.")
             return None
         widget = _registry.medimp_widget(self.viewer)
-        if widget is None:
-            _, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANALYSIS_WIDGET_NAME)
+        if widget is None:  # a tab beside this dock, in front: two docks stacked would squash each other
+            dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANALYSIS_WIDGET_NAME, tabify=True)
+            dock.raise_()
         widget.set_model_file(self.model_path)
         show_info(f"MEDIMP analysis now uses {self.model_path.name}")
         return widget
