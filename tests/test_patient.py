@@ -168,6 +168,7 @@ def test_trend_figure_draws_every_visit(patient):
     assert [ax.get_title() for ax in risk_axes] == ["dysfunction at 2 years", "dysfunction at 3 years",
                                                     "dysfunction at 4 years"]
     assert all(len(ax.get_lines()) == 4 for ax in risk_axes)  # three readings and the 0.5 line
+    assert patient.panel_image()[:4] == b"\x89PNG"
 
 
 def test_cli_writes_the_patient_report_and_figure(training_cohort, tiny_model, row, tmp_path, capsys):
@@ -248,3 +249,15 @@ def test_dates_and_patient_read_from_dicom_tags_and_sidecars(predictor, tmp_path
     assert any("D30 is dated 2024-03-01, before D15 (2024-03-12)" in note for note in result.notes)
     assert [t.get_text() for t in result.figure().axes[0].get_xticklabels()] == ["D15\n2024-03-12",
                                                                                  "D30\n2024-03-01"]
+
+
+def test_absurd_table_values_and_wrong_folders_are_refused_by_name(predictor, exams, row, training_cohort):
+    from napari_medimp.core.prompts import ClinicalValueError
+
+    with pytest.raises(ClinicalValueError, match=r"^M3 clinical values \(patient P0003\): .*900") as caught:
+        analyze_patient(predictor, {"M3": exams["M3"]}, dict(row, gfr_M3="900"), patient=PATIENT)
+    assert caught.value.field == "gfr"
+    with pytest.raises(ValueError, match=r"is one exam folder\); give a folder whose sub-folders"):
+        analyze_patient_folder(predictor, training_cohort / PATIENT / "D15")
+    with pytest.raises(ValueError, match="is a cohort folder: the patient view reads one patient"):
+        analyze_patient_folder(predictor, training_cohort)

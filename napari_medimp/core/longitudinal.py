@@ -357,6 +357,16 @@ class PatientResult:
     def figure(self, *, dark: bool = False):
         return patient_trends_figure(self, dark=dark)
 
+    def panel_image(self, dpi: int = 80) -> bytes:
+        """The trend figure as PNG bytes in napari's dark theme, for a dock widget (drawn off the main
+        thread, as :func:`~napari_medimp.core.plots.panel_images`)."""
+        import io
+
+        figure = self.figure(dark=True)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi, facecolor=figure.get_facecolor())
+        return buffer.getvalue()
+
     def summary(self) -> str:
         """A few lines per visit for a person."""
         from .report import DISCLAIMER
@@ -476,7 +486,12 @@ def analyze_patient(predictor, exams: Mapping[str, DCEVolume], clinical=None, *,
     for i, (exam, volume) in enumerate(exams.items()):
         base, share = i / len(exams), 1 / len(exams)
         say(f"{exam}: reading", base)
-        record, values = visit_clinical_values(clinical, exam, creatinine_unit)
+        try:
+            record, values = visit_clinical_values(clinical, exam, creatinine_unit)
+        except ClinicalValueError as exc:
+            where = ", ".join(filter(None, [clinical_source, f"patient {patient}" if patient else None]))
+            raise ClinicalValueError(exc.field, exc.value, f"{exam} clinical values"
+                                     + (f" ({where})" if where else "") + f": {exc}") from None
         values["source"] = clinical_source if record is not None else None
         prompt = build_prompt(record) if record is not None else None
         roi = (rois or {}).get(exam)
@@ -536,8 +551,9 @@ def analyze_patient_folder(predictor, folder, progress: Progress | None = None) 
         raise ValueError(f"{folder} is a cohort folder: the patient view reads one patient; give a patient "
                          "folder (or use `medimp predict` for a cohort)")
     if kind != "patient":
-        raise ValueError(f"{folder} is not a patient folder (it holds one {kind if kind != 'exam' else 'exam'}); "
-                         "give a folder whose sub-folders are the patient's exams (D15, D30, M3, M12)")
+        held = "is one exam folder" if kind == "exam" else "holds one image series"
+        raise ValueError(f"{folder} is not a patient folder (it {held}); give a folder whose sub-folders are the "
+                         "patient's exams (D15, D30, M3, M12)")
     patient = folder.name
     exams: dict[str, DCEVolume] = {}
     labels: dict[str, tuple] = {}
