@@ -120,7 +120,8 @@ def test_pdf_of_a_labelled_analysis(labelled, tmp_path):
     assert page_count(data) == 3  # summary, key slices (image + the Grad-CAM row), curves
     assert not list(tmp_path.glob(".*.part"))  # written atomically
     text = _flat(pdf_strings(data))
-    assert "patient P7" in text and "exam D30" in text and "2024-03-12" in text
+    assert "patient P7 (read from the image metadata 'patient_id')" in text
+    assert "exam D30" in text and "exam date 2024-03-12" in text
     assert "1.2.826.0.1.7" in text  # the exam's id in the image
     assert "GFR 48 mL/min/1.73 m2 (typed)" in text and "donor age 70 years (typed)" in text
     assert DISCLAIMER in text
@@ -221,11 +222,18 @@ def test_render_summary_page_to_png(labelled, tmp_path):
 # --------------------------------------------------------------------------------------------------
 def test_identity_from_what_the_image_states():
     volume = kidney_volume()
-    assert exam_identity(volume) == {"patient": None, "exam": None, "date": None}
+    assert {k: v for k, v in exam_identity(volume).items() if v} == {}
     volume.metadata.update(patient="P002", exam="M3")  # a cohort's folder names
-    assert exam_identity(volume) == {"patient": "P002", "exam": "M3", "date": None}
+    who = exam_identity(volume)
+    assert (who["patient"], who["exam"], who["date"]) == ("P002", "M3", None)
+    assert who["patient_from"] == who["exam_from"] == "folder name"
     volume.metadata = {"sidecar": {"PatientID": "X1", "AcquisitionDateTime": "2023-05-02T10:11:12"}}
-    assert exam_identity(volume) == {"patient": "X1", "exam": None, "date": "2023-05-02"}
+    who = exam_identity(volume)
+    assert (who["patient"], who["exam"], who["date"]) == ("X1", None, "2023-05-02")
+    assert who["patient_from"] == "sidecar 'PatientID'"
+    volume.metadata = {"patient_id": "P7", "patient": "folder", "study_date": "20240312", "study_uid": "1.2.3"}
+    who = exam_identity(volume)
+    assert (who["patient"], who["exam"], who["date"]) == ("P7", "1.2.3", "2024-03-12")  # the tag, not the folder
 
 
 def test_orientation_letters_follow_the_affine():

@@ -95,37 +95,36 @@ def _new_page() -> Page:
 # --------------------------------------------------------------------------------------------------
 # what the image says about itself
 # --------------------------------------------------------------------------------------------------
-def _first(mapping: Mapping, *keys) -> str | None:
+def _first(mapping: Mapping, keys: Sequence[str], where: str) -> tuple[str | None, str | None]:
     for key in keys:
         value = mapping.get(key)
         if value is not None and str(value).strip():
-            return str(value).strip()
-    return None
-
-
-def _date_words(value: str | None) -> str | None:
-    """``YYYYMMDD`` (DICOM) or an ISO date-time as ``YYYY-MM-DD``; other text as it is."""
-    if not value:
-        return None
-    text = str(value).strip()
-    if len(text) >= 8 and text[:8].isdigit():
-        return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
-    return text[:10] if len(text) >= 10 and text[4] == "-" and text[7] == "-" else text
+            return str(value).strip(), where.format(key)
+    return None, None
 
 
 def exam_identity(volume) -> dict[str, str | None]:
-    """Patient id, exam id and exam date as the image states them (DICOM tags, a cohort's folder names, a
-    NIfTI's JSON sidecar); None for what it does not state."""
+    """Patient id, exam id and exam date as the image states them, and where each was read (``patient_from``,
+    ``exam_from``, ``date_from``): DICOM tags, a NIfTI's JSON sidecar, a cohort's folder names
+    (``patient/exam/...``); None for what the image does not state, never a guess. The date is
+    :func:`~napari_medimp.core.longitudinal.exam_date`'s (the patient view's)."""
+    from .longitudinal import exam_date
+
     meta = dict(volume.metadata or {})
     sidecar = meta.get("sidecar") if isinstance(meta.get("sidecar"), Mapping) else {}
-    return {
-        "patient": _first(meta, "patient_id", "patient") or _first(sidecar, "PatientID", "patient_id"),
-        "exam": _first(meta, "exam", "accession_number", "study_uid")
-        or _first(sidecar, "AccessionNumber", "StudyInstanceUID", "StudyID"),
-        "date": _date_words(_first(meta, "study_date", "acquisition_date")
-                            or _first(sidecar, "StudyDate", "AcquisitionDate", "AcquisitionDateTime",
-                                      "SeriesDate")),
-    }
+    patient, patient_from = _first(meta, ("patient_id",), "image metadata '{}'")
+    if patient is None:
+        patient, patient_from = _first(sidecar, ("PatientID",), "sidecar '{}'")
+    if patient is None:
+        patient, patient_from = _first(meta, ("patient",), "folder name")
+    exam, exam_from = _first(meta, ("accession_number", "study_uid"), "image metadata '{}'")
+    if exam is None:
+        exam, exam_from = _first(sidecar, ("AccessionNumber", "StudyInstanceUID", "StudyID"), "sidecar '{}'")
+    if exam is None:
+        exam, exam_from = _first(meta, ("exam",), "folder name")
+    day, day_from, _ = exam_date(volume)
+    return {"patient": patient, "exam": exam, "date": day,
+            "patient_from": patient_from, "exam_from": exam_from, "date_from": day_from}
 
 
 def _acquisition_lines(volume) -> list[tuple[str, str]]:
@@ -219,15 +218,15 @@ class _Flow:
     def heading(self, s: str) -> None:
         size = _BODY + 2.5
         self.room(self.line_height(size) + 3 * self.line_height(_BODY))  # never a heading alone at a page end
-        self.space(0.06)
+        self.space(0.04)
         self.page.text(self._fx(_MARGIN_LEFT), self._fy(self.y), s, size=size, weight="bold", color=_TEXT,
                        va="top", ha="left")
         self.y += self.line_height(size)
         self.page.figure.add_artist(Line2D([self._fx(_MARGIN_LEFT), self._fx(_MARGIN_LEFT + self.width)],
                                            [self._fy(self.y - 0.02)] * 2, color=LIGHT["grid"], linewidth=0.8))
-        self.y += 0.05
+        self.y += 0.03
 
-    def field(self, label: str, value: str, *, label_width: float = 1.55, color: str = _TEXT) -> None:
+    def field(self, label: str, value: str, *, label_width: float = 1.62, color: str = _TEXT) -> None:
         """``label`` in grey, ``value`` wrapped beside it."""
         lines = _wrap(value, self.width - label_width, _BODY)
         self.room(self.line_height(_BODY))
@@ -318,14 +317,19 @@ def _identity_page(flow: _Flow, result, report: dict) -> None:
               "research software, not for clinical use", size=_BODY, color=_ALERT, weight="bold", va="top", ha="right")
     flow.y += 0.38
     flow.banner("DISCLAIMER", [report.get("disclaimer") or ""])
-    flow.field("patient", who["patient"] or NOT_STATED.format("patient"),
-               color=_TEXT if who["patient"] else _NOTE)
-    flow.field("exam", f"{result.request.exam} (follow-up visit after transplant, as chosen for the analysis)")
-    flow.field("exam in the image", who["exam"] or NOT_STATED.format("exam"), color=_TEXT if who["exam"] else _NOTE)
-    flow.field("exam date", who["date"] or NOT_STATED.format("date"), color=_TEXT if who["date"] else _NOTE)
+    for key, label in (("patient", "patient"), ("exam", "exam in the image"), ("date", "exam date")):
+        if who[key]:
+            flow.field(label, f"{who[key]}  (read from the {who[key + '_from']})")
+        else:
+            flow.field(label, NOT_STATED.format(key), color=_NOTE)
+        if key == "patient":
+            flow.field("exam", f"{result.request.exam} (follow-up visit after transplant, as chosen for the "
+                               "analysis)")
     source = inputs.get("source_file") or volume.source or "not recorded"
     flow.field("image", str(source) + (f" (layer '{inputs['layer_name']}')" if inputs.get("layer_name") else ""))
-    flow.field("report made", str(report.get("created_utc", "")).replace("T", " ").replace("+00:00", " UTC"))
+    software = ", ".join(f"{k} {v}" for k, v in (report.get("software") or {}).items() if v)
+    flow.field("report made", str(report.get("created_utc", "")).replace("T", " ").replace("+00:00", " UTC")
+               + (f" by {software}" if software else ""))
 
     flow.heading("Acquisition")
     for label, value in _acquisition_lines(volume):
@@ -345,7 +349,9 @@ def _identity_page(flow: _Flow, result, report: dict) -> None:
                        f"{_clinical_value(item.get('value'))} {item.get('unit', '')}".strip() + f"  ({where})")
         used = clinical.get("used") or {}
         if entered.get("creatinine", {}).get("unit") not in (None, "umol/L") and used.get("creatinine_umol_l"):
-            flow.field("creatinine used", f"{_clinical_value(used['creatinine_umol_l'])} umol/L (converted)")
+            values = used["creatinine_umol_l"]
+            values = values if isinstance(values, (list, tuple)) else [values]
+            flow.field("creatinine used", ", ".join(f"{float(v):.0f}" for v in values) + " umol/L (converted)")
     else:
         flow.field("clinical values", "none given", color=_NOTE)
     flow.field("prompt", report.get("prompt") or "none")
@@ -419,9 +425,9 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
     flow.text(f"Probability of graft dysfunction, reading at {prognosis.get('visit') or results.get('exam')}",
               weight="bold")
     if measured:
-        flow.text("Below each: how well that reading did on unseen patients (area under the ROC curve with its 95 % "
-                  "interval, from the model card; 0.5: chance, 1: perfect). A probability for one exam has no "
-                  "interval of its own.", color=_MUTED, size=_BODY - 0.5)
+        flow.text("Below each: how well that reading did on unseen patients (AUC with its 95 % interval, from the model "
+                  "card; 0.5: chance, 1: perfect); one exam's probability has no interval of its own.", color=_MUTED,
+                  size=_BODY - 0.5)
     horizons = list(dict.fromkeys(h for kind in kinds for h in results[RESULT_KEYS[kind]]))
     columns = [(0.0, "horizon")] + [(1.0 + 2.0 * i, KIND_LABELS[kind]) for i, kind in enumerate(kinds)]
     rows = []
@@ -438,10 +444,12 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
     elif in_sample:
         flow.text("The card's AUCs were measured on the model's own training patients (in-sample): they are not a "
                   "result.", color=_ALERT)
-    for kind, used in (prognosis.get("inputs") or {}).items():
-        if kind in kinds:
-            label = KIND_LABELS[kind]
-            flow.text(f"{label[0].upper()}{label[1:]}: from {used}.", color=_MUTED, size=_BODY - 0.5)
+    used = {kind: words for kind, words in (prognosis.get("inputs") or {}).items() if kind in kinds}
+    if "image+clinical" in used:  # the images of the image-only reading and the values of the clinical-only one
+        flow.text(f"The readings used {used['image+clinical']}.", color=_MUTED, size=_BODY - 0.5)
+    else:
+        for kind, words in used.items():
+            flow.text(f"The {KIND_LABELS[kind]} reading used {words}.", color=_MUTED, size=_BODY - 0.5)
     if results.get("prognosis_note"):
         flow.field("note", results["prognosis_note"], color=_NOTE)
 
@@ -467,9 +475,6 @@ def _model_section(flow: _Flow, report: dict) -> None:
         flow.field("evaluation", ", ".join(p for p in parts if p))
     if model.get("licence"):
         flow.field("licence", str(model["licence"]))
-    software = report.get("software") or {}
-    if software:
-        flow.field("software", ", ".join(f"{k} {v}" for k, v in software.items() if v))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -695,15 +700,15 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
             page.text(_MARGIN_LEFT / PAGE_SIZE[0], top - (0.32 + i * _Flow.line_height(_BODY)) / PAGE_SIZE[1], line,
                       size=_BODY, color=_TEXT, va="top")
         row_top = _MARGIN_TOP + 0.42 + len(lines) * _Flow.line_height(_BODY) + 0.1
-        legend_height = 0.35
-        row_height = (PAGE_SIZE[1] - row_top - _MARGIN_BOTTOM - legend_height) / per_page
+        legend_height, row_gap = 0.35, 0.5  # row_gap: a row's title, the slice titles, the space below
         width = (PAGE_SIZE[0] - _MARGIN_LEFT - _MARGIN_RIGHT - 0.75 - 2 * 0.2) / 3  # 0.75: the map's colour bar
         on_page = rows[start:start + per_page]
         captions = [_map_caption(smap, section) if kind == "map" else ([], False) for kind, smap, section in on_page]
-        caption_height = max(len(c) for c, _ in captions) * _Flow.line_height(_BODY - 1)
-        size = min(width, row_height - 0.45 - caption_height)
-        for r, ((kind, smap, _), (caption, noted)) in enumerate(zip(on_page, captions, strict=True)):
-            y = row_top + r * row_height
+        heights = [len(c) * _Flow.line_height(_BODY - 1) + row_gap for c, _ in captions]
+        free = PAGE_SIZE[1] - row_top - _MARGIN_BOTTOM - legend_height - sum(heights)
+        size = min(width, free / per_page)  # room for three rows
+        y = row_top
+        for (kind, smap, _), (caption, noted), height in zip(on_page, captions, heights, strict=True):
             title = "Peak-phase image" + (" with the tissue outlines" if regions else "") if kind == "image" else \
                 _saliency_title(smap)
             page.text(_MARGIN_LEFT / PAGE_SIZE[0], 1 - y / PAGE_SIZE[1], title, size=_BODY + 1, weight="bold",
@@ -732,6 +737,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
                 page.text(_MARGIN_LEFT / PAGE_SIZE[0],
                           1 - (image_top + size + 0.08 + i * _Flow.line_height(_BODY - 1)) / PAGE_SIZE[1], line,
                           size=_BODY - 1, color=_ALERT if noted and i == 0 else _MUTED, va="top")
+            y += size + height
         handles = [Line2D([], [], color=_curve_color(result, "kidney ROI"), linestyle="--", label="kidney box")]
         handles += [Line2D([], [], color=_curve_color(result, name), label=name) for name in regions.values()]
         figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=_BODY,
