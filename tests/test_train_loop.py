@@ -14,6 +14,7 @@ import torch
 
 from napari_medimp.core.checkpoint import load_model
 from napari_medimp.core.preprocess import PreprocessConfig
+from napari_medimp.core.training_run import PRESETS
 from src_train.train import (
     TrainConfig,
     load_training_state,
@@ -32,17 +33,22 @@ def cohort(training_cohort):
     return training_cohort
 
 
+#: the tiny training every test here runs (as a ``--config`` file for the command line, over the cpu-small
+#: preset): the in-process and the command-line trainings of these options are the same run
+TINY = {"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0), input_size=(8, 16, 16)).to_dict(),
+        "image_encoder": "clip_resnet_tiny", "image_encoder_kwargs": {"width": 8}, "embed_dim": 16,
+        "text_trainable_layers": 1, "epochs": 2, "batch_size": 2, "warmup_steps": 2, "val_fraction": 0.34,
+        "lr": 1e-4}
+
+
 def _config(cohort, out, **kw):
-    base = dict(cohort=str(cohort), out=str(out), image_encoder="clip_resnet_tiny", embed_dim=16,
-                text_trainable_layers=1, epochs=2, batch_size=2, warmup_steps=2, val_fraction=0.34,
-                preprocessing=PreprocessConfig(target_spacing=(6.0, 4.0, 4.0), input_size=(8, 16, 16)).to_dict())
-    base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict({**PRESETS["cpu-small"], **TINY, "cohort": str(cohort), "out": str(out), **kw})
 
 
 @pytest.fixture(scope="module")
 def reference_run(cohort, tmp_path_factory):
-    """One uninterrupted training of the reference configuration: (run folder, events, summary)."""
+    """One uninterrupted training of the reference configuration, shared by the tests that compare an
+    interrupted run with it: (run folder, progress events, summary)."""
     run = tmp_path_factory.mktemp("reference") / "run"
     events: list = []
     summary = train(_config(cohort, run), progress=events.append)
@@ -224,20 +230,17 @@ def _log_rows(path):
         return [[float(x) if x else None for x in row.values()] for row in csv.DictReader(fh)]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_path, capsys):
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, reference_run, tmp_path, capsys):
+    """The command-line training killed in its second epoch, resumed: the same run as the reference."""
     from src_train.cli import main
 
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0),
-                                                                    input_size=(8, 16, 16)).to_dict(),
-                                  "image_encoder_kwargs": {"width": 8}, "embed_dim": 16, "val_fraction": 0.34,
-                                  "warmup_steps": 2, "epochs": 3, "batch_size": 2}))
+    config.write_text(json.dumps(TINY))
 
     def argv(out):
         return ["train", "--cohort", str(cohort), "--out", str(out), "--config", str(config), "--json-progress"]
 
-    assert main(argv(tmp_path / "ref")) == 0
-    reference = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    reference_folder, reference, _ = reference_run
     steps_per_epoch = reference[0]["steps_per_epoch"]
     assert steps_per_epoch >= 3
 
@@ -278,14 +281,14 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cohort, tmp_p
     assert not (run / "run.lock").exists(), "the lock goes with the run that held it"
 
     ref_steps, killed_steps, resumed_steps = _steps(reference), _steps(killed), _steps(resumed)
-    assert sorted(resumed_steps) == list(range(steps_per_epoch + 1, 3 * steps_per_epoch + 1))
+    assert sorted(resumed_steps) == list(range(steps_per_epoch + 1, 2 * steps_per_epoch + 1))
     for step, loss in {**killed_steps, **resumed_steps}.items():
         assert loss == pytest.approx(ref_steps[step], rel=0, abs=1e-6), step
-    ref_log, run_log = _log_rows(tmp_path / "ref" / "log.csv"), _log_rows(run / "log.csv")
-    assert len(run_log) == len(ref_log) == 3
+    ref_log, run_log = _log_rows(reference_folder / "log.csv"), _log_rows(run / "log.csv")
+    assert len(run_log) == len(ref_log) == 2
     for a, b in zip(ref_log, run_log, strict=True):
         assert b == pytest.approx(a, rel=0, abs=1e-6)
-    a = load_model(tmp_path / "ref" / "last_model").model.state_dict()
+    a = load_model(reference_folder / "last_model").model.state_dict()
     b = load_model(run / "last_model").model.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
