@@ -180,6 +180,17 @@ def test_image_without_identity_says_so_and_never_invents_one(labelled, tmp_path
     assert page_count(data) == 3 and "patient not stated in the image" in pdf_strings(data)
 
 
+def test_curves_without_frame_times_say_frame_numbers(labelled):
+    result = unlabelled(labelled)
+    result.request.volume.frame_times = None
+    pages = report_pages(result)
+    curves = _flat(" ".join(pages[2].texts))
+    assert "frame numbers (from 0), because the image states no frame times" in curves
+    assert "frame" in pages[2].texts  # the axes' label
+    assert "frame times not stated in the image (curves in frame numbers)" in _flat(" ".join(pages[0].texts))
+    assert "time not stated in the image" in _flat(" ".join(pages[1].texts))
+
+
 def test_saliency_rows_and_pages(labelled):
     result = unlabelled(labelled)
     maps = [hand_map(result.roi)]

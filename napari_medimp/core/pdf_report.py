@@ -740,7 +740,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
             y += size + height
         handles = [Line2D([], [], color=_curve_color(result, "kidney ROI"), linestyle="--", label="kidney box")]
         handles += [Line2D([], [], color=_curve_color(result, name), label=name) for name in regions.values()]
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=_BODY,
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=_BODY,
                       bbox_to_anchor=(0.5, (_MARGIN_BOTTOM - 0.05) / PAGE_SIZE[1]))
         page.texts.extend(h.get_label() for h in handles)
 
