@@ -380,6 +380,27 @@ def test_the_exam_and_values_come_from_the_opened_exam_never_from_the_previous_p
     assert not widget.exam_confirm.isVisible()
 
 
+def test_a_patient_folder_reads_every_visit_from_the_exams_so_far(viewer_widget, qtbot, training_cohort):
+    viewer, widget, _ = viewer_widget
+    assert not widget.patient_box.isVisibleTo(widget)  # one image of no stated patient
+    viewer.open(str(training_cohort / "P0001"), plugin="napari-medimp")
+    assert widget.layer_combo.currentText().startswith("P0001")
+    patient, exams = widget.patient_layers()
+    assert patient == "P0001" and list(exams) == ["D15", "D30", "M3", "M12"]
+    assert widget.patient_box.isVisibleTo(widget) and "4 exams open" in widget.patient_label.text()
+    widget.patient_button.click()
+    _wait(qtbot, widget)
+    text = widget.patient_results.text()
+    for visit, used in (("D15", "D15"), ("D30", "D15 + D30"), ("M12", "D15 + D30 + M3 + M12")):
+        assert f"<b>{visit}</b>" in text and f"reading from {used}" in text
+    assert "images + clinical values" in text and "clinical values only" in text
+    assert widget.patient_canvas.isVisibleTo(widget) and not widget.patient_canvas.pixmap().isNull()
+    widget.side_by_side.setChecked(True)
+    assert viewer.grid.enabled
+    widget.side_by_side.setChecked(False)
+    assert not viewer.grid.enabled
+
+
 def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):
     """The panel imports heavy libraries in the background when it opens; a session closed before that
     ends must still exit normally (it aborted with 'WorkerBaseSignals has been deleted')."""

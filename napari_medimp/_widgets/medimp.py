@@ -125,6 +125,7 @@ class MedimpWidget(QWidget):
         layout.addWidget(self._build_model_group())
         layout.addWidget(self._build_actions_group())
         layout.addWidget(self._build_results_group())
+        layout.addWidget(self._build_patient_group())
         layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -311,6 +312,36 @@ class MedimpWidget(QWidget):
         self.curves_canvas.hide()
         return box
 
+    def _build_patient_group(self) -> QGroupBox:
+        box = self.patient_box = QGroupBox("Patient over time")
+        layout = QVBoxLayout(box)
+        self.patient_label = QLabel("")
+        _wrapping(self.patient_label)
+        layout.addWidget(self.patient_label)
+        row = QHBoxLayout()
+        self.patient_button = QPushButton("Read every visit")
+        self.patient_button.setToolTip("a reading at each visit from the exams so far, with the clinical values "
+                                       "of each visit and their trends")
+        self.patient_button.clicked.connect(self.analyze_patient)
+        self.side_by_side = QCheckBox("Exams side by side")
+        self.side_by_side.setToolTip("napari's grid view: one exam per cell, the same slice and time in each")
+        self.side_by_side.toggled.connect(self._show_side_by_side)
+        row.addWidget(self.patient_button)
+        row.addWidget(self.side_by_side)
+        layout.addLayout(row)
+        self.patient_results = QLabel("")
+        _wrapping(self.patient_results)
+        self.patient_results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.patient_results)
+        self.patient_canvas = QLabel()
+        self.patient_canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.patient_canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.patient_canvas.hide()
+        layout.addWidget(self.patient_canvas)
+        box.setVisible(False)
+        self._patient_results: dict[str, Any] = {}
+        return box
+
     # ------------------------------------------------------------------------------------ layer lists
     def _layers_of(self, kind: str) -> list:
         import napari.layers
@@ -361,6 +392,7 @@ class MedimpWidget(QWidget):
             labels = self._labels_of_exam(self.current_layer())  # the exam's labels, opened after it
             if labels is not None:
                 self.labels_combo.setCurrentText(labels)
+        self._show_patient()
         self._update_buttons()
 
     def current_layer(self):
@@ -377,6 +409,7 @@ class MedimpWidget(QWidget):
             labels = self._labels_of_exam(layer)
             if labels is not None:
                 self.labels_combo.setCurrentText(labels)
+        self._show_patient()
         self._update_roi_label()
         self._show_results()
 
@@ -857,7 +890,7 @@ class MedimpWidget(QWidget):
 
     def _update_buttons(self) -> None:
         ready = not self.busy and self.layer_combo.count() > 0 and getattr(self, "_card", None) is not None
-        for button in (self.analyze_button, self.saliency_button):
+        for button in (self.analyze_button, self.saliency_button, self.patient_button):
             button.setEnabled(ready)
         self.show_box_button.setEnabled(not self.busy and self.layer_combo.count() > 0)
         self.export_button.setEnabled(not self.busy and self.current_result() is not None)
@@ -913,6 +946,89 @@ class MedimpWidget(QWidget):
                 pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
             canvas.setPixmap(pixmap)
             canvas.setVisible(not pixmap.isNull())
+
+    # -------------------------------------------------------------------------------------- patient
+    def patient_layers(self) -> tuple[str | None, dict[str, Any]]:
+        """The patient of the current layer and its open exams (exam -> layer), as the layers' data say."""
+        layer = self.current_layer()
+        if layer is None:
+            return None, {}
+        patient = str((layer.metadata.get("dce_metadata") or {}).get("patient") or "") or None
+        if patient is None:
+            return None, {}
+        exams: dict[str, Any] = {}
+        for other in self._layers_of("image"):
+            meta = other.metadata.get("dce_metadata") or {}
+            exam = str(meta.get("exam") or "").upper()
+            if str(meta.get("patient") or "") == patient and exam in EXAMS:
+                exams.setdefault(exam, other)
+        return patient, {exam: exams[exam] for exam in EXAMS if exam in exams}
+
+    def _show_patient(self) -> None:
+        if not hasattr(self, "patient_box"):
+            return
+        patient, exams = self.patient_layers()
+        self.patient_box.setVisible(len(exams) >= 2)
+        if len(exams) < 2:
+            return
+        self.patient_label.setText(f"Patient <b>{_escape(patient)}</b>: {len(exams)} exams open "
+                                   f"({', '.join(exams)}).")
+        result = self._patient_results.get(patient)
+        if result is None:
+            self.patient_results.setText("")
+            self.patient_canvas.hide()
+            return
+        self.patient_results.setText("<br>".join(patient_lines(result)))
+        pixmap = QPixmap()
+        pixmap.loadFromData(result.panel_image(), "PNG")
+        width = max(200, self._content.width() - 40)
+        if not pixmap.isNull() and pixmap.width() > width:
+            pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+        self.patient_canvas.setPixmap(pixmap)
+        self.patient_canvas.setVisible(not pixmap.isNull())
+
+    def _show_side_by_side(self, on: bool) -> None:
+        self.viewer.grid.enabled = bool(on)
+
+    def analyze_patient(self) -> None:
+        """A reading at each open visit of the current layer's patient, from the exams so far."""
+        patient, layers = self.patient_layers()
+        if len(layers) < 2:
+            self._notify_error("open two or more exams of one patient (a patient folder) to read them over time")
+            return
+        if self._card is None:
+            self._notify_error("no usable model file; choose one in the Model section")
+            return
+        try:
+            exams = {exam: self._volume(layer) for exam, layer in layers.items()}
+        except ValueError as exc:
+            self._notify_error(str(exc))
+            return
+        sources = {exam: str(layer.metadata.get("source") or layer.name) for exam, layer in layers.items()}
+        rows, table = {}, None
+        for source in sources.values():
+            rows, table = _clinical_rows(source)
+            if table is not None:
+                break
+        spec = {"model": self.model_edit.text(), "device": self.device_combo.currentText()}
+        relay = self._relay
+
+        def job():
+            from ..core.longitudinal import analyze_patient
+
+            relay.progress.emit("loading model", 0.02)
+            predictor = self._predictor(spec["model"], spec["device"])
+            result = analyze_patient(predictor, exams, rows.get(patient), patient=patient,
+                                     clinical_source=str(table) if patient in rows else None, sources=sources,
+                                     progress=lambda stage, f: relay.progress.emit(stage, 0.05 + 0.9 * f))
+            result.panel_image()  # rendered here, not in the viewer's thread
+            return result
+
+        def done(result) -> None:
+            self._patient_results[patient] = result
+            self._show_patient()
+
+        self._start(job, done, f"reading every visit of {patient}")
 
     # --------------------------------------------------------------------------------------- export
     def _choose_export_folder(self) -> None:
@@ -1030,6 +1146,42 @@ def prognosis_lines(analysis: dict) -> list[str]:
         visit = reading.get("visit") or analysis.get("exam")
         lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_escape(visit)}):")
     return lines
+
+
+def _clinical_rows(source: str) -> tuple[dict, Any]:
+    from ..core.io.cohort import cohort_clinical_table
+
+    try:
+        return cohort_clinical_table(Path(source))
+    except (OSError, ValueError):
+        return {}, None
+
+
+def patient_lines(result) -> list[str]:
+    """The patient view in a few lines: each visit's date, values and risks from the exams so far."""
+    lines = []
+    for visit in result.visits:
+        c = visit.clinical
+        values = ", ".join(f"{name} {_escape(_value(c.get(key)))}" for name, key in
+                           (("GFR", "gfr_ml_min_1_73m2"), ("creatinine", "creatinine_umol_l")))
+        lines.append(f"<b>{visit.visit}</b> ({_escape(visit.date_text)}): {values}; "
+                     f"reading from {' + '.join(visit.exams_used)}")
+        if visit.outside_training:
+            lines.append(f"<span style='color:#ff6b6b'>{OUTSIDE_TRAINING.capitalize()}: "
+                         f"{_escape('; '.join(visit.failed_checks))}</span>")
+        for kind, label in KIND_LABELS.items():
+            risks = visit.risks.get(kind)
+            if risks:
+                lines.append(f"&nbsp;&nbsp;{_escape(label)}: "
+                             + ", ".join(f"{h[:-1]} years {percent(p)}" for h, p in risks.items()))
+    lines += [f"<span style='color:#ffb347'>{_escape(note)}</span>" for note in result.notes]
+    if result.clinical_source is None:
+        lines.append("No clinical table found beside the exams: the readings use the images only.")
+    return lines
+
+
+def _value(value) -> str:
+    return "missing" if value is None else f"{value:g}"
 
 
 def _key(layer) -> str:
