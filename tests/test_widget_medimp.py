@@ -125,12 +125,16 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     widget.saliency()
     _wait(qtbot, widget)
     overlay = viewer.layers[-1]
-    assert overlay.name == "saliency occlusion 3y · graft A"
+    assert overlay.name == "saliency occlusion 3y D30 · graft A"  # method, target and exam
     roi = RoiBox.from_sequence(result.analysis["roi_zyx"])
     assert overlay.data.shape == roi.shape
     np.testing.assert_allclose(overlay.scale, layer.scale[1:])
     np.testing.assert_allclose(overlay.translate, np.asarray(layer.translate[1:]) + np.asarray(roi.start) * layer.scale[1:])
-    assert overlay.colormap.name == "inferno" and overlay.blending == "additive"
+    assert overlay.colormap.name == "saliency" and overlay.blending == "additive"
+    np.testing.assert_allclose(overlay.colormap.map(np.array([0.0, 0.1]))[:, 3], 0.0)  # low values transparent
+    # the map explained in words beside the results: its score, its share on the graft, the method's figures
+    text = widget.results_label.text()
+    assert "Saliency map, occlusion for 3y" in text and "prognosis logit of graft dysfunction at 3y" in text
     assert overlay.metadata["source_layer"] == "graft A"
 
     # what the user sees: the overlay's warm colours appear over the kidney

@@ -814,7 +814,8 @@ class MedimpWidget(QWidget):
             return
         scale = np.asarray(layer.scale[-3:], dtype=float)
         translate = np.asarray(layer.translate[-3:], dtype=float) + np.asarray(smap.roi.start) * scale
-        name = f"saliency {smap.method} {smap.target} · {spec['layer_name']}"
+        exam = getattr(smap, "exam", None) or spec.get("exam") or ""
+        name = f"saliency {smap.method} {smap.target} {exam} · {spec['layer_name']}".replace("  ", " ")
         result = self._results.get(_key(layer))
         info = result.attach_saliency(smap) if result is not None else {
             "method": smap.method, "target": smap.target, "score": smap.score, "roi_zyx": smap.roi.to_list()}
@@ -825,12 +826,13 @@ class MedimpWidget(QWidget):
             overlay.data, overlay.scale, overlay.translate = smap.data, scale, translate
             overlay.metadata = metadata
         else:
-            overlay = self.viewer.add_image(smap.data, name=name, colormap="inferno", blending="additive",
-                                            opacity=0.7, contrast_limits=(0.0, 1.0), scale=scale,
+            overlay = self.viewer.add_image(smap.data, name=name, colormap=saliency_colormap(), blending="additive",
+                                            opacity=0.8, contrast_limits=(0.0, 1.0), scale=scale, rendering="mip",
                                             translate=translate, metadata=metadata, **_spatial_axes(layer))
         self.viewer.layers.selection.active = overlay
-        self.status_label.setText(f"{smap.method} for {smap.target} added over {spec['layer_name']!r} "
-                                  f"(score {smap.score:.3f}); opacity in the layer controls")
+        self.status_label.setText(f"{smap.method} map of {smap.target} added over {spec['layer_name']!r}; "
+                                  "opacity in the layer controls")
+        self._show_results()
         if not np.any(smap.data > 0):
             self._notify_warning(f"the {smap.method} map is zero everywhere: this target does not respond to the "
                                  "image at that layer; try occlusion")
@@ -934,6 +936,9 @@ class MedimpWidget(QWidget):
         for note in result.inputs.get("reading_notes") or []:
             lines.append(f"<span style='color:#ffb347'>How the image was read: "
                          f"{_escape(note_without_path(note))}</span>")
+        for section in result.saliency_sections.values():
+            lines.append(f"<b>Saliency map, {_escape(section['method'])} for {_escape(section['target'])}:</b> "
+                         f"<small>{_escape(section['explanation'])}</small>")
         if is_synthetic(result.model):
             lines.append("<span style='color:#ffb347'>Synthetic-data demo model: not a clinical reading.</span>")
         self.results_label.setText("<br>".join(lines))
@@ -1146,6 +1151,16 @@ def prognosis_lines(analysis: dict) -> list[str]:
         visit = reading.get("visit") or analysis.get("exam")
         lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_escape(visit)}):")
     return lines
+
+
+def saliency_colormap():
+    """Dark red to yellow, low values fully transparent: over the image in 2D, and in 3D the map's
+    important voxels without the box around them."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.75, 0.1, 0.05, 0.5],
+                            [1.0, 0.55, 0.0, 0.85], [1.0, 1.0, 0.3, 1.0]],
+                    controls=[0.0, 0.2, 0.45, 0.75, 1.0], name="saliency")
 
 
 def _clinical_rows(source: str) -> tuple[dict, Any]:
