@@ -273,3 +273,12 @@ def test_an_encoder_larger_than_the_memory_budget_is_refused_before_it_is_built(
     config = ModelConfig(image_encoder="clip_resnet50_3d", input_size=(96, 144, 192), embed_dim=512)
     with pytest.raises(MemoryBudgetError, match=r"image encoder clip_resnet50_3d would need 9\d\d\.\d MiB"):  # 4 x 4 B x ~60 M
         build_model(config)
+
+
+def test_a_card_saved_without_a_name_is_named_after_its_file_not_after_a_head(tmp_path):
+    from helpers import make_model_file
+
+    from napari_medimp.core.checkpoint import read_card
+
+    card = read_card(make_model_file(tmp_path, name="graft-model"))  # stored with prognosis heads
+    assert card["name"] == "graft-model"

@@ -54,7 +54,7 @@ def test_section_gives_the_share_per_region_and_explains_it():
     words = section["explanation"]
     assert section["groups"]["graft and artery"] == pytest.approx({"box": 0.4, "energy": 0.8, "top": 1.0})
     assert "100 % of its top 10 % voxels lie on the graft and its artery, which fill 40 % of the kidney box" in words
-    assert "cortex 100 % (box 20 %)" in words and "outside 0 % (box 60 %)" in words
+    assert "cortex 100 % (box 20 %)" in words and "outside 0.0 % (box 60 %)" in words
     assert "30 % of its top 10 % voxels on the graft and artery (box 15 %)" in words
     assert "sanity check passed" in words
 

@@ -209,9 +209,9 @@ def save_model(
     state = model.state_dict()
     keys = _stored_keys(model, include_frozen_text)
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in keys}
-    for name, head in (prognosis or {}).items():
-        if name != head.key:
-            raise ValueError(f"prognosis head stored as {name!r} but named {head.key!r}")
+    for key, head in (prognosis or {}).items():
+        if key != head.key:
+            raise ValueError(f"prognosis head stored as {key!r} but named {head.key!r}")
         tensors.update(head.tensors())
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": CARD_FORMAT}))
 

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from .checks import OUTSIDE_TRAINING, Check, outside_training
+from .pipeline import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
 from .prompts import ClinicalRecord, ClinicalValueError, build_prompt, normalize_exam
+from .report import percent
 from .terms import EXAMS
 from .volume import DCEVolume
 
@@ -51,7 +53,6 @@ Progress = Callable[[str, float], None]
 #: what a visit without a date in its data says
 DATE_UNKNOWN = "date unknown"
 #: the trend figure of a patient analysis folder
-TREND_FIGURE_FILE = "patient_trends.png"
 #: every file a patient analysis writes in its folder (the report's JSON and CSV and the trend figure)
 PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", TREND_FIGURE_FILE)
 
@@ -384,7 +385,7 @@ class PatientResult:
             for kind in KINDS:
                 risks = v.risks.get(kind)
                 if risks:
-                    lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {_percent(p)}" for h, p in risks.items()))
+                    lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {percent(p)}" for h, p in risks.items()))
             if not v.risks:
                 lines.append("  prognosis: this model has no prognosis heads")
         for item in self.skipped:
@@ -415,10 +416,6 @@ class PatientResult:
 
 def _number(value) -> str:
     return "missing" if value is None else f"{value:g}"
-
-
-def _percent(p: float) -> str:
-    return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
 
 
 # --------------------------------------------------------------------------------------------------

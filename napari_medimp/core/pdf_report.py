@@ -30,8 +30,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from .checks import OUTSIDE_TRAINING, failed_messages
+from .pipeline import PDF_FILE
 from .plots import LIGHT, REGION_COLORS, plot_curves
 from .prognosis import KIND_LABELS, RESULT_KEYS
+from .report import percent
 
 __all__ = [
     "NOT_STATED",
@@ -45,8 +47,6 @@ __all__ = [
     "write_pdf",
 ]
 
-#: file name of the PDF in an analysis folder
-PDF_FILE = "medimp_report.pdf"
 #: A4 portrait, inches
 PAGE_SIZE = (8.27, 11.69)
 TITLE = "MEDIMP kidney-graft analysis"
@@ -282,11 +282,6 @@ class _Flow:
 # --------------------------------------------------------------------------------------------------
 # page 1: identity, acquisition, inputs, checks, results, model, disclaimer
 # --------------------------------------------------------------------------------------------------
-def _percent(p: float) -> str:
-    """A probability as the panel and the other reports write it: one decimal below 10 %, none above."""
-    return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
-
-
 def _auc_words(auc: tuple | None) -> str:
     if auc is None:
         return "not measured on unseen patients"
@@ -398,17 +393,17 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
     reading = results.get("zero_shot_gfr") or {}
     if reading:
         best = results.get("zero_shot_gfr_most_likely") or max(reading, key=reading.get)
-        words = f"most likely {best} ({_percent(reading[best])}); " + ", ".join(
-            f"{name} {_percent(p)}" for name, p in reading.items())
+        words = f"most likely {best} ({percent(reading[best])}); " + ", ".join(
+            f"{name} {percent(p)}" for name, p in reading.items())
         given = results.get("entered_gfr_bin")
         if given:
             words += f". The entered GFR is {given}"
         flow.field("zero-shot GFR reading", words)
         accuracy = results.get("zero_shot_gfr_accuracy") or {}
         if accuracy.get("accuracy") is not None:
-            flow.field("", f"how well this reading did on unseen patients: right for {_percent(accuracy['accuracy'])} "
+            flow.field("", f"how well this reading did on unseen patients: right for {percent(accuracy['accuracy'])} "
                            f"of {accuracy.get('n_exams')} exams (always answering the commonest range: "
-                           f"{_percent(accuracy.get('majority_accuracy') or 0)})", color=_MUTED)
+                           f"{percent(accuracy.get('majority_accuracy') or 0)})", color=_MUTED)
         else:
             flow.field("", "this model's GFR reading was not checked on unseen patients", color=_MUTED)
     kinds = [kind for kind, key in RESULT_KEYS.items() if results.get(key)]
@@ -435,7 +430,7 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
         row = [[_horizon_words(h)]]
         for kind in kinds:
             p = results[RESULT_KEYS[kind]].get(h)
-            row.append([_percent(p) if p is not None else "-"] + ([_auc_words(aucs[kind].get(h))] if measured else []))
+            row.append([percent(p) if p is not None else "-"] + ([_auc_words(aucs[kind].get(h))] if measured else []))
         rows.append(row)
     flow.table(columns, rows)
     if not measured:
@@ -802,7 +797,7 @@ def _curves_page(pages: list[Page], result, report: dict, chosen: dict) -> None:
             relative = summary.get("relative_peak_enhancement")
             cells = [name, f"{summary.get('baseline', float('nan')):.4g}",
                      f"{summary.get('peak_enhancement', float('nan')):.4g}",
-                     _percent(relative) if relative is not None and np.isfinite(relative) else "-",
+                     percent(relative) if relative is not None and np.isfinite(relative) else "-",
                      f"{summary.get(f'time_to_peak_{suffix}', float('nan')):g}",
                      f"{summary.get(f'time_to_half_peak_{suffix}', float('nan')):.3g}"]
             for (x, _), cell in zip(columns, cells, strict=True):

@@ -20,7 +20,7 @@ import numpy as np
 from .curves import check_labels, roi_and_region_curves
 from .preprocess import RoiBox
 from .prompts import ClinicalRecord, gfr_bin
-from .report import build_report, describe_inputs, saliency_info, write_report
+from .report import build_report, describe_inputs, percent, saliency_info, write_report
 from .terms import EXAMS, HORIZONS, SALIENCY_METHODS
 from .volume import DCEVolume
 
@@ -45,8 +45,11 @@ SALIENCY_FILES = tuple(name for method in SALIENCY_METHODS for target in SALIENC
                                     saliency_file_name(method, target, exam)[:-len(".nii.gz")] + ".json")
                        ) + ("saliency.nii.gz", "saliency.json")
 #: every file an analysis may leave in its folder (an export adds the viewer screenshot)
-ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", FIGURE_FILE, *SALIENCY_FILES,
-                  "medimp_screenshot.png")
+PDF_FILE = f"{REPORT_STEM}.pdf"
+#: the patient view's figure (:mod:`.longitudinal`)
+TREND_FIGURE_FILE = "patient_trends.png"
+ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", PDF_FILE, FIGURE_FILE, *SALIENCY_FILES,
+                  "medimp_screenshot.png", TREND_FIGURE_FILE)
 
 
 @dataclass
@@ -186,8 +189,12 @@ class AnalysisResult:
         files["figure"] = atomic_write(folder / FIGURE_FILE, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
         report = self._report(latest, sections)
         report.setdefault("files", {}).update({k: str(v) for k, v in files.items()})
+        report["files"]["pdf"] = str(folder / PDF_FILE)
         files.update(write_report(report, folder, stem=REPORT_STEM))
         self.written_report = report
+        from .pdf_report import write_pdf
+
+        files["pdf"] = write_pdf(self, folder / PDF_FILE, report=report)
         return files
 
 
@@ -240,10 +247,6 @@ def explain(predictor, request: AnalysisRequest, method: str, target: str, progr
                             target=target, prompt=request.prompt, exam=request.exam, progress=progress)
 
 
-def _percent(share: float) -> str:
-    return f"{100 * share:.0f} %"
-
-
 def saliency_section(smap, labels=None, region_names=None, prompt: str | None = None) -> dict:
     """The report section of one saliency map: :func:`report.saliency_info`, the exam, what the score is,
     the map's share per tissue region when labels name the kidney regions (``regions``: per region its
@@ -292,20 +295,20 @@ def saliency_explanation(section: dict) -> str:
     regions = section.get("regions") or {}
     if "graft and artery" in groups:
         g = groups["graft and artery"]
-        text.append(f"On this exam {_percent(g['top'])} of its top 10 % voxels lie on the graft and its artery, "
-                    f"which fill {_percent(g['box'])} of the kidney box (a map without preference would put "
-                    f"{_percent(g['box'])} there).")
+        text.append(f"On this exam {percent(g['top'])} of its top 10 % voxels lie on the graft and its artery, "
+                    f"which fill {percent(g['box'])} of the kidney box (a map without preference would put "
+                    f"{percent(g['box'])} there).")
     if regions:
         text.append("Its top 10 % voxels per region (the region's share of the box): " + ", ".join(
-            f"{name} {_percent(r['top'])} (box {_percent(r['box'])})" for name, r in regions.items()) + ".")
+            f"{name} {percent(r['top'])} (box {percent(r['box'])})" for name, r in regions.items()) + ".")
     else:
         text.append(section.get("regions_note", "") + ".")
     measured = section.get("method_faithfulness")
     if measured:
         check = "passed" if measured.get("randomisation_check") else "failed"
         text.append(
-            f"On unseen synthetic exams this method put {_percent(measured['top_graft_artery'])} of its top 10 % "
-            f"voxels on the graft and artery (box {_percent(measured['box_graft_artery'])}); deletion area "
+            f"On unseen synthetic exams this method put {percent(measured['top_graft_artery'])} of its top 10 % "
+            f"voxels on the graft and artery (box {percent(measured['box_graft_artery'])}); deletion area "
             f"{measured['deletion_auc']:.2f} against {measured['random_deletion_auc']:.2f} for a random order "
             f"(lower is better), insertion {measured['insertion_auc']:.2f} against "
             f"{measured['random_insertion_auc']:.2f} (higher is better); its maps of the trained model and of the "
@@ -322,7 +325,7 @@ def faithfulness_line(method: str, measured: dict | None) -> str:
     if not measured:
         return f"{method}: this model's card records no faithfulness figures for it"
     check = "passed" if measured.get("randomisation_check") else "failed"
-    return (f"{method} on unseen synthetic exams: {_percent(measured['top_graft_artery'])} of its top 10 % voxels "
-            f"on the graft and artery (they fill {_percent(measured['box_graft_artery'])} of the box); weight-"
+    return (f"{method} on unseen synthetic exams: {percent(measured['top_graft_artery'])} of its top 10 % voxels "
+            f"on the graft and artery (they fill {percent(measured['box_graft_artery'])} of the box); weight-"
             f"randomisation sanity check {check} (rank correlation {measured['rank_correlation']:+.2f}, passes "
             "below 0.5)")

@@ -287,9 +287,6 @@ def percent(p: float) -> str:
     return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
 
 
-_percent = percent
-
-
 def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None = None) -> str:
     """A few lines for a person: prompt, similarity, most likely GFR bin, prognosis, saliency, files."""
     results = report.get("results") or {}
@@ -303,11 +300,11 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
     reading = results.get("zero_shot_gfr") or {}
     if reading:
         best = results["zero_shot_gfr_most_likely"]
-        line = f"most likely GFR bin (zero-shot): {best} ({_percent(reading[best])})"
+        line = f"most likely GFR bin (zero-shot): {best} ({percent(reading[best])})"
         given = results.get("entered_gfr_bin")
         if given in reading:
             gfr = ((report.get("inputs") or {}).get("clinical") or {}).get("used", {}).get("gfr_ml_min_1_73m2")
-            line += f"; the given GFR ({gfr:g}) is {given} ({_percent(reading[given])})"
+            line += f"; the given GFR ({gfr:g}) is {given} ({percent(reading[given])})"
         lines.append(line)
     prognosis = results.get("prognosis_dysfunction_probability") or {}
     if prognosis:
@@ -317,7 +314,7 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
         for kind, key in RESULT_KEYS.items():
             risks = results.get(key) or {}
             if risks:
-                lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {_percent(p)}" for h, p in risks.items())
+                lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {percent(p)}" for h, p in risks.items())
                              + (f"  [{inputs[kind]}]" if inputs.get(kind) else ""))
         if results.get("prognosis_note"):
             lines.append(f"  note: {results['prognosis_note']}")
