@@ -135,6 +135,9 @@ def test_results_figure_has_three_panels_and_saves_png(tmp_path):
     assert len(figure.axes[0].patches) == 5 and len(figure.axes[1].patches) == 3
     assert len(figure.axes[2].lines) == 1
     assert "0.210" in figure._suptitle.get_text() and "not for clinical use" in figure._suptitle.get_text()
+    assert figure._suptitle.get_text().startswith("patient not stated in the image - exam D30")
+    named = results_figure(analysis, None, None, patient="P0001")
+    assert named._suptitle.get_text().startswith("patient P0001 - exam D30")  # a filed figure says whose it is
     figure.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     dark = results_figure({"zero_shot_gfr": {}, "prognosis_dysfunction_probability": {}}, None, None, dark=True)
@@ -329,3 +332,17 @@ def test_a_label_map_with_too_many_values_is_refused():
     labels = np.arange(4 * 5 * 6, dtype=np.int32).reshape(4, 5, 6)  # 119 non-zero values: an image, not labels
     with pytest.raises(ValueError, match="holds 119 different values; at most 64 regions"):
         roi_and_region_curves(volume, labels=labels)
+
+
+def test_each_export_gets_a_new_folder_never_an_earlier_one(tmp_path):
+    from napari_medimp.core.outputs import new_export_folder
+
+    first = new_export_folder(tmp_path, "P1-D30-20261201-0730")
+    (first / "medimp_report.json").write_text("{}")
+    second = new_export_folder(tmp_path, "P1-D30-20261201-0730")
+    assert first.name == "P1-D30-20261201-0730" and second.name == "P1-D30-20261201-0730-2"
+    assert list(second.iterdir()) == [] and (first / "medimp_report.json").read_text() == "{}"
+    assert new_export_folder(tmp_path, "a/b: c").name == "a_b__c"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        new_export_folder(tmp_path / "file", "x")

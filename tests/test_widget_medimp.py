@@ -158,7 +158,12 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     assert warm(shot) > warm(plain) + 200, (warm(shot), warm(plain))
 
     files = widget.export_report(tmp_path / "export")
-    assert {"json", "csv", "saliency", "figure", "screenshot"} <= set(files)
+    assert {"json", "csv", "pdf", "saliency", "figure", "screenshot"} <= set(files)
+    folder = files["json"].parent
+    assert folder.parent == tmp_path / "export" and folder.name.startswith("D30-")  # its own folder
+    again = widget.export_report(tmp_path / "export")  # a second export never mixes with the first
+    assert again["json"].parent != folder and sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in again["json"].parent.iterdir())
     report = json.loads(files["json"].read_text())
     assert report["prompt"] == widget.prompt()
     assert report["saliency"]["target"] == "3y"

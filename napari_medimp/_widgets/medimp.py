@@ -1042,15 +1042,22 @@ class MedimpWidget(QWidget):
             self.export_report(folder)
 
     def export_report(self, folder) -> dict[str, Path] | None:
-        """Report (JSON + CSV), results figure (PNG), viewer screenshot (PNG) and the saliency map
-        (NIfTI, in the ROI's geometry) of the current layer's result, into ``folder``."""
+        """Report (JSON, CSV and PDF), results figure (PNG), viewer screenshot (PNG) and the saliency maps
+        (NIfTI, in the ROI's geometry) of the current layer's result, into a new folder inside ``folder``
+        named after the patient, exam and time (an earlier export is never mixed with or replaced)."""
+        from datetime import datetime
+
+        from ..core.outputs import new_export_folder
+
         result = self.current_result()
         if result is None:
             self._notify_error("nothing to export: analyse the current layer first")
             return None
-        folder = Path(folder)
+        meta = result.request.volume.metadata or {}
+        who = "-".join(str(v) for v in (meta.get("patient"), result.analysis.get("exam")) if v)
+        name = f"{who or 'medimp'}-{datetime.fromtimestamp(result.finished):%Y%m%d-%H%M%S}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = new_export_folder(folder, name)
             screenshot = folder / "medimp_screenshot.png"
             self.viewer.screenshot(str(screenshot), canvas_only=False)
             files = result.write(folder, extra={"screenshot": screenshot})

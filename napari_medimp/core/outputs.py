@@ -48,6 +48,25 @@ def check_output_folder(folder, owned: Iterable[str], overwrite: bool, option: s
     return folder
 
 
+def new_export_folder(parent, name: str) -> Path:
+    """A new, empty folder ``parent/name`` for one export (``name-2``, ``name-3``... when taken), so that an
+    export never mixes with or replaces an earlier one. Characters that are not safe in a file name become
+    ``_``."""
+    parent = Path(parent)
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{parent} is a file; choose a folder for the export")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "medimp-export"
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        folder = parent / (safe if n == 1 else f"{safe}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise ValueError(f"{parent} holds too many exports named {safe}; choose another folder")
+
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

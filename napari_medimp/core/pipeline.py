@@ -149,7 +149,9 @@ class AnalysisResult:
     def figure(self):
         from .plots import results_figure
 
-        return results_figure(self.analysis, self.curves, self.times, self.expected_bin)
+        patient = (self.request.volume.metadata or {}).get("patient")
+        return results_figure(self.analysis, self.curves, self.times, self.expected_bin,
+                              patient=str(patient) if patient else None)
 
     def panel_images(self) -> tuple[bytes, bytes]:
         from .plots import panel_images

@@ -220,12 +220,13 @@ def plot_curves(ax, curves: Mapping[str, np.ndarray], times: np.ndarray | None, 
 
 
 def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | None, times,
-                   expected_bin: str | None = None, *, dark: bool = False, unit: str = "s") -> Figure:
+                   expected_bin: str | None = None, *, dark: bool = False, unit: str = "s",
+                   patient: str | None = None) -> Figure:
     """The three panels side by side (zero-shot bins, prognosis, curves) with the prompt as title.
 
     ``analysis_dict`` is :meth:`Analysis.to_dict` (or the ``results`` section of a report): it needs
     ``zero_shot_gfr`` and ``prognosis_dysfunction_probability``; ``prompt``, ``similarity`` and ``exam``
-    are shown when present.
+    are shown when present, with ``patient`` as the image states it (said when it does not).
     """
     colors = theme(dark)
     figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
@@ -235,7 +236,7 @@ def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | No
                    with_clinical=analysis_dict.get("prognosis_with_clinical"),
                    clinical_only=analysis_dict.get("prognosis_clinical_only"))
     plot_curves(axes[2], curves or {}, times, unit, dark=dark)
-    parts = []
+    parts = [f"patient {patient}" if patient else "patient not stated in the image"]
     if analysis_dict.get("exam"):
         parts.append(f"exam {analysis_dict['exam']}")
     if analysis_dict.get("similarity") is not None:
