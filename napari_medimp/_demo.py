@@ -118,7 +118,7 @@ def run_demo(headless: bool, out_dir: Path) -> int:
     viewer.layers.selection.active = viewer.layers[widget.layer_combo.currentText()]
     for _ in range(5):
         QApplication.processEvents()
-    files = widget.export_report(out_dir)
+    files = widget.write_export(out_dir)  # the demo's own folder
     if files is None:
         print(f"medimp demo: the analysis did not complete: {widget.status_label.text()}")
         viewer.close()

@@ -1058,6 +1058,20 @@ class MedimpWidget(QWidget):
         name = f"{who or 'medimp'}-{datetime.fromtimestamp(result.finished):%Y%m%d-%H%M%S}"
         try:
             folder = new_export_folder(folder, name)
+        except (OSError, ValueError) as exc:
+            self._notify_error(f"export failed: {exc}")
+            return None
+        return self.write_export(folder)
+
+    def write_export(self, folder) -> dict[str, Path] | None:
+        """The current layer's export written into ``folder`` itself (a folder the caller owns)."""
+        result = self.current_result()
+        if result is None:
+            self._notify_error("nothing to export: analyse the current layer first")
+            return None
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
             screenshot = folder / "medimp_screenshot.png"
             self.viewer.screenshot(str(screenshot), canvas_only=False)
             files = result.write(folder, extra={"screenshot": screenshot})
