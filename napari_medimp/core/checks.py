@@ -75,20 +75,9 @@ def enhancement_ratio(volume, roi, baseline_frames: int = 2) -> float:
     """Rise of the signal inside ``roi`` after the baseline frames, relative to the brightest pre-contrast
     signal: 99th percentile of (robust peak - baseline) / 99th percentile of the baseline. Frames are read
     one at a time."""
-    from .preprocess import _read_crop
+    from .preprocess import baseline_and_robust_peak
 
-    n = volume.n_frames
-    nb = max(1, min(int(baseline_frames), n - 1))
-    baseline = sum(_read_crop(volume, t, roi).astype(np.float64) for t in range(nb)) / nb
-    first = second = None
-    for t in range(nb, n):
-        frame = _read_crop(volume, t, roi)
-        if first is None:
-            first, second = frame.copy(), frame.copy()
-            continue
-        second = np.maximum(second, np.minimum(first, frame))
-        first = np.maximum(first, frame)
-    peak = second if n - nb >= 2 else first
+    baseline, peak = baseline_and_robust_peak(volume, roi, baseline_frames)
     reference = float(np.percentile(np.abs(baseline), 99))
     rise = float(np.percentile(peak - baseline, 99))
     if reference <= 0:

@@ -330,6 +330,25 @@ class PreprocessConfig:
 # --------------------------------------------------------------------------------------------------
 # reading frames
 # --------------------------------------------------------------------------------------------------
+def baseline_and_robust_peak(volume: DCEVolume, roi: RoiBox, baseline_frames: int = 2
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Inside ``roi``: the mean of the first ``baseline_frames`` frames (at least one, leaving one after),
+    and the robust maximum of the frames after them (the second largest value per voxel, so one spiking
+    frame does not count; the largest when only one frame follows). Frames are read one at a time."""
+    n = volume.n_frames
+    nb = max(1, min(int(baseline_frames), n - 1))
+    baseline = sum(_read_crop(volume, t, roi).astype(np.float64) for t in range(nb)) / nb
+    first = second = None
+    for t in range(nb, n):
+        frame = _read_crop(volume, t, roi)
+        if first is None:
+            first, second = frame.copy(), frame.copy()
+            continue
+        second = np.maximum(second, np.minimum(first, frame))
+        first = np.maximum(first, frame)
+    return baseline, (second if n - nb >= 2 else first)
+
+
 def _read_crop(volume: DCEVolume, index: int, roi: RoiBox) -> np.ndarray:
     """One frame's ROI as float32, NaN/Inf replaced by 0 (readers already do this; be defensive)."""
     crop = np.array(volume.frame(index)[roi.slices], dtype=np.float32)
@@ -442,21 +461,7 @@ def find_kidney_roi(
             f"automatic kidney detection needs a dynamic series (>= 2 frames), this volume has {n}; "
             "draw a ROI box instead"
         )
-    full = RoiBox.full(shape)
-    nb = max(1, min(int(baseline_frames), n - 1))
-    baseline = np.zeros(shape, dtype=np.float64)
-    for t in range(nb):
-        baseline += _read_crop(volume, t, full)
-    baseline /= nb
-    first = second = None
-    for t in range(nb, n):
-        frame = _read_crop(volume, t, full)
-        if first is None:
-            first, second = frame.copy(), frame.copy()
-            continue
-        second = np.maximum(second, np.minimum(first, frame))
-        first = np.maximum(first, frame)
-    robust_max = second if n - nb >= 2 else first
+    baseline, robust_max = baseline_and_robust_peak(volume, RoiBox.full(shape), baseline_frames)
     enhancement = robust_max - baseline
     sigma = [smooth_mm / s for s in volume.spacing]
     enhancement = ndimage.gaussian_filter(enhancement, sigma=sigma, mode="nearest")
