@@ -53,3 +53,19 @@ def test_an_in_sample_evaluation_is_never_shown_as_unseen_patients():
                         "evaluation_protocol": {"in_sample_warning": "WARNING: in-sample table: ..."}}}
     text = facts_text(card_facts(card))
     assert "in-sample, not a result" in text and "unseen" not in text
+
+
+def test_a_weak_or_small_evaluation_is_a_caution_beside_every_reading():
+    from napari_medimp.core.card import evaluation_cautions
+
+    rows = [{"feature_set": "MEDIMP", "horizon": "2y", "auc": 0.25, "n_patients": 6, "n_positive": 4},
+            {"feature_set": "MEDIMP", "horizon": "3y", "auc": 0.81, "n_patients": 120, "n_positive": 43},
+            {"feature_set": "clinical values only", "horizon": "2y", "auc": 0.1, "n_patients": 6, "n_positive": 4}]
+    card = {"metrics": {"evaluation": rows}, "weights": {"sha256": "ab"}}
+    cautions = evaluation_cautions(card)
+    assert len(cautions) == 2
+    assert "too few patients" in cautions[0] and "2y: 6 patients, 4 with graft dysfunction" in cautions[0]
+    assert "3y" not in cautions[0] and "AUC is below 0.6 (2y 0.25)" in cautions[1]
+    assert facts_text(card_facts(card)).count("CAUTION:") == 2
+    # the demo model's evaluation (120 patients, 43 with dysfunction, AUC >= 0.71) needs none
+    assert card_facts(read_card(default_model_path()))["cautions"] == []

@@ -268,6 +268,22 @@ def test_at_napari_default_window_size_nothing_is_clipped_or_shifted_and_results
     viewer.window._qt_window.grab().save(str(tmp_path / "panel.png"))
 
 
+def test_a_model_with_a_weak_evaluation_carries_a_caution_in_the_panel(viewer_widget, tmp_path):
+    from helpers import make_model_file
+
+    _, widget, _ = viewer_widget
+    path = make_model_file(tmp_path, name="weak")
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {"evaluation": [{"feature_set": "MEDIMP", "horizon": "2y", "auc": 0.25, "auc_low": 0.0,
+                                       "auc_high": 0.6, "n_patients": 6, "n_positive": 4}]}
+    card_path.write_text(json.dumps(card))
+    assert widget.set_model_file(path)
+    text = widget.card_label.text()
+    assert "CAUTION: evaluated on too few patients to rely on (2y: 6 patients" in text
+    assert "CAUTION: its AUC is below 0.6 (2y 0.25)" in text and "color:#ffb347" in text
+
+
 def test_event_loop_keeps_running_while_the_worker_computes(viewer_widget, qtbot):
     """The analysis and the saliency map run off the main thread: a 10 ms timer keeps firing while they
     compute. (The 100 ms bound on the worst gap is measured in benchmarks/bench_widget.py: a wall-clock

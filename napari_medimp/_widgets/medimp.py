@@ -583,10 +583,8 @@ class MedimpWidget(QWidget):
             return False
         facts = card_facts(self._card)
         lines = facts_text(facts).split("\n")
-        html = "<br>".join(_escape(line) for line in lines[:-1] if line) if facts["synthetic"] else \
-            "<br>".join(_escape(line) for line in lines)
-        if facts["synthetic"]:
-            html += "<br><b style='color:#ffb347'>" + _escape(lines[-1]) + "</b>"
+        html = "<br>".join(f"<b style='color:#ffb347'>{_escape(line)}</b>" if line.startswith(("CAUTION", "SYNTHETIC"))
+                           else _escape(line) for line in lines if line)
         self.card_label.setText(html)
         self.target_combo.clear()
         self.target_combo.addItems(["similarity", *facts["horizons"]])

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.card import MIN_AUC, MIN_PATIENTS, MIN_PER_OUTCOME
 from ..core.prompts import ATTRIBUTES
 from ..core.training_run import (
     AMP_MODES,
@@ -808,12 +809,6 @@ def read_evaluation_table(path: str | os.PathLike) -> list[dict]:
         return [{k: (v if k in _TEXT_COLUMNS else _to_number(v)) for k, v in row.items()} for row in reader]
 
 
-#: an evaluation on fewer patients than this (with a known outcome at the horizon) is flagged as too small
-MIN_PATIENTS = 30
-#: ... or with fewer than this many patients of either outcome (with and without graft dysfunction)
-MIN_PER_OUTCOME = 10
-#: an AUC below this is flagged as weak (0.5 is chance; 0.6 separates patients poorly)
-MIN_AUC = 0.6
 
 #: headers of the table the dialog shows (see :func:`evaluation_lines`) and their full meaning (tooltips)
 DISPLAY_COLUMNS = ("Prediction from", "AUC (95 % CI)", "F1", "Reliability")

@@ -41,6 +41,38 @@ def is_synthetic(model: Mapping) -> bool:
     return any(isinstance(t, str) and "synthetic" in t.lower() for t in texts)
 
 
+#: an evaluation on fewer patients than this (with a known outcome at the horizon) is too small to rely on
+MIN_PATIENTS = 30
+#: ... or with fewer than this many patients of either outcome (with and without graft dysfunction)
+MIN_PER_OUTCOME = 10
+#: an AUC below this is weak (0.5 is chance; 0.6 separates patients poorly)
+MIN_AUC = 0.6
+
+
+def evaluation_cautions(card: dict, feature_set: str = "MEDIMP") -> list[str]:
+    """Why the card's evaluation of ``feature_set`` cannot be relied on, in words (empty when it can, or when
+    there is none): too few patients at a horizon, or an AUC below :data:`MIN_AUC`."""
+    rows = [r for r in (card.get("metrics") or {}).get("evaluation") or [] if r.get("feature_set") == feature_set]
+    small, weak = [], []
+    for row in rows:
+        horizon = str(row.get("horizon"))
+        n, positive = row.get("n_patients"), row.get("n_positive")
+        if n is not None and positive is not None and (
+                n < MIN_PATIENTS or min(positive, n - positive) < MIN_PER_OUTCOME):
+            small.append(f"{horizon}: {n:g} patients, {positive:g} with graft dysfunction")
+        auc = row.get("auc", row.get("auc_mean"))
+        if auc is not None and auc < MIN_AUC:
+            weak.append(f"{horizon} {auc:.2f}")
+    cautions = []
+    if small:
+        cautions.append(f"evaluated on too few patients to rely on ({'; '.join(small)}; at least {MIN_PATIENTS}, "
+                        f"{MIN_PER_OUTCOME} with and {MIN_PER_OUTCOME} without, are needed)")
+    if weak:
+        cautions.append(f"its AUC is below {MIN_AUC} ({', '.join(weak)}): it barely tells the patients who will "
+                        "have graft dysfunction from those who will not (0.5 is chance), whatever risk it reads")
+    return cautions
+
+
 def card_facts(card: dict) -> dict[str, Any]:
     """name, image encoder, training data statement, synthetic flag, AUC on unseen patients (estimate, 95 % interval) per horizon, prognosis
     horizons, licence and the first 12 hex digits of the weights' sha256."""
@@ -58,6 +90,7 @@ def card_facts(card: dict) -> dict[str, Any]:
                               if isinstance(d, Mapping)}),
         "licence": card.get("licence"),
         "sha256": str((card.get("weights") or {}).get("sha256", ""))[:12],
+        "cautions": evaluation_cautions(card),
     }
 
 
@@ -75,6 +108,7 @@ def facts_text(facts: dict[str, Any]) -> str:
     else:
         lines.append("No AUC on unseen patients recorded")
     lines.append("Prognosis heads: " + (", ".join(facts["horizons"]) if facts["horizons"] else "none"))
+    lines += [f"CAUTION: {text}." for text in facts.get("cautions") or []]
     if facts["synthetic"]:
         lines.append("SYNTHETIC-DATA DEMO MODEL: its outputs say nothing about a real patient.")
     return "\n".join(lines)
