@@ -352,15 +352,16 @@ class MedimpWidget(QWidget):
             layers = [layer for layer in layers if layer.ndim == 4 and not layer.rgb and layer.data.shape[0] > 1]
         return layers
 
-    def _labels_of_exam(self, layer) -> str | None:
-        """The labels layer read with this exam (same source file or folder), if one is open."""
-        source = layer.metadata.get("source")
+    def _pick_exam_labels(self) -> None:
+        """Choose the labels layer read with the current exam (same source file or folder), if one is open."""
+        layer = self.current_layer()
+        source = layer.metadata.get("source") if layer is not None else None
         if not source:
-            return None
+            return
         for labels in self._layers_of("labels"):
             if labels.metadata.get("source") == source:
-                return labels.name
-        return None
+                self.labels_combo.setCurrentText(labels.name)
+                return
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], keep: str | None, first: str | None = None) -> None:
@@ -388,10 +389,8 @@ class MedimpWidget(QWidget):
                    self.roi_combo.currentText(), AUTO_ROI)
         if self.layer_combo.currentText() != before:
             self._on_layer_changed()
-        elif self.labels_combo.currentText() == NO_LABELS and self.current_layer() is not None:
-            labels = self._labels_of_exam(self.current_layer())  # the exam's labels, opened after it
-            if labels is not None:
-                self.labels_combo.setCurrentText(labels)
+        elif self.labels_combo.currentText() == NO_LABELS:
+            self._pick_exam_labels()  # the exam's labels, opened after it
         self._show_patient()
         self._update_buttons()
 
@@ -406,9 +405,7 @@ class MedimpWidget(QWidget):
         layer = self.current_layer()
         if layer is not None:
             self._take_identity(layer)
-            labels = self._labels_of_exam(layer)
-            if labels is not None:
-                self.labels_combo.setCurrentText(labels)
+            self._pick_exam_labels()
         self._show_patient()
         self._update_roi_label()
         self._show_results()
@@ -433,16 +430,26 @@ class MedimpWidget(QWidget):
         self.exam_confirm.setChecked(False)
         self._show_identity()
 
-    def _fill_from_table(self, source: Path, patient: str, exam: str) -> None:
+    def _cohort_table(self, source, patient: str) -> tuple[dict, Path | None]:
+        """The cohort's ``clinical.csv`` beside ``source`` (rows, path); ``({}, None)`` when there is none, or
+        after saying why it could not be read."""
         from ..core.io.cohort import cohort_clinical_table
-        from ..core.prompts import ClinicalRecord
 
         try:
-            rows, table = cohort_clinical_table(source)
-            if patient not in rows:
-                return
-            record = ClinicalRecord.from_csv_row(rows[patient], exam)
+            return cohort_clinical_table(Path(source))
         except (OSError, ValueError) as exc:
+            self._notify_warning(f"clinical values of {patient} not read from the cohort's table: {exc}")
+            return {}, None
+
+    def _fill_from_table(self, source: Path, patient: str, exam: str) -> None:
+        from ..core.prompts import ClinicalRecord
+
+        rows, table = self._cohort_table(source, patient)
+        if patient not in rows:
+            return
+        try:
+            record = ClinicalRecord.from_csv_row(rows[patient], exam)
+        except ValueError as exc:
             self._notify_warning(f"clinical values of {patient} not read from the cohort's table: {exc}")
             return
         self.prefill(donor_age=record.donor_age, gfr=record.gfr, creatinine=list(record.creatinine),
@@ -812,8 +819,8 @@ class MedimpWidget(QWidget):
             return
         scale = np.asarray(layer.scale[-3:], dtype=float)
         translate = np.asarray(layer.translate[-3:], dtype=float) + np.asarray(smap.roi.start) * scale
-        exam = getattr(smap, "exam", None) or spec.get("exam") or ""
-        name = f"saliency {smap.method} {smap.target} {exam} · {spec['layer_name']}".replace("  ", " ")
+        words = " ".join(w for w in ("saliency", smap.method, smap.target, smap.exam) if w)
+        name = f"{words} · {spec['layer_name']}"
         result = self._results.get(_key(layer))
         info = result.attach_saliency(smap) if result is not None else {
             "method": smap.method, "target": smap.target, "score": smap.score, "roi_zyx": smap.roi.to_list()}
@@ -1010,7 +1017,7 @@ class MedimpWidget(QWidget):
         sources = {exam: str(layer.metadata.get("source") or layer.name) for exam, layer in layers.items()}
         rows, table = {}, None
         for source in sources.values():
-            rows, table = _clinical_rows(source)
+            rows, table = self._cohort_table(source, patient)
             if table is not None:
                 break
         spec = {"model": self.model_edit.text(), "device": self.device_combo.currentText()}
@@ -1180,15 +1187,6 @@ def saliency_colormap():
     return Colormap(colors=[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.75, 0.1, 0.05, 0.5],
                             [1.0, 0.55, 0.0, 0.85], [1.0, 1.0, 0.3, 1.0]],
                     controls=[0.0, 0.2, 0.45, 0.75, 1.0], name="saliency")
-
-
-def _clinical_rows(source: str) -> tuple[dict, Any]:
-    from ..core.io.cohort import cohort_clinical_table
-
-    try:
-        return cohort_clinical_table(Path(source))
-    except (OSError, ValueError):
-        return {}, None
 
 
 def patient_lines(result) -> list[str]:

@@ -468,10 +468,8 @@ def analyze_patient(predictor, exams: Mapping[str, DCEVolume], clinical=None, *,
     ``clinical.csv`` row, or exam name -> :class:`ClinicalRecord`, or None (every value missing).
     ``rois``: exam -> kidney box (default: found from the enhancement); ``labels``: exam -> (label map,
     region names) for region curves; ``sources``: exam -> file or folder, for the report."""
-    from .curves import roi_and_region_curves
-    from .inference import analyze
-    from .pipeline import AnalysisRequest, AnalysisResult
-    from .report import clinical_inputs, describe_inputs
+    from .pipeline import AnalysisRequest, run_analysis
+    from .report import clinical_inputs
 
     exams = _ordered_exams(exams)
     notes = _check_identity(exams, patient)
@@ -492,25 +490,19 @@ def analyze_patient(predictor, exams: Mapping[str, DCEVolume], clinical=None, *,
         values["source"] = clinical_source if record is not None else None
         prompt = build_prompt(record) if record is not None else None
         roi = (rois or {}).get(exam)
-        analysis = analyze(predictor, volume, exam=exam, prompt=prompt, roi=roi, record=record,
-                           earlier=dict(embeddings), progress=_stage(say, exam, base, 0.8 * share))
-        embeddings[exam] = analysis.embedding
         label_map, names = (labels or {}).get(exam) or (None, None)
         request = AnalysisRequest(volume=volume, exam=exam, record=record, prompt=prompt, roi=roi,
                                   roi_source="given" if roi is not None else "automatic (enhancing kidney)",
                                   labels=label_map, region_names=names,
                                   clinical=clinical_inputs(record=record, source=clinical_source) if record else None,
-                                  source=(sources or {}).get(exam), saliency_method=None)
-        curves = roi_and_region_curves(volume, analysis.roi, label_map, names)
-        inputs = describe_inputs(volume, exam=exam, roi=analysis.roi, clinical=request.clinical,
-                                 source=request.source, roi_source=request.roi_source)
-        inputs["device"] = analysis.model.get("device")
-        result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
-                                inputs=inputs, model=analysis.model)
+                                  source=(sources or {}).get(exam), earlier=dict(embeddings))
+        result = run_analysis(predictor, request, progress=_stage(say, exam, base, 0.8 * share))
+        embeddings[exam] = result.embedding
         day, where, date_notes = exam_date(volume)
         checks_so_far = {v.visit: v.checks[v.visit] for v in visits}
         used = (result.analysis.get("prognosis_reading") or {}).get("exams_used") or [exam]
-        visit_checks = {e: (list(analysis.checks) if e == exam else checks_so_far.get(e, [])) for e in used}
+        own = [Check(**c) for c in result.analysis["checks"]]
+        visit_checks = {e: (own if e == exam else checks_so_far.get(e, [])) for e in used}
         visits.append(VisitResult(exam, day, where, _days_after_transplant(volume), values, record, result,
                                   visit_checks, source=request.source, patient_in_data=_patient_in_data(volume),
                                   notes=date_notes))

@@ -69,6 +69,8 @@ class AnalysisRequest:
     #: saliency method, or None for no map; target None: similarity with a prompt, else the first horizon
     saliency_method: str | None = None
     saliency_target: str | None = None
+    #: embeddings of the patient's earlier exams (exam -> vector), read together with this one at its visit
+    earlier: Mapping[str, np.ndarray] | None = None
 
     def check(self) -> None:
         """Refuse options that cannot work, before any model is loaded (ValueError naming the option)."""
@@ -99,6 +101,8 @@ class AnalysisResult:
     curves: dict
     inputs: dict
     model: dict
+    #: the exam's unit-norm image embedding (for the readings at later visits)
+    embedding: np.ndarray | None = None
     #: the latest saliency map and its report section
     saliency_map: Any = None
     saliency: dict | None = None
@@ -219,7 +223,8 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
     with_map = request.saliency_method is not None
     share = 0.6 if with_map else 0.9
     analysis = analyze(predictor, request.volume, exam=request.exam, prompt=request.prompt, roi=request.roi,
-                       record=request.record, progress=lambda stage, f: say(stage, share * f))
+                       record=request.record, earlier=request.earlier,
+                       progress=lambda stage, f: say(stage, share * f))
     say("time-intensity curves", share)
     names = request.region_names  # None: 'label N' per value (see curves.default_region_names)
     curves = roi_and_region_curves(request.volume, analysis.roi, request.labels, names)
@@ -227,7 +232,7 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
                              source=request.source, roi_source=request.roi_source, layer_name=request.layer_name)
     inputs["device"] = analysis.model.get("device")
     result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
-                            inputs=inputs, model=analysis.model)
+                            inputs=inputs, model=analysis.model, embedding=analysis.embedding)
     if with_map:
         target = default_saliency_target(request, predictor)
         if target is None:
