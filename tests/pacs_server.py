@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -58,7 +59,7 @@ class OrthancServer:
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([orthanc_binary(), str(folder / "orthanc.json")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=folder)
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, "TCP_NODELAY": "1"})
         self._wait_ready()
 
     def _wait_ready(self, limit_s: float = 120.0) -> None:
