@@ -58,8 +58,11 @@ class OrthancServer:
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "w")  # noqa: SIM115 - closed in stop()
+        # DCMTK (Orthanc's DICOM layer) turns Nagle's algorithm off only when TCP_NODELAY is set: without it
+        # every stored or retrieved image waits on a delayed acknowledgement
         self.process = subprocess.Popen([orthanc_binary(), str(folder / "orthanc.json")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, "TCP_NODELAY": "1"})
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=folder,
+                                        env={**os.environ, "TCP_NODELAY": "1"})
         self._wait_ready()
 
     def _wait_ready(self, limit_s: float = 120.0) -> None:
