@@ -287,6 +287,11 @@ class ContrastiveDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def fully_cached(self) -> bool:
+        """Whether every exam is held prepared in memory (else some are read from disk at each use)."""
+        return len(self._cached) == len(self.items)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

@@ -162,7 +162,7 @@ def collate(samples: list[dict]) -> dict:
 
 
 def make_batch(dataset: ContrastiveDataset, indices, pin: bool = False) -> dict:
-    """Cached images, prompts and drawn augmentations of ``indices`` (built in the prefetch thread)."""
+    """Cached images, prompts and drawn augmentations of ``indices`` (see :func:`batch_stream`)."""
     batch = collate([dataset.sample(int(i)) for i in indices])
     if pin:
         batch["image"] = batch["image"].pin_memory()
@@ -237,6 +237,22 @@ def prefetch(iterable, depth: int = 2):
     finally:
         stop.set()
         thread.join()
+
+
+def batch_stream(dataset: ContrastiveDataset, chunks, device: torch.device):
+    """``(position, batch)`` for each chunk of sample indices, as the training loop consumes them.
+
+    Built in a background thread (:func:`prefetch`) where that overlaps with something: GPU work, or
+    exams read from disk because the dataset does not hold them all in memory. On the CPU with every exam
+    cached a batch takes a few milliseconds to build, and a second thread running torch ops wakes a second
+    OpenMP team that spin-waits on the cores the model trains on (measured 25 % slower on 2 cores), so
+    batches are built inline there.
+    """
+    pin = device.type == "cuda"
+    produced = ((position, make_batch(dataset, chunk, pin)) for position, chunk in chunks)
+    if device.type == "cuda" or not dataset.fully_cached:
+        return prefetch(produced)
+    return produced
 
 
 def batches(dataset: ContrastiveDataset, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool):
@@ -719,9 +735,8 @@ class _Training:
         first = self.start_batch if epoch == self.start_epoch else 0
         self.losses = list(self.state.get("epoch_losses", [])) if epoch == self.start_epoch and first else []
         self.epoch_started = time.perf_counter()
-        pin = self.device.type == "cuda"
-        produced = ((b, make_batch(self.train_set, chunks[b][self.rows], pin)) for b in range(first, len(chunks)))
-        for b, batch in prefetch(produced):
+        mine = ((b, chunks[b][self.rows]) for b in range(first, len(chunks)))
+        for b, batch in batch_stream(self.train_set, mine, self.device):
             local_loss = self.train_step(batch_images(batch, self.device), batch["text"])
             self.step += 1
             loss, stop_now = mean_over_ranks(local_loss, bool(self.should_stop()))

@@ -99,3 +99,38 @@ def test_an_unreadable_exam_is_skipped_with_its_reason_and_the_rest_trains(cohor
     assert "truncated or corrupt" in data.skipped[0] or "gzip" in data.skipped[0]
     assert all(data.prompts[k] for k in range(len(data)))
     assert tuple(data[len(data) - 1]["image"].shape) == (1, 8, 16, 16)
+
+
+def test_batches_are_the_same_built_inline_or_in_the_background(cohort):
+    """On the CPU with every exam in memory batches are built in the training thread (a second thread's
+    torch ops slow the model on a small machine); with exams read from disk they are built one step ahead
+    in a background thread. Either way the batches, their order and their draws are identical."""
+    import threading
+
+    from src_train.train import batch_indices, batch_stream
+
+    items, _ = cohort_items(cohort)
+    built_in: dict[str, set] = {}
+
+    def stream(cache_rate):
+        data = ContrastiveDataset(items, CONFIG, seed=3, cache_rate=cache_rate)
+        data.set_epoch(2)
+        sample = data.sample
+
+        def recording(index):
+            built_in.setdefault(str(cache_rate), set()).add(threading.get_ident())
+            return sample(index)
+
+        data.sample = recording
+        chunks = list(enumerate(batch_indices(len(data), 2, 0, 2, True, True)))
+        return data, list(batch_stream(data, chunks, torch.device("cpu")))
+
+    cached, inline = stream(1.0)
+    partly, background = stream(0.5)
+    assert cached.fully_cached and not partly.fully_cached
+    assert built_in["1.0"] == {threading.get_ident()}
+    assert threading.get_ident() not in built_in["0.5"]
+    assert [p for p, _ in inline] == [p for p, _ in background] == list(range(len(inline)))
+    for (_, a), (_, b) in zip(inline, background, strict=True):
+        assert a["text"] == b["text"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["augment"], b["augment"])
