@@ -247,6 +247,22 @@ def test_identity_from_what_the_image_states():
     assert (who["patient"], who["exam"], who["date"]) == ("P7", "1.2.3", "2024-03-12")  # the tag, not the folder
 
 
+def test_identity_names_the_patient_as_the_patient_view_does(tmp_path):
+    """An exam stored one phase per folder keeps its first phase's sidecar: the report and the patient view
+    read the patient from it alike."""
+    import json
+
+    from napari_medimp.core.longitudinal import patient_recorded
+
+    phase = tmp_path / "1_phase.nii.gz"
+    phase.write_bytes(b"")
+    phase.with_name("1_phase.json").write_text(json.dumps({"PatientID": "K-204"}))
+    volume = kidney_volume()
+    volume.metadata = {"phase_files": [str(phase)], "patient": "folder"}
+    who = exam_identity(volume)
+    assert (who["patient"], who["patient_from"]) == ("K-204", "sidecar 'PatientID'") == patient_recorded(volume)
+
+
 def test_orientation_letters_follow_the_affine():
     ras = orientation_letters(np.diag([2.0, 2.0, 3.0, 1.0]))
     assert (ras["left"], ras["right"], ras["top"], ras["bottom"]) == ("R", "L", "A", "P")

@@ -44,6 +44,7 @@ __all__ = [
     "analyze_patient",
     "analyze_patient_folder",
     "exam_date",
+    "patient_recorded",
     "patient_trends_figure",
     "visit_clinical_values",
 ]
@@ -52,7 +53,6 @@ Progress = Callable[[str, float], None]
 
 #: what a visit without a date in its data says
 DATE_UNKNOWN = "date unknown"
-#: the trend figure of a patient analysis folder
 #: every file a patient analysis writes in its folder (the report's JSON and CSV and the trend figure)
 PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", TREND_FIGURE_FILE)
 
@@ -139,16 +139,21 @@ def _days_after_transplant(volume: DCEVolume) -> float | None:
     return None
 
 
-def _patient_in_data(volume: DCEVolume) -> str | None:
-    """The patient identifier the image itself records (DICOM ``PatientID``, a sidecar's ``PatientID``)."""
+def patient_recorded(volume: DCEVolume) -> tuple[str | None, str | None]:
+    """(patient identifier, where it was read) as the image itself records it (DICOM ``PatientID``, a
+    sidecar's ``PatientID``); ``(None, None)`` when it records none."""
     for key in _METADATA_PATIENT_KEYS:
         if str(volume.metadata.get(key) or "").strip():
-            return str(volume.metadata[key]).strip()
+            return str(volume.metadata[key]).strip(), f"image metadata '{key}'"
     for side in _sidecars(volume):
         for key in _SIDECAR_PATIENT_KEYS:
             if str(side.get(key) or "").strip():
-                return str(side[key]).strip()
-    return None
+                return str(side[key]).strip(), f"sidecar '{key}'"
+    return None, None
+
+
+def _patient_in_data(volume: DCEVolume) -> str | None:
+    return patient_recorded(volume)[0]
 
 
 def _exam_in_data(volume: DCEVolume) -> str | None:

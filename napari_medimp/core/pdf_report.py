@@ -108,13 +108,11 @@ def exam_identity(volume) -> dict[str, str | None]:
     ``exam_from``, ``date_from``): DICOM tags, a NIfTI's JSON sidecar, a cohort's folder names
     (``patient/exam/...``); None for what the image does not state, never a guess. The date is
     :func:`~napari_medimp.core.longitudinal.exam_date`'s (the patient view's)."""
-    from .longitudinal import exam_date
+    from .longitudinal import exam_date, patient_recorded
 
     meta = dict(volume.metadata or {})
     sidecar = meta.get("sidecar") if isinstance(meta.get("sidecar"), Mapping) else {}
-    patient, patient_from = _first(meta, ("patient_id",), "image metadata '{}'")
-    if patient is None:
-        patient, patient_from = _first(sidecar, ("PatientID",), "sidecar '{}'")
+    patient, patient_from = patient_recorded(volume)
     if patient is None:
         patient, patient_from = _first(meta, ("patient",), "folder name")
     exam, exam_from = _first(meta, ("accession_number", "study_uid"), "image metadata '{}'")
