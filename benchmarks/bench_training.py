@@ -10,8 +10,8 @@ background thread one step ahead), augmentation applied to the whole batch.
 ``ours`` treats the frozen text layers as a fixed feature extractor, computed once per distinct prompt
 (the default, ``cache_frozen_text``); the row without it runs them at every step, with dropout.
 Reported: samples/s of each, their ratio, the share of time the model waits for (or, built inline,
-builds) the next batch, and the share spent augmenting. ``--repeats`` alternates the two loops and keeps each one's best run, which
-steadies the ratio on a shared machine.
+builds) the next batch, and the share spent augmenting. ``--repeats`` alternates the loops and reports
+the medians, each ratio taken between neighbouring runs, which steadies it on a shared machine.
 """
 
 from __future__ import annotations
