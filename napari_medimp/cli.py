@@ -16,8 +16,16 @@ def _cmd_synth(args) -> int:
     def progress(done, total):
         print(f"\r{done}/{total} patients", end="", file=sys.stderr, flush=True)
 
+    from .core.synth.summary import bin_shares, summary_table
+
+    settings = synth.SynthSettings(hyperfiltration=args.hyperfiltration, world=args.world, images=args.images)
+    if args.summary:  # the prompts' bins only: no image is rendered, nothing is written
+        print(summary_table(bin_shares(synth.sample_patients(args.patients, args.seed, settings))))
+        return 0
+    if args.out is None:
+        raise ValueError("give --out FOLDER (or --summary to print the bins without writing anything)")
     summary = synth.generate_cohort(Path(args.out), n_patients=args.patients, seed=args.seed,
-                                    progress=progress, hyperfiltration=args.hyperfiltration)
+                                    progress=progress, settings=settings, n_jobs=args.jobs)
     print(file=sys.stderr)
     print(json.dumps(summary if isinstance(summary, dict) else str(summary), indent=1, default=str))
     return 0
@@ -528,10 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate a synthetic renal-graft DCE-MRI cohort")
     p.add_argument("--patients", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder (clinical.csv, images, ground truth)")
+    p.add_argument("--out", help="output folder (clinical.csv, images, ground truth)")
     p.add_argument("--hyperfiltration", type=float, default=0.4,
                    help="share of the filtration lost to graft damage that the remaining nephrons make up at "
                         "the first-year exams, hiding it from GFR and creatinine (0 = none; default 0.4)")
+    p.add_argument("--world", choices=["transplant", "v1"], default="transplant",
+                   help="transplant: one graft calibrated to transplant cohorts (default); v1: generator 1.x's "
+                        "world (a healthy pair of kidneys' flow in one graft, most GFR 'high')")
+    p.add_argument("--images", choices=["own", "other"], default="own",
+                   help="own: each exam shows the patient's graft (default); other: the null setting, each "
+                        "patient's images show another patient's graft, so images carry nothing of the prompts")
+    p.add_argument("--summary", action="store_true",
+                   help="print the share of every prompt bin per visit (no image is rendered, nothing written)")
+    p.add_argument("--jobs", type=int, default=1, help="patients rendered in parallel (processes)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("info", help="describe a DCE-MRI file or folder as it will be opened")

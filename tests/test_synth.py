@@ -107,8 +107,10 @@ def test_progression_leaves_image_traces():
         cortex_fraction[level] = cortex.sum() / np.isin(made.labels, (synth.CORTEX, synth.MEDULLA)).sum()
     assert cv[0.95] > 2 * cv[0.05]
     assert cortex_fraction[0.95] < cortex_fraction[0.05]
+    # (a graft still recovering from delayed function at M3 gains filtration by M12 whatever its fibrosis)
     rising = [q for q in synth.sample_patients(30, seed=2)
-              if q["exams"]["M12"]["fibrosis"] > q["exams"]["M3"]["fibrosis"] + 0.05]
+              if q["exams"]["M12"]["fibrosis"] > q["exams"]["M3"]["fibrosis"] + 0.05
+              and q["exams"]["M3"]["injury"] < 0.01]
     assert rising
     for q in rising:
         early, late = q["exams"]["M3"], q["exams"]["M12"]
@@ -122,11 +124,11 @@ def test_outcomes_follow_latent_progression(cohort_stats):
     progression = np.array([p["latent_progression"] for p in cohort_stats])
     for years in synth.OUTCOME_YEARS:
         outcome = np.array([p[f"outcome_{years}y"] for p in cohort_stats])
-        assert 0.15 <= outcome.mean() <= 0.70
+        assert 0.15 <= outcome.mean() <= 0.90  # creatinine > 110 umol/L: most single grafts (median ~120)
         assert stats.pointbiserialr(outcome, progression)[0] > 0.3
     assert np.mean([p["outcome_4y"] for p in cohort_stats]) >= np.mean([p["outcome_2y"] for p in cohort_stats])
     donor = np.array([p["donor_age"] for p in cohort_stats])
-    assert donor.min() >= 18 and donor.max() <= 80 and 45 < np.median(donor) < 65
+    assert donor.min() >= 18 and donor.max() <= 85 and 45 < np.median(donor) < 65
 
 
 def test_creatinine_falls_with_gfr(cohort_stats):
@@ -241,3 +243,75 @@ def test_hyperfiltration_hides_structural_loss_from_gfr_at_the_exams_only():
     assert 0.25 < np.mean(shares) < 0.55  # U(0, 0.8): mean 0.4
     with pytest.raises(ValueError, match="hyperfiltration"):
         synth.SynthSettings(hyperfiltration=0.7)
+
+
+# --------------------------------------------------------------------------------------------------
+# the calibrated world, the earlier one, and the null setting
+# --------------------------------------------------------------------------------------------------
+def test_transplant_world_is_one_graft_as_registries_report_it(cohort_stats):
+    """Single-graft eGFR about 45-60 mL/min/1.73 m2 at one year with most recipients below 60, lower at
+    D15 (delayed graft function: dialysis-level filtration in the first week), about a third of donors
+    aged 65 or more, and creatinine series that are sometimes unstable early."""
+    gfr = {e: np.array([p["exams"][e]["gfr"] for p in cohort_stats]) for e in synth.EXAMS}
+    assert 45 <= np.median(gfr["M12"]) <= 60 and np.mean(gfr["M12"] < 60) > 0.5
+    assert np.median(gfr["D15"]) < np.median(gfr["M12"]) - 5
+    dgf = [p for p in cohort_stats if p["latent"]["delayed_graft_function"]]
+    assert 0.15 <= len(dgf) / len(cohort_stats) <= 0.35
+    first_week = [synth.physiology.derive(p, synth.physiology.kinetics_at(p, 7))["gfr"] for p in dgf]
+    assert np.median(first_week) < 15
+    donors = np.array([p["donor_age"] for p in cohort_stats])
+    assert 0.25 <= np.mean(donors >= 65) <= 0.45
+    from napari_medimp.core.synth.summary import bin_shares
+
+    shares = bin_shares(cohort_stats)["visits"]
+    assert shares["D30"]["creatinine"]["unstable"] + shares["M3"]["creatinine"]["unstable"] > 0.06
+    for visit in shares.values():  # every GFR bin share is a share
+        assert sum(visit["gfr"][b] for b in synth_bins()) == pytest.approx(1.0)
+    assert shares["M12"]["gfr"]["high"] < 0.5  # no longer "high" for most exams
+
+
+def synth_bins():
+    from napari_medimp.core.prompts import GFR_BINS
+
+    return GFR_BINS
+
+
+def test_earlier_world_is_kept_as_a_setting():
+    old = synth.sample_patients(100, seed=11, settings=synth.SynthSettings(world="v1"))
+    assert np.median([p["exams"]["M12"]["gfr"] for p in old]) > 65  # a pair of kidneys' flow in one graft
+    assert all(p["world"] == "v1" for p in old)
+    with pytest.raises(ValueError, match="world"):
+        synth.SynthSettings(world="mars")
+    with pytest.raises(ValueError, match="images"):
+        synth.SynthSettings(images="mine")
+
+
+def test_null_setting_shows_another_patients_graft(tmp_path):
+    synth.generate_cohort(tmp_path / "own", n_patients=1, seed=3, **SMALL)
+    synth.generate_cohort(tmp_path / "null", n_patients=1, seed=3, images="other", **SMALL)
+    own, null = (json.loads((tmp_path / k / "ground_truth.json").read_text()) for k in ("own", "null"))
+    assert (tmp_path / "own" / "clinical.csv").read_text() == (tmp_path / "null" / "clinical.csv").read_text()
+    p = null["patients"][0]
+    assert p["images_from"]["index"] == synth.physiology.OTHER_PATIENT_OFFSET
+    other = synth.sample_patient(3, synth.physiology.OTHER_PATIENT_OFFSET)
+    for e in synth.EXAMS:
+        if p["exams"][e]["image_missing"]:
+            continue
+        a = load_nifti(tmp_path / "own" / synth.dce_path("", "P0001", e), lazy=False)
+        b = load_nifti(tmp_path / "null" / synth.dce_path("", "P0001", e), lazy=False)
+        assert not np.array_equal(a.data, b.data)
+        assert p["exams"][e]["shown"]["gfr"] == pytest.approx(other["exams"][e]["gfr"], rel=1e-6)
+        side = read_sidecar(tmp_path / "null" / synth.dce_path("", "P0001", e))
+        assert side["PatientID"] == "P0001" and side["Exam"] == e  # the file still belongs to its patient
+        assert side["DaysAfterTransplantation"] == synth.EXAM_DAYS[e]
+    assert "shown" not in own["patients"][0]["exams"]["D15"]
+
+
+def test_synth_summary_prints_the_bins_without_writing(tmp_path, capsys):
+    from napari_medimp.cli import main
+
+    assert main(["synth", "--summary", "--patients", "30", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| GFR | medium |" in out and "distinct prompt contents" in out
+    assert main(["synth", "--patients", "1"]) == 2  # a command-line problem
+    assert "--out" in capsys.readouterr().err

@@ -18,6 +18,34 @@ Labels (uint8): 0 background/air, 1 soft tissue (fat, muscle, pelvic viscera), 2
 (with the columns of Bertin), 3 medulla (pyramids), 4 collecting system (renal sinus, pelvis),
 5 artery (external iliac artery and the anastomosed renal artery).
 
+Worlds (setting ``world``; ``medimp synth --world``)
+---------------------------------------------------
+``"transplant"`` (default since generator 2.0) is one grafted kidney, set from transplant figures before
+any model saw it; ``"v1"`` is generator 1.x, kept to reproduce earlier cohorts (its values are given in
+brackets below where they differ). ``medimp synth --summary`` prints the share of every prompt bin per
+visit. Calibration targets and sources:
+
+  * single-graft eGFR about 45-60 mL/min/1.73 m2 at one year with most recipients below 60 (registry
+    cohorts: OPTN/SRTR annual data reports; Agence de la biomedecine, rapport medical et scientifique),
+    lower at D15 after delayed graft function; generated: median 50 (IQR 39-62) at M12, 41 at D15.
+  * one healthy kidney carries about half of the renal plasma flow (~300 mL/min) and filtration
+    (~55-60 mL/min); a solitary kidney makes up part of the other's loss by single-nephron hyperfiltration
+    and hypertrophy (GFR ~70 % of the two-kidney value after donation: Lenihan et al., J Clin Invest
+    2015;125:1311); calcineurin inhibitors constrict the afferent arteriole and lower renal flow by
+    roughly a fifth (Naesens et al., Clin J Am Soc Nephrol 2009;4:481).
+  * delayed graft function (dialysis in the first week) in 20-35 % of deceased-donor grafts, rising with
+    donor age; generated: 25 %, median GFR 11 at day 7 and 22 at D15 in those grafts.
+  * donors: about 85 % deceased in France, deceased donors' median age near 60 with about a third aged 65
+    or more (Agence de la biomedecine); generated: 35 % of donors aged 65 or more (MEDIMP's "high" bin).
+  * creatinine: MEDIMP's variability (std of the series so far, > 50 umol/L "unstable") follows from the
+    per-visit values; after delayed function it falls steeply between D15 and M3; generated: 7-10 % of
+    exams "unstable" from D30 on.
+
+Null setting (``images="other"``; ``medimp synth --images other``): each patient's exams show another
+patient's graft from the same world (index + 1,000,000, same seed: never part of the cohort); the
+clinical values, prompts and outcomes are the patient's own, so images carry nothing of them. The
+ground truth records ``images_from`` per patient and the shown graft's parameters (``shown``) per exam.
+
 Parameters, ranges and basis
 ----------------------------
 Recipient and donor
@@ -25,8 +53,8 @@ Recipient and donor
     BMI log-normal, median 25.5 in [17, 42]; BSA by Mosteller (1987) sqrt(height * weight / 3600),
     about 1.5-2.2 m2 - registry demographics of kidney recipients (ERA, SRTR).
   * haematocrit N(0.36, 0.04) in [0.26, 0.47] - post-transplant anaemia.
-  * donor 82 % deceased, age N(56, 15), living N(50, 10), in [18, 80] y (integer) - French / European
-    donor age distribution (Agence de la biomedecine annual reports; median ~55-58 y).
+  * donor 85 % deceased, age N(59, 15), living N(51, 10), in [18, 85] y (integer) [v1: 82 %, N(56, 15),
+    N(50, 10), [18, 80]] - French donor age distribution (Agence de la biomedecine annual reports).
 Latent graft course (time t in years)
   * interstitial fibrosis f(t) = f0 + r t (+ rejection), capped at 0.97 - the latent progression.
     f0 = 0.02 + 0.0035 (donor age - 18) + N(0, 0.04) in [0, 0.6] (implantation-biopsy fibrosis rises
@@ -34,18 +62,21 @@ Latent graft course (time t in years)
     patients have a rejection episode starting at U(0.1, 4) y that adds U(0.08, 0.25) per year
     (chronic antibody-mediated rejection; partly after the last exam, so not all of the outcome is
     visible in the images). ``latent_progression`` = f(3 years).
-  * acute ischaemia-reperfusion injury i(t) = i0 exp(-t / tau), tau U(8, 25) days: delayed graft
-    function with probability 0.12 + 0.004 (donor age - 18) (deceased, <= 0.5) or 0.05 (living),
-    i0 U(0.3, 0.7), else U(0, 0.15) - DGF rates of 20-35 % in deceased-donor grafts.
+  * acute ischaemia-reperfusion injury i(t) = i0 exp(-t / tau), tau U(10, 30) days [v1: U(8, 25)]:
+    delayed graft function with probability 0.12 + 0.004 (donor age - 18) (deceased, <= 0.5) or 0.05
+    (living), i0 U(0.6, 0.95) [v1: U(0.3, 0.7)], else U(0, 0.15) - DGF rates of 20-35 % in
+    deceased-donor grafts; a graft with delayed function starts with 0.05 more fibrosis [v1: none].
 Kinetics (dcmri.conc_kidney_cm, kinetics='7C'; per mL parenchyma)
-  * healthy plasma flow Fp0 = 0.051 (1 - 0.005 (donor age - 40)) x lognormal(0.06) mL/s/mL
-    (~1.8-3.3 mL/min/mL, single-graft renal plasma flow ~290-610 mL/min; MR renography, e.g.
-    Sourbron 2008, Buckley 2006); glomerular extraction Eg0 = 0.21 (1 - 0.004 (donor age - 40)) x
-    lognormal(0.06) in [0.10, 0.26] (filtration fraction ~0.2); cortical flow fraction fc U(0.87, 0.93)
+  * plasma flow Fp0 = 0.034 x 0.80 (1 - 0.005 (donor age - 40)) x lognormal(0.06) mL/s/mL: one
+    kidney's share of renal plasma flow (~360 mL/min for a 175 mL young donor kidney) times
+    calcineurin-inhibitor vasoconstriction [v1: 0.051 x 1, a healthy pair's flow in one graft];
+    glomerular extraction Eg0 = 0.21 (1 - 0.004 (donor age - 40)) x lognormal(0.06) in [0.10, 0.26]
+    (filtration fraction ~0.2) x 1.25 (a solitary kidney's single-nephron hyperfiltration) [v1: x 1]; cortical flow fraction fc U(0.87, 0.93)
     (medullary blood flow ~10 % of renal flow); transit times Tg U(3, 5) s, Tv U(8, 14) s,
     Tpt U(45, 75) s, Tlh U(45, 75) s, Tdt U(20, 40) s, Tcd U(20, 40) s (dcmri defaults 4, 10, 60, 60,
     30, 30 s).
-  * at each exam: Fp = Fp0 (1 - 0.65 f)(1 - 0.25 i); Eg = Eg0 (1 - 0.55 f)(1 - 0.6 i); tubular transit
+  * at each exam: Fp = Fp0 (1 - 0.65 f)(1 - 0.30 i); Eg = Eg0 (1 - 0.55 f) max(1 - 1.3 i, 0.02)
+    [v1: (1 - 0.25 i), (1 - 0.6 i)] (acute injury stops filtration first); tubular transit
     times x (1 + f + 1.5 i) (delayed tubular phase); Tg, Tv x (1 + 0.3 f).
   * compensatory hyperfiltration (setting ``hyperfiltration``, default 0.4; ``medimp synth
     --hyperfiltration``): at the exams (first year) the remaining nephrons raise their filtration so
@@ -64,7 +95,7 @@ Kinetics (dcmri.conc_kidney_cm, kinetics='7C'; per mL parenchyma)
   * GFR follows from the kinetics: single-kidney GFR [mL/min] = 60 Fp Eg V (the filtered flux of the
     7C model is Eg Fp ca; Fp is plasma flow so no haematocrit factor; dcmri.KidneyCortMed.export_params
     uses Eg / (1 - Eg) instead, i.e. reads Fp as post-glomerular flow - we follow the model equations);
-    normalised GFR = GFR x 1.73 / BSA. Cohort at M12: median ~70, 5-95 % ~39-124 mL/min/1.73 m2.
+    normalised GFR = GFR x 1.73 / BSA. Cohort at M12: median ~50, IQR 39-62 mL/min/1.73 m2 [v1: ~79].
   * arterial input: Parker et al. (MRM 2006) population AIF (blood), scaled by dose / 0.1 mmol/kg
     (default dose 0.05 mmol/kg, a usual renal DCE dose), bolus arrival = injection (8 s) + U(8, 16) s
     + N(0, 1.5) s per exam; plasma concentration = blood / (1 - Hct).
@@ -116,7 +147,9 @@ Clinical values and outcomes
     x lab noise lognormal(0.05), rounded to 1 umol/L.
   * outcome at 2, 3, 4 years: 1 when the mean of three creatinine values (-60, 0, +60 days around
     the date, each with lab noise) exceeds 110 umol/L (configurable), or when the graft is lost
-    (GFR < 15 at or before that date). Prevalence ~36 / 43 / 50 %; graft loss ~0 / 1 / 4 %;
+    (GFR < 15 at or before that date). Prevalence ~75 / 80 / 84 % (a single graft's creatinine is
+    usually above 110 umol/L: median ~119 at M12) [v1: ~36 / 43 / 50 %]; graft loss ~2 / 8 / 17 %
+    [v1: ~0 / 1 / 4 %];
     point-biserial correlation of ``latent_progression`` with the outcomes ~0.5-0.6.
   * missing data: whole visit 3 %; image only 7 % more (~10 % of exams without images); each lab
     value 4 % more (~7 % missing); donor age and BSA 3 % each.

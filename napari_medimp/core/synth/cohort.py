@@ -21,7 +21,9 @@ from .physiology import (
     EXAM_DAYS,
     EXAMS,
     GENERATOR_VERSION,
+    KINETIC_KEYS,
     LABEL_NAMES,
+    OTHER_PATIENT_OFFSET,
     OUTCOME_YEARS,
     SynthSettings,
     exam_parameters,
@@ -32,6 +34,11 @@ from .render import render, sidecar_for
 
 GFR_FORMULA = ("GFR [mL/min/1.73 m2] = 60 * Fp [mL/s/mL] * Eg * V_parenchyma [mL] * 1.73 / BSA [m2]; "
                "Fp is plasma flow, so no haematocrit factor")
+
+
+#: the parameters of the graft an exam's images show, recorded per exam in the null setting (``"shown"``)
+SHOWN_KEYS = (*KINETIC_KEYS, "fibrosis", "injury", "kidney_volume_ml", "cortical_thickness_mm", "heterogeneity",
+              "gfr", "gfr_ml_min", "day")
 
 
 def dce_path(out_dir, pid: str, exam: str) -> Path:
@@ -87,21 +94,28 @@ def write_patient(out_dir, seed: int, index: int, settings: SynthSettings) -> di
     out_dir = Path(out_dir)
     patient = sample_patient(seed, index, settings)
     pid = patient["patient_id"]
+    # the null setting: the images show another patient's graft (never part of the cohort)
+    shown = sample_patient(seed, index + OTHER_PATIENT_OFFSET, settings) if settings.images == "other" else patient
+    if shown is not patient:
+        patient["images_from"] = {"seed": seed, "index": shown["index"],
+                                  "note": "null setting: images of another patient of the same world"}
     for i, exam in enumerate(EXAMS):
         entry = patient["exams"][exam]
         if entry["image_missing"]:
             entry["files"] = None
             continue
-        params = exam_parameters(patient, exam)
+        params = exam_parameters(shown, exam)
         params["exam"] = exam
-        image, labels, details = render(patient, params, settings, i)
+        image, labels, details = render(shown, params, settings, i)
         affine = np.asarray(details["affine"])
         dce, seg = dce_path(out_dir, pid, exam), seg_path(out_dir, pid, exam)
-        save_nifti(dce, image, affine, dtype=np.int16, frame_times=settings.times(),
-                   sidecar=sidecar_for(patient, params))
+        sidecar = sidecar_for(patient, {**params, "day": entry["day"]})
+        save_nifti(dce, image, affine, dtype=np.int16, frame_times=settings.times(), sidecar=sidecar)
         save_nifti(seg, labels, affine, dtype=np.uint8,
                    sidecar={"Labels": {str(k): v for k, v in LABEL_NAMES.items()}})
         entry["render"] = details
+        if shown is not patient:
+            entry["shown"] = {k: params[k] for k in SHOWN_KEYS}
         entry["files"] = {"dce": dce.relative_to(out_dir).as_posix(), "seg": seg.relative_to(out_dir).as_posix()}
     return patient
 

@@ -26,7 +26,48 @@ from ..terms import (
     SURROUNDING_TISSUE,
 )
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "2.0.0"
+
+#: The worlds the generator can draw patients from (setting ``world``). Every number is a physiological
+#: or registry figure, set before any model was trained on the result (sources in the package docstring).
+#:
+#: ``"transplant"`` (default since 2.0): one grafted kidney. Plasma flow per mL of parenchyma is one
+#: kidney's share of renal plasma flow (about 300 mL/min per healthy kidney of ~175 mL) lowered by
+#: calcineurin-inhibitor vasoconstriction, which makes a single graft's eGFR about 45-60 mL/min/1.73 m2 at
+#: one year; delayed graft function is a strong, decaying loss of filtration (eGFR at D15 about half its
+#: later level) with more fibrosis afterwards; donor ages follow French deceased-donor figures (about a
+#: third aged 65 or more; 15 % living donors).
+#: ``"v1"``: generator 1.x (renal plasma flow of a healthy pair of kidneys in one graft, mild injury,
+#: 82 % deceased donors aged N(56, 15)): most exams read GFR "high"; kept to reproduce earlier cohorts.
+WORLDS: dict[str, dict[str, float]] = {
+    "transplant": {
+        "fp0": 0.034,  # mL/s per mL parenchyma: ~360 mL/min of plasma for a 175 mL young donor kidney ...
+        "cni_flow": 0.80,  # ... times calcineurin-inhibitor afferent vasoconstriction (-20 % flow)
+        "solitary_extraction": 1.25,  # a solitary kidney's single-nephron hyperfiltration (with hypertrophy: +40 %)
+        "deceased_share": 0.85, "deceased_age_mean": 59.0, "deceased_age_sd": 15.0,
+        "living_age_mean": 51.0, "living_age_sd": 10.0, "max_donor_age": 85.0,
+        "dgf_injury_low": 0.6, "dgf_injury_high": 0.95, "injury_tau_low": 10.0, "injury_tau_high": 30.0,
+        "injury_flow": 0.30, "injury_extraction": 1.3, "dgf_fibrosis": 0.05,
+    },
+    "v1": {
+        "fp0": 0.051, "cni_flow": 1.0, "solitary_extraction": 1.0,
+        "deceased_share": 0.82, "deceased_age_mean": 56.0, "deceased_age_sd": 15.0,
+        "living_age_mean": 50.0, "living_age_sd": 10.0, "max_donor_age": 80.0,
+        "dgf_injury_low": 0.3, "dgf_injury_high": 0.7, "injury_tau_low": 8.0, "injury_tau_high": 25.0,
+        "injury_flow": 0.25, "injury_extraction": 0.6, "dgf_fibrosis": 0.0,
+    },
+}
+#: what the images of an exam show (setting ``images``): ``"own"`` the patient's own graft; ``"other"``
+#: (the null setting) the graft of another patient of the same world, never part of the cohort
+#: (patient index + :data:`OTHER_PATIENT_OFFSET`, same seed), so the images carry nothing of the
+#: clinical values and prompts beyond what every graft shares
+IMAGE_SOURCES = ("own", "other")
+OTHER_PATIENT_OFFSET = 1_000_000
+
+
+def world_of(patient: dict) -> dict[str, float]:
+    """The world parameters a sampled patient was drawn from (generator 1.x patients carry none: "v1")."""
+    return WORLDS[patient.get("world", "v1")]
 
 EXAM_DAYS = {"D15": 15, "D30": 30, "M3": 90, "M12": 365}
 OUTCOME_YEARS = HORIZON_YEARS
@@ -101,8 +142,16 @@ class SynthSettings:
     #: (renal functional reserve differs between people). 0 = none: GFR and creatinine show all the
     #: damage, the null setting. Spent by the outcome dates.
     hyperfiltration: float = 0.4
+    #: the world patients are drawn from, one of :data:`WORLDS`
+    world: str = "transplant"
+    #: whose graft the images show, one of :data:`IMAGE_SOURCES` ("other" is the null setting)
+    images: str = "own"
 
     def __post_init__(self):
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if self.images not in IMAGE_SOURCES:
+            raise ValueError(f"images must be one of {', '.join(IMAGE_SOURCES)}, got {self.images!r}")
         if not 0.0 <= self.hyperfiltration <= 0.5:
             raise ValueError(f"hyperfiltration must be in [0, 0.5] (a mean share), got {self.hyperfiltration}")
         if len(self.grid) != 3 or min(self.grid) < 4:
@@ -210,13 +259,14 @@ def kinetics_at(patient: dict, day: float, compensated: bool = True) -> dict:
     fraction, capped at :data:`MAX_EXTRACTION`). Structure (volume, cortical thickness, heterogeneity,
     transit times) keeps showing all the damage. Exams use it; outcome dates do not (the compensation
     is spent by then). ``gfr_structural_ratio`` is the uncompensated GFR over the undamaged one."""
-    latent, k0 = patient["latent"], patient["kinetics_0"]
+    latent, k0, world = patient["latent"], patient["kinetics_0"], world_of(patient)
     f, inj = fibrosis_at(latent, day), injury_at(latent, day)
+    flow_injury, extraction_injury = 1 - world["injury_flow"] * inj, max(1 - world["injury_extraction"] * inj, 0.02)
     tubular = 1.0 + 1.0 * f + 1.5 * inj
     vascular = 1.0 + 0.3 * f
     volume = volume_at(patient, day, f)
-    fp, eg = k0["Fp"] * (1 - 0.65 * f) * (1 - 0.25 * inj), k0["Eg"] * (1 - 0.55 * f) * (1 - 0.6 * inj)
-    undamaged = k0["Fp"] * (1 - 0.25 * inj) * k0["Eg"] * (1 - 0.6 * inj) * volume_at(patient, day, 0.0)
+    fp, eg = k0["Fp"] * (1 - 0.65 * f) * flow_injury, k0["Eg"] * (1 - 0.55 * f) * extraction_injury
+    undamaged = k0["Fp"] * flow_injury * k0["Eg"] * extraction_injury * volume_at(patient, day, 0.0)
     ratio = fp * eg * volume / undamaged
     h = float(patient.get("hyperfiltration", 0.0)) if compensated else 0.0
     if h > 0 and ratio < 1.0:
@@ -313,14 +363,16 @@ def _rotate_about(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
             + axis * np.dot(axis, v) * (1 - math.cos(angle)))
 
 
-def _demographics(rng: np.random.Generator) -> dict:
+def _demographics(rng: np.random.Generator, world: dict) -> dict:
     sex = "M" if rng.random() < 0.62 else "F"
     age = _clip(rng.normal(52, 13), 18, 78)
     height = _clip(rng.normal(175, 7) if sex == "M" else rng.normal(162, 6.5), 145, 200)
     bmi = _clip(math.exp(rng.normal(math.log(25.5), 0.16)), 17, 42)
     weight = bmi * (height / 100) ** 2
-    deceased = rng.random() < 0.82
-    donor_age = round(_clip(rng.normal(56, 15) if deceased else rng.normal(50, 10), 18, 80))
+    deceased = rng.random() < world["deceased_share"]
+    donor_age = round(_clip(rng.normal(world["deceased_age_mean"], world["deceased_age_sd"]) if deceased
+                            else rng.normal(world["living_age_mean"], world["living_age_sd"]),
+                            18, world["max_donor_age"]))
     return {
         "sex": sex,
         "recipient_age": age,
@@ -334,7 +386,7 @@ def _demographics(rng: np.random.Generator) -> dict:
     }
 
 
-def _latent(rng: np.random.Generator, donor_age: float, deceased: bool) -> dict:
+def _latent(rng: np.random.Generator, donor_age: float, deceased: bool, world: dict) -> dict:
     f0 = _clip(0.02 + 0.0035 * (donor_age - 18) + rng.normal(0, 0.04), 0.0, 0.6)
     rate = 0.030 * math.exp(0.02 * (donor_age - 50)) * _lognormal(rng, 0.6)
     rejection = bool(rng.random() < 0.15)
@@ -342,25 +394,27 @@ def _latent(rng: np.random.Generator, donor_age: float, deceased: bool) -> dict:
     rej_rate = float(rng.uniform(0.08, 0.25)) if rejection else 0.0
     p_dgf = _clip(0.12 + 0.004 * (donor_age - 18), 0, 0.5) if deceased else 0.05
     dgf = bool(rng.random() < p_dgf)
-    injury0 = rng.uniform(0.3, 0.7) if dgf else rng.uniform(0.0, 0.15)
+    injury0 = rng.uniform(world["dgf_injury_low"], world["dgf_injury_high"]) if dgf else rng.uniform(0.0, 0.15)
+    tau = rng.uniform(world["injury_tau_low"], world["injury_tau_high"])
     latent = {
-        "fibrosis_0": f0,
+        "fibrosis_0": min(f0 + world["dgf_fibrosis"] * dgf, 0.6),
         "fibrosis_rate_per_year": rate,
         "rejection": rejection,
         "rejection_onset_years": onset,
         "rejection_rate_per_year": rej_rate,
         "delayed_graft_function": dgf,
         "injury_0": float(injury0),
-        "injury_tau_days": float(rng.uniform(8, 25)),
+        "injury_tau_days": float(tau),
     }
     latent["progression"] = fibrosis_at(latent, 3 * DAYS_PER_YEAR)
     return latent
 
 
-def _kinetics0(rng: np.random.Generator, donor_age: float) -> dict:
+def _kinetics0(rng: np.random.Generator, donor_age: float, world: dict) -> dict:
     return {
-        "Fp": 0.051 * (1 - 0.005 * (donor_age - 40)) * _lognormal(rng, 0.06),
-        "Eg": _clip(0.21 * (1 - 0.004 * (donor_age - 40)) * _lognormal(rng, 0.06), 0.10, 0.26),
+        "Fp": world["fp0"] * world["cni_flow"] * (1 - 0.005 * (donor_age - 40)) * _lognormal(rng, 0.06),
+        "Eg": _clip(0.21 * (1 - 0.004 * (donor_age - 40)) * _lognormal(rng, 0.06), 0.10, 0.26)
+              * world["solitary_extraction"],
         "fc": float(rng.uniform(0.87, 0.93)),
         "Tg": float(rng.uniform(3, 5)),
         "Tv": float(rng.uniform(8, 14)),
@@ -565,13 +619,15 @@ def sample_patient(seed: int, index: int, settings: SynthSettings | None = None)
     """
     settings = settings or SynthSettings()
     rng = rng_for(seed, index, _S_CLINICAL)
-    demo = _demographics(rng)
+    world = WORLDS[settings.world]
+    demo = _demographics(rng, world)
     reserve = rng_for(seed, index, _S_RESERVE).uniform(0.0, 2.0)
-    patient: dict[str, Any] = {"patient_id": patient_id(index), "index": int(index), "seed": int(seed), **demo,
+    patient: dict[str, Any] = {"patient_id": patient_id(index), "index": int(index), "seed": int(seed),
+                               "world": settings.world, **demo,
                                "hyperfiltration": float(min(settings.hyperfiltration * reserve, 0.95))}
-    patient["latent"] = _latent(rng, demo["donor_age"], demo["donor_type"] == "deceased")
+    patient["latent"] = _latent(rng, demo["donor_age"], demo["donor_type"] == "deceased", world)
     patient["latent_progression"] = patient["latent"]["progression"]
-    patient["kinetics_0"] = _kinetics0(rng, demo["donor_age"])
+    patient["kinetics_0"] = _kinetics0(rng, demo["donor_age"], world)
     field = rng.choice(np.asarray(settings.field_strengths, float),
                        p=np.asarray(settings.field_weights, float) / np.sum(settings.field_weights))
     patient["acquisition"] = {
