@@ -20,7 +20,7 @@ def train_config_from_args(args):
     if args.config:
         values.update(json.loads(Path(args.config).read_text()))
     for key in ("epochs", "batch_size", "micro_batch", "lr", "seed", "embed_dim", "text_model",
-                "text_trainable_layers", "device", "amp"):
+                "text_trainable_layers", "device", "amp", "patience"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -41,10 +41,13 @@ def _printer(json_lines: bool):
             print(f"\rstep {event['step']}/{event['total_steps']} loss {event['loss']:.4f}", end="",
                   file=sys.stderr, flush=True)
         elif event["event"] == "epoch":
-            metrics = " ".join(f"{k} {event[k]:.3f}" for k in ("val_loss", "recall_at_1", "recall_at_5")
-                               if k in event)
+            metrics = " ".join(f"{label} {event[k]:.3f}" for k, label in (
+                ("val_loss", "val loss"), ("val_chance_loss", "(chance"), ("val_floor_loss", "floor"),
+                ("mean_rank", ") mean rank"), ("chance_mean_rank", "(chance"), ("content_top1", ") content top-1"),
+                ("content_baseline", "(commonest")) if k in event)
+            metrics += ")" if "content_baseline" in event else ""
             print(f"\repoch {event['epoch']}: train loss {event['train_loss']:.4f} {metrics}", file=sys.stderr)
-        elif event["event"] in ("stopped", "done", "resumed"):
+        elif event["event"] in ("stopped", "done", "resumed", "early_stop"):
             print(f"{event['event']}: {json.dumps(event, default=float)}", file=sys.stderr)
     return emit
 
@@ -91,15 +94,39 @@ def exam_embeddings(predictors: dict, cohort: Path, patients: list[str]) -> dict
     return out
 
 
-def _untrained(loaded, seed: int):
-    """The same architecture with freshly initialised image weights (the 'no pretraining' baseline)."""
+def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibration: int = 64):
+    """The same architecture with freshly initialised image weights (the 'no pretraining' baseline), its
+    batch-norm statistics recalibrated on up to ``n_calibration`` of the cohort's exam images (drawn with
+    ``seed``; images only, no label). Without that, a fresh encoder normalises with its initial statistics
+    (mean 0, variance 1) and gives every exam almost the same embedding: a constant, not a baseline."""
+    import warnings
+
     import torch
 
     from napari_medimp.core.checkpoint import LoadedModel
+    from napari_medimp.core.io import load_dce
+    from napari_medimp.core.io.cohort import cohort_exams
     from napari_medimp.core.models import ModelConfig, build_model
+    from napari_medimp.core.preprocess import PreprocessConfig, prepare
+
+    from .evaluate import recalibrate_batchnorm
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_dict(loaded.card["architecture"])).eval()
+    wanted = set(patients)
+    folders = [f for p, _, f in cohort_exams(cohort) if p in wanted]
+    chosen = np.random.default_rng(seed).permutation(len(folders))[:n_calibration]
+    config = PreprocessConfig.from_dict(loaded.card["preprocessing"])
+    images = []
+    for i in sorted(chosen):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tensor = prepare(load_dce(folders[i]), config).tensor
+        except (ValueError, OSError):
+            continue  # an exam that cannot be read is reported when it is embedded
+        images.append(torch.as_tensor(np.asarray(tensor), dtype=torch.float32))
+    recalibrate_batchnorm(model.image_encoder, images)
     return LoadedModel(model, loaded.card, {}, loaded.weights_path, "untrained-" + loaded.weights_sha256)
 
 
@@ -142,6 +169,66 @@ def gfr_similarities(predictor, embeddings: dict, rows_by_id: dict):
             truth.append(bins.index(gfr_bin(gfr)))
             owners.append(p)
     return np.array(sims).reshape(-1, len(bins)), np.array(truth, int), owners, bins
+
+
+def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card: dict, args) -> dict:
+    """Image -> prompt content retrieval of every exam with an image (``evaluate.content_evaluation``),
+    with the prompt attributes the model was trained with."""
+    import torch
+
+    from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
+
+    from .evaluate import content_evaluation
+
+    attributes = tuple((card.get("training") or {}).get("config", {}).get("attributes") or ATTRIBUTES)
+    vectors, exams, slots, owners = [], [], [], []
+    for p, by_exam in embeddings.items():
+        for exam, vec in by_exam.items():
+            try:
+                record = ClinicalRecord.from_csv_row(rows_by_id[p], exam)
+            except (ClinicalValueError, ValueError):
+                continue
+            vectors.append(vec)
+            exams.append(exam)
+            slots.append(record.slot_values())
+            owners.append(p)
+    if not vectors:
+        return {}
+    return content_evaluation(torch.as_tensor(np.stack(vectors)), exams, slots, owners, attributes,
+                              lambda texts: torch.as_tensor(predictor.embed_texts(texts)),
+                              n_boot=args.bootstrap, seed=args.seed)
+
+
+def _ci(values) -> str:
+    return f"[{values[0]:.2f}, {values[1]:.2f}]" if values else ""
+
+
+def zero_shot_sentence(z: dict) -> str:
+    """The zero-shot GFR reading in one paragraph of the evaluation report."""
+    if not z.get("n_exams"):
+        return "Zero-shot GFR bin: no exam with a GFR value."
+    return (f"Zero-shot GFR bin on unseen patients ({z['n_exams']} exams of {z['n_patients']} patients): accuracy "
+            f"{z['accuracy']:.2f} {_ci(z.get('accuracy_ci'))} against {z['majority_accuracy']:.2f} "
+            f"{_ci(z.get('majority_accuracy_ci'))} for always the most frequent bin; balanced accuracy "
+            f"{z['balanced_accuracy']:.2f} {_ci(z.get('balanced_accuracy_ci'))} against a chance level of "
+            f"{z['chance_balanced_accuracy']:.2f} ({z['bins_present']} bins present); confusion (rows true "
+            f"{', '.join(z['bins'])}): {z['confusion']}.")
+
+
+def content_sentence(c: dict) -> str:
+    """The prompt-content retrieval in one paragraph of the evaluation report."""
+    if not c:
+        return "Prompt-content retrieval: fewer than two distinct contents, nothing to tell apart."
+    return (f"Prompt-content retrieval on unseen patients ({c['n_exams']} exams, {c['n_contents']} distinct contents "
+            f"of {', '.join(c['content_attributes'])}; the visit is given): the image's own content ranks first "
+            f"for {c['top1']:.2f} {_ci(c['top1_ci'])} of exams against {c['commonest']:.2f} {_ci(c['commonest_ci'])} "
+            f"for always the commonest content of the visit (difference {c['difference']:+.2f} "
+            f"{_ci(c['difference_ci'])}); mean rank {c['mean_rank']:.1f} {_ci(c['mean_rank_ci'])} of "
+            f"{c['n_contents']} (chance {c['chance_mean_rank']:.1f}). With what is common added back (the content "
+            f"prior of the visit and the scale fitted on the other half of the patients): right for "
+            f"{c['with_prior']:.2f} {_ci(c['with_prior_ci'])} against {c['prior_only']:.2f} "
+            f"{_ci(c['prior_only_ci'])} for the prior alone (difference {c['prior_difference']:+.2f} "
+            f"{_ci(c['prior_difference_ci'])}).")
 
 
 def _check_overlap(card: dict, cohort: Path, patients: list[str], allow: bool) -> str | None:
@@ -204,7 +291,8 @@ def _cmd_evaluate(args) -> int:
 
     loaded = load_model(args.model)
     predictor = Predictor(loaded, device=args.device)
-    predictors = {"MEDIMP": predictor, "untrained": Predictor(_untrained(loaded, args.seed), device=args.device)}
+    predictors = {"MEDIMP": predictor, "untrained": Predictor(_untrained(loaded, args.seed, cohort, patients),
+                                                               device=args.device)}
     ablations = [spec.partition("=")[::2] for spec in args.ablation or []]
     for name, path in ablations:
         predictors[f"MEDIMP [{name}]"] = Predictor.from_file(path, device=args.device)
@@ -232,11 +320,13 @@ def _cmd_evaluate(args) -> int:
     print(file=sys.stderr)
     sims, truth, owners, bins = gfr_similarities(predictor, medimp, rows_by_id)
     zero_shot = zero_shot_evaluation(sims, truth, owners, bins, seed=args.seed)
+    content = prompt_content_retrieval(predictor, medimp, rows_by_id, loaded.card, args)
 
     write_csv(result.table, out / "evaluation.csv")
     write_csv(result.comparisons, out / "comparisons.csv")
     write_csv(result.calibration, out / "calibration.csv")
     (out / "zero_shot_gfr.json").write_text(_json.dumps(zero_shot, indent=1) + "\n")
+    (out / "content_retrieval.json").write_text(_json.dumps(content, indent=1) + "\n")
     figure = reliability_figure(result.results, ["MEDIMP", "MEDIMP + clinical", "clinical values only"])
     figure.savefig(out / "reliability.png")
     identity = cohort_identity(cohort) or str(cohort)
@@ -252,10 +342,7 @@ def _cmd_evaluate(args) -> int:
               to_markdown_table(result.comparisons),
               "Calibration per visit (mean predicted risk against the observed prevalence):", "",
               to_markdown_table(result.calibration),
-              f"Zero-shot GFR bin on unseen patients ({zero_shot['n_exams']} exams): accuracy "
-              f"{zero_shot['accuracy']:.3f}, balanced accuracy {zero_shot['balanced_accuracy']:.3f}, always the "
-              f"most frequent bin {zero_shot['majority_accuracy']:.3f}; confusion (rows true {', '.join(bins)}): "
-              f"{zero_shot['confusion']}.", ""]
+              zero_shot_sentence(zero_shot), "", content_sentence(content), ""]
     markdown = "\n".join(lines)
     (out / "evaluation.md").write_text(markdown)
     print(markdown)
@@ -267,7 +354,7 @@ def _cmd_evaluate(args) -> int:
         metrics = {**card.get("metrics", {}), "evaluation": records,
                    "comparisons": _json.loads(result.comparisons.to_json(orient="records")),
                    "calibration_by_visit": _json.loads(result.calibration.to_json(orient="records")),
-                   "zero_shot_gfr": zero_shot,
+                   "zero_shot_gfr": zero_shot, "content_retrieval": content,
                    "evaluation_protocol": {"cohort": identity, "n_patients": len(patients),
                                            "splits": args.splits, "repeats": args.repeats,
                                            "bootstrap": args.bootstrap, "seed": args.seed,
@@ -301,6 +388,8 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--micro-batch", type=int, help="accumulate gradients over micro-batches of this size")
     p.add_argument("--lr", type=float)
+    p.add_argument("--patience", type=int,
+                   help="stop after this many epochs without a better validation mean rank (0: never)")
     p.add_argument("--seed", type=int)
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--text-model", help="local HuggingFace encoder folder (default: all-MiniLM-L6-v2)")

@@ -22,6 +22,7 @@ from napari_medimp.core.io import DCEReadError, load_dce
 from napari_medimp.core.io.cohort import cohort_exams, read_clinical_table
 from napari_medimp.core.preprocess import PreprocessConfig, prepare
 from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError, prompt_variants
+from napari_medimp.core.training_run import augmentation_settings
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,7 @@ class PrepareExam:
 # --------------------------------------------------------------------------------------------------
 # augmentation: the paper's set (flip, affine, blur, noise, gamma), drawn per sample, applied per batch
 # --------------------------------------------------------------------------------------------------
-#: probabilities and ranges (rotation in radians, scale as a relative change, translation in voxels
-#: (z, y, x), blur sigma in voxels, noise std as a fraction of the normalised intensity, gamma)
-AUGMENT = {"flip": 0.5, "affine": 0.5, "rotate": 0.1, "scale": 0.1, "translate": (2.0, 4.0, 4.0),
-           "blur": 0.2, "sigma": (0.25, 1.0), "noise": 0.2, "noise_std": 0.05, "gamma": 0.3,
-           "gamma_range": (0.8, 1.25)}
+#: probabilities and ranges: ``napari_medimp.core.training_run.AUGMENTATION_DEFAULTS`` (a training option)
 #: the draws of one sample's augmentation, in the order of its parameter vector: (name, length). The
 #: yes/no draws (flip, affine, blur, noise, gamma) are 1.0 or 0.0.
 AUGMENT_DRAWS = (("flip", 1), ("affine", 1), ("angles", 3), ("scales", 3), ("shifts", 3), ("blur", 1),
@@ -106,14 +103,15 @@ DRAW = _draw_slices()
 N_AUGMENT_PARAMS = sum(length for _, length in AUGMENT_DRAWS)
 
 
-def draw_augmentation(seed: int, epoch: int, index: int) -> torch.Tensor:
+def draw_augmentation(seed: int, epoch: int, index: int, settings: dict | None = None) -> torch.Tensor:
     """The augmentation of sample ``index`` in ``epoch``: a float64 vector of ``N_AUGMENT_PARAMS``
     values laid out as :data:`AUGMENT_DRAWS` (read them through :data:`DRAW`), drawn from a generator
     seeded by ``(seed, epoch, index)``, whatever was drawn before, so a resumed run, or a rank holding
     part of the batch, draws exactly what one uninterrupted process does. Every value is drawn whether
-    used or not (a fixed number of draws).
+    used or not (a fixed number of draws). ``settings``: probabilities and ranges
+    (:func:`~napari_medimp.core.training_run.augmentation_settings`; None: the defaults).
     """
-    a = AUGMENT
+    a = augmentation_settings(settings)
     rng = np.random.default_rng((seed, epoch, index, 1))
     coins = rng.random(5)
     angles = rng.uniform(-a["rotate"], a["rotate"], 3)
@@ -229,8 +227,9 @@ class ContrastiveDataset:
 
     def __init__(self, items: Sequence[ExamItem], config: PreprocessConfig, *,
                  attributes: Sequence[str] = ATTRIBUTES, augment: bool = True, seed: int = 0,
-                 cache_rate: float = 1.0, num_workers: int = 0):
+                 cache_rate: float = 1.0, num_workers: int = 0, augmentation: dict | None = None):
         self.attributes = tuple(attributes)
+        self.augment_settings = augmentation_settings(augmentation)
         self.seed = seed
         self.epoch = 0
         self.augment = bool(augment)
@@ -304,9 +303,13 @@ class ContrastiveDataset:
         """The preprocessed, unaugmented image ``(C, z, y, x)`` (do not modify it: it is the cache)."""
         return self._cached[index] if index < len(self._cached) else self._prepared(index)
 
+    def slots(self, index: int) -> dict:
+        """The bin words of the prompt of sample ``index`` (every attribute, None where missing)."""
+        return self.items[index].record.slot_values()
+
     def augmentation(self, index: int) -> torch.Tensor:
         """The augmentation drawn for sample ``index`` in the current epoch (see :func:`draw_augmentation`)."""
-        return draw_augmentation(self.seed, self.epoch, index)
+        return draw_augmentation(self.seed, self.epoch, index, self.augment_settings)
 
     def sample(self, index: int) -> dict:
         """Cached image, prompt and ids, plus the drawn augmentation (``"augment"``) when augmenting."""

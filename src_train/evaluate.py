@@ -140,7 +140,7 @@ ORACLE_KEYS = ("fibrosis", "Fp", "Eg", "kidney_volume_ml", "cortical_thickness_m
 
 class OracleSource(EmbeddingSource):
     """A perfect image reader on a synthetic cohort: the true parameters of each exam (what the images
-    were rendered from), for the latest exam and averaged over the exams so far. The ceiling for any
+    were rendered from: in the null setting another patient's graft), for the latest exam and averaged over the exams so far. The ceiling for any
     image reader; readings exist only where the exam's image does (``with_images``)."""
 
     def __init__(self, truth: Mapping[str, Any], with_images: Mapping[str, Iterable[str]]):
@@ -150,7 +150,9 @@ class OracleSource(EmbeddingSource):
             if pid not in patients:
                 continue
             params = patients[pid]["exams"]
-            emb[pid] = {e: np.array([float(params[e][k]) for k in ORACLE_KEYS]) for e in exams if e in params}
+            # in the null setting the images show another graft: the oracle reads that one ("shown")
+            emb[pid] = {e: np.array([float(params[e].get("shown", params[e])[k]) for k in ORACLE_KEYS])
+                        for e in exams if e in params}
         super().__init__(emb)
 
     def reading(self, patient: str, subset: Sequence[str]) -> np.ndarray:
@@ -181,6 +183,34 @@ class FeatureSet:
 # --------------------------------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------------------------------
+def recalibrate_batchnorm(module, images: Sequence, batch_size: int = 8) -> int:
+    """Batch-norm running statistics of ``module`` recomputed from ``images`` (each ``(C, z, y, x)``):
+    reset, then an exact average over the batches (momentum None) in training mode; the module is left in
+    eval mode and its weights are unchanged. Returns the number of batch-norm layers recalibrated."""
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not images:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    device = next(module.parameters()).device
+    module.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                chunk = torch.stack(list(images[start:start + batch_size])).to(device)
+                if chunk.shape[0] > 1:  # batch norm needs two samples for a variance
+                    module(chunk)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        module.eval()
+    return len(norms)
+
+
 def build_pipeline(C: float = 1.0) -> Pipeline:
     """Mean imputation -> standardisation -> logistic regression (unweighted classes, so that its
     probabilities are calibrated to the training prevalence), fitted on training rows only. All-NaN
@@ -526,6 +556,90 @@ def fit_temperature(similarities: np.ndarray, truth: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+def bootstrap_by_patient(patients: Sequence[str], stat: Callable[[np.ndarray], float], *, n_boot: int = 1000,
+                         seed: int = 0) -> list[float]:
+    """Patient-level bootstrap 95 % interval ``[low, high]`` of ``stat(item indices)`` over items owned by
+    ``patients`` (one entry per item): patients are resampled with replacement, each bringing all its
+    items."""
+    owners = np.asarray(list(patients))
+    unique = np.unique(owners)
+    members = [np.flatnonzero(owners == p) for p in unique]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(unique), len(unique))
+        values.append(stat(np.concatenate([members[i] for i in chosen])))
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def content_evaluation(vectors: np.ndarray, exams: Sequence[str], slots: Sequence[dict], patients: Sequence[str],
+                       attributes: Sequence[str], encode_text: Callable, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Prompt-content retrieval of exam embeddings on a cohort (:func:`src_train.metrics.content_items`):
+    top-1 against always answering the commonest content of the visit, with patient-level bootstrap 95 %
+    intervals and the paired difference on the same resamples. Empty when fewer than two contents."""
+    from .metrics import content_items
+
+    items = content_items(vectors, exams, slots, attributes, encode_text)
+    if not items:
+        return {}
+    right, base, ranks = items["right"], items["baseline"], items["rank"]
+    with_prior, prior_only = _content_with_prior(items["similarities"], items["true"], list(exams), list(patients),
+                                                 seed)
+    out = {"n_exams": int(len(right)), "n_patients": int(len(set(patients))), "n_contents": items["n_contents"],
+           "content_attributes": [a for a in attributes if a != "exam"],
+           "top1": float(right.mean()), "commonest": float(base.mean()), "difference": float(right.mean() - base.mean()),
+           "mean_rank": float(ranks.mean()), "chance_mean_rank": (items["n_contents"] + 1) / 2.0}
+    for name, fn in (("top1", lambda i: float(right[i].mean())), ("commonest", lambda i: float(base[i].mean())),
+                     ("difference", lambda i: float(right[i].mean() - base[i].mean())),
+                     ("mean_rank", lambda i: float(ranks[i].mean())),
+                     ("with_prior", lambda i: float(with_prior[i].mean())),
+                     ("prior_only", lambda i: float(prior_only[i].mean())),
+                     ("prior_difference", lambda i: float(with_prior[i].mean() - prior_only[i].mean()))):
+        out[f"{name}_ci"] = bootstrap_by_patient(patients, fn, n_boot=n_boot, seed=seed)
+    out.update(with_prior=float(with_prior.mean()), prior_only=float(prior_only.mean()),
+               prior_difference=float(with_prior.mean() - prior_only.mean()),
+               prior_protocol="content prior per visit and similarity scale fitted on half of the patients, "
+                              "scored on the other half, and the reverse")
+    return out
+
+
+def _content_with_prior(sims: np.ndarray, true: np.ndarray, exams: list, patients: list, seed: int):
+    """Cross-fitted content reading that adds what the images say to what is common: argmax over contents
+    of ``t * similarity + log prior(content | visit)`` (an InfoNCE model scores how much more likely a
+    content is given the image than a priori, so the prior is added back), against the prior alone
+    (the commonest content of the visit). Prior (counts + 0.5) and ``t`` are fitted on one half of the
+    patients and the other half is scored, then the reverse. Returns two boolean arrays (right or not)."""
+    n, k = sims.shape
+    owners = np.asarray(patients)
+    visits = np.asarray(exams)
+    unique = np.unique(owners)
+    half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
+    fold = np.array([0 if p in half else 1 for p in owners])
+    with_prior, prior_only = np.zeros(n, bool), np.zeros(n, bool)
+    for f in (0, 1):
+        fit, score = fold != f, fold == f
+        if not fit.any() or not score.any():
+            continue
+        log_prior = np.zeros((n, k))
+        for visit in np.unique(visits):
+            counts = np.bincount(true[fit & (visits == visit)], minlength=k) + 0.5
+            log_prior[visits == visit] = np.log(counts / counts.sum())
+
+        def nll(log_t: float, rows=fit) -> float:
+            z = np.exp(log_t) * sims[rows] + log_prior[rows]
+            z = z - z.max(axis=1, keepdims=True)
+            return float(-(z[np.arange(z.shape[0]), true[rows]] - np.log(np.exp(z).sum(axis=1))).mean())
+
+        from scipy.optimize import minimize_scalar
+
+        log_t = minimize_scalar(nll, bounds=(-3.0, math.log(200.0)), method="bounded").x
+        scores = np.exp(log_t) * sims + log_prior
+        with_prior[score] = scores[score].argmax(axis=1) == true[score]
+        prior_only[score] = log_prior[score].argmax(axis=1) == true[score]
+    return with_prior, prior_only
+
+
 def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: Sequence[str], bins: Sequence[str],
                          *, seed: int = 0) -> dict[str, Any]:
     """Zero-shot GFR-bin reading scored on patients whose temperature was fitted on other patients.
@@ -558,9 +672,26 @@ def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: 
     confusion = np.zeros((n, n), int)
     np.add.at(confusion, (truth, pred), 1)
     recalls = [confusion[i, i] / confusion[i].sum() for i in range(n) if confusion[i].sum()]
+    majority = np.zeros(len(truth), bool)
+    for k in (0, 1):
+        fit, score = fold != k, fold == k
+        if fit.any() and score.any():
+            majority[score] = truth[score] == np.bincount(truth[fit], minlength=n).argmax()
+
+    def balanced(idx: np.ndarray) -> float:
+        t, r = truth[idx], pred[idx]
+        return float(np.mean([np.mean(r[t == b] == b) for b in np.unique(t)]))
+
+    intervals = {
+        "accuracy_ci": bootstrap_by_patient(pats, lambda idx: float(np.mean(pred[idx] == truth[idx])), seed=seed),
+        "balanced_accuracy_ci": bootstrap_by_patient(pats, balanced, seed=seed),
+        "majority_accuracy_ci": bootstrap_by_patient(pats, lambda idx: float(np.mean(majority[idx])), seed=seed),
+    } if len(truth) else {}
     return {"bins": list(bins), "n_exams": int(len(truth)), "n_patients": int(len(unique)),
             "accuracy": float((pred == truth).mean()) if len(truth) else math.nan,
             "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
+            "chance_balanced_accuracy": 1.0 / len(recalls) if recalls else math.nan,
+            "bins_present": int(len(recalls)), **intervals,
             "majority_accuracy": majority_hits / len(truth) if len(truth) else math.nan,
             "median_top_probability": float(np.median(top)) if len(truth) else math.nan,
             "confusion": confusion.tolist(),

@@ -68,6 +68,7 @@ from .distributed import (
     setup_distributed,
 )
 from .losses import ContrastiveLoss, accumulated_step, clip_loss
+from .metrics import chance_loss, content_key, content_retrieval, duplicate_floor
 
 Progress = Callable[[dict], None]
 
@@ -270,14 +271,18 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_loss,
              precision: Precision | None = None) -> dict:
-    """Validation loss and image->text retrieval: recall@1/5 and the mean rank of the true prompt.
+    """Validation loss beside its chance level and duplicate-prompt floor, image->text retrieval of the
+    exact prompt (recall@1/5, mean rank of the true prompt) and of the prompt content (see
+    :mod:`src_train.metrics`).
 
     ``loss_fn`` must not gather across ranks (every rank validates the whole set)."""
     model.eval()
     device = next(model.parameters()).device
     autocast = precision.autocast if precision else contextlib.nullcontext
     images, texts = [], []
-    losses = []
+    losses, sizes, batch_keys = [], [], []
+    attributes = dataset.attributes
+    start = 0
     for batch in batches(dataset, batch_size, 0, 0, shuffle=False, drop_last=False):
         with autocast():
             img = model.encode_image(batch_images(batch, device))
@@ -286,12 +291,25 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
         losses.append(float(loss_fn(img, txt, model.clamped_logit_scale().exp().float())))
         images.append(img)
         texts.append(txt)
+        n = len(batch["text"])
+        sizes.append(n)
+        batch_keys.append([content_key(dataset.slots(i), attributes) for i in range(start, start + n)])
+        start += n
     if not images:
         return {}
-    ranks = retrieval_ranks(torch.cat(images) @ torch.cat(texts).T)
-    return {"val_loss": float(np.mean(losses)), "recall_at_1": float((ranks <= 1).float().mean()),
+    image_features = torch.cat(images)
+    ranks = retrieval_ranks(image_features @ torch.cat(texts).T)
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        with autocast():
+            return torch.cat([model.encode_text(prompts[i:i + 64]).float() for i in range(0, len(prompts), 64)])
+
+    content = content_retrieval(image_features, [dataset.items[i].exam for i in range(len(dataset))],
+                                [dataset.slots(i) for i in range(len(dataset))], attributes, encode)
+    return {"val_loss": float(np.mean(losses)), "val_chance_loss": chance_loss(sizes),
+            "val_floor_loss": duplicate_floor(batch_keys), "recall_at_1": float((ranks <= 1).float().mean()),
             "recall_at_5": float((ranks <= 5).float().mean()), "mean_rank": float(ranks.mean()),
-            "n_val": int(ranks.shape[0])}
+            "chance_mean_rank": (ranks.shape[0] + 1) / 2.0, "n_val": int(ranks.shape[0]), **content}
 
 
 def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:
@@ -405,7 +423,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-LOG_HEADER = "epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
+#: validation metrics logged per epoch after the step, training loss and learning rate (src_train.metrics)
+LOG_METRICS = ("val_loss", "recall_at_1", "recall_at_5", "mean_rank", "val_chance_loss", "val_floor_loss",
+               "chance_mean_rank", "content_top1", "content_baseline", "content_mean_rank", "n_contents")
+LOG_HEADER = "epoch,step,train_loss,lr," + ",".join(LOG_METRICS) + "\n"
 
 
 def _reset_log(log_path: Path, keep_before_epoch: int) -> None:
@@ -574,6 +595,10 @@ def _train(config: TrainConfig, run: DistributedRun, resume: bool, progress: Pro
     training.start(resume, command)
     summary: dict = {}
     for epoch in range(training.start_epoch, config.epochs):
+        if training.early_stopped:
+            training.emit("early_stop", epoch=epoch, best_mean_rank=training.best_rank, patience=config.patience)
+            summary = {**summary, "early_stopped": True}
+            break
         stopped = training.train_one_epoch(epoch)
         if stopped is not None:
             return stopped
@@ -607,6 +632,7 @@ class _Training:
         self.override = False
         self.state: dict = {}
         self.start_epoch, self.start_batch, self.step, self.best = 0, 0, 0, float("inf")
+        self.best_rank, self.stale_epochs = float("inf"), 0
         self.losses: list[float] = []
         #: the training loss of every step so far, resumed parts included (kept in the checkpoint's state)
         self.loss_history: list[float] = []
@@ -636,6 +662,8 @@ class _Training:
                                              checkpoint=checkpoint_data, scaler=self.scaler, rank=run.rank)
             self.start_epoch, self.start_batch = self.state["next_epoch"], self.state["next_batch"]
             self.step, self.best = self.state["step"], self.state["best_val_loss"]
+            self.best_rank = self.state.get("best_mean_rank", float("inf"))
+            self.stale_epochs = int(self.state.get("stale_epochs", 0))
             self.loss_history = list(self.state.get("loss_history", []))[:self.step]
             self.emit("resumed", epoch=self.start_epoch, batch=self.start_batch, step=self.step)
         self.commands = [*self.state.get("commands", []), command or command_line()]
@@ -662,7 +690,8 @@ class _Training:
         items, self.skipped = cohort_items(config.cohort)
         self.train_items, self.val_items = split_by_patient(items, config.val_fraction, config.seed)
         self.train_set = ContrastiveDataset(self.train_items, prep, attributes=config.attributes,
-                                            augment=config.augment, seed=config.seed)
+                                            augment=config.augment, seed=config.seed,
+                                            augmentation=config.augmentation)
         self.val_set = ContrastiveDataset(self.val_items, prep, attributes=config.attributes, augment=False,
                                           seed=config.seed) if self.val_items else None
         self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
@@ -763,27 +792,38 @@ class _Training:
         if self.main:
             with open(self.log_path, "a", newline="") as fh:
                 csv.writer(fh).writerow([epoch, self.step, train_loss, self.scheduler.get_last_lr()[0],
-                                         *(metrics.get(k, "") for k in ("val_loss", "recall_at_1",
-                                                                          "recall_at_5", "mean_rank"))])
-        if metrics and metrics["val_loss"] < self.best:
-            self.best = metrics["val_loss"]
+                                         *(metrics.get(k, "") for k in LOG_METRICS)])
+        # the best model is the one whose validation images rank their own prompts highest (mean rank;
+        # ties broken by the loss); ``patience`` epochs without a better one stop the run
+        if metrics and (metrics["mean_rank"], metrics["val_loss"]) < (self.best_rank, self.best):
+            self.best, self.best_rank, self.stale_epochs = metrics["val_loss"], metrics["mean_rank"], 0
             if self.main:
-                export(self.model, config, self.out / BEST_MODEL, metrics, epoch, len(self.train_set), self.card)
+                export(self.model, config, self.out / BEST_MODEL, {**metrics, "best_epoch": epoch}, epoch,
+                       len(self.train_set), self.card)
+        elif metrics:
+            self.stale_epochs += 1
         self.checkpoint(epoch + 1, 0, [])
         summary = {"epoch": epoch, "step": self.step, "train_loss": train_loss, **metrics,
-                   "seconds": time.perf_counter() - self.epoch_started, "best_val_loss": self.best}
+                   "seconds": time.perf_counter() - self.epoch_started, "best_val_loss": self.best,
+                   "best_mean_rank": self.best_rank}
         self.emit("epoch", **summary)
         if any_rank(self.stop_requested or bool(self.should_stop())):
             self.emit("stopped", epoch=epoch, step=self.step, checkpoint=str(self.out / CHECKPOINT_FILE))
             return {**summary, "stopped": True}
         return summary
 
+    @property
+    def early_stopped(self) -> bool:
+        """Whether ``patience`` epochs have passed without a better validation mean rank."""
+        return bool(self.config.patience and self.stale_epochs >= self.config.patience)
+
     def checkpoint(self, next_epoch: int, next_batch: int, losses: list) -> None:
         rngs = all_gather_objects(rng_state(self.device))  # every rank takes part
         if self.main:
             save_training_state(self.out, self.model, self.optimizer, self.scheduler,
                                 {"next_epoch": next_epoch, "next_batch": next_batch, "step": self.step,
-                                 "best_val_loss": self.best, "epoch_losses": losses,
+                                 "best_val_loss": self.best, "best_mean_rank": self.best_rank,
+                                 "stale_epochs": self.stale_epochs, "epoch_losses": losses,
                                  "loss_history": self.loss_history,
                                  "config": self.config.to_dict(), "world_size": self.run.world,
                                  "commands": self.commands},

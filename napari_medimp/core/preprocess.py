@@ -64,7 +64,7 @@ __all__ = [
 PREPROCESS_VERSION = 1
 
 
-PHASE_KEYWORDS = ("baseline", "peak", "late")
+PHASE_KEYWORDS = ("baseline", "first-pass", "peak", "late")
 NORMALIZATION_MODES = ("robust", "zscore", "none")
 RESIZE_MODES = ("pad_crop", "resize")
 _TIME_SELECTOR = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*s\s*$", re.IGNORECASE)
@@ -183,7 +183,8 @@ def _index_to_xyz_affine(affine: np.ndarray, start_zyx: Sequence[int]) -> np.nda
 def parse_phase(selector: int | str) -> tuple[str, Any]:
     """Validate one phase selector; returns ``(kind, value)``.
 
-    ``kind`` is ``"index"`` (value: int, negative counts from the end), ``"baseline"``, ``"peak"``,
+    ``kind`` is ``"index"`` (value: int, negative counts from the end), ``"baseline"``, ``"first-pass"``,
+    ``"peak"``,
     ``"late"`` (value ``None``) or ``"time"`` (value: seconds, from strings like ``"60s"``).
     """
     if isinstance(selector, bool):
@@ -226,8 +227,11 @@ class PreprocessConfig:
         Model grid shape ``(z, y, x)``. The paper used ``PAPER_INPUT_SIZE``; the default is CPU-sized.
     phases
         One channel per selector: frame index (int), ``"baseline"`` (mean of the first
-        ``baseline_frames`` frames), ``"peak"`` (frame of maximum mean signal inside the ROI),
-        ``"late"`` (last frame) or a time like ``"60s"`` (nearest frame by ``frame_times``).
+        ``baseline_frames`` frames), ``"first-pass"`` (the first frame where the ROI's mean signal
+        reaches a local maximum at least half of its largest rise over the baseline: the first-pass
+        peak, before the tubules and the collecting system fill), ``"peak"`` (frame of maximum mean
+        signal inside the ROI: in a kidney usually a late, excretory frame), ``"late"`` (last frame)
+        or a time like ``"60s"`` (nearest frame by ``frame_times``).
     baseline_frames
         Number of pre-contrast frames averaged for ``"baseline"`` and for the normalisation offset
         (capped by the number of frames); set it to the protocol's pre-contrast acquisitions.
@@ -371,7 +375,7 @@ def _nearest_time_frame(volume: DCEVolume, selector, seconds: float) -> int:
     if times is None:
         raise ValueError(
             f"phase selector {selector!r} needs frame times, but this volume has none; "
-            "use a frame index or 'baseline' / 'peak' / 'late'"
+            "use a frame index or 'baseline' / 'first-pass' / 'peak' / 'late'"
         )
     tolerance = 0.5 * float(np.median(np.diff(times))) if times.size > 1 else 0.0
     if seconds < times[0] - tolerance - 1e-6 or seconds > times[-1] + tolerance + 1e-6:
@@ -403,6 +407,8 @@ def _select(volume, config, roi, crops) -> tuple[tuple[tuple[int, ...], ...], tu
             frames.append((n - 1,))
         elif kind == "time":
             frames.append((_nearest_time_frame(volume, selector, value),))
+        elif kind == "first-pass":
+            frames.append((_first_pass_frame(volume, roi, baseline, crops),))
         else:  # peak: frame of maximum mean signal in the ROI; keep only the best crop in memory
             best, best_mean, best_crop = 0, -np.inf, None
             for t in range(n):
@@ -417,6 +423,36 @@ def _select(volume, config, roi, crops) -> tuple[tuple[tuple[int, ...], ...], tu
             crops[best] = best_crop
             frames.append((best,))
     return tuple(frames), baseline
+
+
+def first_pass_index(curve: Sequence[float], n_baseline: int) -> int:
+    """Index of the first-pass peak of a mean-signal curve: the first local maximum (after the baseline
+    frames) whose rise over the baseline mean is at least half of the curve's largest rise; the largest
+    rise itself when the curve never falls back (a monotone curve peaks at its end)."""
+    values = np.asarray(curve, dtype=np.float64)
+    n = values.size
+    base = float(values[:max(1, min(n_baseline, n - 1))].mean())
+    rise = values - base
+    top = float(rise.max())
+    if n < 3 or top <= 0:
+        return int(np.argmax(values))
+    for t in range(max(1, n_baseline), n - 1):
+        if rise[t] >= 0.5 * top and values[t] >= values[t - 1] and values[t] > values[t + 1]:
+            return t
+    return int(np.argmax(values))
+
+
+def _first_pass_frame(volume: DCEVolume, roi: RoiBox, baseline: Sequence[int], crops: dict) -> int:
+    means = []
+    for t in range(volume.n_frames):
+        crop = crops.get(t)
+        if crop is None:
+            crop = _read_crop(volume, t, roi)
+        means.append(float(crop.mean(dtype=np.float64)))
+    best = first_pass_index(means, len(baseline))
+    if best not in crops:
+        crops[best] = _read_crop(volume, best, roi)
+    return best
 
 
 # --------------------------------------------------------------------------------------------------

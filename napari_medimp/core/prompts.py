@@ -72,6 +72,7 @@ __all__ = [
     "gfr_bin",
     "is_valid_paraphrase",
     "normalize_exam",
+    "prompt_from_slots",
     "prompt_variants",
     "template_fingerprint",
 ]
@@ -521,9 +522,16 @@ def build_prompt(
     if variant is not None and seed is not None:
         raise ValueError("give either variant or seed, not both")
     k = choose_variant(record, seed) if seed is not None else _check_variant(0 if variant is None else variant)
-    values = record.slot_values()
+    return prompt_from_slots(record.slot_values(), attrs, k)
+
+
+def prompt_from_slots(values: Mapping[str, str | None], attributes: Iterable[str] = ATTRIBUTES,
+                      variant: int = 0) -> str:
+    """The prompt of given bin words (``{"gfr": "low", "exam": "first month", ...}``, as
+    :meth:`ClinicalRecord.slot_values` gives them; None or absent: the sentence is dropped)."""
+    attrs, k = _check_attributes(attributes), _check_variant(variant)
     return " ".join(
-        TEMPLATES[a][k].format(**{SLOTS[a]: values[a]}) for a in attrs if values[a] is not None
+        TEMPLATES[a][k].format(**{SLOTS[a]: values[a]}) for a in attrs if values.get(a) is not None
     )
 
 

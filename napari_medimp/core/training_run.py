@@ -40,6 +40,43 @@ STATE_KEY = "medimp_training_state"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
+#: the training augmentation (the paper's set: flip, affine, blur, noise, gamma), each with its probability
+#: and range: rotation in radians, scale as a relative change per axis, translation in voxels (z, y, x),
+#: blur sigma in voxels, noise std as a fraction of the normalised intensity, gamma. A graft's physical
+#: size is a clinical signal (it reads GFR), so the default never rescales it (``scale`` 0; the paper's
+#: 0.1 is a setting). Recorded in the model card with the other training options.
+AUGMENTATION_DEFAULTS: dict[str, Any] = {
+    "flip": 0.5, "affine": 0.5, "rotate": 0.1, "scale": 0.0, "translate": [2.0, 4.0, 4.0],
+    "blur": 0.2, "sigma": [0.25, 1.0], "noise": 0.2, "noise_std": 0.05, "gamma": 0.3, "gamma_range": [0.8, 1.25],
+}
+_PROBABILITIES = ("flip", "affine", "blur", "noise", "gamma")
+
+
+def augmentation_settings(changes: dict | None = None) -> dict[str, Any]:
+    """:data:`AUGMENTATION_DEFAULTS` with ``changes`` applied, checked (unknown names and impossible values
+    are refused, naming them)."""
+    changes = dict(changes or {})
+    unknown = sorted(set(changes) - set(AUGMENTATION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown augmentation setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(AUGMENTATION_DEFAULTS)}")
+    out = {**AUGMENTATION_DEFAULTS, **changes}
+    for name in _PROBABILITIES:
+        if not 0.0 <= float(out[name]) <= 1.0:
+            raise ValueError(f"augmentation {name} is a probability in [0, 1], got {out[name]}")
+    if not 0.0 <= float(out["scale"]) < 1.0 or not 0.0 <= float(out["rotate"]) <= math.pi:
+        raise ValueError("augmentation scale must be in [0, 1) (a relative change) and rotate in [0, pi] radians")
+    if len(out["translate"]) != 3 or min(out["translate"]) < 0:
+        raise ValueError("augmentation translate must be 3 non-negative shifts in voxels (z, y, x)")
+    for name in ("sigma", "gamma_range"):
+        low, high = (float(v) for v in out[name])
+        if not 0.0 < low <= high:
+            raise ValueError(f"augmentation {name} must be a range (low, high) with 0 < low <= high")
+    if float(out["noise_std"]) < 0:
+        raise ValueError("augmentation noise_std must be >= 0")
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in out.items()}
+
+
 @dataclass
 class TrainConfig:
     cohort: str = ""
@@ -61,6 +98,10 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     augment: bool = True
+    #: changes to :data:`AUGMENTATION_DEFAULTS` (probabilities and ranges); stored complete
+    augmentation: dict = field(default_factory=dict)
+    #: stop after this many epochs without a better validation mean rank (0: never stop early)
+    patience: int = 0
     device: str = "auto"
     amp: str = "auto"
     text_dropout: float | None = None
@@ -78,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.text_dropout is not None and not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        self.augmentation = augmentation_settings(self.augmentation)
+        if int(self.patience) < 0:
+            raise ValueError(f"patience must be >= 0 epochs (0: no early stopping), got {self.patience}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -146,10 +190,13 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "step": {"epoch": "int", "step": "int", "total_steps": "int", "loss": "number"},
     "epoch": {"epoch": "int", "step": "int", "train_loss": "number"},
     "stopped": {"epoch": "int", "step": "int", "checkpoint": "str"},
+    "early_stop": {"epoch": "int", "patience": "int"},
     "done": {"model": "str"},
 }
 #: metrics an event may carry (numbers or null)
-OPTIONAL_NUMBERS = ("val_loss", "recall_at_1", "recall_at_5", "mean_rank", "lr", "seconds", "best_val_loss")
+OPTIONAL_NUMBERS = ("val_loss", "recall_at_1", "recall_at_5", "mean_rank", "lr", "seconds", "best_val_loss",
+                    "val_chance_loss", "val_floor_loss", "chance_mean_rank", "content_top1", "content_baseline",
+                    "content_mean_rank", "best_mean_rank")
 
 
 def is_int(value: Any) -> bool:
