@@ -336,7 +336,9 @@ def _cmd_evaluate(args) -> int:
     lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Each patient's latest reading (the exams "
               f"so far at their last exam with an image); {result.results[0].n_splits or args.splits}-fold "
               f"stratified cross-validation by patient repeated {args.repeats} times; 95 % patient-level "
-              f"bootstrap intervals ({args.bootstrap} resamples).", "",
+              f"bootstrap intervals ({args.bootstrap} resamples). The untrained encoder is the same architecture "
+              f"with fresh weights (seed {args.seed}) and batch-norm statistics computed from up to 64 of the "
+              f"cohort's exam images (images only, no label).", "",
               to_markdown_table(interval_table(result.table)),
               "Paired AUC differences (same patients, same bootstrap resamples):", "",
               to_markdown_table(result.comparisons),

@@ -786,6 +786,8 @@ class _Training:
     def end_epoch(self, epoch: int) -> dict:
         """Validation, the log row, the best model, the checkpoint and the epoch event."""
         config = self.config
+        if config.precise_bn and self.val_set:
+            self.recompute_batchnorm()
         metrics = validate(self.model, self.val_set, config.batch_size,
                            _float32_loss(clip_loss, self.precision.device_type), self.precision) if self.val_set else {}
         train_loss = float(np.mean(self.losses)) if self.losses else float("nan")
@@ -811,6 +813,18 @@ class _Training:
             self.emit("stopped", epoch=epoch, step=self.step, checkpoint=str(self.out / CHECKPOINT_FILE))
             return {**summary, "stopped": True}
         return summary
+
+    def recompute_batchnorm(self) -> None:
+        """Batch-norm statistics computed exactly from ``precise_bn`` training images spread over the set
+        (unaugmented, a fixed set, so a resumed run computes the same), instead of the running averages of the last
+        steps: validation and the exported model then see the statistics of the data, not of the last
+        few batches (whose swings made the validation alternate from one epoch to the next)."""
+        from .evaluate import recalibrate_batchnorm
+
+        n = min(self.config.precise_bn, len(self.train_set))
+        spread = np.unique(np.linspace(0, len(self.train_set) - 1, n).round().astype(int))
+        images = [self.train_set.image(int(i)) for i in spread]
+        recalibrate_batchnorm(self.model.image_encoder, images, batch_size=self.config.batch_size)
 
     @property
     def early_stopped(self) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_medimp._widgets import training_form as tj
-from napari_medimp.core.training_run import STATE_KEY
+from napari_medimp.core.training_run import PRESETS, STATE_KEY
 
 CLINICAL = "patient_id,donor_age,gfr_D15,outcome_2y\nP0001,44,70.2,0\nP0002,64,47.5,1\n"
 
@@ -89,8 +89,6 @@ def test_cohort_problems_say_what_is_expected(cohort, tmp_path, case, expected):
 
 
 def test_presets_follow_the_training_program():
-    from src_train.train import PRESETS
-
     assert set(tj.PRESET_LABELS) == set(PRESETS)
     assert tj.preset_defaults("cpu-small") == {"epochs": PRESETS["cpu-small"]["epochs"],
                                                "batch_size": PRESETS["cpu-small"]["batch_size"],
@@ -106,7 +104,9 @@ def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"epochs": 3, "embed_dim": 16, "amp": "bf16"}))
     assert tj.read_config(good) == {"epochs": 3, "embed_dim": 16, "amp": "bf16"}
-    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": 8, "device": "auto", "amp": "bf16"}
+    small = PRESETS["cpu-small"]
+    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": small["batch_size"],
+                                                        "device": "auto", "amp": "bf16"}
     (tmp_path / "bad.json").write_text("{epochs: 3")
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "typo.json").write_text(json.dumps({"epoch": 3}))
@@ -114,8 +114,8 @@ def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
                           ("list.json", "JSON object"), ("typo.json", "unknown training option")):
         with pytest.raises(ValueError, match=message):
             tj.read_config(tmp_path / name)
-    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {"epochs": 30, "batch_size": 8,
-                                                                         "device": "auto", "amp": "auto"}
+    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {
+        "epochs": small["epochs"], "batch_size": small["batch_size"], "device": "auto", "amp": "auto"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,3 +530,15 @@ def test_long_curves_are_averaged_for_the_plot():
     steps, losses, _, _ = progress.curves(max_points=1000)
     assert len(steps) == 1000 and steps[0] == 5.5 and all(v == 1.5 for v in losses)
     assert len(progress.curves(max_points=0)[0]) == 10_000
+
+
+def test_status_puts_each_validation_number_beside_its_chance_level():
+    progress = tj.TrainingProgress()
+    for event in EVENTS[:1]:
+        progress.apply(event)
+    progress.apply({"event": "epoch", "epoch": 0, "step": 4, "train_loss": 1.0, "val_loss": 1.2,
+                    "val_chance_loss": 1.386, "val_floor_loss": 0.17, "mean_rank": 2.0, "chance_mean_rank": 2.5,
+                    "recall_at_1": 0.5})
+    text = progress.status_text()
+    assert "val loss 1.200 (chance 1.39)" in text and "mean rank 2.0 (chance 2.5)" in text
+    assert "recall@1" not in text

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from napari_medimp._widgets.training_form import TrainingProgress
+from napari_medimp.core.training_run import PRESETS
 
 pytestmark = pytest.mark.gui
 
@@ -144,7 +145,8 @@ def test_menu_command_docks_one_dialog(dialog):
     assert [m.command for m in manifest.contributions.menus["napari/layers/classify"]] == [
         "napari-medimp.open_training"]
     assert not widget.cancel_button.isEnabled() and not widget.use_button.isEnabled()
-    assert widget.epochs_spin.value() == 30 and widget.batch_spin.value() == 8  # the cpu-small preset
+    small = PRESETS["cpu-small"]
+    assert widget.epochs_spin.value() == small["epochs"] and widget.batch_spin.value() == small["batch_size"]
 
 
 def test_bad_form_values_show_a_message_and_start_nothing(dialog, notes, qtbot, cohort, tmp_path):

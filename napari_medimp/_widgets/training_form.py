@@ -702,8 +702,12 @@ class TrainingProgress:
             parts.append(f"loss {self.loss:.3f}")
         last = self.epoch_metrics[-1] if self.epoch_metrics else {}
         if is_finite(last.get("val_loss")):
-            parts.append(f"val loss {last['val_loss']:.3f}")
-        if is_finite(last.get("recall_at_1")):
+            chance = (f" (chance {last['val_chance_loss']:.2f})" if is_finite(last.get("val_chance_loss"))
+                      else "")
+            parts.append(f"val loss {last['val_loss']:.3f}{chance}")
+        if is_finite(last.get("mean_rank")) and is_finite(last.get("chance_mean_rank")):
+            parts.append(f"mean rank {last['mean_rank']:.1f} (chance {last['chance_mean_rank']:.1f})")
+        elif is_finite(last.get("recall_at_1")):
             parts.append(f"recall@1 {last['recall_at_1']:.2f}")
         if not parts and self.train_exams is not None:
             parts.append(f"{self.train_exams} training exams, {self.val_exams} validation exams")
