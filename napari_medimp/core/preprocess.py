@@ -374,14 +374,16 @@ def _nearest_time_frame(volume: DCEVolume, selector, seconds: float) -> int:
     times = volume.frame_times
     if times is None:
         raise ValueError(
-            f"phase selector {selector!r} needs frame times, but this volume has none; "
-            "use a frame index or 'baseline' / 'first-pass' / 'peak' / 'late'"
+            f"phase {selector!r} (the frame nearest {seconds:g} s) needs frame times, but this series has none: "
+            "open it with its timing (sidecar FrameTimes, DICOM acquisition times or the NIfTI time step), or "
+            "use phases given as frame indices or 'baseline' / 'first-pass' / 'peak' / 'late'"
         )
     tolerance = 0.5 * float(np.median(np.diff(times))) if times.size > 1 else 0.0
     if seconds < times[0] - tolerance - 1e-6 or seconds > times[-1] + tolerance + 1e-6:
         raise ValueError(
-            f"phase selector {selector!r} is beyond the series, which spans "
-            f"{times[0]:g}-{times[-1]:g} s over {times.size} frame(s)"
+            f"phase {selector!r} (the frame nearest {seconds:g} s) is beyond the series, which spans "
+            f"{times[0]:g}-{times[-1]:g} s over {times.size} frame(s): this is not a dynamic series the model "
+            "can read"
         )
     return int(np.argmin(np.abs(times - seconds)))
 
