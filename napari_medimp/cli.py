@@ -109,6 +109,18 @@ def _cmd_demo(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # model commands
 # --------------------------------------------------------------------------------------------------
+def _model_card(args) -> dict | None:
+    """The card of the model the command will use (read without loading the weights), or None when it
+    cannot be read (loading the model then says why)."""
+    from .core.checkpoint import read_card
+    from .core.sample import default_model_path
+
+    try:
+        return read_card(args.model or default_model_path())
+    except (OSError, ValueError):
+        return None
+
+
 def _predictor(args):
     import re
 
@@ -281,10 +293,10 @@ def _cmd_saliency(args) -> int:
     from .core.outputs import check_output
     from .core.pipeline import faithfulness_line, saliency_file_name, saliency_section
     from .core.prompts import build_prompt
+    from .core.card import default_method
     from .core.saliency import card_faithfulness, compute_saliency
-    from .core.terms import SALIENCY_METHODS
 
-    methods = list(dict.fromkeys(args.method or [SALIENCY_METHODS[0]]))
+    methods = list(dict.fromkeys(args.method or [default_method(_model_card(args))]))
     targets = list(dict.fromkeys(args.target))
     sources = _sources(Path(args.path))
     out = Path(args.out)
@@ -422,6 +434,7 @@ def _cmd_analyze(args) -> int:
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
     from .core.report import clinical_inputs, report_summary
+    from .core.card import default_method
     from .core.terms import KIDNEY_REGION_NAMES
 
     out = Path(args.out)
@@ -478,7 +491,8 @@ def _cmd_analyze(args) -> int:
     request = AnalysisRequest(
         volume=volume, exam=exam, record=record, prompt=prompt, roi=_roi(args),
         roi_source="given" if args.roi else "automatic (enhancing kidney)", labels=labels, region_names=names,
-        clinical=entered, source=source, saliency_method=None if args.saliency == "none" else args.saliency,
+        clinical=entered, source=source,
+        saliency_method=None if args.saliency == "none" else (args.saliency or default_method(_model_card(args))),
         saliency_target=args.target)
     request.check()  # options and labels, before the model loads
 
@@ -571,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the exam's geometry")
     _model_options(p)
     p.add_argument("--method", nargs="+", choices=SALIENCY_METHODS,
-                   help=f"one or more methods (default: {SALIENCY_METHODS[0]}, the most faithful measured on "
-                        "unseen labelled synthetic exams)")
+                   help="one or more methods (default: the one the model's card measured most faithful on "
+                        f"unseen labelled synthetic exams, else {SALIENCY_METHODS[0]})")
     p.add_argument("--target", nargs="+", default=["similarity"],
                    help="one or more of: similarity (with the prompt), 2y, 3y, 4y")
     p.add_argument("--prompt", help="prompt text for the similarity target (default: built from the values)")
@@ -593,9 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="prompt text (default: built from the clinical values)")
     p.add_argument("--labels", help="label map (NIfTI) on the exam's grid: one curve per region "
                                     "(default: the exam folder's segmentation, if any)")
-    p.add_argument("--saliency", default=SALIENCY_METHODS[0], choices=[*SALIENCY_METHODS, "none"],
-                   help=f"saliency method (default: {SALIENCY_METHODS[0]}, the most faithful measured on unseen "
-                        "labelled synthetic exams), or none")
+    p.add_argument("--saliency", choices=[*SALIENCY_METHODS, "none"],
+                   help="saliency method (default: the one the model's card measured most faithful on unseen "
+                        f"labelled synthetic exams, else {SALIENCY_METHODS[0]}), or none")
     p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
                                     "there is a prompt, else the first prognosis horizon)")
     p.add_argument("--out", required=True, help="output folder")

@@ -109,7 +109,7 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
     from napari_medimp.core.models import ModelConfig, build_model
     from napari_medimp.core.preprocess import PreprocessConfig, prepare
 
-    from .evaluate import recalibrate_batchnorm
+    from .evaluate import image_batches, recalibrate_batchnorm
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_dict(loaded.card["architecture"])).eval()
@@ -126,7 +126,7 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
         except (ValueError, OSError):
             continue  # an exam that cannot be read is reported when it is embedded
         images.append(torch.as_tensor(np.asarray(tensor), dtype=torch.float32))
-    recalibrate_batchnorm(model.image_encoder, images)
+    recalibrate_batchnorm(model.image_encoder, image_batches(images))
     return LoadedModel(model, loaded.card, {}, loaded.weights_path, "untrained-" + loaded.weights_sha256)
 
 

@@ -786,7 +786,7 @@ class _Training:
     def end_epoch(self, epoch: int) -> dict:
         """Validation, the log row, the best model, the checkpoint and the epoch event."""
         config = self.config
-        if config.precise_bn and self.val_set:
+        if config.precise_bn:  # also without validation: the checkpoint and exported models get them
             self.recompute_batchnorm()
         metrics = validate(self.model, self.val_set, config.batch_size,
                            _float32_loss(clip_loss, self.precision.device_type), self.precision) if self.val_set else {}
@@ -815,16 +815,23 @@ class _Training:
         return summary
 
     def recompute_batchnorm(self) -> None:
-        """Batch-norm statistics computed exactly from ``precise_bn`` training images spread over the set
-        (unaugmented, a fixed set, so a resumed run computes the same), instead of the running averages of the last
-        steps: validation and the exported model then see the statistics of the data, not of the last
-        few batches (whose swings made the validation alternate from one epoch to the next)."""
+        """Batch-norm statistics computed exactly from about ``precise_bn`` training images spread over the
+        set (unaugmented, whole batches, a fixed set, so a resumed run computes the same), instead of the
+        running averages of the last steps: validation and the exported model then see the statistics of
+        the data, not of the last few batches (whose swings made the validation alternate from one epoch
+        to the next). Under several processes each rank takes its share of every batch, so that batch norm
+        (synchronised) sees the same batches as one process."""
         from .evaluate import recalibrate_batchnorm
 
-        n = min(self.config.precise_bn, len(self.train_set))
-        spread = np.unique(np.linspace(0, len(self.train_set) - 1, n).round().astype(int))
-        images = [self.train_set.image(int(i)) for i in spread]
-        recalibrate_batchnorm(self.model.image_encoder, images, batch_size=self.config.batch_size)
+        size = self.config.batch_size
+        n = max(size, min(self.config.precise_bn, len(self.train_set)) // size * size)
+        n = min(n, len(self.train_set) // size * size)
+        if n < 2:
+            return
+        spread = np.linspace(0, len(self.train_set) - 1, n).round().astype(int)
+        batches = [torch.stack([self.train_set.image(int(i)) for i in spread[start:start + size][self.rows]])
+                   for start in range(0, n, size)]
+        recalibrate_batchnorm(self.model.image_encoder, batches)
 
     @property
     def early_stopped(self) -> bool:

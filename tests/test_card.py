@@ -69,3 +69,12 @@ def test_a_weak_or_small_evaluation_is_a_caution_beside_every_reading():
     assert facts_text(card_facts(card)).count("CAUTION:") == 2
     # the demo model's evaluation (120 patients, 43 with dysfunction, AUC >= 0.71) needs none
     assert card_facts(read_card(default_model_path()))["cautions"] == []
+
+
+def test_default_saliency_method_is_the_one_the_card_measured_most_faithful():
+    from napari_medimp.core.card import default_method
+    from napari_medimp.core.terms import SALIENCY_METHODS
+
+    assert default_method({"saliency_faithfulness": {"best_method": "gradcam"}}) == "gradcam"
+    assert default_method({}) == default_method(None) == SALIENCY_METHODS[0]
+    assert default_method({"saliency_faithfulness": {"best_method": "magic"}}) == SALIENCY_METHODS[0]

@@ -197,7 +197,12 @@ def test_shipped_demo_model_loads_with_prognosis_heads():
     assert predictor.prognosis_horizons == list(HORIZONS)
     assert "evaluation" in predictor.card["metrics"]
     assert predictor.zero_shot_calibration() is not None
-    image = predictor.embed_image(kidney_volume()).vector
+    # the demo model reads five phases up to 120 s and the last frame: a 300 s synthetic exam
+    from napari_medimp.core.sample import sample_exam
+
+    image = predictor.embed_image(sample_exam()[0]).vector
     reading = predictor.prognosis({"D30": image})
+    with pytest.raises(ValueError, match="beyond the series"):  # a 70 s series is not one it can read
+        predictor.embed_image(kidney_volume())
     assert set(reading.risks) == {"image", "image+clinical", "clinical"}
     assert all(set(r) == set(HORIZONS) for r in reading.risks.values())

@@ -97,7 +97,7 @@ def test_prompt_from_slots_is_the_prompt_builder():
 
 def test_untrained_encoder_with_recalibrated_statistics_tells_exams_apart():
     from napari_medimp.core.models import ModelConfig, build_model
-    from src_train.evaluate import recalibrate_batchnorm
+    from src_train.evaluate import image_batches, recalibrate_batchnorm
 
     torch.manual_seed(0)
     config = ModelConfig(image_encoder="clip_resnet_tiny", image_encoder_kwargs={"width": 8}, embed_dim=16,
@@ -117,7 +117,7 @@ def test_untrained_encoder_with_recalibrated_statistics_tells_exams_apart():
     before = spread()
     weights = {k: v.clone() for k, v in model.image_encoder.state_dict().items() if "running" not in k
                and "num_batches" not in k}
-    assert recalibrate_batchnorm(model.image_encoder, images) > 0
+    assert recalibrate_batchnorm(model.image_encoder, image_batches(images)) > 0
     after = spread()
     assert before > 0.99 and after < before - 0.05
     assert not model.image_encoder.training

@@ -96,10 +96,12 @@ def test_the_default_method_is_the_one_the_demo_card_measured_best():
     from napari_medimp.core.sample import default_model_path
     from napari_medimp.core.terms import SALIENCY_METHODS
 
+    from napari_medimp.core.card import default_method
+
     card = read_card(default_model_path())
     measured = card["saliency_faithfulness"]
-    assert measured["best_method"] == SALIENCY_METHODS[0]
+    assert default_method(card) == measured["best_method"] in SALIENCY_METHODS
     assert set(measured["methods"]) == set(SALIENCY_METHODS)  # every method measured
-    figures = card_faithfulness(card, SALIENCY_METHODS[0])
+    figures = card_faithfulness(card, measured["best_method"])
     assert figures["box_graft_artery"] < figures["top_graft_artery"] and "unseen" in figures["exams"]
     assert card_faithfulness(card, "lime") is None and card_faithfulness({}, "occlusion") is None

@@ -38,7 +38,7 @@ from .._layers import (
     roi_from_vertices,
     volume_from_layer_data,
 )
-from ..core.card import card_facts, facts_text, is_synthetic
+from ..core.card import card_facts, default_method, facts_text, is_synthetic
 from ..core.checks import OUTSIDE_TRAINING, failed_messages
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
@@ -595,6 +595,7 @@ class MedimpWidget(QWidget):
         self.card_label.setText(html)
         self.target_combo.clear()
         self.target_combo.addItems(["similarity", *facts["horizons"]])
+        self.method_combo.setCurrentText(default_method(self._card))  # the most faithful this model measured
         self._regenerate_prompt(force=False)
         self._update_buttons()
         return True

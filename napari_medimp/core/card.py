@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .terms import HORIZONS as HORIZON_ORDER
+from .terms import SALIENCY_METHODS
 
 
 def cv_auc(card: dict, feature_set: str = "MEDIMP") -> dict[str, tuple[float, float | None, float | None]]:
@@ -112,3 +113,12 @@ def facts_text(facts: dict[str, Any]) -> str:
     if facts["synthetic"]:
         lines.append("SYNTHETIC-DATA DEMO MODEL: its outputs say nothing about a real patient.")
     return "\n".join(lines)
+
+
+def default_method(card: dict | None) -> str:
+    """The saliency method to use when none is asked for: the one the model's card measured most faithful
+    on unseen labelled exams (``saliency_faithfulness.best_method``), else the first of
+    :data:`~napari_medimp.core.terms.SALIENCY_METHODS`."""
+    measured = card.get("saliency_faithfulness") if isinstance(card, dict) else None
+    best = measured.get("best_method") if isinstance(measured, dict) else None
+    return best if best in SALIENCY_METHODS else SALIENCY_METHODS[0]
