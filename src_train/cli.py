@@ -37,6 +37,9 @@ def _printer(json_lines: bool):
         elif event["event"] == "start":
             print(f"training on {event['train_exams']} exams, validating on {event['val_exams']}; "
                   f"{event['steps_per_epoch']} steps per epoch", file=sys.stderr)
+            if 0 < event.get("val_patients", 20) < 20:
+                print(f"note: {event['val_patients']} validation patients; below 20 the best epoch and early "
+                      "stopping follow noise (a larger cohort or val_fraction helps)", file=sys.stderr)
         elif event["event"] == "step":
             print(f"\rstep {event['step']}/{event['total_steps']} loss {event['loss']:.4f}", end="",
                   file=sys.stderr, flush=True)

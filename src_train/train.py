@@ -679,6 +679,7 @@ class _Training:
                      "patients_seen": patients_seen_entry(config.cohort, {i.patient for i in self.train_items},
                                                           {i.patient for i in self.val_items})}
         self.emit("start", train_exams=len(self.train_set), val_exams=len(self.val_set or []),
+                  val_patients=len({i.patient for i in self.val_items}),
                   skipped=self.skipped + self.train_set.skipped + (self.val_set.skipped if self.val_set else []),
                   steps_per_epoch=self.steps_per_epoch,
                   epochs=config.epochs, world_size=run.world, device=str(self.device), amp=self.precision.mode,

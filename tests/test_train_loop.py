@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -488,3 +489,28 @@ def test_resume_checks_the_checkpoint_and_the_options(cohort, tmp_path):
     save_file(tensors, str(checkpoint), metadata=metadata(read_header(checkpoint)))
     with pytest.raises(ValueError, match=f"holds NaN or infinite values \\({name}"):
         train(_config(cohort, run), resume=True)
+
+
+def test_early_stopping_keeps_the_best_mean_rank_and_a_resume_trains_no_further(cohort, tmp_path):
+    """``patience`` epochs without a better validation mean rank end the run; the best model is the epoch
+    of the best mean rank; resuming an early-stopped run does not train again."""
+    run = tmp_path / "patient"
+    events: list = []
+    train(_config(cohort, run, epochs=8, patience=1, lr=3e-3), progress=events.append)
+    epochs = [e for e in events if e["event"] == "epoch"]
+    ranks = [e["mean_rank"] for e in epochs]
+    best = min(range(len(ranks)), key=lambda i: (ranks[i], epochs[i]["val_loss"]))
+    for e in epochs:  # every epoch reports the chance levels beside its numbers
+        sizes = [2] * (e["n_val"] // 2) + [1] * (e["n_val"] % 2)  # validation batches of 2 (TINY)
+        assert e["val_chance_loss"] == pytest.approx(sum(math.log(b) for b in sizes) / len(sizes))
+        assert e["chance_mean_rank"] == (e["n_val"] + 1) / 2 and 0 <= e["val_floor_loss"] <= e["val_chance_loss"]
+    if len(epochs) < 8:  # stopped early: exactly one epoch after the best, without a better rank
+        assert [e["event"] for e in events].count("early_stop") == 1
+        assert len(epochs) - 1 - best == 1
+    assert load_model(run / "best").card["metrics"]["best_epoch"] == best
+    state = json.loads((run / "last.json").read_text())
+    assert state["best_mean_rank"] == pytest.approx(ranks[best])
+    again: list = []
+    train(_config(cohort, run, epochs=8, patience=1, lr=3e-3), resume=True, progress=again.append)
+    if len(epochs) < 8:
+        assert not [e for e in again if e["event"] == "step"]
