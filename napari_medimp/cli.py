@@ -18,6 +18,8 @@ def _cmd_synth(args) -> int:
 
     from .core.synth.summary import bin_shares, summary_table
 
+    if args.patients < 1:
+        raise ValueError(f"--patients must be at least 1, got {args.patients}")
     settings = synth.SynthSettings(hyperfiltration=args.hyperfiltration, world=args.world, images=args.images)
     if args.summary:  # the prompts' bins only: no image is rendered, nothing is written
         print(summary_table(bin_shares(synth.sample_patients(args.patients, args.seed, settings))))

@@ -315,3 +315,5 @@ def test_synth_summary_prints_the_bins_without_writing(tmp_path, capsys):
     assert "| GFR | medium |" in out and "distinct prompt contents" in out
     assert main(["synth", "--patients", "1"]) == 2  # a command-line problem
     assert "--out" in capsys.readouterr().err
+    assert main(["synth", "--summary", "--patients", "0"]) != 0
+    assert "at least 1" in capsys.readouterr().err
