@@ -44,11 +44,13 @@ def _printer(json_lines: bool):
             print(f"\rstep {event['step']}/{event['total_steps']} loss {event['loss']:.4f}", end="",
                   file=sys.stderr, flush=True)
         elif event["event"] == "epoch":
-            metrics = " ".join(f"{label} {event[k]:.3f}" for k, label in (
-                ("val_loss", "val loss"), ("val_chance_loss", "(chance"), ("val_floor_loss", "floor"),
-                ("mean_rank", ") mean rank"), ("chance_mean_rank", "(chance"), ("content_top1", ") content top-1"),
-                ("content_baseline", "(commonest")) if k in event)
-            metrics += ")" if "content_baseline" in event else ""
+            metrics = " ".join(text for keys, text in (
+                (("val_loss", "val_chance_loss", "val_floor_loss"),
+                 "val loss {val_loss:.3f} (chance {val_chance_loss:.3f}, floor {val_floor_loss:.3f})"),
+                (("mean_rank", "chance_mean_rank"), "mean rank {mean_rank:.1f} (chance {chance_mean_rank:.1f})"),
+                (("content_top1", "content_baseline"),
+                 "content top-1 {content_top1:.3f} (commonest {content_baseline:.3f})"),
+            ) if all(k in event for k in keys)).format(**event)
             print(f"\repoch {event['epoch']}: train loss {event['train_loss']:.4f} {metrics}", file=sys.stderr)
         elif event["event"] in ("stopped", "done", "resumed", "early_stop"):
             print(f"{event['event']}: {json.dumps(event, default=float)}", file=sys.stderr)

@@ -140,8 +140,9 @@ ORACLE_KEYS = ("fibrosis", "Fp", "Eg", "kidney_volume_ml", "cortical_thickness_m
 
 class OracleSource(EmbeddingSource):
     """A perfect image reader on a synthetic cohort: the true parameters of each exam (what the images
-    were rendered from: in the null setting another patient's graft), for the latest exam and averaged over the exams so far. The ceiling for any
-    image reader; readings exist only where the exam's image does (``with_images``)."""
+    were rendered from: in the null setting another patient's graft), for the latest exam and averaged
+    over the exams so far. The ceiling for any image reader; readings exist only where the exam's image
+    does (``with_images``)."""
 
     def __init__(self, truth: Mapping[str, Any], with_images: Mapping[str, Iterable[str]]):
         patients = {p["patient_id"]: p for p in truth["patients"]}
@@ -562,6 +563,15 @@ def fit_temperature(similarities: np.ndarray, truth: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+def _patient_halves(patients: Sequence[str], seed: int) -> np.ndarray:
+    """Fold 0 or 1 per item: half of the patients (drawn with ``seed``) in fold 0, the others in fold 1,
+    every item with its patient (for cross-fitting a scale or a prior on patients an item's own never are)."""
+    owners = np.asarray(list(patients))
+    unique = np.unique(owners)
+    half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
+    return np.array([0 if p in half else 1 for p in owners])
+
+
 def bootstrap_by_patient(patients: Sequence[str], stat: Callable[[np.ndarray], float], *, n_boot: int = 1000,
                          seed: int = 0) -> list[float]:
     """Patient-level bootstrap 95 % interval ``[low, high]`` of ``stat(item indices)`` over items owned by
@@ -570,11 +580,8 @@ def bootstrap_by_patient(patients: Sequence[str], stat: Callable[[np.ndarray], f
     owners = np.asarray(list(patients))
     unique = np.unique(owners)
     members = [np.flatnonzero(owners == p) for p in unique]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        chosen = rng.integers(0, len(unique), len(unique))
-        values.append(stat(np.concatenate([members[i] for i in chosen])))
+    values = [stat(np.concatenate([members[i] for i in chosen]))
+              for chosen in _resamples(len(unique), n_boot, seed)]
     low, high = np.nanpercentile(values, [2.5, 97.5])
     return [float(low), float(high)]
 
@@ -617,11 +624,8 @@ def _content_with_prior(sims: np.ndarray, true: np.ndarray, exams: list, patient
     (the commonest content of the visit). Prior (counts + 0.5) and ``t`` are fitted on one half of the
     patients and the other half is scored, then the reverse. Returns two boolean arrays (right or not)."""
     n, k = sims.shape
-    owners = np.asarray(patients)
     visits = np.asarray(exams)
-    unique = np.unique(owners)
-    half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
-    fold = np.array([0 if p in half else 1 for p in owners])
+    fold = _patient_halves(patients, seed)
     with_prior, prior_only = np.zeros(n, bool), np.zeros(n, bool)
     for f in (0, 1):
         fit, score = fold != f, fold == f
@@ -659,12 +663,11 @@ def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: 
     sims, truth = np.asarray(similarities, float), np.asarray(truth, int)
     pats = np.asarray(list(patients))
     unique = np.unique(pats)
-    rng = np.random.default_rng(seed)
-    half = set(rng.permutation(unique)[: len(unique) // 2].tolist())
-    fold = np.array([0 if p in half else 1 for p in pats])
+    fold = _patient_halves(pats, seed)
+    n = len(bins)
     pred = np.zeros(len(truth), int)
     top = np.zeros(len(truth))
-    majority_hits = 0
+    majority = np.zeros(len(truth), bool)  # right when always answering the fitting half's commonest bin
     for k in (0, 1):
         fit, score = fold != k, fold == k
         if not fit.any() or not score.any():
@@ -673,16 +676,10 @@ def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: 
         prob = softmax(t * sims[score], axis=1)
         pred[score] = prob.argmax(axis=1)
         top[score] = prob.max(axis=1)
-        majority_hits += int((truth[score] == np.bincount(truth[fit], minlength=len(bins)).argmax()).sum())
-    n = len(bins)
+        majority[score] = truth[score] == np.bincount(truth[fit], minlength=n).argmax()
     confusion = np.zeros((n, n), int)
     np.add.at(confusion, (truth, pred), 1)
     recalls = [confusion[i, i] / confusion[i].sum() for i in range(n) if confusion[i].sum()]
-    majority = np.zeros(len(truth), bool)
-    for k in (0, 1):
-        fit, score = fold != k, fold == k
-        if fit.any() and score.any():
-            majority[score] = truth[score] == np.bincount(truth[fit], minlength=n).argmax()
 
     def balanced(idx: np.ndarray) -> float:
         t, r = truth[idx], pred[idx]
@@ -698,7 +695,7 @@ def zero_shot_evaluation(similarities: np.ndarray, truth: np.ndarray, patients: 
             "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
             "chance_balanced_accuracy": 1.0 / len(recalls) if recalls else math.nan,
             "bins_present": int(len(recalls)), **intervals,
-            "majority_accuracy": majority_hits / len(truth) if len(truth) else math.nan,
+            "majority_accuracy": float(majority.mean()) if len(truth) else math.nan,
             "median_top_probability": float(np.median(top)) if len(truth) else math.nan,
             "confusion": confusion.tolist(),
             "temperature": fit_temperature(sims, truth) if len(truth) else math.nan,

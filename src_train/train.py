@@ -282,6 +282,7 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
     images, texts = [], []
     losses, sizes, batch_keys = [], [], []
     attributes = dataset.attributes
+    slots = [dataset.slots(i) for i in range(len(dataset))]
     start = 0
     for batch in batches(dataset, batch_size, 0, 0, shuffle=False, drop_last=False):
         with autocast():
@@ -293,7 +294,7 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
         texts.append(txt)
         n = len(batch["text"])
         sizes.append(n)
-        batch_keys.append([content_key(dataset.slots(i), attributes) for i in range(start, start + n)])
+        batch_keys.append([content_key(slots[i], attributes) for i in range(start, start + n)])
         start += n
     if not images:
         return {}
@@ -304,8 +305,7 @@ def validate(model, dataset: ContrastiveDataset, batch_size: int, loss_fn=clip_l
         with autocast():
             return torch.cat([model.encode_text(prompts[i:i + 64]).float() for i in range(0, len(prompts), 64)])
 
-    content = content_retrieval(image_features, [dataset.items[i].exam for i in range(len(dataset))],
-                                [dataset.slots(i) for i in range(len(dataset))], attributes, encode)
+    content = content_retrieval(image_features, [item.exam for item in dataset.items], slots, attributes, encode)
     return {"val_loss": float(np.mean(losses)), "val_chance_loss": chance_loss(sizes),
             "val_floor_loss": duplicate_floor(batch_keys), "recall_at_1": float((ranks <= 1).float().mean()),
             "recall_at_5": float((ranks <= 5).float().mean()), "mean_rank": float(ranks.mean()),

@@ -220,3 +220,17 @@ def test_a_small_pretraining_beats_chance_on_patients_it_never_saw(tmp_path):
     assert best["mean_rank"] < 0.8 * best["chance_mean_rank"]
     assert best["content_mean_rank"] < 0.8 * (best["n_contents"] + 1) / 2
     assert best["val_loss"] < best["val_chance_loss"]
+
+
+def test_console_puts_each_validation_number_beside_its_chance_level(capsys):
+    from src_train.cli import _printer
+
+    emit = _printer(False)
+    emit({"event": "epoch", "epoch": 3, "step": 40, "train_loss": 2.1, "val_loss": 2.4, "val_chance_loss": 2.66,
+          "val_floor_loss": 0.24, "mean_rank": 20.1, "chance_mean_rank": 37.0, "content_top1": 0.1,
+          "content_baseline": 0.36})
+    line = capsys.readouterr().err
+    assert "val loss 2.400 (chance 2.660, floor 0.240)" in line and "mean rank 20.1 (chance 37.0)" in line
+    assert "content top-1 0.100 (commonest 0.360)" in line
+    emit({"event": "epoch", "epoch": 0, "step": 4, "train_loss": 2.1})  # no validation: nothing made up
+    assert capsys.readouterr().err.strip() == "epoch 0: train loss 2.1000"

@@ -445,6 +445,9 @@ def first_pass_index(curve: Sequence[float], n_baseline: int) -> int:
 
 
 def _first_pass_frame(volume: DCEVolume, roi: RoiBox, baseline: Sequence[int], crops: dict) -> int:
+    """:func:`first_pass_index` of the ROI's mean curve. One crop at a time is held while walking the frames
+    (as for ``"peak"``), so the chosen frame is read again when it was not cached: one more frame read
+    rather than every frame's crop in memory."""
     means = []
     for t in range(volume.n_frames):
         crop = crops.get(t)

@@ -23,7 +23,6 @@ from torch import nn
 from .preprocess import PreparedInput, RoiBox
 from .prognosis import FEATURES_ID
 from .prompts import EXAMS
-from .card import default_method  # noqa: F401  (re-exported)
 from .terms import SALIENCY_METHODS
 from .volume import DCEVolume
 

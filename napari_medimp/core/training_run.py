@@ -102,8 +102,9 @@ class TrainConfig:
     augmentation: dict = field(default_factory=dict)
     #: stop after this many epochs without a better validation mean rank (0: never stop early)
     patience: int = 0
-    #: before each validation, recompute the batch-norm statistics exactly from this many training images
-    #: (unaugmented; 0: keep the running averages of the last steps, which swing from epoch to epoch)
+    #: at every epoch end (before validating and saving), recompute the batch-norm statistics exactly from
+    #: this many training images (unaugmented; 0: keep the running averages of the last steps, which
+    #: swing from epoch to epoch)
     precise_bn: int = 64
     device: str = "auto"
     amp: str = "auto"

@@ -44,8 +44,8 @@ def summary_table(summary: dict) -> str:
     """:func:`bin_shares` as a Markdown table (percent of the exams with a value, per visit)."""
     visits = list(summary["visits"])
     rows = ["| value | bin | " + " | ".join(visits) + " |", "|---|---|" + "---|" * len(visits)]
-    for name, bins in (("GFR", GFR_BINS), ("donor age", DONOR_AGE_BINS), ("creatinine", CREATININE_BINS)):
-        key = {"GFR": "gfr", "donor age": "donor_age", "creatinine": "creatinine"}[name]
+    for name, key, bins in (("GFR", "gfr", GFR_BINS), ("donor age", "donor_age", DONOR_AGE_BINS),
+                            ("creatinine", "creatinine", CREATININE_BINS)):
         for b in bins:
             cells = [f"{100 * summary['visits'][v][key][b]:.0f} %" for v in visits]
             rows.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
