@@ -36,13 +36,17 @@ def null_control(folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_medimp.core.checkpoint import load_model, save_model
+    from napari_medimp.core.checkpoint import load_model, model_paths, save_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="the evaluated model file (evaluate --write-heads)")
     parser.add_argument("--out", type=Path, default=REPO / "sample_data" / "medimp-demo")
     parser.add_argument("--null-control", type=Path, help="evaluation folder of the null-setting control")
     args = parser.parse_args(argv)
+    sources = {q.resolve() for q in model_paths(args.model)}
+    if sources & {q.resolve() for q in model_paths(args.out)}:
+        raise SystemExit(f"--out {args.out} is the model being published: choose another name (an output "
+                         "never replaces its input)")
     loaded = load_model(args.model)
     card = loaded.card
     metrics = dict(card.get("metrics") or {})

@@ -78,3 +78,30 @@ def test_default_saliency_method_is_the_one_the_card_measured_most_faithful():
     assert default_method({"saliency_faithfulness": {"best_method": "gradcam"}}) == "gradcam"
     assert default_method({}) == default_method(None) == SALIENCY_METHODS[0]
     assert default_method({"saliency_faithfulness": {"best_method": "magic"}}) == SALIENCY_METHODS[0]
+
+
+def _publish_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "publish_demo_model.py"
+    spec = importlib.util.spec_from_file_location("publish_demo_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publishing_a_model_renames_it_and_never_replaces_its_input(tiny_model, tmp_path):
+    import pytest
+
+    from napari_medimp.core.checkpoint import load_model, model_paths
+
+    publish = _publish_script()
+    before = [p.read_bytes() for p in model_paths(tiny_model)]
+    for same in (tiny_model, model_paths(tiny_model)[1], str(tiny_model).removesuffix(".safetensors")):
+        with pytest.raises(SystemExit, match="never replaces its input"):
+            publish.main([str(tiny_model), "--out", str(same)])
+    assert [p.read_bytes() for p in model_paths(tiny_model)] == before
+    assert publish.main([str(tiny_model), "--out", str(tmp_path / "demo")]) == 0
+    published = load_model(tmp_path / "demo")
+    assert published.card["name"] == "demo" and set(published.prognosis) == set(load_model(tiny_model).prognosis)
