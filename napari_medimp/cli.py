@@ -291,11 +291,11 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_saliency(args) -> int:
+    from .core.card import default_method
     from .core.io import load_dce, save_nifti
     from .core.outputs import check_output
     from .core.pipeline import faithfulness_line, saliency_file_name, saliency_section
     from .core.prompts import build_prompt
-    from .core.card import default_method
     from .core.saliency import card_faithfulness, compute_saliency
 
     methods = list(dict.fromkeys(args.method or [default_method(_model_card(args))]))
@@ -431,12 +431,12 @@ def _exam_label_file(path: Path) -> Path | None:
 def _cmd_analyze(args) -> int:
     import numpy as np
 
+    from .core.card import default_method
     from .core.io.nifti import label_names, load_labels
     from .core.outputs import check_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
     from .core.report import clinical_inputs, report_summary
-    from .core.card import default_method
     from .core.terms import KIDNEY_REGION_NAMES
 
     out = Path(args.out)
@@ -495,7 +495,7 @@ def _cmd_analyze(args) -> int:
         roi_source="given" if args.roi else "automatic (enhancing kidney)", labels=labels, region_names=names,
         clinical=entered, source=source,
         saliency_method=None if args.saliency == "none" else (args.saliency or default_method(_model_card(args))),
-        saliency_target=args.target)
+        saliency_target=args.target, show_anyway=args.show_anyway)
     request.check()  # options and labels, before the model loads
 
     result = run_analysis(_predictor(args), request)
@@ -614,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"labelled synthetic exams, else {SALIENCY_METHODS[0]}), or none")
     p.add_argument("--target", help="saliency target: similarity, 2y, 3y or 4y (default: similarity when "
                                     "there is a prompt, else the first prognosis horizon)")
+    p.add_argument("--show-anyway", action="store_true",
+                   help="show the readings of an exam that failed its checks (outside what the model was trained "
+                        "on; withheld by default); the report records the choice")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier analysis in that folder (its files are removed first)")

@@ -155,6 +155,28 @@ def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
     return out
 
 
+def similarity_reference(predictor, embeddings: dict, rows_by_id: dict, cohort: str) -> dict:
+    """Range of the image-prompt similarity on a cohort: each exam with the prompt of its own clinical
+    values (the prompt ``medimp analyze`` builds), as 5 %, 50 % and 95 % quantiles."""
+    from napari_medimp.core.prompts import ClinicalRecord, ClinicalValueError, build_prompt
+
+    values = []
+    for p, exams in embeddings.items():
+        for exam, vec in exams.items():
+            try:
+                prompt = build_prompt(ClinicalRecord.from_csv_row(rows_by_id[p], exam))
+            except (ClinicalValueError, ValueError):
+                continue
+            if prompt:
+                values.append(float(predictor.similarity(vec, prompt)[0]))
+    if not values:
+        return {}
+    low, median, high = np.quantile(values, [0.05, 0.5, 0.95])
+    return {"n_exams": len(values), "low": float(low), "median": float(median), "high": float(high),
+            "quantiles": [0.05, 0.5, 0.95], "cohort": cohort,
+            "prompt": "each exam with the prompt of its own clinical values"}
+
+
 def gfr_similarities(predictor, embeddings: dict, rows_by_id: dict):
     """(similarities (n, 5), true bin index (n,), patient per row) of every exam with a known GFR."""
     from napari_medimp.core.prompts import ATTRIBUTE_BINS, gfr_bin
@@ -262,7 +284,8 @@ def _cmd_evaluate(args) -> int:
     from napari_medimp.core.checks import embedding_reference
     from napari_medimp.core.inference import Predictor
     from napari_medimp.core.io.cohort import read_clinical_table
-    from napari_medimp.core.prompts import TEMPLATE_VERSION
+    from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
+    from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
     from napari_medimp.core.provenance import cohort_identity
 
     from .evaluate import (
@@ -338,7 +361,9 @@ def _cmd_evaluate(args) -> int:
     lines = [f"# Prognosis evaluation of {loaded.card.get('name', args.model)}", ""]
     if warning:
         lines += [f"**{warning}**", ""]
-    lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Each patient's latest reading (the exams "
+    lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Outcome at horizon h: {OUTCOME_DEFINITION}; "
+              "one model per visit over every horizon (shared coefficients, ordered intercepts, clinical values "
+              "bounded to the direction medicine expects). Each patient's latest reading (the exams "
               f"so far at their last exam with an image); {result.results[0].n_splits or args.splits}-fold "
               f"stratified cross-validation by patient repeated {args.repeats} times; 95 % patient-level "
               f"bootstrap intervals ({args.bootstrap} resamples). The untrained encoder is the same architecture "
@@ -368,7 +393,11 @@ def _cmd_evaluate(args) -> int:
                                            "in_sample_warning": warning}}
         owners = [p for p, exams in medimp.items() for _ in exams]
         vectors = [v for exams in medimp.values() for v in exams.values()]
+        references = {visit: clinical_reference([clinical.at(p, visit) for p in patients
+                                                 if visit in clinical.exams(p)]) for visit in EXAMS}
         training = {**(card.get("training") or {}),
+                    "clinical_reference": {v: r for v, r in references.items() if r is not None},
+                    "similarity_reference": similarity_reference(predictor, medimp, rows_by_id, identity),
                     "prognosis_heads_data": {"cohort": identity, "cohort_path": str(cohort),
                                              "n_patients": len(patients)},
                     "embedding_reference": embedding_reference(vectors, groups=owners, cohort=identity)}

@@ -31,28 +31,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
 from scipy.special import softmax
 from scipy.stats import rankdata
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from napari_medimp.core.checkpoint import PrognosisHead
 from napari_medimp.core.prognosis import (
+    CLINICAL_RISK_SIGNS,
     FEATURES_ID,
+    HEAD_MODEL,
     HORIZONS,
     KINDS,
+    OUTCOME_DEFINITION,
     ClinicalValues,
+    cumulative_labels,
     exams_so_far,
+    feature_signs,
     features,
     head_key,
     image_features,
     subsets_with_visit,
 )
 from napari_medimp.core.prompts import EXAMS
+
+from .monotone import CumulativeLogit, fit_cumulative_logit
 
 __all__ = [
     "HORIZONS",
@@ -62,7 +64,6 @@ __all__ = [
     "OracleSource",
     "auc",
     "bootstrap_intervals",
-    "build_pipeline",
     "calibration_by_visit",
     "evaluate",
     "fit_heads",
@@ -218,19 +219,6 @@ def recalibrate_batchnorm(module, batches: Iterable) -> int:
     return len(norms)
 
 
-def build_pipeline(C: float = 1.0) -> Pipeline:
-    """Mean imputation -> standardisation -> logistic regression (unweighted classes, so that its
-    probabilities are calibrated to the training prevalence), fitted on training rows only. All-NaN
-    columns are kept (filled with 0) so the feature count never changes."""
-    if not C > 0:
-        raise ValueError(f"C must be positive, got {C}")
-    return Pipeline([
-        ("impute", SimpleImputer(strategy="mean", keep_empty_features=True)),
-        ("scale", StandardScaler()),
-        ("clf", LogisticRegression(C=float(C), max_iter=MAX_ITER)),
-    ])
-
-
 def _design(fs: FeatureSet, patients: Iterable[str], visit: str, clinical, augment: bool):
     """(X, weights, reading patients) of the readings at ``visit`` of ``patients`` that have that image."""
     rows, weights, owners = [], [], []
@@ -265,8 +253,9 @@ class ClinicalTable:
         return self.images.get(patient, [])
 
 
-def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, C: float) -> Pipeline:
-    return build_pipeline(C).fit(x, y, clf__sample_weight=w)
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str, C: float) -> CumulativeLogit:
+    """The heads' model (:mod:`src_train.monotone`) on rows ``x`` with outcomes ``y`` (rows, horizons)."""
+    return fit_cumulative_logit(x, y, w, feature_signs(kind, x.shape[1]), C=C, max_iter=MAX_ITER)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,27 +334,56 @@ class HorizonResult:
     n_splits: int = 0
 
 
+def _outcome_matrix(labels_by_horizon: Mapping[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
+    """(horizons in order of years, (patients, horizons) outcomes by year h)."""
+    for h, labels in labels_by_horizon.items():
+        if len(labels) != n:
+            raise ValueError(f"{n} patients but {len(labels)} labels for {h}")
+    cumulative = cumulative_labels(labels_by_horizon)
+    horizons = list(cumulative)
+    return horizons, np.column_stack([cumulative[h] for h in horizons]) if horizons else np.zeros((n, 0))
+
+
 def cross_validate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
-                   labels: np.ndarray, horizon: str, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0,
-                   C: float = 1.0, progress: Callable[[str], None] | None = None) -> HorizonResult:
-    """Out-of-fold probabilities of every reading, for every feature set, with the same patient splits."""
-    y_all = np.asarray(labels, float)
-    known = [i for i in range(len(patients)) if not math.isnan(y_all[i])]
-    pats = [patients[i] for i in known]
-    y = y_all[known].astype(int)
-    n_pos = int(y.sum())
-    minority = min(n_pos, len(y) - n_pos)
-    result = HorizonResult(horizon, "ok", "", pats, y.astype(float))
-    if minority < 2:
-        result.status = NOT_ENOUGH
-        result.message = (f"{NOT_ENOUGH}: {n_pos} positive and {len(y) - n_pos} negative patients with a "
-                          "known outcome (need >= 2 of each)")
-        return result
-    if minority < n_splits:
-        result.message = f"n_splits reduced from {n_splits} to {minority} (minority class size)"
-        n_splits = minority
-    result.n_splits = n_splits
-    label_of = dict(zip(pats, y, strict=True))
+                   labels_by_horizon: Mapping[str, np.ndarray], *, n_splits: int = 5, n_repeats: int = 10,
+                   seed: int = 0, C: float = 1.0, progress: Callable[[str], None] | None = None) -> list[HorizonResult]:
+    """Out-of-fold probabilities of every reading, for every feature set and horizon, with the same patient
+    splits for all: each fold fits one model over every horizon (outcomes by year h, see
+    :func:`napari_medimp.core.prognosis.cumulative_labels`). Folds are stratified on the horizon whose
+    classes are most balanced; a horizon with fewer than 2 patients of a class is reported, not scored."""
+    horizons, outcomes = _outcome_matrix(labels_by_horizon, len(patients))
+    results = []
+    for j, h in enumerate(horizons):
+        known = ~np.isnan(outcomes[:, j])
+        pats = [p for p, k in zip(patients, known, strict=True) if k]
+        y = outcomes[known, j]
+        n_pos = int(y.sum())
+        res = HorizonResult(h, "ok", "", pats, y.astype(float))
+        if min(n_pos, len(y) - n_pos) < 2:
+            res.status = NOT_ENOUGH
+            res.message = (f"{NOT_ENOUGH}: {n_pos} positive and {len(y) - n_pos} negative patients with a "
+                           "known outcome (need >= 2 of each)")
+        results.append(res)
+    scored = [j for j, r in enumerate(results) if r.status == "ok"]
+    if not scored:
+        return results
+
+    def minority(j: int) -> int:
+        y = outcomes[~np.isnan(outcomes[:, j]), j]
+        return int(min(y.sum(), len(y) - y.sum()))
+
+    strata_horizon = max(scored, key=minority)
+    with_outcome = [i for i in range(len(patients)) if not np.all(np.isnan(outcomes[i]))]
+    pats = [patients[i] for i in with_outcome]
+    strata = np.nan_to_num(outcomes[with_outcome, strata_horizon], nan=2.0).astype(int)
+    message = ""
+    if minority(strata_horizon) < n_splits:
+        message = f"n_splits reduced from {n_splits} to {minority(strata_horizon)} (minority class size)"
+        n_splits = minority(strata_horizon)
+    for res in results:
+        if res.status == "ok":
+            res.n_splits, res.message = n_splits, message
+    outcome_of = {patients[i]: outcomes[i] for i in with_outcome}
     sums = {fs.name: {} for fs in feature_sets}
     counts = {fs.name: {} for fs in feature_sets}
     # every reading's features once: augmented (training) and as read (testing)
@@ -376,9 +394,12 @@ def cross_validate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, 
             x_r, _, own_r = _design(fs, pats, visit, clinical, augment=False)
             designs[fs.name, visit] = (x_a, w_a, np.array(own_a), x_r, np.array(own_r))
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
-    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(splitter.split(np.zeros(len(strata)), strata))
+    for k, (train, test) in enumerate(folds):
         if progress:
-            progress(f"{horizon}: fold {k + 1}/{n_splits * n_repeats}")
+            progress(f"fold {k + 1}/{len(folds)}")
         train_p, test_p = [pats[i] for i in train], [pats[i] for i in test]
         for fs in feature_sets:
             for visit in EXAMS:
@@ -386,17 +407,20 @@ def cross_validate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, 
                 tr, te = np.isin(own_a, train_p), np.isin(own_r, test_p)
                 if not te.any() or not tr.any():
                     continue
-                y_tr = np.array([label_of[p] for p in own_a[tr]])
-                if len(set(y_tr.tolist())) < 2:
+                y_tr = np.stack([outcome_of[p] for p in own_a[tr]])
+                if not (np.nansum(y_tr) > 0 and np.nansum(1 - y_tr) > 0):
                     continue
-                own_te = own_r[te].tolist()
-                proba = _fit(x_a[tr], y_tr, w_a[tr], C).predict_proba(x_r[te])[:, 1]
-                for p, value in zip(own_te, proba, strict=True):
+                proba = _fit(x_a[tr], y_tr, w_a[tr], fs.kind, C).predict_proba(x_r[te])
+                for p, row in zip(own_r[te].tolist(), proba, strict=True):
                     key = (p, visit)
-                    sums[fs.name][key] = sums[fs.name].get(key, 0.0) + float(value)
+                    sums[fs.name][key] = sums[fs.name].get(key, 0.0) + row
                     counts[fs.name][key] = counts[fs.name].get(key, 0) + 1
-    result.oof = {name: {key: sums[name][key] / counts[name][key] for key in sums[name]} for name in sums}
-    return result
+    for j in scored:
+        res = results[j]
+        own = set(res.patients)
+        res.oof = {name: {key: float(sums[name][key][j] / counts[name][key]) for key in sums[name] if key[0] in own}
+                   for name in sums}
+    return results
 
 
 def latest_readings(result: HorizonResult, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -536,11 +560,8 @@ def evaluate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patien
     names = [fs.name for fs in feature_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"feature set names repeat: {names}")
-    for h, labels in labels_by_horizon.items():
-        if len(labels) != len(patients):
-            raise ValueError(f"{len(patients)} patients but {len(labels)} labels for {h}")
-    results = [cross_validate(feature_sets, clinical, patients, labels, h, n_splits=n_splits, n_repeats=n_repeats,
-                              seed=seed, C=C, progress=progress) for h, labels in labels_by_horizon.items()]
+    results = cross_validate(feature_sets, clinical, patients, labels_by_horizon, n_splits=n_splits,
+                             n_repeats=n_repeats, seed=seed, C=C, progress=progress)
     return Evaluation(results, summary_table(results, names, n_boot=n_boot, seed=seed),
                       comparison_table(results, names, n_boot=n_boot, seed=seed),
                       calibration_by_visit(results, names), names)
@@ -636,7 +657,7 @@ def _content_with_prior(sims: np.ndarray, true: np.ndarray, exams: list, patient
             counts = np.bincount(true[fit & (visits == visit)], minlength=k) + 0.5
             log_prior[visits == visit] = np.log(counts / counts.sum())
 
-        def nll(log_t: float, rows=fit) -> float:
+        def nll(log_t: float, rows=fit, log_prior=log_prior) -> float:
             z = np.exp(log_t) * sims[rows] + log_prior[rows]
             z = z - z.max(axis=1, keepdims=True)
             return float(-(z[np.arange(z.shape[0]), true[rows]] - np.log(np.exp(z).sum(axis=1))).mean())
@@ -753,37 +774,48 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 def fit_heads(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
               labels_by_horizon: Mapping[str, np.ndarray], C: float = 1.0) -> dict[str, PrognosisHead]:
-    """The final heads: per feature set kind, visit and horizon, :func:`build_pipeline` fitted on every
-    patient with a known outcome and that visit's image (augmented as in cross-validation), converted
-    exactly into :class:`PrognosisHead` parameters (``mean``/``scale`` from the scaler, ``coef``/
-    ``intercept`` from the logistic regression). On NaN-free rows ``head.predict_proba(x)`` equals the
-    pipeline's ``predict_proba(x)[:, 1]``; a missing value is replaced by ``head.mean`` (mean imputation
-    leaves a column's mean unchanged). A (visit, horizon) lacking 2 patients of each class is skipped
-    with a warning."""
+    """The final heads: per feature set kind and visit, one model over every horizon (:mod:`.monotone`:
+    shared coefficients, ordered intercepts, clinical values bounded to the sign medicine expects) fitted
+    on every patient with a known outcome and that visit's image (augmented as in cross-validation), stored
+    as one :class:`PrognosisHead` per horizon (same ``mean``/``scale``/``coef``, the horizon's intercept),
+    so that ``head.predict_proba(x)`` equals the model's risk at that horizon. A horizon lacking 2 patients
+    of each class at a visit gets no head, with a warning."""
+    horizons, outcomes = _outcome_matrix(labels_by_horizon, len(patients))
+    outcome_of = {p: outcomes[i] for i, p in enumerate(patients) if not np.all(np.isnan(outcomes[i]))}
     heads: dict[str, PrognosisHead] = {}
     for fs in feature_sets:
-        for horizon, labels in labels_by_horizon.items():
-            label_of = {p: y for p, y in zip(patients, np.asarray(labels, float), strict=True) if not math.isnan(y)}
-            for visit in EXAMS:
-                x, w, owners = _design(fs, [p for p in patients if p in label_of], visit, clinical, augment=True)
-                y = np.array([int(label_of[p]) for p in owners])
-                n_pat = len(set(owners))
-                n_pos = len({p for p in owners if label_of[p] == 1})
-                if min(n_pos, n_pat - n_pos) < 2:
-                    warnings.warn(f"prognosis head {fs.kind} {visit} {horizon} not fitted: {n_pos} positive and "
-                                  f"{n_pat - n_pos} negative patients with that exam", stacklevel=2)
-                    continue
-                model = _fit(x, y, w, C)
-                scaler, clf = model.named_steps["scale"], model.named_steps["clf"]
+        for visit in EXAMS:
+            x, w, owners = _design(fs, [p for p in patients if p in outcome_of], visit, clinical, augment=True)
+            if not owners:
+                continue
+            y = np.stack([outcome_of[p] for p in owners])
+            fitted = [j for j in range(len(horizons)) if _classes_ok(fs, visit, horizons[j], owners, y[:, j])]
+            if not fitted:
+                continue
+            model = _fit(x, y, w, fs.kind, C)
+            for j in fitted:
+                known = {p for p, v in zip(owners, y[:, j], strict=True) if not math.isnan(v)}
+                n_pos = len({p for p, v in zip(owners, y[:, j], strict=True) if v == 1})
                 head = PrognosisHead(
-                    horizon=horizon, kind=fs.kind, visit=visit,
-                    mean=np.asarray(scaler.mean_, np.float64), scale=np.asarray(scaler.scale_, np.float64),
-                    coef=np.asarray(clf.coef_, np.float64).ravel(), intercept=float(clf.intercept_[0]),
-                    features=FEATURES_ID, threshold=0.5,
-                    extra={"n_patients": n_pat, "n_positive": n_pos, "prevalence": n_pos / n_pat,
-                           "classifier": "logistic", "C": float(C), "imputation": "mean (missing values -> mean)",
-                           "standardisation": "StandardScaler", "augmentation": "subsets of the earlier exams",
-                           "sklearn": sklearn.__version__},
+                    horizon=horizons[j], kind=fs.kind, visit=visit, mean=model.mean, scale=model.scale,
+                    coef=model.coef, intercept=float(model.intercepts[j]), features=FEATURES_ID, threshold=0.5,
+                    extra={"n_patients": len(known), "n_positive": n_pos, "prevalence": n_pos / len(known),
+                           "classifier": "cumulative logit over the horizons", "model": HEAD_MODEL,
+                           "outcome": OUTCOME_DEFINITION, "converged": model.converged,
+                           "clinical_signs": CLINICAL_RISK_SIGNS if fs.kind != "image" else {},
+                           "C": float(C), "imputation": "mean (missing values -> mean)",
+                           "standardisation": "mean and standard deviation of the training rows",
+                           "augmentation": "subsets of the earlier exams"},
                 )
-                heads[head_key(fs.kind, visit, horizon)] = head
+                heads[head_key(fs.kind, visit, horizons[j])] = head
     return heads
+
+
+def _classes_ok(fs: FeatureSet, visit: str, horizon: str, owners: Sequence[str], y: np.ndarray) -> bool:
+    n_pos = len({p for p, v in zip(owners, y, strict=True) if v == 1})
+    n_neg = len({p for p, v in zip(owners, y, strict=True) if v == 0})
+    if min(n_pos, n_neg) < 2:
+        warnings.warn(f"prognosis head {fs.kind} {visit} {horizon} not fitted: {n_pos} positive and {n_neg} "
+                      "negative patients with that exam", stacklevel=3)
+        return False
+    return True

@@ -8,7 +8,7 @@ import torch
 from napari_medimp.core.checkpoint import PrognosisHead, save_model
 from napari_medimp.core.models import ModelConfig, build_model
 from napari_medimp.core.preprocess import PreprocessConfig
-from napari_medimp.core.prognosis import FEATURES_ID, HORIZONS, KINDS, head_key
+from napari_medimp.core.prognosis import FEATURES_ID, HEAD_MODEL, HORIZONS, KINDS, head_key
 from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
 from napari_medimp.core.volume import DCEVolume
 
@@ -39,21 +39,23 @@ CLINICAL_COEF = np.array([0.4, -1.2, 0.9, 0.3])
 
 
 def make_heads(embed: int = EMBED, kinds=KINDS, visits=EXAMS, seed: int = 0) -> dict[str, PrognosisHead]:
-    """Prognosis heads of every kind, visit and horizon with known parameters."""
+    """Prognosis heads of every kind, visit and horizon with known parameters: one model per kind and
+    visit (shared coefficients, intercepts rising with the horizon), as ``medimp evaluate`` fits them."""
     rng = np.random.default_rng(seed)
     heads = {}
     for kind in kinds:
         for visit in visits:
+            image_part = kind in ("image", "image+clinical")
+            clinical_part = kind in ("image+clinical", "clinical")
+            n_img = embed if image_part else 0
+            mean = np.concatenate([np.zeros(n_img), CLINICAL_MEAN if clinical_part else []])
+            scale = np.concatenate([np.ones(n_img), CLINICAL_SCALE if clinical_part else []])
+            coef = np.concatenate([rng.normal(size=n_img), CLINICAL_COEF if clinical_part else []])
             for i, h in enumerate(HORIZONS):
-                image_part = kind in ("image", "image+clinical")
-                clinical_part = kind in ("image+clinical", "clinical")
-                n_img = embed if image_part else 0
-                mean = np.concatenate([np.zeros(n_img), CLINICAL_MEAN if clinical_part else []])
-                scale = np.concatenate([np.ones(n_img), CLINICAL_SCALE if clinical_part else []])
-                coef = np.concatenate([rng.normal(size=n_img), CLINICAL_COEF if clinical_part else []])
                 heads[head_key(kind, visit, h)] = PrognosisHead(h, mean=mean, scale=scale, coef=coef,
                                                                 intercept=0.1 * i, features=FEATURES_ID,
-                                                                kind=kind, visit=visit)
+                                                                kind=kind, visit=visit,
+                                                                extra={"model": HEAD_MODEL})
     return heads
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_medimp.core.preprocess import PreprocessConfig, first_pass_index
 from napari_medimp.core.training_run import AUGMENTATION_DEFAULTS, TrainConfig, augmentation_settings

@@ -105,3 +105,32 @@ def test_publishing_a_model_renames_it_and_never_replaces_its_input(tiny_model, 
     assert publish.main([str(tiny_model), "--out", str(tmp_path / "demo")]) == 0
     published = load_model(tmp_path / "demo")
     assert published.card["name"] == "demo" and set(published.prognosis) == set(load_model(tiny_model).prognosis)
+
+
+def test_a_reading_no_better_than_a_trivial_answer_is_said_so_with_why():
+    from napari_medimp.core.card import reading_standing
+
+    def card(zero, rows, in_sample=None):
+        return {"metrics": {"zero_shot_gfr": zero, "evaluation": rows,
+                            "evaluation_protocol": {"in_sample_warning": in_sample}},
+                "prognosis": {"image/D30/2y": {"horizon": "2y"}, "image/D30/3y": {"horizon": "3y"}}}
+
+    rows = [{"feature_set": "MEDIMP", "horizon": "2y", "auc": 0.62, "auc_low": 0.48, "auc_high": 0.75},
+            {"feature_set": "MEDIMP", "horizon": "3y", "auc": 0.80, "auc_low": 0.71, "auc_high": 0.88}]
+    # right for 16 % of exams while always answering the commonest range is right for 79 %
+    weak = reading_standing(card({"accuracy": 0.16, "majority_accuracy": 0.79, "accuracy_ci": [0.1, 0.2]}, rows))
+    assert weak["zero_shot_gfr"] == ("no better than a trivial answer: right for 16% [95 % interval 10%-20%] of "
+                                     "exams of unseen patients, against 79% for always answering the commonest "
+                                     "range")
+    assert weak["image/2y"] == "no better than chance on unseen patients: AUC 0.62 [0.48, 0.75] includes 0.5"
+    assert weak["image/3y"] is None
+    assert weak["clinical/2y"] == "not evaluated on patients the model never saw"
+    # the low end of the interval must clear the trivial rate, not only the estimate
+    close = reading_standing(card({"accuracy": 0.40, "majority_accuracy": 0.36, "accuracy_ci": [0.33, 0.47]}, rows))
+    assert close["zero_shot_gfr"].startswith("no better than a trivial answer")
+    strong = reading_standing(card({"accuracy": 0.61, "majority_accuracy": 0.36, "accuracy_ci": [0.55, 0.68]}, rows))
+    assert strong["zero_shot_gfr"] is None
+    own = reading_standing(card({}, rows, in_sample="evaluated on training patients"))
+    assert own["image/3y"] == "evaluated only on the model's own training patients"
+    assert own["zero_shot_gfr"] == "not checked on patients the model never saw"
+    assert reading_standing(None) == {"zero_shot_gfr": "not checked on patients the model never saw"}

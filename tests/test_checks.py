@@ -112,13 +112,13 @@ def test_outside_training_when_any_check_failed_not_when_one_was_not_made():
 # --------------------------------------------------------------------------------------------------
 # through an analysis: the report and the summary carry the checks
 # --------------------------------------------------------------------------------------------------
-def _analyze(image, model, out, capsys):
+def _analyze(image, model, out, capsys, *extra):
     import json
 
     from napari_medimp.cli import main
 
     assert main(["analyze", str(image), "--model", str(model), "--exam", "D30", "--saliency", "none",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), *extra]) == 0
     return json.loads((out / "medimp_report.json").read_text()), capsys.readouterr().out
 
 
@@ -133,6 +133,17 @@ def test_a_brain_fmri_is_read_but_labelled_outside_what_the_model_was_trained_on
     assert "no enhancing kidney found" in checks["enhancement"]["message"]
     assert report["results"]["outside_training"] is True
     assert "OUTSIDE WHAT THIS MODEL WAS TRAINED ON: not a dynamic series" in printed
+    # no risk and no GFR reading for an exam that failed its checks, unless asked for, and then recorded
+    results = report["results"]
+    assert results["readings_withheld"] and "not a dynamic series" in results["readings_withheld"]
+    assert results["prognosis_dysfunction_probability"] == {} and results["zero_shot_gfr"] == {}
+    assert results["prognosis_clinical_only"] == {} and results["similarity"] is None
+    assert "readings withheld" in printed and "--show-anyway" in printed and "probability" not in printed
+    anyway, printed = _analyze(data_path / "example4d.nii.gz", tiny_model, tmp_path / "anyway", capsys,
+                               "--show-anyway")
+    assert anyway["results"]["shown_anyway"] is True and anyway["results"]["readings_withheld"] is None
+    assert set(anyway["results"]["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
+    assert "readings shown anyway, by choice" in printed
 
 
 def test_a_graft_exam_passes_the_image_checks(tiny_model, tmp_path, capsys):
@@ -145,6 +156,8 @@ def test_a_graft_exam_passes_the_image_checks(tiny_model, tmp_path, capsys):
     report, printed = _analyze(image, tiny_model, tmp_path / "graft", capsys)
     assert [c["ok"] for c in report["checks"]] == [True, True, True, True, None]
     assert report["results"]["outside_training"] is False and "OUTSIDE" not in printed
+    assert report["results"]["readings_withheld"] is None and report["results"]["shown_anyway"] is False
+    assert set(report["results"]["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
 
 
 def test_the_demo_model_card_places_unseen_graft_exams_inside_and_the_fmri_outside(sample_exam):

@@ -10,9 +10,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from napari_medimp.core.prognosis import FEATURES_ID, ClinicalValues, subsets_with_visit
+from napari_medimp.core.prognosis import (
+    CLINICAL_RISK_SIGNS,
+    FEATURES_ID,
+    HEAD_MODEL,
+    ClinicalValues,
+    check_head_constraints,
+    cumulative_labels,
+    feature_signs,
+    subsets_with_visit,
+)
 from napari_medimp.core.prompts import EXAMS, ClinicalRecord
 from src_train import evaluate as ev
+from src_train.monotone import fit_cumulative_logit
 
 
 def cohort(n=60, seed=0, signal=1.0, missing=0.15, prevalence_shift=0.0):
@@ -87,9 +97,9 @@ def test_no_patient_is_in_training_and_test_of_a_fold(monkeypatch):
     seen = []
     real_fit = ev._fit
 
-    def spy(x, yy, w, C):
+    def spy(x, yy, w, kind, C):
         seen.append(len(x))
-        return real_fit(x, yy, w, C)
+        return real_fit(x, yy, w, kind, C)
 
     monkeypatch.setattr(ev, "_fit", spy)
     splits = []
@@ -101,7 +111,7 @@ def test_no_patient_is_in_training_and_test_of_a_fold(monkeypatch):
             yield train, test
 
     monkeypatch.setattr(ev.RepeatedStratifiedKFold, "split", record)
-    result = ev.cross_validate(feature_sets(source)[:1], table, pats, y, "2y", n_splits=3, n_repeats=2)
+    [result] = ev.cross_validate(feature_sets(source)[:1], table, pats, {"2y": y}, n_splits=3, n_repeats=2)
     assert len(splits) == 6 and all(not (tr & te) for tr, te in splits)
     assert seen
     # every reading got an out-of-fold probability from each repeat (one per repeat: averaged)
@@ -167,22 +177,118 @@ def test_clinical_values_of_a_visit_come_from_the_exams_so_far():
 
 
 # ------------------------------------------------------------------------------------- final heads
-def test_fit_heads_match_the_pipeline_and_impute_the_mean():
+def test_fit_heads_share_one_model_over_the_horizons_and_impute_the_mean():
     pats, y, source, table = cohort(n=60)
     sets = feature_sets(source)
-    heads = ev.fit_heads(sets, table, pats, {"2y": y})
-    assert set(heads) == {f"{k}/{v}/2y" for k in ("image", "image+clinical", "clinical") for v in EXAMS}
-    head = heads["image+clinical/M3/2y"]
+    y3 = np.maximum(y, (np.arange(60) % 4 == 0).astype(float))
+    heads = ev.fit_heads(sets, table, pats, {"2y": y, "3y": y3})
+    assert set(heads) == {f"{k}/{v}/{h}" for k in ("image", "image+clinical", "clinical") for v in EXAMS
+                          for h in ("2y", "3y")}
+    head, later = heads["image+clinical/M3/2y"], heads["image+clinical/M3/3y"]
     assert head.features == FEATURES_ID and head.kind == "image+clinical" and head.visit == "M3"
+    assert head.extra["model"] == HEAD_MODEL and "by year h" in head.extra["outcome"]
+    np.testing.assert_array_equal(head.coef, later.coef)
+    assert later.intercept >= head.intercept
     x, w, owners = ev._design(sets[1], pats, "M3", table, augment=True)
-    label_of = dict(zip(pats, y, strict=True))
-    pipe = ev._fit(x, np.array([label_of[p] for p in owners]), w, 1.0)
-    np.testing.assert_allclose(head.predict_proba(x[:5]), pipe.predict_proba(x[:5])[:, 1], atol=1e-8)
+    label_of = dict(zip(pats, zip(y, y3, strict=True), strict=True))
+    model = ev._fit(x, np.array([label_of[p] for p in owners]), w, "image+clinical", 1.0)
+    np.testing.assert_allclose(head.predict_proba(x[:5]), model.predict_proba(x[:5])[:, 0], atol=1e-10)
+    np.testing.assert_allclose(later.predict_proba(x[:5]), model.predict_proba(x[:5])[:, 1], atol=1e-10)
     missing = x[:1].copy()
     missing[0, -2:] = np.nan
     filled = missing.copy()
     filled[0, -2:] = head.mean[-2:]
-    np.testing.assert_allclose(head.predict_proba(missing), pipe.predict_proba(filled)[:, 1], atol=1e-8)
+    np.testing.assert_allclose(head.predict_proba(missing), head.predict_proba(filled), atol=1e-12)
+    assert not check_head_constraints([h for k, h in heads.items() if k.startswith("image+clinical/M3/")])
+
+
+def test_one_horizon_without_constraints_is_scikit_learns_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) * [1, 2, 3, 4, 5] + [0, 1, 2, 3, 4]
+    y = (x[:, 0] + rng.normal(size=200) > 0).astype(float)
+    model = fit_cumulative_logit(x, y[:, None], C=0.5)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    reference = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(z, y)
+    np.testing.assert_allclose(model.coef, reference.coef_[0], atol=1e-4)
+    np.testing.assert_allclose(model.intercepts, reference.intercept_, atol=1e-4)
+
+
+def test_a_clinical_effect_against_medicine_is_bounded_to_none():
+    """A cohort where, by confounding, a higher GFR goes with more dysfunction: the fitted GFR effect
+    is held at zero instead of learning that a failing graft lowers the risk."""
+    rng = np.random.default_rng(2)
+    n = 300
+    gfr = rng.normal(50, 15, n)
+    age = rng.normal(55, 12, n)
+    y = (0.05 * (gfr - 50) + 0.08 * (age - 55) + rng.normal(size=n) > 0).astype(float)
+    x = np.column_stack([age, gfr, rng.normal(120, 30, n), rng.gamma(2, 5, n)])
+    model = fit_cumulative_logit(x, y[:, None], signs=feature_signs("clinical", 4))
+    free = fit_cumulative_logit(x, y[:, None])
+    assert free.coef[1] > 0.3  # unconstrained, it would read "higher GFR, more dysfunction"
+    assert model.coef[1] == 0.0 and model.coef[0] > 0.3
+
+
+def test_risks_never_move_against_clinical_sense_over_a_grid_and_horizons_never_cross():
+    rng = np.random.default_rng(5)
+    pats, y, source, table = cohort(n=80, seed=5)
+    y3 = np.maximum(y, rng.integers(0, 2, 80))
+    y4 = np.maximum(y3, rng.integers(0, 2, 80))
+    labels = {"2y": y, "3y": y3, "4y": rng.permutation(y4)}  # a 4y column that is noise but still later
+    heads = ev.fit_heads(feature_sets(source), table, pats, labels)
+    grid = {"donor_age": np.linspace(18, 85, 8), "gfr": np.linspace(5, 120, 8),
+            "creatinine_latest": np.linspace(40, 900, 8), "creatinine_std": np.linspace(0, 200, 8)}
+    names = list(grid)
+    for kind in ("clinical", "image+clinical"):
+        for visit in EXAMS:
+            group = [heads[f"{kind}/{visit}/{h}"] for h in ("2y", "3y", "4y")]
+            n_image = group[0].n_features - 4
+            for _ in range(20):
+                base = np.r_[rng.normal(size=n_image), [rng.choice(grid[n]) for n in names]]
+                for j, name in enumerate(names):
+                    xs = np.repeat(base[None], 8, axis=0)
+                    xs[:, n_image + j] = grid[name]
+                    for head in group:
+                        risk = head.predict_proba(xs)
+                        step = np.diff(risk) if CLINICAL_RISK_SIGNS[name] > 0 else -np.diff(risk)
+                        assert np.all(step >= -1e-12), (kind, visit, head.horizon, name, risk)
+    for key in {k.rsplit("/", 1)[0] for k in heads}:
+        group = [heads[f"{key}/{h}"] for h in ("2y", "3y", "4y")]
+        xs = rng.normal(size=(200, group[0].n_features)) * 3
+        xs[:, :] += group[0].mean
+        risks = np.stack([h.predict_proba(xs) for h in group])
+        assert np.all(np.diff(risks, axis=0) >= 0), key
+
+
+def test_outcomes_by_year_h_are_cumulative():
+    nan = np.nan
+    out = cumulative_labels({"3y": [0, nan, 0, nan, 1], "2y": [1, 1, 0, 0, 0], "4y": [0, 0, nan, nan, 0]})
+    assert list(out) == ["2y", "3y", "4y"]
+    np.testing.assert_array_equal(out["3y"], [1, 1, 0, nan, 1])
+    np.testing.assert_array_equal(out["4y"], [1, 1, nan, nan, 1])
+    again = cumulative_labels(out)
+    for h in out:
+        np.testing.assert_array_equal(again[h], out[h])
+    with pytest.raises(ValueError, match="0, 1 or missing"):
+        cumulative_labels({"2y": [2]})
+
+
+def test_heads_that_could_cross_or_move_against_medicine_are_named():
+    from napari_medimp.core.checkpoint import PrognosisHead
+
+    def head(h, coef, intercept):
+        return PrognosisHead(horizon=h, kind="clinical", visit="D30", mean=np.zeros(4), scale=np.ones(4),
+                             coef=np.array(coef, float), intercept=intercept)
+
+    good = [head("2y", [0.1, -0.5, 0.3, 0.0], -1.0), head("3y", [0.1, -0.5, 0.3, 0.0], -0.5)]
+    assert check_head_constraints(good) == []
+    wrong_sign = [head("2y", [0.1, 0.5, 0.3, 0.0], -1.0)]
+    assert "GFR would move the risk against clinical sense" in check_head_constraints(wrong_sign)[0]
+    crossing = [head("2y", [0.1, -0.5, 0.3, 0.0], -1.0), head("3y", [0.1, -0.4, 0.3, 0.0], -0.5)]
+    assert "may cross" in check_head_constraints(crossing)[0]
+    falling = [head("3y", [0.1, -0.5, 0.3, 0.0], -1.5), head("2y", [0.1, -0.5, 0.3, 0.0], -1.0)]
+    assert "3y risk would be lower than the 2y risk" in check_head_constraints(falling)[0]
 
 
 def test_fit_heads_warns_when_a_visit_lacks_a_class():

@@ -10,7 +10,7 @@ from helpers import EMBED, kidney_volume, make_heads, make_model_file
 from napari_medimp.core.inference import EmbeddingCache, Predictor, available_devices, pick_device
 from napari_medimp.core.preprocess import RoiBox
 from napari_medimp.core.prognosis import HORIZONS, ClinicalValues, image_features
-from napari_medimp.core.prompts import GFR_BINS, ClinicalRecord
+from napari_medimp.core.prompts import EXAMS, GFR_BINS, ClinicalRecord
 from napari_medimp.core.saliency import compute_saliency
 from napari_medimp.core.volume import DCEVolume
 
@@ -206,3 +206,59 @@ def test_shipped_demo_model_loads_with_prognosis_heads():
         predictor.embed_image(kidney_volume())
     assert set(reading.risks) == {"image", "image+clinical", "clinical"}
     assert all(set(r) == set(HORIZONS) for r in reading.risks.values())
+
+
+def test_the_demo_models_risks_follow_clinical_sense_and_horizons_agree():
+    """Over a grid of every clinical value, at every visit, on random image embeddings: a lower GFR, a higher
+    creatinine, more creatinine variability or an older donor never lowers a risk, and 2y <= 3y <= 4y."""
+    predictor = Predictor.from_file("sample_data/medimp-demo.safetensors", device="cpu")
+    rng = np.random.default_rng(0)
+    grid = {"donor_age": np.linspace(18, 85, 6), "gfr": np.linspace(87.4, 5, 6),  # GFR falling
+            "creatinine_latest": np.linspace(50, 800, 6), "creatinine_std": np.linspace(0, 150, 6)}
+    for visit in EXAMS:
+        for _ in range(5):
+            vector = rng.normal(size=predictor.embed_dim)
+            base = {name: float(rng.choice(values)) for name, values in grid.items()}
+            for name, values in grid.items():
+                readings = [predictor.prognosis({visit: vector}, ClinicalValues(**{**base, name: float(v)}))
+                            for v in values]
+                for kind in ("image+clinical", "clinical"):
+                    for h in ("2y", "3y", "4y"):
+                        risks = np.array([r.risks[kind][h] for r in readings])
+                        assert np.all(np.diff(risks) >= -1e-12), (visit, kind, h, name, risks)
+                for r in readings:
+                    for kind, by_h in r.risks.items():
+                        assert by_h["2y"] <= by_h["3y"] <= by_h["4y"], (visit, kind, by_h)
+
+
+def test_values_outside_what_the_heads_were_fitted_on_are_named_by_value():
+    predictor = Predictor.from_file("sample_data/medimp-demo.safetensors", device="cpu")
+    vector = np.random.default_rng(1).normal(size=predictor.embed_dim)
+    usual = predictor.prognosis({"D30": vector}, ClinicalValues(donor_age=55, gfr=45, creatinine_latest=150,
+                                                                creatinine_std=20))
+    assert usual.outside_range == []
+    # a GFR of 10 with a creatinine of 70 umol/L: each value occurs, the pair does not
+    odd = predictor.prognosis({"D30": vector}, ClinicalValues(gfr=10, creatinine_latest=70))
+    text = " ".join(odd.outside_range)
+    assert "the combination GFR 10 mL/min/1.73 m2, creatinine 70 umol/L is unlike the readings" in text
+    assert "at D30" in text
+    assert odd.to_dict()["outside_range"] == odd.outside_range
+
+
+def test_heads_fitted_without_the_clinical_constraints_are_not_shown(tmp_path):
+    from helpers import make_heads
+
+    old = make_heads()
+    for head in old.values():
+        head.extra.pop("model")
+    predictor = Predictor.from_file(make_model_file(tmp_path, heads=old), device="cpu")
+    reading = predictor.prognosis({"D30": predictor.embed_image(kidney_volume()).vector}, ClinicalValues(gfr=30.0))
+    assert reading.risks == {}
+    assert set(reading.not_shown) == {"image", "image+clinical", "clinical"}
+    assert "medimp evaluate --write-heads" in reading.not_shown["clinical"]
+    crossing = make_heads()
+    crossing["image/D30/3y"].intercept = -5.0  # 3-year risk below the 2-year risk
+    predictor = Predictor.from_file(make_model_file(tmp_path, heads=crossing, name="crossing"), device="cpu")
+    reading = predictor.prognosis({"D30": predictor.embed_image(kidney_volume()).vector})
+    assert "image" not in reading.risks and "3y risk would be lower than the 2y risk" in reading.not_shown["image"]
+    assert set(reading.risks) == {"image+clinical", "clinical"}

@@ -80,7 +80,7 @@ def test_content_baseline_is_the_commonest_content_at_each_visit():
     encode, words = _oracle_text_encoder()
     truth = ["low", "low", "high", "high", "high", "medium"]
     exams = ["D15", "D15", "D15", "M12", "M12", "M12"]
-    slots = [_slots(g, {"D15": "two weeks", "M12": "first year"}[e]) for g, e in zip(truth, exams)]
+    slots = [_slots(g, {"D15": "two weeks", "M12": "first year"}[e]) for g, e in zip(truth, exams, strict=True)]
     feats = torch.zeros(6, 8)
     out = content_retrieval(feats, exams, slots, ("gfr", "exam", "donor_age"), encode)
     assert out["content_baseline"] == pytest.approx((2 + 2) / 6)
@@ -175,7 +175,7 @@ def _cohort_readings(informative: bool, n_patients: int = 60, seed: int = 0):
         feats[i, words.index(shown)] = 1.0
     feats += 0.3 * torch.as_tensor(rng.normal(size=feats.shape), dtype=torch.float32)
     exams = ["D30", "M12"] * n_patients
-    slots = [_slots(g, {"D30": "first month", "M12": "first year"}[e]) for g, e in zip(truth, exams)]
+    slots = [_slots(g, {"D30": "first month", "M12": "first year"}[e]) for g, e in zip(truth, exams, strict=True)]
     patients = [f"P{i // 2:03d}" for i in range(len(truth))]
     return feats, exams, slots, patients, encode
 

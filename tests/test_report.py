@@ -346,3 +346,14 @@ def test_each_export_gets_a_new_folder_never_an_earlier_one(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         new_export_folder(tmp_path / "file", "x")
+
+
+def test_the_similarity_is_read_against_its_range_on_exams_with_their_own_prompts():
+    from napari_medimp.core.report import similarity_text
+
+    reference = {"n_exams": 437, "low": 0.5, "median": 0.75, "high": 0.85}
+    assert similarity_text({"similarity": 0.8, "similarity_reference": reference}) == (
+        "0.800 (cosine; on 437 exams with their own prompts it ranged 0.50 to 0.85, median 0.75)")
+    assert similarity_text({"similarity": -0.7, "similarity_reference": reference}).endswith(
+        "below that range: the image and the prompt's values disagree)")
+    assert similarity_text({"similarity": 0.3}) == "0.300 (cosine)"

@@ -92,11 +92,10 @@ def test_maps_of_several_methods_and_targets_live_side_by_side():
 
 
 def test_the_default_method_is_the_one_the_demo_card_measured_best():
+    from napari_medimp.core.card import default_method
     from napari_medimp.core.checkpoint import read_card
     from napari_medimp.core.sample import default_model_path
     from napari_medimp.core.terms import SALIENCY_METHODS
-
-    from napari_medimp.core.card import default_method
 
     card = read_card(default_model_path())
     measured = card["saliency_faithfulness"]

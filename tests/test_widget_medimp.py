@@ -117,7 +117,7 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     assert "from images of D30" in text and "clinical values: donor age, GFR" in text
     assert set(result.analysis["prognosis_with_clinical"]) == set(result.analysis["prognosis_clinical_only"]) == \
         {"2y", "3y", "4y"}
-    assert "This model's GFR reading was not checked on unseen patients" in text
+    assert "not a finding, not checked on patients the model never saw" in text
 
     viewer.screenshot(str(tmp_path / "before.png"), canvas_only=True, flash=False)
     widget.target_combo.setCurrentText("3y")
@@ -241,8 +241,19 @@ def test_a_one_frame_layer_is_not_offered_and_a_brain_fmri_is_labelled_outside_t
     widget.analyze()
     _wait(qtbot, widget)
     text = widget.results_label.text()
-    assert "Outside what this model was trained on:" in text and "not a dynamic series" in text
-    assert "no enhancing kidney found" in text
+    # an exam that failed its checks: no risk, no GFR reading, unless the user deliberately asks
+    assert "Readings withheld:" in text and "not a dynamic series" in text
+    assert "no enhancing kidney found" in text and "Probability of graft dysfunction" not in text
+    assert widget.show_anyway_button.isVisibleTo(widget)
+    assert widget.current_result().analysis["prognosis_dysfunction_probability"] == {}
+    widget.show_anyway()
+    _wait(qtbot, widget)
+    text = widget.results_label.text()
+    assert "Outside what this model was trained on:" in text and "Shown anyway, by your choice" in text
+    assert "Probability of graft dysfunction by year h" in text
+    assert not widget.show_anyway_button.isVisibleTo(widget)
+    result = widget.current_result()
+    assert result.analysis["shown_anyway"] is True and result.report()["results"]["shown_anyway"] is True
 
 
 def test_at_napari_default_window_size_nothing_is_clipped_or_shifted_and_results_come_into_view(

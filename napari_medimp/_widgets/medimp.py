@@ -43,7 +43,14 @@ from ..core.checks import OUTSIDE_TRAINING, failed_messages
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
-from ..core.report import clinical_inputs, note_without_path, percent
+from ..core.report import (
+    WITHHELD_TEXT,
+    clinical_inputs,
+    kind_standing,
+    note_without_path,
+    percent,
+    similarity_text,
+)
 from ..core.terms import SALIENCY_METHODS
 from ._registry import register
 
@@ -300,6 +307,12 @@ class MedimpWidget(QWidget):
         _wrapping(self.results_label)
         self.results_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.results_label)
+        self.show_anyway_button = QPushButton("Show the readings anyway")
+        self.show_anyway_button.setToolTip("The exam failed its checks, so its readings are withheld. Showing them "
+                                           "is your choice, and the report records it.")
+        self.show_anyway_button.clicked.connect(self.show_anyway)
+        self.show_anyway_button.hide()
+        layout.addWidget(self.show_anyway_button)
         # plots are rendered in the worker thread (matplotlib Agg) and only shown here
         self.results_canvas = QLabel()
         self.curves_canvas = QLabel()
@@ -790,6 +803,24 @@ class MedimpWidget(QWidget):
         if current is not None and _key(current) == _key(layer):
             QTimer.singleShot(0, self.scroll_to_results)  # once the results are laid out
 
+    def show_anyway(self) -> None:
+        """Show the withheld readings of the current layer's exam (outside what the model was trained on)."""
+        result = self.current_result()
+        layer = self.current_layer()
+        if result is None or not result.withheld or self.busy:
+            return
+        result.show_anyway()
+
+        def job():
+            return result.panel_images()
+
+        def done(plots):
+            if self._layer_alive(layer):
+                self._plots[_key(layer)] = plots
+            self._show_results()
+
+        self._start(job, done, "drawing the readings shown anyway")
+
     def scroll_to_results(self) -> None:
         """Bring the results to the top of the panel (they sit below the form, out of view)."""
         self._content.layout().activate()
@@ -913,29 +944,39 @@ class MedimpWidget(QWidget):
         self._update_buttons()
         if result is None:
             self.results_label.setText("No analysis of this layer yet.")
+            self.show_anyway_button.hide()
             self.results_canvas.hide()
             self.curves_canvas.hide()
             return
         a = result.analysis
-        reading = a["zero_shot_gfr"]
-        best = max(reading, key=reading.get)
+        reading = a.get("zero_shot_gfr") or {}
+        standing = a.get("reading_standing") or {}
         lines = [f"<b>Results for layer '{_escape(result.layer_name)}'</b> (exam {a['exam']})"]
         failed = failed_messages(a.get("checks") or [])
-        if failed:
+        self.show_anyway_button.setVisible(bool(a.get("readings_withheld")))
+        if a.get("readings_withheld"):
+            lines.append(f"<span style='color:#ff6b6b'><b>Readings withheld:</b> {_escape(WITHHELD_TEXT)}: "
+                         + "; ".join(_escape(m) for m in failed) + ".</span>")
+        elif failed:
             lines.append(f"<span style='color:#ff6b6b'><b>{OUTSIDE_TRAINING.capitalize()}:</b> "
-                         + "; ".join(_escape(m) for m in failed) + ". Read the results below with that in mind."
-                         "</span>")
+                         + "; ".join(_escape(m) for m in failed) + ". Shown anyway, by your choice (the report "
+                         "says so).</span>")
         if a.get("similarity") is not None:
-            lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b> (cosine)")
+            lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b>"
+                         f"<br><small>&nbsp;&nbsp;{_escape(similarity_text(a).split(' (', 1)[1][:-1])}</small>")
         accuracy = a.get("zero_shot_gfr_accuracy") or {}
-        lines.append(f"Zero-shot GFR reading: <b>{_escape(best)}</b> ({percent(reading[best])})"
-                     + (f"; entered GFR is <i>{_escape(result.expected_bin)}</i>" if result.expected_bin else ""))
-        if accuracy.get("accuracy") is not None:
-            lines.append(f"<small>This reading was right for {accuracy['accuracy']:.0%} of {accuracy['n_exams']} exams "
-                         f"of patients the model never saw (always answering the commonest range: "
-                         f"{accuracy['majority_accuracy']:.0%}).</small>")
-        else:
-            lines.append("<small>This model's GFR reading was not checked on unseen patients.</small>")
+        if reading and standing.get("zero_shot_gfr"):
+            best = max(reading, key=reading.get)
+            lines.append(f"<span style='color:{GREY}'>Zero-shot GFR reading ({_escape(best)}, "
+                         f"{percent(reading[best])}): not a finding, {_escape(standing['zero_shot_gfr'])}.</span>")
+        elif reading:
+            best = max(reading, key=reading.get)
+            lines.append(f"Zero-shot GFR reading: <b>{_escape(best)}</b> ({percent(reading[best])})"
+                         + (f"; entered GFR is <i>{_escape(result.expected_bin)}</i>" if result.expected_bin else ""))
+            if accuracy.get("accuracy") is not None:
+                lines.append(f"<small>This reading was right for {accuracy['accuracy']:.0%} of {accuracy['n_exams']} "
+                             f"exams of patients the model never saw (always answering the commonest range: "
+                             f"{accuracy['majority_accuracy']:.0%}).</small>")
         lines += prognosis_lines(a)
         if a.get("prognosis_note"):
             lines.append(f"<span style='color:#ffb347'>{_escape(a['prognosis_note'])}</span>")
@@ -1161,23 +1202,49 @@ def _leave_a_core_to_the_viewer() -> None:
         torch.set_num_threads(cores - 1)
 
 
+#: the colour of a reading that is no finding (no better than a trivial answer)
+GREY = "#8a8f98"
+
+
 def prognosis_lines(analysis: dict) -> list[str]:
-    """HTML lines of the prognosis: each kind of reading with its risks and what it used."""
+    """HTML lines of the prognosis: each kind of reading with its risks and what it used; a reading no
+    better than a trivial answer greyed with why, a kind whose heads need not make clinical sense not shown."""
     reading = analysis.get("prognosis_reading") or {}
     inputs = reading.get("inputs") or {}
+    standing = analysis.get("reading_standing") or {}
     lines = []
     for kind, key in RESULT_KEYS.items():
         risks = analysis.get(key) or {}
+        label = KIND_LABELS[kind]
+        label = f"{label[0].upper()}{label[1:]}"
+        why_not = (reading.get("not_shown") or {}).get(kind)
+        if why_not:
+            lines.append(f"<span style='color:{GREY}'>{_escape(label)}: not shown, {_escape(why_not)}.</span>")
+            continue
         if not risks:
             continue
-        values = ", ".join(f"{h[:-1]} years <b>{percent(p)}</b>" for h, p in risks.items())
         used = f"<br><small>&nbsp;&nbsp;from {_escape(inputs[kind])}</small>" if inputs.get(kind) else ""
-        label = KIND_LABELS[kind]
-        lines.append(f"{label[0].upper()}{label[1:]}: {values}{used}")
+        common = kind_standing(standing, kind, risks)
+        if common:
+            values = ", ".join(f"{horizon_text(h)} {percent(p)}" for h, p in risks.items())
+            lines.append(f"<span style='color:{GREY}'>{_escape(label)} ({values}): not a finding, "
+                         f"{_escape(common)}.</span>{used}")
+            continue
+        values = ", ".join(
+            f"<span style='color:{GREY}'>{horizon_text(h)} {percent(p)} (not a finding)</span>"
+            if standing.get(f"{kind}/{h}") else f"{horizon_text(h)} <b>{percent(p)}</b>" for h, p in risks.items())
+        lines.append(f"{label}: {values}{used}")
     if lines:
         visit = reading.get("visit") or analysis.get("exam")
-        lines.insert(0, f"<b>Probability of graft dysfunction</b> (reading at {_escape(visit)}):")
+        lines.insert(0, f"<b>Probability of graft dysfunction by year h</b> (reading at {_escape(visit)}):")
+    for note in reading.get("outside_range") or []:
+        lines.append(f"<span style='color:#ffb347'>Outside the training range: {_escape(note)}.</span>")
     return lines
+
+
+def horizon_text(horizon: str) -> str:
+    """``"2y"`` -> ``"2 years"``."""
+    return f"{horizon[:-1]} years" if horizon.endswith("y") else horizon
 
 
 def saliency_colormap():

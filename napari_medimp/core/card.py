@@ -122,3 +122,47 @@ def default_method(card: dict | None) -> str:
     measured = card.get("saliency_faithfulness") if isinstance(card, dict) else None
     best = measured.get("best_method") if isinstance(measured, dict) else None
     return best if best in SALIENCY_METHODS else SALIENCY_METHODS[0]
+
+
+#: feature set of the card's evaluation table behind each kind of prognosis reading
+EVALUATED_AS = {"image": "MEDIMP", "image+clinical": "MEDIMP + clinical", "clinical": "clinical values only"}
+
+
+def reading_standing(card: dict | None) -> dict[str, str | None]:
+    """Per reading (``"zero_shot_gfr"`` and ``"<kind>/<horizon>"``): None when the card shows it beats a
+    trivial answer on patients the model never saw, else why not, in one line. The zero-shot GFR reading
+    must be right more often than always answering the commonest range (the low end of its 95 % interval
+    above that rate); a prognosis reading needs an AUC interval above 0.5 (chance) from an evaluation on
+    unseen patients."""
+    metrics = (card or {}).get("metrics") or {}
+    out: dict[str, str | None] = {}
+    zero = metrics.get("zero_shot_gfr") or {}
+    accuracy, majority = zero.get("accuracy"), zero.get("majority_accuracy")
+    low = (zero.get("accuracy_ci") or [None])[0]
+    if accuracy is None or majority is None:
+        out["zero_shot_gfr"] = "not checked on patients the model never saw"
+    elif (low if low is not None else accuracy) <= majority:
+        interval = f" [95 % interval {low:.0%}-{zero['accuracy_ci'][1]:.0%}]" if low is not None else ""
+        out["zero_shot_gfr"] = (f"no better than a trivial answer: right for {accuracy:.0%}{interval} of exams of "
+                                f"unseen patients, against {majority:.0%} for always answering the commonest range")
+    else:
+        out["zero_shot_gfr"] = None
+    in_sample = bool((metrics.get("evaluation_protocol") or {}).get("in_sample_warning"))
+    rows = {(r.get("feature_set"), str(r.get("horizon"))): r for r in metrics.get("evaluation") or []}
+    horizons = {str(d.get("horizon")) for d in ((card or {}).get("prognosis") or {}).values() if isinstance(d, Mapping)}
+    for kind, name in EVALUATED_AS.items():
+        for horizon in sorted(horizons):
+            row = rows.get((name, horizon))
+            key = f"{kind}/{horizon}"
+            if row is None or row.get("auc") is None:
+                out[key] = "not evaluated on patients the model never saw"
+            elif in_sample:
+                out[key] = "evaluated only on the model's own training patients"
+            elif row.get("auc_low") is None or row["auc_low"] <= 0.5:
+                interval = (f" [{row['auc_low']:.2f}, {row['auc_high']:.2f}]" if row.get("auc_low") is not None
+                            else "")
+                out[key] = (f"no better than chance on unseen patients: AUC {row['auc']:.2f}{interval} "
+                            "includes 0.5")
+            else:
+                out[key] = None
+    return out

@@ -22,23 +22,26 @@ import torch
 from scipy.special import softmax
 
 from .atomic import atomic_write
-from .card import is_synthetic
+from .card import is_synthetic, reading_standing
 from .checkpoint import LoadedModel, load_model
-from .checks import Check, embedding_check, image_checks, outside_training
+from .checks import Check, embedding_check, failed_messages, image_checks, outside_training
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
 from .prognosis import (
     CLINICAL_LABELS,
     FEATURES_ID,
+    HEAD_MODEL,
     HORIZONS,
     KIND_LABELS,
     KINDS,
     RESULT_KEYS,
     ClinicalValues,
+    check_head_constraints,
     exams_so_far,
     features,
     head_key,
     image_features,
     latest_visit,
+    outside_clinical_range,
 )
 from .prompts import ATTRIBUTE_BINS, EXAMS, N_VARIANTS, TEMPLATE_VERSION, ClinicalRecord, bin_prompts
 from .volume import DCEVolume
@@ -369,17 +372,38 @@ class Predictor:
         used = [e for e in exams_so_far(visit) if e in vectors]
         risks: dict[str, dict[str, float]] = {}
         notes = []
+        not_shown: dict[str, str] = {}
         for kind in KINDS:
             if not any(h.kind == kind for h in self.loaded.prognosis.values()):
                 notes.append(f"this model has no {KIND_LABELS[kind]} heads")
                 continue
+            heads = [self._head(kind, visit, h) for h in self.prognosis_horizons]
+            problem = self.head_problem(heads)
+            if problem:
+                not_shown[kind] = problem
+                continue
             x = features(kind, image, clinical)
-            risks[kind] = {h: float(self._head(kind, visit, h).predict_proba(x[None])[0])
-                           for h in self.prognosis_horizons}
+            risks[kind] = {head.horizon: float(head.predict_proba(x[None])[0]) for head in heads}
         ignored = [e for e in vectors if e not in used]
         if ignored:
             notes.append(f"exams after {visit} ({', '.join(ignored)}) are not part of a reading at {visit}")
-        return PrognosisReading(visit, used, risks, clinical.given(), clinical.missing(), notes)
+        reference = ((self.card.get("training") or {}).get("clinical_reference") or {}).get(visit)
+        outside = outside_clinical_range(clinical, reference, visit) if any(
+            k in risks for k in ("image+clinical", "clinical")) else []
+        return PrognosisReading(visit, used, risks, clinical.given(), clinical.missing(), notes, not_shown, outside)
+
+    @staticmethod
+    def head_problem(heads) -> str | None:
+        """Why the heads of one kind and visit give readings that need not make clinical sense (fitted
+        before the cumulative, monotone model, or edited so that horizons cross or a clinical value
+        moves a risk the wrong way); None when they are sound."""
+        if any(h.extra.get("model") != HEAD_MODEL for h in heads):
+            return ("its heads were fitted without the constraints that keep risks in clinical sense (cumulative "
+                    "horizons, lower GFR never lowering a risk); fit them again with `medimp evaluate "
+                    "--write-heads`")
+        problems = check_head_constraints(heads)
+        return "; ".join(problems) if problems else None
+
 
     @property
     def embedding_reference(self) -> dict | None:
@@ -420,6 +444,10 @@ class PrognosisReading:
     clinical_given: list[str]
     clinical_missing: list[str]
     notes: list[str]
+    #: kind -> why its readings are not shown (heads that need not make clinical sense)
+    not_shown: dict[str, str] = field(default_factory=dict)
+    #: clinical values, or their combination, outside what the heads were fitted on (by value)
+    outside_range: list[str] = field(default_factory=list)
 
     def inputs(self) -> dict[str, str]:
         """Per kind, in words: what the reading used."""
@@ -434,7 +462,7 @@ class PrognosisReading:
         return {"visit": self.visit, "exams_used": self.exams_used, "risks": self.risks,
                 "inputs": {k: v for k, v in self.inputs().items() if k in self.risks},
                 "clinical_given": self.clinical_given, "clinical_missing": self.clinical_missing,
-                "notes": self.notes}
+                "notes": self.notes, "not_shown": self.not_shown, "outside_range": self.outside_range}
 
 
 @dataclass
@@ -449,10 +477,23 @@ class Analysis:
     model: dict
     gfr_reading_accuracy: dict | None = None
     checks: list[Check] = field(default_factory=list)
+    #: per reading, None when the model card shows it beats a trivial answer, else why not (:func:`card.reading_standing`)
+    standing: dict[str, str | None] = field(default_factory=dict)
+    #: range of the similarity on the exams the heads were fitted on (card ``training.similarity_reference``)
+    similarity_reference: dict | None = None
+    #: the user chose to see the readings of an exam outside what the model was trained on
+    shown_anyway: bool = False
 
     @property
     def outside_training(self) -> bool:
         return outside_training(self.checks)
+
+    @property
+    def withheld(self) -> str | None:
+        """Why the readings are withheld (an exam outside what the model was trained on), or None."""
+        if not self.outside_training:
+            return None
+        return "; ".join(failed_messages(self.checks)) or "the exam failed its checks"
 
     @property
     def prognosis(self) -> dict[str, float]:
@@ -460,17 +501,23 @@ class Analysis:
         return dict(self.reading.risks.get("image", {})) if self.reading else {}
 
     def to_dict(self) -> dict:
-        risks = self.reading.risks if self.reading else {}
+        hide = self.withheld is not None and not self.shown_anyway
+        risks = self.reading.risks if self.reading and not hide else {}
         return {
             "exam": self.exam,
             "roi_zyx": self.roi.to_list(),
             "prompt": self.prompt,
-            "similarity": self.similarity,
-            "zero_shot_gfr": self.gfr_reading,
+            "similarity": None if hide else self.similarity,
+            "similarity_reference": self.similarity_reference,
+            "zero_shot_gfr": {} if hide else self.gfr_reading,
             "zero_shot_gfr_accuracy": self.gfr_reading_accuracy,
             **{key: dict(risks.get(kind, {})) for kind, key in RESULT_KEYS.items()},
-            "prognosis_reading": self.reading.to_dict() if self.reading else None,
-            "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes else None,
+            "prognosis_reading": self.reading.to_dict() if self.reading and not hide else None,
+            "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes and not hide
+            else None,
+            "reading_standing": self.standing,
+            "readings_withheld": self.withheld if hide else None,
+            "shown_anyway": bool(self.shown_anyway and self.withheld is not None),
             "model": self.model,
             "checks": [c.to_dict() for c in self.checks],
             "outside_training": self.outside_training,
@@ -479,10 +526,11 @@ class Analysis:
 
 def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str | None = None, roi=None,
             record: ClinicalRecord | None = None, earlier: Mapping[str, np.ndarray] | None = None,
-            progress: Progress | None = None) -> Analysis:
+            progress: Progress | None = None, show_anyway: bool = False) -> Analysis:
     """Embedding, similarity with ``prompt`` (if any), zero-shot GFR bins and the prognosis reading of
     one exam at its visit: from this image plus ``earlier`` exams' embeddings (if given), and the
-    clinical values of ``record``."""
+    clinical values of ``record``. For an exam outside what the model was trained on (a failed check) the
+    readings are withheld from :meth:`Analysis.to_dict` unless ``show_anyway``."""
     exam = exam.upper()
     embedding = predictor.embed_image(volume, roi, progress=progress)
     similarity = float(predictor.similarity(embedding.vector, prompt)[0]) if prompt else None
@@ -496,4 +544,5 @@ def analyze(predictor: Predictor, volume: DCEVolume, *, exam: str, prompt: str |
                                                  ("accuracy", "balanced_accuracy", "majority_accuracy", "n_exams")}
     return Analysis(exam, embedding.roi, prompt, similarity, predictor.zero_shot(embedding.vector, "gfr"),
                     reading, embedding.vector, predictor.model_facts(), accuracy,
-                    predictor.checks(volume, embedding.roi, embedding.vector))
+                    predictor.checks(volume, embedding.roi, embedding.vector), reading_standing(predictor.card),
+                    (predictor.card.get("training") or {}).get("similarity_reference") or None, show_anyway)

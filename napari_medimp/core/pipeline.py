@@ -71,6 +71,8 @@ class AnalysisRequest:
     saliency_target: str | None = None
     #: embeddings of the patient's earlier exams (exam -> vector), read together with this one at its visit
     earlier: Mapping[str, np.ndarray] | None = None
+    #: show the readings of an exam outside what the model was trained on (a deliberate choice, reported)
+    show_anyway: bool = False
 
     def check(self) -> None:
         """Refuse options that cannot work, before any model is loaded (ValueError naming the option)."""
@@ -113,6 +115,22 @@ class AnalysisResult:
     finished: float = field(default_factory=time.time)
     #: the report as :meth:`write` last wrote it (with the files it lists)
     written_report: dict | None = field(default=None, repr=False)
+    #: the analysis before it became ``analysis`` (for :meth:`show_anyway`)
+    typed: Any = field(default=None, repr=False)
+
+    @property
+    def withheld(self) -> str | None:
+        """Why the readings are withheld (the exam failed its checks), None when they are shown."""
+        return self.analysis.get("readings_withheld")
+
+    def show_anyway(self) -> None:
+        """Show the withheld readings of an exam outside what the model was trained on; the report records
+        the choice (``shown_anyway``)."""
+        if self.typed is None:
+            raise ValueError("this result has no withheld readings to show")
+        self.typed.shown_anyway = True
+        self.request.show_anyway = True
+        self.analysis = self.typed.to_dict()
 
     @property
     def times(self):
@@ -224,7 +242,7 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
     share = 0.6 if with_map else 0.9
     analysis = analyze(predictor, request.volume, exam=request.exam, prompt=request.prompt, roi=request.roi,
                        record=request.record, earlier=request.earlier,
-                       progress=lambda stage, f: say(stage, share * f))
+                       progress=lambda stage, f: say(stage, share * f), show_anyway=request.show_anyway)
     say("time-intensity curves", share)
     names = request.region_names  # None: 'label N' per value (see curves.default_region_names)
     curves = roi_and_region_curves(request.volume, analysis.roi, request.labels, names)
@@ -232,7 +250,7 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
                              source=request.source, roi_source=request.roi_source, layer_name=request.layer_name)
     inputs["device"] = analysis.model.get("device")
     result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
-                            inputs=inputs, model=analysis.model, embedding=analysis.embedding)
+                            inputs=inputs, model=analysis.model, embedding=analysis.embedding, typed=analysis)
     if with_map:
         target = default_saliency_target(request, predictor)
         if target is None:

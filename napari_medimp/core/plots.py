@@ -94,15 +94,24 @@ def _value_labels(ax, xs, values, colors: Mapping[str, str]) -> None:
                 color="#ffffff" if inside else colors["text"])
 
 
-def plot_zero_shot(ax, reading: Mapping[str, float], expected: str | None = None, *, dark: bool = False) -> None:
+def plot_zero_shot(ax, reading: Mapping[str, float], expected: str | None = None, *, dark: bool = False,
+                   not_a_finding: str | None = None, withheld: bool = False) -> None:
     """Bars of the zero-shot probability of each GFR bin (in the order given), y from 0 to 1.
 
     ``expected`` (the bin of the GFR typed for this exam) is drawn in the highlight colour with an outline.
+    ``not_a_finding``: why the reading is no better than a trivial answer; the panel then says so instead
+    of drawing the bars. ``withheld``: the exam failed its checks.
     """
     colors = style_axes(ax, dark)
     ax.set_title("zero-shot GFR bin")
+    if withheld:
+        _empty(ax, "withheld:\nthe exam is outside what\nthe model was trained on", colors)
+        return
     if not reading:
         _empty(ax, "no zero-shot reading", colors)
+        return
+    if not_a_finding:
+        _empty(ax, "not a finding:\n" + textwrap.fill(not_a_finding, 34), colors)
         return
     names = list(reading)
     if expected is not None and expected not in reading:
@@ -136,16 +145,23 @@ def _horizon_label(horizon: str) -> str:
 
 #: bar colours of the reading kinds (images, images + clinical values, clinical values only)
 KIND_COLORS = {"images (MEDIMP)": "#4c9be8", "images + clinical": "#e8a33d", "clinical only": "#9a9a9a"}
+#: the head kind behind each bar group
+GROUP_KINDS = {"images (MEDIMP)": "image", "images + clinical": "image+clinical", "clinical only": "clinical"}
 
 
 def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
                    with_clinical: Mapping[str, float] | None = None,
-                   clinical_only: Mapping[str, float] | None = None) -> None:
-    """Bars of the probability of graft dysfunction per horizon (2y/3y/4y), 0..1, with a 0.5 line: the
+                   clinical_only: Mapping[str, float] | None = None, standing: Mapping | None = None,
+                   withheld: bool = False) -> None:
+    """Bars of the probability of graft dysfunction by each horizon (2y/3y/4y), 0..1, with a 0.5 line: the
     image-only reading (MEDIMP) and, when given, the reading with the clinical values and the
-    clinical-only reference side by side, labelled in percent."""
+    clinical-only reference side by side, labelled in percent. A bar whose reading is no better than a
+    trivial answer (``standing``, :func:`card.reading_standing`) is drawn hollow and unlabelled."""
     colors = style_axes(ax, dark)
-    ax.set_title("graft dysfunction (prognosis)")
+    ax.set_title("graft dysfunction by year h")
+    if withheld:
+        _empty(ax, "withheld:\nthe exam is outside what\nthe model was trained on", colors)
+        return
     if not prognosis:
         _empty(ax, "no prognosis heads in this model\n(add them with\n`medimp evaluate --write-heads`)", colors)
         return
@@ -161,9 +177,16 @@ def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
         ys = [float(values.get(n, np.nan)) for n in names]
         pos = xs - 0.4 + width * (i + 0.5)
         color = colors["bar"] if len(groups) == 1 else KIND_COLORS[label]
-        ax.bar(pos, ys, width=width * 0.9, color=color, label=label)
-        for x, y in zip(pos, ys, strict=True):
-            if np.isfinite(y):
+        kind = GROUP_KINDS[label]
+        muted = [bool((standing or {}).get(f"{kind}/{n}")) for n in names]
+        bars = ax.bar(pos, ys, width=width * 0.9, color=color, label=label)
+        for bar, hollow in zip(bars, muted, strict=True):
+            if hollow:
+                bar.set_facecolor("none")
+                bar.set_edgecolor(colors["muted"])
+                bar.set_hatch("//")
+        for x, y, hollow in zip(pos, ys, muted, strict=True):
+            if np.isfinite(y) and not hollow:
                 ax.text(x, min(y + 0.02, 0.9), percent(y), ha="center", va="bottom", color=colors["text"],
                         fontsize=FONT_SIZE - (2 if len(groups) > 1 else 0))
     ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
@@ -219,6 +242,18 @@ def plot_curves(ax, curves: Mapping[str, np.ndarray], times: np.ndarray | None, 
         text.set_color(colors["text"])
 
 
+def _plot_readings(ax_zero, ax_prognosis, analysis: Mapping, expected_bin: str | None, dark: bool) -> None:
+    """The zero-shot and prognosis panels of an analysis (``Analysis.to_dict`` or a report's results),
+    with withheld readings and readings that are no finding said as such."""
+    standing = analysis.get("reading_standing") or {}
+    withheld = bool(analysis.get("readings_withheld"))
+    plot_zero_shot(ax_zero, analysis.get("zero_shot_gfr") or {}, expected_bin, dark=dark, withheld=withheld,
+                   not_a_finding=standing.get("zero_shot_gfr"))
+    plot_prognosis(ax_prognosis, analysis.get("prognosis_dysfunction_probability") or {}, dark=dark,
+                   with_clinical=analysis.get("prognosis_with_clinical"),
+                   clinical_only=analysis.get("prognosis_clinical_only"), standing=standing, withheld=withheld)
+
+
 def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | None, times,
                    expected_bin: str | None = None, *, dark: bool = False, unit: str = "s",
                    patient: str | None = None) -> Figure:
@@ -231,10 +266,7 @@ def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | No
     colors = theme(dark)
     figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
     axes = figure.subplots(1, 3, width_ratios=(1.1, 0.8, 1.4))
-    plot_zero_shot(axes[0], analysis_dict.get("zero_shot_gfr") or {}, expected_bin, dark=dark)
-    plot_prognosis(axes[1], analysis_dict.get("prognosis_dysfunction_probability") or {}, dark=dark,
-                   with_clinical=analysis_dict.get("prognosis_with_clinical"),
-                   clinical_only=analysis_dict.get("prognosis_clinical_only"))
+    _plot_readings(axes[0], axes[1], analysis_dict, expected_bin, dark)
     plot_curves(axes[2], curves or {}, times, unit, dark=dark)
     parts = [f"patient {patient}" if patient else "patient not stated in the image"]
     if analysis_dict.get("exam"):
@@ -263,10 +295,7 @@ def panel_images(analysis: dict, curves: dict, times, expected_bin: str | None) 
         FigureCanvasAgg(figure)
         if kind == "results":
             ax_zero, ax_prog = figure.subplots(2, 1)
-            plot_zero_shot(ax_zero, analysis["zero_shot_gfr"], expected_bin, dark=True)
-            plot_prognosis(ax_prog, analysis.get("prognosis_dysfunction_probability") or {}, dark=True,
-                           with_clinical=analysis.get("prognosis_with_clinical"),
-                           clinical_only=analysis.get("prognosis_clinical_only"))
+            _plot_readings(ax_zero, ax_prog, analysis, expected_bin, True)
         else:
             plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
         figure.tight_layout()

@@ -206,7 +206,11 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "prognosis_reading": analysis.get("prognosis_reading"),
         "prognosis_note": analysis.get("prognosis_note"),
         "zero_shot_gfr_accuracy": analysis.get("zero_shot_gfr_accuracy"),
+        "similarity_reference": analysis.get("similarity_reference"),
+        "reading_standing": analysis.get("reading_standing") or {},
         "outside_training": bool(analysis.get("outside_training")),
+        "readings_withheld": analysis.get("readings_withheld"),
+        "shown_anyway": bool(analysis.get("shown_anyway")),
     }
     used = ((inputs.get("clinical") or {}).get("used") or {})
     gfr = used.get("gfr_ml_min_1_73m2")
@@ -287,6 +291,29 @@ def percent(p: float) -> str:
     return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
 
 
+#: what a withheld reading means, the same words everywhere
+WITHHELD_TEXT = "the exam is outside what the model was trained on, so its readings are not shown"
+
+
+def similarity_text(results: Mapping) -> str:
+    """The similarity with the range it takes on the exams the model's heads were fitted on, when known."""
+    text = f"{results['similarity']:.3f} (cosine"
+    ref = results.get("similarity_reference") or {}
+    if ref.get("low") is not None:
+        text += (f"; on {ref['n_exams']} exams with their own prompts it ranged {ref['low']:.2f} to "
+                 f"{ref['high']:.2f}, median {ref['median']:.2f}")
+        if results["similarity"] < ref["low"]:
+            text += "; below that range: the image and the prompt's values disagree"
+    return text + ")"
+
+
+def kind_standing(standing: Mapping, kind: str, risks: Mapping) -> str | None:
+    """The reason shared by every horizon of a kind of reading that is no better than a trivial answer
+    (None when at least one horizon is a finding, or when the reasons differ)."""
+    reasons = {standing.get(f"{kind}/{h}") for h in risks}
+    return next(iter(reasons)) if len(reasons) == 1 and None not in reasons else None
+
+
 def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None = None) -> str:
     """A few lines for a person: prompt, similarity, most likely GFR bin, prognosis, saliency, files."""
     results = report.get("results") or {}
@@ -296,9 +323,17 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
         lines.append(f"{OUTSIDE_TRAINING.upper()}: " + "; ".join(failed))
     lines.append(f"prompt: {report.get('prompt') or '(none: no clinical values given)'}")
     if results.get("similarity") is not None:
-        lines.append(f"image-prompt similarity: {results['similarity']:.3f}")
+        lines.append(f"image-prompt similarity: {similarity_text(results)}")
+    if results.get("readings_withheld"):
+        lines.append(f"readings withheld: {WITHHELD_TEXT} ({results['readings_withheld']}); give --show-anyway "
+                     "to see them")
+    elif results.get("shown_anyway"):
+        lines.append("readings shown anyway, by choice, for an exam outside what the model was trained on")
     reading = results.get("zero_shot_gfr") or {}
-    if reading:
+    standing = results.get("reading_standing") or {}
+    if reading and standing.get("zero_shot_gfr"):
+        lines.append(f"zero-shot GFR reading: not a finding ({standing['zero_shot_gfr']})")
+    elif reading:
         best = results["zero_shot_gfr_most_likely"]
         line = f"most likely GFR bin (zero-shot): {best} ({percent(reading[best])})"
         given = results.get("entered_gfr_bin")
@@ -306,19 +341,30 @@ def report_summary(report: Mapping, files: Mapping[str, Any] | Sequence | None =
             gfr = ((report.get("inputs") or {}).get("clinical") or {}).get("used", {}).get("gfr_ml_min_1_73m2")
             line += f"; the given GFR ({gfr:g}) is {given} ({percent(reading[given])})"
         lines.append(line)
-    prognosis = results.get("prognosis_dysfunction_probability") or {}
-    if prognosis:
-        reading = results.get("prognosis_reading") or {}
-        inputs = reading.get("inputs") or {}
-        lines.append(f"probability of graft dysfunction, reading at {reading.get('visit', results.get('exam'))}:")
+    prognosis_reading = results.get("prognosis_reading") or {}
+    if any(results.get(key) for key in RESULT_KEYS.values()) or prognosis_reading.get("not_shown"):
+        inputs = prognosis_reading.get("inputs") or {}
+        lines.append(f"probability of graft dysfunction by year h, reading at "
+                     f"{prognosis_reading.get('visit', results.get('exam'))}:")
         for kind, key in RESULT_KEYS.items():
             risks = results.get(key) or {}
-            if risks:
-                lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {percent(p)}" for h, p in risks.items())
-                             + (f"  [{inputs[kind]}]" if inputs.get(kind) else ""))
+            why_not = (prognosis_reading.get("not_shown") or {}).get(kind)
+            if why_not:
+                lines.append(f"  {KIND_LABELS[kind]}: not shown ({why_not})")
+            elif risks:
+                common = kind_standing(standing, kind, risks)
+                if common:
+                    values = ", ".join(f"{h} {percent(p)}" for h, p in risks.items())
+                    lines.append(f"  {KIND_LABELS[kind]}: not a finding ({common}; it reads {values})")
+                    continue
+                lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(
+                    f"{h} {percent(p)}" + (" (not a finding)" if standing.get(f"{kind}/{h}") else "")
+                    for h, p in risks.items()) + (f"  [{inputs[kind]}]" if inputs.get(kind) else ""))
+        for note in prognosis_reading.get("outside_range") or []:
+            lines.append(f"  outside the training range: {note}")
         if results.get("prognosis_note"):
             lines.append(f"  note: {results['prognosis_note']}")
-    else:
+    elif not results.get("readings_withheld"):
         lines.append("prognosis: this model has no prognosis heads")
     saliency = report.get("saliency")
     if saliency:
