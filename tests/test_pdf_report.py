@@ -143,8 +143,8 @@ def test_summary_page_reads_like_a_report(labelled):
     first = _flat(" ".join(pages[0].texts))
     for words in ("Acquisition", "48 x 40 x 20 voxels (x, y, z)", "2 x 2 x 3 mm",
                   "8 frames from 0 s to 70 s", "Inputs", "Checks of the input", "Results (exam D30)",
-                  "image-prompt similarity", "zero-shot GFR reading", "The entered GFR is medium",
-                  "Probability of graft dysfunction, reading at D30", "images (MEDIMP)",
+                  "image-prompt similarity", "zero-shot GFR reading", "not a finding: not checked on patients the model",
+                  "Probability of graft dysfunction by year h, reading at D30", "images (MEDIMP)",
                   "images + clinical values", "clinical values only", "2 years", "4 years",
                   "Model", "weights sha256", labelled.model["weights_sha256"][:12], "random weights (test)",
                   "tissue labels given: cortex, medulla, artery"):
@@ -219,6 +219,12 @@ def test_outside_training_banner(predictor, tmp_path):
     assert "FAILED: not a dynamic series" in text
     assert "patient not stated in the image" in text
     assert page_count(data) == 3
+    assert "Readings withheld: the exam is outside what the model was trained on" in text
+    assert "Probability of graft dysfunction" not in text and "zero-shot GFR reading" not in text
+    result.show_anyway()
+    text = _flat(pdf_strings(write_pdf(result, tmp_path / "anyway.pdf").read_bytes()))
+    assert "shown because the user chose to see them anyway" in text
+    assert "Probability of graft dysfunction by year h" in text and "Outcome: graft dysfunction by year h" in text
 
 
 def test_render_summary_page_to_png(labelled, tmp_path):

@@ -11,6 +11,8 @@ from helpers import kidney_volume
 from qtpy.QtCore import QPoint, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
+from napari_medimp._widgets.medimp import _key
+from napari_medimp.core.checks import failed_messages
 from napari_medimp.core.preprocess import RoiBox
 
 pytestmark = pytest.mark.gui
@@ -454,3 +456,23 @@ def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed" in done.stdout and "has been deleted" not in done.stderr
+
+
+def test_an_exam_that_fails_its_image_checks_is_said_so_when_it_opens(viewer_widget, qtbot):
+    """A brain fMRI opened in the viewer: before any Analyze, the panel says it is not a dynamic graft exam
+    and that its readings will be withheld; a graft exam opened the same way raises nothing."""
+    from nibabel.testing import data_path
+
+    viewer, widget, graft = viewer_widget
+    viewer.open(str(data_path / "example4d.nii.gz"), plugin="napari-medimp")
+    layer = viewer.layers[-1]
+    qtbot.waitUntil(lambda: _key(layer) in widget._open_checks, timeout=60_000)
+    assert widget.layer_combo.currentText() == layer.name
+    text = widget.results_label.text()
+    assert "Checked on opening" in text and "not a dynamic series" in text and "will be withheld" in text
+    assert "not a dynamic series" in widget.status_label.text()
+    data, kwargs, _ = volume_layer_data(kidney_volume(), name="graft B")
+    other = viewer.add_image(data, **kwargs)
+    qtbot.waitUntil(lambda: _key(other) in widget._open_checks, timeout=60_000)
+    assert not failed_messages(widget._open_checks[_key(other)])
+    assert "Checked on opening" not in widget.results_label.text()

@@ -90,6 +90,9 @@ class MedimpWidget(QWidget):
         self._predictors: dict[tuple, Any] = {}
         self._results: dict[int, AnalysisResult] = {}
         self._plots: dict[int, tuple[bytes, bytes]] = {}  # panel images of each result
+        #: the image checks run when a layer opened (before any model work), by layer
+        self._open_checks: dict[str, list] = {}
+        self._check_workers: list = []
         self._auto_rois: dict[int, Any] = {}
         self._worker = None
         self._pbar = None
@@ -393,6 +396,7 @@ class MedimpWidget(QWidget):
         inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         if inserted is not None and inserted.name in images:
             current = inserted.name  # an exam just opened is the one the panel reads
+            self._check_on_open(inserted)
         if inserted is not None and kidney_colormap((inserted.metadata or {}).get("region_names")):
             inserted.contour = 1  # kidney regions outlined: the DCE image stays readable underneath
         self._fill(self.layer_combo, images, current)
@@ -406,6 +410,44 @@ class MedimpWidget(QWidget):
             self._pick_exam_labels()  # the exam's labels, opened after it
         self._show_patient()
         self._update_buttons()
+
+    def _check_on_open(self, layer) -> None:
+        """The image checks that need no model (dynamic series, enhancing kidney, frame times, voxel size),
+        run off the event loop as soon as a layer opens; a failed one is said at once, and the layer's
+        readings will be withheld after Analyze."""
+        from napari.qt.threading import create_worker
+
+        from ..core.checks import image_checks
+        from ..core.preprocess import PreprocessConfig, find_kidney_roi
+
+        card = getattr(self, "_card", None) or {}
+        try:
+            config = PreprocessConfig.from_dict(card["preprocessing"]) if card.get("preprocessing") else \
+                PreprocessConfig()
+            volume = self._volume(layer)
+        except (ValueError, KeyError, TypeError):
+            return  # not a DCE series: the layer list already says why it is not offered
+
+        def run():
+            return image_checks(volume, find_kidney_roi(volume), config.target_spacing, config.baseline_frames)
+
+        def done(checks):
+            if not self._layer_alive(layer):
+                return
+            self._open_checks[_key(layer)] = checks
+            failed = failed_messages(checks)
+            if failed:
+                self._notify_warning(f"{layer.name}: {OUTSIDE_TRAINING}: {'; '.join(failed)}. Its readings will be "
+                                     "withheld after Analyze.")
+            current = self.current_layer()
+            if current is not None and _key(current) == _key(layer):
+                self._show_results()
+
+        worker = create_worker(run, _ignore_errors=True)
+        worker.returned.connect(lambda checks: self._safe(done, checks))
+        worker.finished.connect(lambda: self._check_workers.remove(worker) if worker in self._check_workers else None)
+        self._check_workers.append(worker)
+        worker.start()
 
     def current_layer(self):
         name = self.layer_combo.currentText()
@@ -943,7 +985,13 @@ class MedimpWidget(QWidget):
         result = self.current_result()
         self._update_buttons()
         if result is None:
-            self.results_label.setText("No analysis of this layer yet.")
+            text = "No analysis of this layer yet."
+            layer = self.current_layer()
+            failed = failed_messages(self._open_checks.get(_key(layer), [])) if layer is not None else []
+            if failed:
+                text += (f"<br><span style='color:#ff6b6b'><b>Checked on opening, {OUTSIDE_TRAINING}:</b> "
+                         + "; ".join(_escape(m) for m in failed) + ". Its readings will be withheld.</span>")
+            self.results_label.setText(text)
             self.show_anyway_button.hide()
             self.results_canvas.hide()
             self.curves_canvas.hide()

@@ -32,8 +32,8 @@ from matplotlib.text import Text
 from .checks import OUTSIDE_TRAINING, failed_messages
 from .pipeline import PDF_FILE
 from .plots import LIGHT, REGION_COLORS, plot_curves
-from .prognosis import KIND_LABELS, RESULT_KEYS
-from .report import percent
+from .prognosis import KIND_LABELS, OUTCOME_DEFINITION, RESULT_KEYS
+from .report import WITHHELD_TEXT, percent, similarity_text
 
 __all__ = [
     "NOT_STATED",
@@ -383,13 +383,20 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
     results = report.get("results") or {}
     model = report.get("model") or {}
     flow.heading(f"Results (exam {results.get('exam') or result.request.exam})")
+    if results.get("readings_withheld"):
+        flow.text(f"Readings withheld: {WITHHELD_TEXT}. See the checks above.", color=_ALERT, weight="bold")
+        return
     if results.get("outside_training"):
-        flow.text(f"{OUTSIDE_TRAINING.capitalize()}: see the checks above.", color=_ALERT, weight="bold")
+        flow.text(f"{OUTSIDE_TRAINING.capitalize()}: see the checks above. The readings below are shown because "
+                  "the user chose to see them anyway.", color=_ALERT, weight="bold")
     if results.get("similarity") is not None:
-        flow.field("image-prompt similarity", f"{results['similarity']:.3f} (cosine, -1 to 1; higher: the image "
-                                              "matches the prompt better)")
+        flow.field("image-prompt similarity", similarity_text(results) + "; -1 to 1, higher: the image matches "
+                                                                         "the prompt better")
     reading = results.get("zero_shot_gfr") or {}
-    if reading:
+    standing = results.get("reading_standing") or {}
+    if reading and standing.get("zero_shot_gfr"):
+        flow.field("zero-shot GFR reading", f"not a finding: {standing['zero_shot_gfr']}", color=_MUTED)
+    elif reading:
         best = results.get("zero_shot_gfr_most_likely") or max(reading, key=reading.get)
         words = f"most likely {best} ({percent(reading[best])}); " + ", ".join(
             f"{name} {percent(p)}" for name, p in reading.items())
@@ -405,8 +412,12 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
         else:
             flow.field("", "this model's GFR reading was not checked on unseen patients", color=_MUTED)
     kinds = [kind for kind, key in RESULT_KEYS.items() if results.get(key)]
+    not_shown = (results.get("prognosis_reading") or {}).get("not_shown") or {}
+    for kind, why in not_shown.items():
+        flow.field(KIND_LABELS[kind], f"not shown: {why}", color=_MUTED)
     if not kinds:
-        flow.field("prognosis", "this model has no prognosis heads")
+        if not not_shown:
+            flow.field("prognosis", "this model has no prognosis heads")
         return
     from .card import cv_auc
 
@@ -415,8 +426,8 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
     measured = any(aucs.values())
     in_sample = bool(((model.get("metrics") or {}).get("evaluation_protocol") or {}).get("in_sample_warning"))
     flow.space(0.05)
-    flow.text(f"Probability of graft dysfunction, reading at {prognosis.get('visit') or results.get('exam')}",
-              weight="bold")
+    flow.text(f"Probability of graft dysfunction by year h, reading at "
+              f"{prognosis.get('visit') or results.get('exam')}", weight="bold")
     if measured:
         flow.text("Below each: how well that reading did on unseen patients (AUC with its 95 % interval, from the model "
                   "card; 0.5: chance, 1: perfect); one exam's probability has no interval of its own.", color=_MUTED,
@@ -428,9 +439,16 @@ def _results_section(flow: _Flow, result, report: dict) -> None:
         row = [[_horizon_words(h)]]
         for kind in kinds:
             p = results[RESULT_KEYS[kind]].get(h)
-            row.append([percent(p) if p is not None else "-"] + ([_auc_words(aucs[kind].get(h))] if measured else []))
+            shown = "-" if p is None else percent(p) + (" (not a finding)" if standing.get(f"{kind}/{h}") else "")
+            row.append([shown] + ([_auc_words(aucs[kind].get(h))] if measured else []))
         rows.append(row)
     flow.table(columns, rows)
+    reasons = dict.fromkeys(standing.get(f"{kind}/{h}") for kind in kinds for h in horizons) if measured else {}
+    for reason in (r for r in reasons if r):
+        flow.text(f"Not a finding: {reason}.", color=_MUTED, size=_BODY - 0.5)
+    for note in prognosis.get("outside_range") or []:
+        flow.text(f"Outside the training range: {note}.", color=_NOTE)
+    flow.text(f"Outcome: {OUTCOME_DEFINITION}.", color=_MUTED, size=_BODY - 0.5)
     if not measured:
         flow.text("This model's card records no evaluation on unseen patients: how well these readings do is not "
                   "known.", color=_NOTE)
