@@ -240,6 +240,7 @@ def _each_exam(sources, work):
 
 
 def _cmd_predict(args) -> int:
+    from .core.checks import failed_messages
     from .core.inference import analyze
     from .core.io import load_dce
     from .core.outputs import check_output
@@ -250,6 +251,7 @@ def _cmd_predict(args) -> int:
     if out.suffix == ".csv":
         check_output(patients_out, args.overwrite, option="--out (its patients' table)")
     predictor = _predictor(args)
+    as_json = out.suffix == ".json"
     rows, table = [], _cohort_records(Path(args.path))
     sources = _sources(Path(args.path))
     # readings use the exams so far: each patient's exams in follow-up order
@@ -265,17 +267,25 @@ def _cmd_predict(args) -> int:
             record = ClinicalRecord.from_csv_row(table[patient], exam)
         prompt = build_prompt(record) if record is not None else None
         result = analyze(predictor, load_dce(path), exam=exam, prompt=prompt, roi=_roi(args), record=record,
-                         earlier=by_patient.get(patient))
+                         earlier=by_patient.get(patient), show_anyway=args.show_anyway)
         by_patient.setdefault(patient, {})[exam] = result.embedding
-        row = {"id": ident, "exam": exam, "prompt": prompt or "", "similarity": result.similarity}
-        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in result.gfr_reading.items()})
-        row.update(_risk_columns(result.reading))
+        shown = result.to_dict()  # the panel's rule: an exam that failed its checks has its readings withheld
+        row = {"id": ident, "exam": exam, "prompt": prompt or "", "similarity": shown["similarity"],
+               "outside_training": result.outside_training, "failed_checks": "; ".join(failed_messages(result.checks)),
+               "readings_withheld": bool(shown["readings_withheld"]), "shown_anyway": shown["shown_anyway"]}
+        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in shown["zero_shot_gfr"].items()})
+        withheld = bool(shown["readings_withheld"])
+        row.update(_risk_columns(None if withheld else result.reading))
+        if as_json:
+            row["checks"] = shown["checks"]
         rows.append(row)
         if result.reading is not None:
-            last_reading[patient] = result.reading
+            # a patient's reading is their latest exam's: withheld when that exam failed its checks
+            last_reading[patient] = (None if withheld else result.reading, shown["readings_withheld"])
 
     skipped = _each_exam(sources, predict_one)
-    patients = [{"patient": p, **_risk_columns(r)} for p, r in last_reading.items()]
+    patients = [{"patient": p, "readings_withheld": why or "", **_risk_columns(r)}
+                for p, (r, why) in last_reading.items()]
     from .core.atomic import atomic_write_bytes
     from .core.outputs import write_csv
 
@@ -581,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--out", required=True, help="predictions: .csv (plus _patients.csv) or .json")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--show-anyway", action="store_true",
+                   help="give the readings of exams that failed their checks (withheld by default); each row "
+                        "records the choice")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("saliency", help="saliency maps (integrated gradients, Grad-CAM, occlusion) as NIfTI in "

@@ -104,6 +104,7 @@ def test_predict_uses_the_clinical_table(small_cohort, tiny_model, tmp_path):
     for exam in result["exams"]:
         gfr = [v for k, v in exam.items() if k.startswith("gfr_")]
         assert sum(gfr) == pytest.approx(1.0, abs=1e-3)
+        assert exam["readings_withheld"] is False and exam["failed_checks"] == ""  # graft exams keep their readings
     # each exam is read from the patient's exams so far; the patient's row is the latest reading
     from napari_medimp.core.prompts import EXAMS
 
@@ -195,3 +196,28 @@ def test_model_commands_refuse_a_pickle(small_cohort, tmp_path, capsys):
                                                      "preprocessing": {}, "weights": {}}))
     code = main(["embed", str(small_cohort), "--model", str(fake), "--out", str(tmp_path / "e.npz")])
     assert code == 1 and "pickle" in capsys.readouterr().err
+
+
+def test_predict_withholds_the_readings_of_an_exam_that_failed_its_checks(small_cohort, tiny_model, tmp_path):
+    """The panel's rule in the cohort outputs: a brain fMRI gets its checks and no risk, unless asked."""
+    from nibabel.testing import data_path
+
+    fmri = tmp_path / "fmri.nii.gz"
+    fmri.write_bytes((data_path / "example4d.nii.gz").read_bytes())
+    out = tmp_path / "fmri.json"
+    assert main(["predict", str(fmri), "--model", str(tiny_model), "--exam", "D30", "--out", str(out)]) == 0
+    [exam] = json.loads(out.read_text())["exams"]
+    assert exam["outside_training"] is True and exam["readings_withheld"] is True
+    assert "not a dynamic series" in exam["failed_checks"]
+    assert {c["id"] for c in exam["checks"]} >= {"dynamic", "enhancement"}
+    assert not [k for k in exam if k.startswith(("p_dysfunction", "gfr_"))] and exam["similarity"] is None
+    [patient] = json.loads(out.read_text())["patients"]
+    assert "not a dynamic series" in patient["readings_withheld"] and "p_dysfunction_2y" not in patient
+    csv_out = tmp_path / "anyway.csv"
+    assert main(["predict", str(fmri), "--model", str(tiny_model), "--exam", "D30", "--show-anyway",
+                 "--out", str(csv_out)]) == 0
+    import csv
+
+    with open(csv_out, newline="") as fh:
+        [values] = list(csv.DictReader(fh))
+    assert values["shown_anyway"] == "True" and 0 <= float(values["p_dysfunction_2y"]) <= 1
