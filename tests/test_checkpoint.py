@@ -282,3 +282,38 @@ def test_a_card_saved_without_a_name_is_named_after_its_file_not_after_a_head(tm
 
     card = read_card(make_model_file(tmp_path, name="graft-model"))  # stored with prognosis heads
     assert card["name"] == "graft-model"
+
+
+def test_a_model_file_with_non_finite_weights_or_heads_is_refused_naming_the_tensor(tmp_path):
+    """Re-saved through the checked writer (so its hashes match) with a NaN in a weight or in a prognosis
+    head: loading refuses it instead of giving NaN embeddings and "nan" risks."""
+    from helpers import make_heads, make_model_file
+
+    from napari_medimp.core.checkpoint import ModelFileError, load_model
+
+    heads = make_heads()
+    heads["clinical/D30/2y"].coef[1] = np.nan
+    path = make_model_file(tmp_path, heads=heads, name="nan-head")
+    with pytest.raises(ModelFileError, match=r"tensor 'prognosis\.clinical/D30/2y\.coef' holds 1 non-finite"):
+        load_model(path)
+    loaded = load_model(make_model_file(tmp_path, name="fine"))
+    with torch.no_grad():
+        next(loaded.model.image_encoder.parameters()).fill_(float("inf"))
+    from napari_medimp.core.checkpoint import save_model
+
+    card = loaded.card
+    broken = save_model(tmp_path / "inf-weight", loaded.model, preprocessing=card["preprocessing"],
+                        prompt_template_version=card["prompt_template_version"], prognosis=loaded.prognosis)
+    with pytest.raises(ModelFileError, match=r"tensor 'image_encoder\..*' holds \d+ non-finite value"):
+        load_model(broken)
+
+
+def test_a_model_named_by_the_environment_that_does_not_exist_is_refused(monkeypatch, tmp_path):
+    from napari_medimp.core.checkpoint import ModelFileError
+    from napari_medimp.core.sample import default_model_path
+
+    monkeypatch.setenv("NAPARI_MEDIMP_MODEL", str(tmp_path / "gone.safetensors"))
+    with pytest.raises(ModelFileError, match="set by NAPARI_MEDIMP_MODEL, but there is no such model file"):
+        default_model_path()
+    monkeypatch.delenv("NAPARI_MEDIMP_MODEL")
+    assert default_model_path().name == "medimp-demo.safetensors"

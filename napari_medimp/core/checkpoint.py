@@ -374,6 +374,11 @@ def load_model(path, device: str | torch.device = "cpu", text_model_path=None) -
             raise ModelFileError(weights_path, f"was trained on top of other text-model weights than those in "
                                                f"{model.text_encoder.name_or_path} (sha256 differs)")
     tensors = load_file(str(weights_path))
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelFileError(weights_path, f"tensor {name!r} holds {bad} non-finite value(s) (NaN or infinity): "
+                                               "the model would give NaN results; it cannot be used")
     try:
         heads = {
             h: PrognosisHead.from_tensors(h, tensors, desc) for h, desc in (card.get("prognosis") or {}).items()

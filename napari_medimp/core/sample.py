@@ -31,8 +31,17 @@ DEMO_MODEL_NAME = "medimp-demo"
 def default_model_path() -> Path:
     """``$NAPARI_MEDIMP_MODEL``, else the demo model in the source tree's ``sample_data/``."""
     env = os.environ.get("NAPARI_MEDIMP_MODEL")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "sample_data" / f"{DEMO_MODEL_NAME}.safetensors")
+    if env:
+        from .checkpoint import ModelFileError
+
+        chosen = Path(env)
+        chosen = chosen if chosen.suffix == ".safetensors" else chosen.with_suffix(".safetensors")
+        if not chosen.is_file():
+            # a model chosen by the environment is never silently replaced by the demo model
+            raise ModelFileError(env, "set by NAPARI_MEDIMP_MODEL, but there is no such model file; correct or "
+                                      "unset the variable")
+        return chosen
+    candidates = [Path(__file__).resolve().parents[2] / "sample_data" / f"{DEMO_MODEL_NAME}.safetensors"]
     for candidate in candidates:
         if candidate.with_suffix(".safetensors").exists():
             return candidate.with_suffix(".safetensors")
