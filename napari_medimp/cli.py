@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -552,12 +553,14 @@ TRAINING_COMMANDS = ("train", "evaluate")
 def build_parser() -> argparse.ArgumentParser:
     from .core.terms import SALIENCY_METHODS
 
-    parser = argparse.ArgumentParser(prog="medimp", description=__doc__,
+    parser = argparse.ArgumentParser(prog="medimp", description=__doc__, allow_abbrev=False,
                                      epilog="medimp train / medimp evaluate: see `medimp train --help` "
                                             "(same as python -m src_train). A failure prints one line and "
                                             "exits with 1 (data or files) or 2 (command line); --debug "
                                             "anywhere on the line shows the traceback instead.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # options are spelled out: an abbreviation (--gf 40) could silently mean another option
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("synth", help="generate a synthetic renal-graft DCE-MRI cohort")
     p.add_argument("--patients", type=int, default=20)
@@ -636,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("pacs", help="query and retrieve DCE-MRI from a PACS (servers in the PACS settings file)")
-    pacs_sub = p.add_subparsers(dest="pacs_command", required=True)
+    pacs_sub = p.add_subparsers(dest="pacs_command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for name, text in (("find", "list the series of a patient or a study date (C-FIND)"),
                        ("get", "retrieve series of one study into the local cache (C-GET) and check they open")):
         q = pacs_sub.add_parser(name, help=text)

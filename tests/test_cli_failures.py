@@ -157,3 +157,13 @@ def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_mo
     assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(tmp_path / "none.csv")]) == 1
     assert "dce.nii.gz: not a readable NIfTI file" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_abbreviated_options_are_refused(capsys):
+    """--gf 40 must not be taken for --gfr 40 (nor for any other option it could begin)."""
+    from napari_medimp.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["analyze", "sample", "--gf", "40", "--out", "x"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --gf" in capsys.readouterr().err

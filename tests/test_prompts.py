@@ -346,3 +346,17 @@ def test_check_form_reports_every_bad_field_at_once():
     assert check_form({"exam": "X1"})[1].keys() == {"exam"}
     with pytest.raises(ValueError, match="unknown clinical field"):
         check_form({"exam": "D30", "gfr_typo": "4"})
+
+
+@pytest.mark.parametrize("text", ["4_5", "\u0664\u0665", "45\n50", "inf", "0x2d", "45 50", "1,2,3", "4.5.1", "nan5"])
+def test_clinical_numbers_are_read_strictly(text):
+    from napari_medimp.core.prompts import ClinicalValueError
+
+    with pytest.raises(ClinicalValueError, match="is not a number"):
+        ClinicalRecord.from_values(exam="D30", gfr=text)
+
+
+@pytest.mark.parametrize(("text", "value"), [("45", 45.0), (" 45.5 ", 45.5), ("45,5", 45.5), ("+4.5e1", 45.0),
+                                             (".5e2", 50.0)])
+def test_plain_clinical_numbers_still_read(text, value):
+    assert ClinicalRecord.from_values(exam="D30", gfr=text).gfr == value

@@ -282,20 +282,23 @@ def _range_text(name: str) -> str:
     return f"{lo:g}-{hi:g} {unit}, {_RANGE_NOTE}"
 
 
+#: a clinical number as written in a form or a table: ASCII digits, one decimal point or comma, an
+#: optional sign and exponent; no digit-group underscores ("4_5"), no digits of other scripts, no line break
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
 def _to_float(name: str, value: Any) -> float | None:
-    """Loose number: None/NaN/'' -> None; '54', '1,2' (decimal comma) -> float; else ClinicalValueError."""
+    """Strict number: None/NaN/'' -> None; '54', '1,2' (decimal comma) -> float; anything else (``4_5``,
+    digits of another script, two values on two lines, ``inf``) -> ClinicalValueError."""
     if _is_missing(value):
         return None
     if isinstance(value, bool):
         v = None
     elif isinstance(value, str):
-        text = value.strip()
+        text = value.strip(" \t")
         if "," in text and "." not in text and text.count(",") == 1:
             text = text.replace(",", ".")
-        try:
-            v = float(text)
-        except ValueError:
-            v = None
+        v = float(text) if _NUMBER.fullmatch(text) else None
     else:
         try:
             v = float(value)
