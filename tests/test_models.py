@@ -410,3 +410,18 @@ def test_no_cache_for_a_fully_trainable_encoder_and_a_refreeze_drops_it():
     assert enc.cache_frozen_layers()
     enc.freeze_all_but_last(4)
     assert not enc.caches_frozen_layers  # other layers frozen now: the cache would be wrong
+
+
+def test_text_weights_are_read_from_safetensors_only(tmp_path):
+    """A text-model folder holding only a pickled pytorch_model.bin is refused before anything is loaded;
+    the pickle is never opened."""
+    import shutil
+
+    from napari_medimp.core.models.text import resolve_text_model_path
+
+    source = resolve_text_model_path(None)
+    folder = tmp_path / "text"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 not a model, and never unpickled")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors; text-model weights are read from safetensors"):
+        TextEncoder.from_pretrained(folder)

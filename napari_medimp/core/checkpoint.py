@@ -166,10 +166,8 @@ def _text_base_weights(text_name_or_path) -> Path | None:
         folder = resolve_text_model_path(text_name_or_path)
     except (FileNotFoundError, ImportError):
         return None
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).exists():
-            return folder / name
-    return None
+    weights = folder / "model.safetensors"  # text weights are read from safetensors only
+    return weights if weights.exists() else None
 
 
 def _stored_keys(model: torch.nn.Module, include_frozen_text: bool) -> list[str]:

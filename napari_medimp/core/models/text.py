@@ -210,7 +210,11 @@ class TextEncoder(nn.Module):
         hf_logging.disable_progress_bar()  # a local load takes a blink: no bar in the user's terminal or log
         path = resolve_text_model_path(name_or_path)
         if load_weights:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+            if not (path / "model.safetensors").is_file():
+                # text weights are read from safetensors only: a pickled pytorch_model.bin is never loaded
+                raise FileNotFoundError(f"{path}: no model.safetensors; text-model weights are read from "
+                                        "safetensors only (convert a pytorch_model.bin with a tool you trust)")
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True))
         model.eval()
