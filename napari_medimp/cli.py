@@ -144,6 +144,15 @@ def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
     return [(path.name, None, path)]
 
 
+def _inputs(path) -> set[Path]:
+    """Every file a command reads from ``path`` (with the cohort's clinical table): never an output."""
+    from .core.outputs import input_files
+
+    path = Path(path)
+    tables = [folder / "clinical.csv" for folder in [path, *path.parents][:5]]  # as cohort_clinical_table looks
+    return input_files([path, *[t for t in tables if t.is_file()][:1]])
+
+
 def _record(args, exam: str):
     from .core.prompts import ClinicalRecord
 
@@ -171,7 +180,7 @@ def _cmd_embed(args) -> int:
     from .core.io import load_dce
     from .core.outputs import check_output, spreadsheet_safe
 
-    out = check_output(args.out, args.overwrite, (".npz", ".csv"))
+    out = check_output(args.out, args.overwrite, (".npz", ".csv"), inputs=_inputs(args.path))
     predictor = _predictor(args)
     ids, vectors = [], []
     sources = _sources(Path(args.path))
@@ -247,10 +256,11 @@ def _cmd_predict(args) -> int:
     from .core.outputs import check_output
     from .core.prompts import EXAMS, ClinicalRecord, build_prompt
 
-    out = check_output(args.out, args.overwrite, (".csv", ".json"))
+    inputs = _inputs(args.path)
+    out = check_output(args.out, args.overwrite, (".csv", ".json"), inputs=inputs)
     patients_out = out.with_name(out.stem + "_patients.csv")
     if out.suffix == ".csv":
-        check_output(patients_out, args.overwrite, option="--out (its patients' table)")
+        check_output(patients_out, args.overwrite, option="--out (its patients' table)", inputs=inputs)
     predictor = _predictor(args)
     as_json = out.suffix == ".json"
     rows, table = [], _cohort_records(Path(args.path))
@@ -326,8 +336,11 @@ def _cmd_saliency(args) -> int:
 
     planned = {(ident, m, t): file_for(ident, exam, m, t) for ident, exam, _ in sources for m in methods
                for t in targets}
+    inputs = _inputs(args.path)
     for target in planned.values():
-        check_output(target, args.overwrite)
+        check_output(target, args.overwrite, inputs=inputs)
+        check_output(target.with_name(target.name.split(".nii")[0] + ".json"), args.overwrite,
+                     option="--out (its sidecar)", inputs=inputs)
     predictor = _predictor(args)
     if args.method:
         print(f"saliency method: {', '.join(methods)}")

@@ -221,3 +221,23 @@ def test_predict_withholds_the_readings_of_an_exam_that_failed_its_checks(small_
     with open(csv_out, newline="") as fh:
         [values] = list(csv.DictReader(fh))
     assert values["shown_anyway"] == "True" and 0 <= float(values["p_dysfunction_2y"]) <= 1
+
+
+def test_an_output_never_replaces_an_input_even_with_overwrite(small_cohort, tiny_model, tmp_path, capsys):
+    """predict --out COHORT/clinical.csv and saliency --out <its input image> (also through a link) are
+    refused, naming the input; both files stay as they were."""
+    import re
+
+    table = small_cohort / "clinical.csv"
+    before = table.read_bytes()
+    assert main(["predict", str(small_cohort), "--model", str(tiny_model), "--out", str(table), "--overwrite"]) == 2
+    assert re.search("is one of this command's inputs .*clinical.csv.*even with --overwrite", capsys.readouterr().err)
+    assert table.read_bytes() == before
+    image = sorted(small_cohort.rglob("*_dce.nii.gz"))[0]
+    image_bytes = image.read_bytes()
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(image)
+    for out in (image, link):
+        assert main(["saliency", str(image), "--model", str(tiny_model), "--out", str(out), "--overwrite"]) == 2
+        assert "is one of this command's inputs" in capsys.readouterr().err
+    assert image.read_bytes() == image_bytes

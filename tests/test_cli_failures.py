@@ -167,3 +167,4 @@ def test_abbreviated_options_are_refused(capsys):
         main(["analyze", "sample", "--gf", "40", "--out", "x"])
     assert stop.value.code == 2
     assert "unrecognized arguments: --gf" in capsys.readouterr().err
+

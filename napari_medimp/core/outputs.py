@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,10 +16,48 @@ class OutputExistsError(ValueError):
     """An output would replace a file the user has; the message says how to allow it."""
 
 
-def check_output(path, overwrite: bool, suffixes: Sequence[str] | None = None, option: str = "--out") -> Path:
-    """``path`` as an output file: refused when it exists (unless ``overwrite``), when it is a folder, or
-    when its suffix is not one of ``suffixes``. Nothing is written here."""
+class OutputIsInputError(ValueError):
+    """An output would replace one of the command's inputs (refused even with ``--overwrite``)."""
+
+
+def input_files(paths: Iterable) -> set[Path]:
+    """Every file the inputs ``paths`` name, resolved (links followed): a file with its JSON sidecar, and
+    every file under a folder (an exam, a patient or a cohort)."""
+    out: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            out.update(p.resolve() for p in path.rglob("*") if p.is_file())
+        elif path.exists():
+            out.add(path.resolve())
+            for suffix in (".nii.gz", ".nii"):
+                if path.name.endswith(suffix):
+                    sidecar = path.with_name(path.name[: -len(suffix)] + ".json")
+                    if sidecar.exists():
+                        out.add(sidecar.resolve())
+    return out
+
+
+def refuse_input(path, inputs: Iterable[Path], option: str = "--out") -> None:
+    """OutputIsInputError when ``path`` is one of ``inputs`` (:func:`input_files`), by its resolved path or
+    as the same file under another name (a hard link)."""
     path = Path(path)
+    if not path.exists():
+        return
+    resolved = path.resolve()
+    for other in inputs:
+        if resolved == other or os.path.samefile(path, other):
+            raise OutputIsInputError(f"{option} {path} is one of this command's inputs ({other}); an output never "
+                                     "replaces an input, even with --overwrite: choose another name")
+
+
+def check_output(path, overwrite: bool, suffixes: Sequence[str] | None = None, option: str = "--out",
+                 inputs: Iterable[Path] = ()) -> Path:
+    """``path`` as an output file: refused when it is one of ``inputs`` (:func:`input_files`; even with
+    ``overwrite``), when it exists (unless ``overwrite``), when it is a folder, or when its suffix is not
+    one of ``suffixes``. Nothing is written here."""
+    path = Path(path)
+    refuse_input(path, inputs, option)
     if suffixes is not None and not any(path.name.lower().endswith(s) for s in suffixes):
         raise ValueError(f"{option} {path}: the file name must end with {' or '.join(suffixes)}")
     if path.is_dir():
