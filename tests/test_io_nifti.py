@@ -358,3 +358,29 @@ def test_qform_and_sform_that_disagree_are_named_and_the_sform_is_used(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DCEReadWarning)
         load_dce(tmp_path / "same.nii")
+
+
+def test_a_flipped_byte_inside_a_gzipped_nifti_is_refused_not_read(tmp_path):
+    """One byte changed in the compressed voxel data: without a CRC check half of the voxels would change
+    silently. The file is refused, named, for the image and for a label file alike."""
+    from napari_medimp.core.io import DCEReadError, load_dce, save_nifti
+    from napari_medimp.core.io.nifti import load_labels
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 10, (4, 6, 8, 10)).astype(np.float32)
+    path = save_nifti(tmp_path / "dce.nii.gz", data, np.eye(4), frame_times=np.arange(4) * 10.0)
+    raw = bytearray(path.read_bytes())
+    damaged = tmp_path / "damaged.nii.gz"
+    for offset in (len(raw) // 2, len(raw) - 6):  # in the deflate stream; in the CRC itself
+        copy = bytearray(raw)
+        copy[offset] ^= 0x01
+        damaged.write_bytes(bytes(copy))
+        with pytest.raises(DCEReadError, match=r"damaged\.nii\.gz.*gzip stream is corrupt or truncated"):
+            load_dce(damaged)
+    labels = save_nifti(tmp_path / "seg.nii.gz", np.ones((1, 6, 8, 10), np.uint8), np.eye(4), dtype=np.uint8)
+    copy = bytearray(labels.read_bytes())
+    copy[-7] ^= 0x01
+    labels.write_bytes(bytes(copy))
+    with pytest.raises(DCEReadError, match="gzip stream is corrupt"):
+        load_labels(labels)
+    assert load_dce(path).data.shape == (4, 6, 8, 10)

@@ -77,7 +77,22 @@ def _gzip_isize(path) -> int | None:
         return None
 
 
+def verify_gzip(path) -> None:
+    """Read a ``.gz`` file's stream to its end once, so that its CRC-32 and length are checked (a reader
+    that stops at the last voxel it needs never reaches them): a flipped byte or a cut file is refused,
+    naming the file, instead of read as other voxel values."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DCEReadError(Path(path), f"gzip stream is corrupt or truncated ({exc}): the file was damaged; "
+                                       "copy it again from its source") from None
+
+
 def _load_image(path: Path):
+    if str(path).lower().endswith(".gz") and Path(path).is_file():
+        verify_gzip(path)
     try:
         with quiet_logger("nibabel.global"):  # its header fixes are checked and said here
             img = nib.load(str(path))
