@@ -457,7 +457,7 @@ def _cmd_analyze(args) -> int:
 
     from .core.card import default_method
     from .core.io.nifti import label_names, load_labels
-    from .core.outputs import check_output_folder
+    from .core.outputs import check_output_folder, replacing_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
     from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
     from .core.report import clinical_inputs, report_summary
@@ -523,10 +523,10 @@ def _cmd_analyze(args) -> int:
     request.check()  # options and labels, before the model loads
 
     result = run_analysis(_predictor(args), request)
-    check_output_folder(out, ANALYSIS_FILES, overwrite=args.overwrite)  # the earlier analysis goes only now
     for note in result.notes:
         print(f"medimp: {note}", file=sys.stderr)
-    files = result.write(out)
+    with replacing_output_folder(out, ANALYSIS_FILES, overwrite=args.overwrite):  # earlier analysis kept until done
+        files = result.write(out)
     print(report_summary(result.written_report, files))
     for section in result.written_report.get("saliency_maps") or []:
         _print_saliency_regions(section)

@@ -34,7 +34,7 @@ def analyze_patient_command(args) -> int:
     """Analyse every exam of the patient folder ``args.path`` into the folder ``args.out``."""
     from .cli import _predictor
     from .core.longitudinal import PATIENT_FILES, analyze_patient_folder
-    from .core.outputs import check_output_folder
+    from .core.outputs import check_output_folder, replacing_output_folder
     from .core.pipeline import ANALYSIS_FILES
 
     given = [flag for name, flag in _ONE_EXAM_OPTIONS if getattr(args, name, None) not in (None, [], "")]
@@ -54,8 +54,8 @@ def analyze_patient_command(args) -> int:
 
     result = analyze_patient_folder(predictor, Path(args.path), progress=progress)
     print(file=sys.stderr)
-    check_output_folder(out, owned, overwrite=args.overwrite)  # the earlier analysis goes only now
-    files = result.write(out)
+    with replacing_output_folder(out, owned, overwrite=args.overwrite):  # the earlier analysis is kept until done
+        files = result.write(out)
     print(result.summary())
     if getattr(args, "saliency", "none") != "none":
         print("saliency maps are made for one exam: run `medimp analyze` on an exam folder of this patient")

@@ -290,3 +290,31 @@ def test_geometry_assumed_by_the_reader_is_stated_in_the_report(exam, tiny_model
     assert "no position or orientation" in capsys.readouterr().err
     notes = json.loads((out / "medimp_report.json").read_text())["inputs"]["reading_notes"]
     assert len(notes) == 1 and "qform and sform codes are 0" in notes[0]
+
+
+def test_overwrite_on_a_full_disk_keeps_the_earlier_analysis_whole(exam, tiny_model, tmp_path, monkeypatch, capsys):
+    """--overwrite replaces an earlier analysis only once the new one is written: when the disk fills up
+    while writing the PDF, the folder holds the earlier analysis, byte for byte, and nothing of the new."""
+    import errno
+
+    from napari_medimp.core import pdf_report
+
+    image, _, _ = exam
+    out = tmp_path / "report"
+    args = ["analyze", str(image), "--model", str(tiny_model), "--roi", *ROI, "--saliency", "none", "--out", str(out)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"medimp_report.json", "medimp_report.pdf", "results.png"} <= set(before)
+
+    def full_disk(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pdf_report, "write_pdf", full_disk)
+    assert main([*args, "--overwrite", "--gfr", "30"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    assert main([*args, "--overwrite", "--gfr", "30"]) == 0
+    after = json.loads((out / "medimp_report.json").read_text())
+    assert after["inputs"]["clinical"]["used"]["gfr_ml_min_1_73m2"] == 30
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
@@ -85,6 +88,39 @@ def check_output_folder(folder, owned: Iterable[str], overwrite: bool, option: s
     for path in earlier:
         path.unlink()
     return folder
+
+
+@contextmanager
+def replacing_output_folder(folder, owned: Iterable[str], overwrite: bool, option: str = "--out"):
+    """Write one result into ``folder`` in the ``with`` block so that an earlier result (``owned`` names)
+    is replaced only when the new one is complete: the earlier files are first moved aside (a rename
+    needs no disk space), the new ones written, and only then is the earlier result deleted. If writing
+    fails (a full disk, a stop), the new files written so far are removed and the earlier ones put back,
+    so the folder holds the earlier result whole, never half of each. Other files are left alone."""
+    owned = tuple(owned)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} exists and is a file; give a folder")
+    earlier = [folder / name for name in owned if (folder / name).exists()]
+    if earlier and not overwrite:
+        check_output_folder(folder, owned, overwrite=False, option=option)  # raises, naming them
+    folder.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".medimp-earlier-", dir=folder)) if earlier else None
+    for path in earlier:
+        os.replace(path, aside / path.name)
+    try:
+        yield folder
+    except BaseException:
+        for name in owned:  # the new result's files written so far
+            if (folder / name).exists():
+                (folder / name).unlink()
+        if aside is not None:
+            for path in aside.iterdir():
+                os.replace(path, folder / path.name)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def new_export_folder(parent, name: str) -> Path:
