@@ -385,6 +385,12 @@ if mode == "done":
                   {"event": "done", "epoch": 0, "step": 2, "train_loss": 1.3, "model": checkpoint}):
         print(json.dumps(event), flush=True)
     sys.exit(0)
+if mode == "nostep":  # a trainer that reports a model after no step at all
+    for event in ({"event": "start", "train_exams": 7, "val_exams": 4, "steps_per_epoch": 0, "epochs": 1},
+                  {"event": "epoch", "epoch": 0, "step": 0, "train_loss": float("nan")},
+                  {"event": "done", "epoch": 0, "step": 0, "model": checkpoint}):
+        print(json.dumps(event), flush=True)
+    sys.exit(0)
 if mode == "fail":
     print("Traceback (most recent call last):", file=sys.stderr)
     print("ValueError: the cohort is broken", file=sys.stderr, flush=True)
@@ -487,6 +493,36 @@ def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_
     assert widget.status_label.text() == "training failed (exit code 1): ValueError: the cohort is broken"
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
     assert widget.resume_check.isEnabled() and not widget.resume_check.isChecked()  # offered, not chosen
+
+
+def test_exams_that_make_no_batch_are_refused_before_start(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
+    _, widget = dialog
+    run = tmp_path / "run"
+    widget.set_form(cohort=cohort, out=run, config=tiny_config, epochs=1, batch_size=16)
+    assert widget.options().problems() == {}  # every field is fine on its own
+    _click(qtbot, widget.start_button)
+    # 4 patients, 1 of them (4 exams) validates: 12 training exams make no batch of 16
+    message = ("12 training exams (3 of 4 patients; 4 exams of 1 patient kept for validation) make no batch of "
+               "16; use batch 8 or more patients")
+    assert widget.child.process is None and widget.phase == "idle"
+    assert widget.status_label.text() == f"Training not started: {message}"
+    assert message in notes["error"][-1]
+    assert widget._errors["batch_size"].isVisible() and widget._errors["batch_size"].text() == message
+    assert not widget.use_button.isEnabled() and widget.model_path is None
+    assert "finished" not in widget.status_label.text() and not run.exists()
+    # a batch the exams fill passes the check
+    widget.set_form(batch_size=8)
+    assert widget.options().batch_problem() is None
+
+
+def test_a_model_reported_after_no_step_is_not_offered(dialog, notes, qtbot, tmp_path):
+    _, widget = dialog
+    with qtbot.waitSignal(widget.run_finished, timeout=20_000):
+        _fake_run(widget, tmp_path, "nostep", tmp_path / "best.safetensors")
+    assert widget.model_path is None and not widget.use_button.isEnabled()
+    assert widget.status_label.text() == ("training took no step (7 training exams, 0 steps per epoch): no model "
+                                          "to use")
+    assert "finished" not in widget.status_label.text() and "no step" in notes["error"][-1]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -614,6 +614,12 @@ class TrainingWidget(QWidget):
             self._set_status(f"Training not started: {listed}", error=True)
             show_error(f"MEDIMP training not started: {listed}")
             return False
+        batch = options.batch_problem()  # exams that make no whole batch would train nothing
+        if batch:
+            self._refresh_errors({**problems, "batch_size": batch})
+            self._set_status(f"Training not started: {batch}", error=True)
+            show_error(f"MEDIMP training not started: {batch}")
+            return False
         warning = tj.preset_warning(options.preset, self._devices)
         if warning and not options.resume:
             show_warning(f"MEDIMP training: {warning}")
@@ -726,7 +732,7 @@ class TrainingWidget(QWidget):
     def _train_finished(self, code: int, crashed: bool, cancelled: bool, killed: bool, message: str) -> None:
         p = self.progress
         self._reset_resume()  # a Resume choice is for one run; a stopped run offers it again below
-        if not crashed and code == 0 and p.done and p.model:
+        if not crashed and code == 0 and p.done and p.model and p.step > 0:
             self.model_path = Path(p.model)
             self._end_task("COMPLETED", "training finished")
             if cancelled:  # the stop came too late: the training had finished
@@ -755,6 +761,9 @@ class TrainingWidget(QWidget):
                     + (f"the last checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint was saved"))
         elif cancelled and crashed:
             text = "training cancelled before its first step; nothing was saved"
+        elif not crashed and code == 0 and p.done:  # a model that took no step is not offered
+            text = (f"training took no step ({p.train_exams} training exams, {p.steps_per_epoch} steps per "
+                    "epoch): no model to use")
         elif not crashed and code == 0:
             text = "training ended without reporting a model file"
         else:

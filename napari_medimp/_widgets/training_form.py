@@ -51,6 +51,7 @@ from ..core.training_run import (
     PRESETS,
     RUN_FILES,
     TrainConfig,
+    batch_plan,
     config_fields,
     is_finite,
     is_int,
@@ -482,6 +483,36 @@ class TrainingOptions:
             args.append("--resume")
         args.append("--json-progress")
         return args
+
+    def train_config(self) -> TrainConfig:
+        """The options the trainer will run with, as it builds them from :meth:`arguments`: the preset, then
+        the config file (with ``resume`` the run's own ``train_config.json``), then the form's values."""
+        values = dict(PRESETS[self.preset])
+        out = Path(self.out).expanduser()
+        run_config = out / "train_config.json"
+        if self.resume and run_config.is_file():
+            values.update(read_config(run_config))
+        else:
+            if self.config:
+                values.update(read_config(Path(self.config).expanduser()))
+            if self.batch_size is not None:
+                values["batch_size"] = self.batch_size
+            values["attributes"] = [a for a in ATTRIBUTES if a in self.attributes]
+            values["amp"] = self.amp
+        if self.epochs is not None:
+            values["epochs"] = self.epochs
+        values.update(cohort=str(resolve_cohort(self.cohort)), out=str(out), device=self.device)
+        return TrainConfig.from_dict(values)
+
+    def batch_problem(self) -> str | None:
+        """Why the cohort's training exams would make no batch (no step: nothing trained), with the numbers
+        and a way out (:meth:`~napari_medimp.core.training_run.BatchPlan.problem`); None when they make at
+        least one. Reads the cohort's table and folders (not the images): a check for Start, not for every
+        key stroke. Options that the trainer refuses for another reason are its to report (None here)."""
+        try:
+            return batch_plan(self.train_config()).problem()
+        except (ValueError, TypeError, OSError):
+            return None
 
     def command(self, python: str = sys.executable) -> list[str]:
         """The full command line (validated first; :class:`OptionsError` when a field is invalid)."""
