@@ -9,7 +9,8 @@ does not need a GUI, so it can be tested (and reused by other front ends) on a h
 * :func:`resolve_cohort`, :func:`read_config`, :func:`inspect_run_folder`, :func:`precision_problem` --
   the checks behind the form;
 * :class:`LineSplitter` and :func:`parse_event` -- bytes from the child -> complete lines -> validated
-  progress events (anything else is a log line);
+  progress events (anything else is a log line); :class:`WarningLines` -- a library's Python warning in
+  the log as one plain line;
 * :class:`TrainingProgress` -- the events folded into what the dialog shows (progress, status line,
   loss curves), with the earlier parts of a resumed run read back from its folder
   (:meth:`TrainingProgress.add_run_history`, :func:`read_loss_history`);
@@ -31,6 +32,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -83,6 +85,7 @@ __all__ = [
     "TableLine",
     "TrainingOptions",
     "TrainingProgress",
+    "WarningLines",
     "child_environment",
     "describe_exit",
     "device_choices",
@@ -600,6 +603,33 @@ class LineSplitter:
         rest = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         return [self._clean(rest)] if rest.strip() else []
+
+
+#: a Python warning as ``warnings`` prints it: ``path/to/file.py:123: UserWarning: message``
+_WARNING_LINE = re.compile(r"^(?P<where>\S.*?):(?P<line>\d+): (?P<category>[A-Za-z_][\w.]*Warning): (?P<message>.*)$")
+
+
+class WarningLines:
+    """A child's stderr lines as the log shows them: a Python warning (``path/to/file.py:123: UserWarning:
+    message``, and the source line Python prints indented under it) becomes one plain line
+    ``warning: message``; every other line (errors and tracebacks included) passes unchanged.
+
+    One instance per stream, fed its lines in order: the source line is recognised as the indented line
+    right after a warning."""
+
+    def __init__(self) -> None:
+        self._after_warning = False
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to show for one line of the stream (none for a warning's source line)."""
+        after, self._after_warning = self._after_warning, False
+        if after and line.startswith("  ") and line.strip():
+            return []
+        match = _WARNING_LINE.match(line)
+        if match is None:
+            return [line]
+        self._after_warning = True
+        return [f"warning: {match['message'].strip()}"]
 
 
 def read_training_log(run: str | os.PathLike) -> list[dict]:
