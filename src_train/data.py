@@ -12,58 +12,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from napari_medimp.core.io import DCEReadError, load_dce
-from napari_medimp.core.io.cohort import cohort_exams, read_clinical_table
 from napari_medimp.core.preprocess import PreprocessConfig, prepare
-from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError, prompt_variants
-from napari_medimp.core.training_run import augmentation_settings
+from napari_medimp.core.prompts import ATTRIBUTES, prompt_variants
+from napari_medimp.core.training_run import (  # the exams and their split are the dialog's too (core)
+    ExamItem,
+    augmentation_settings,
+    cohort_items,
+    split_by_patient,
+)
 
-
-@dataclass(frozen=True)
-class ExamItem:
-    patient: str
-    exam: str
-    image: Path
-    record: ClinicalRecord
-
-
-def cohort_items(root, table=None) -> tuple[list[ExamItem], list[str]]:
-    """Every exam with an image and a clinical row, and a list of what was skipped and why."""
-    root = Path(root)
-    table = Path(table) if table else root / "clinical.csv"
-    if not table.exists():
-        raise ValueError(f"{root}: no clinical table (expected {table.name} in the cohort folder)")
-    rows = read_clinical_table(table)
-    items, skipped = [], []
-    for patient, exam, folder in cohort_exams(root):
-        if patient not in rows:
-            skipped.append(f"{patient}/{exam}: patient not in {table.name}")
-            continue
-        try:
-            record = ClinicalRecord.from_csv_row(rows[patient], exam)
-        except (ClinicalValueError, ValueError) as exc:
-            skipped.append(f"{patient}/{exam}: {exc}")
-            continue
-        items.append(ExamItem(patient, exam.upper(), folder, record))
-    return items, skipped
-
-
-def split_by_patient(items: Sequence[ExamItem], val_fraction: float = 0.2, seed: int = 0):
-    """(train, validation) items with every patient on one side only."""
-    patients = sorted({item.patient for item in items})
-    rng = np.random.default_rng(seed)
-    rng.shuffle(patients)
-    n_val = int(round(val_fraction * len(patients)))
-    if len(patients) > 1:
-        n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(patients) - 1)
-    val = set(patients[:n_val])
-    return [i for i in items if i.patient not in val], [i for i in items if i.patient in val]
+__all__ = ["ContrastiveDataset", "ExamItem", "PrepareExam", "augment_batch", "cohort_items", "draw_augmentation",
+           "split_by_patient"]
 
 
 class PrepareExam:

@@ -50,7 +50,9 @@ from napari_medimp.core.training_run import (
     RUN_FILES,
     STATE_FILE,
     STATE_KEY,
+    BatchPlan,
     TrainConfig,
+    batch_plan,
     checkpoint_state,
     event,
 )
@@ -506,6 +508,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     run = setup_distributed(config.device)
     try:
+        # exams that make no whole batch train nothing: refused before the run folder is touched
+        problem = batch_plan(config, run.world).problem()
+        if problem:
+            raise ValueError(problem)
         with _run_folder_lock(Path(config.out), run.is_main):
             if run.is_main and not resume:
                 _clear_earlier_run(Path(config.out), overwrite)
@@ -695,7 +701,13 @@ class _Training:
                                             augmentation=config.augmentation)
         self.val_set = ContrastiveDataset(self.val_items, prep, attributes=config.attributes, augment=False,
                                           seed=config.seed) if self.val_items else None
-        self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
+        # again with the exams that could be read (an unreadable one is skipped): no step, no run
+        plan = BatchPlan(len(self.train_set), len({i.patient for i in self.train_set.items}),
+                         len(self.val_set or []), len({i.patient for i in self.val_items}), config.batch_size,
+                         self.run.world)
+        if plan.problem():
+            raise ValueError(plan.problem())
+        self.steps_per_epoch = plan.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.epochs
 
     def _build_model(self) -> None:
@@ -787,6 +799,9 @@ class _Training:
     def end_epoch(self, epoch: int) -> dict:
         """Validation, the log row, the best model, the checkpoint and the epoch event."""
         config = self.config
+        if not self.losses:  # the batch check before the run makes this impossible; a model never trained
+            raise ValueError(f"epoch {epoch + 1} took no training step ({len(self.train_set)} training exams, "
+                             f"batch {config.batch_size}); no model was written")
         if config.precise_bn:  # also without validation: the checkpoint and exported models get them
             self.recompute_batchnorm()
         metrics = validate(self.model, self.val_set, config.batch_size,
@@ -852,6 +867,9 @@ class _Training:
                                 rng=rngs, scaler=self.scaler)
 
     def finish(self, summary: dict) -> dict:
+        if self.step == 0:  # a model that never took a step is not a trained model: none is written
+            raise ValueError(f"the training took no step ({len(self.train_set)} training exams, batch "
+                             f"{self.config.batch_size}); no model was written")
         if self.main:
             export(self.model, self.config, self.out / LAST_MODEL, summary,
                    summary.get("epoch", self.config.epochs - 1), len(self.train_set), self.card)

@@ -134,3 +134,46 @@ def test_batches_are_the_same_built_inline_or_in_the_background(cohort):
     for (_, a), (_, b) in zip(inline, background, strict=True):
         assert a["text"] == b["text"]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["augment"], b["augment"])
+
+
+def test_steps_per_epoch_count_whole_batches_only():
+    from napari_medimp.core.training_run import BatchPlan, steps_per_epoch, suggested_batch
+
+    # by hand: 7 exams in batches of 8 -> none; 8 -> 1; 17 in batches of 8 -> 2 (1 left over); 286 / 16 -> 17
+    assert steps_per_epoch(7, 8) == 0
+    assert steps_per_epoch(8, 8) == 1
+    assert steps_per_epoch(17, 8) == 2
+    assert steps_per_epoch(286, 16) == 17
+    assert steps_per_epoch(0, 2) == 0
+    # several processes share each batch: the count stays that of one process
+    assert steps_per_epoch(17, 8, world_size=4) == 2
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        steps_per_epoch(17, 6, world_size=4)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        steps_per_epoch(17, 1)
+    # the way out: the largest power of two the exams fill (shared by the processes)
+    assert suggested_batch(7) == 4 and suggested_batch(2) == 2 and suggested_batch(1) is None
+    assert suggested_batch(7, world_size=3) == 6 and suggested_batch(2, world_size=4) is None
+
+    plan = BatchPlan(train_exams=7, train_patients=2, val_exams=4, val_patients=1, batch_size=8)
+    assert plan.steps_per_epoch == 0
+    assert plan.problem() == ("7 training exams (2 of 3 patients; 4 exams of 1 patient kept for validation) make "
+                              "no batch of 8; use batch 4 or more patients")
+    assert BatchPlan(8, 2, 4, 1, 8).problem() is None
+    one = BatchPlan(train_exams=1, train_patients=1, val_exams=0, val_patients=0, batch_size=2).problem()
+    assert one == ("1 training exam (1 patient, none kept for validation) cannot make a contrastive batch (it "
+                   "needs at least 2 exams); use more patients")
+    assert "(2 processes of 4)" in BatchPlan(7, 2, 4, 1, 8, world_size=2).problem()
+
+
+def test_batch_plan_splits_the_cohort_as_the_trainer_does(cohort):
+    from napari_medimp.core.training_run import TrainConfig, batch_plan
+
+    items, _ = cohort_items(cohort)
+    train, val = split_by_patient(items, 0.34, seed=1)
+    plan = batch_plan(TrainConfig(cohort=str(cohort), batch_size=len(train) + 1, val_fraction=0.34, seed=1))
+    assert (plan.train_exams, plan.val_exams) == (len(train), len(val))
+    assert (plan.train_patients, plan.val_patients) == (2, 1)
+    assert plan.steps_per_epoch == 0 and f"make no batch of {len(train) + 1}" in plan.problem()
+    assert batch_plan(TrainConfig(cohort=str(cohort), batch_size=2, val_fraction=0.34,
+                                  seed=1)).steps_per_epoch == len(train) // 2

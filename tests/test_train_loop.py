@@ -514,3 +514,32 @@ def test_early_stopping_keeps_the_best_mean_rank_and_a_resume_trains_no_further(
     train(_config(cohort, run, epochs=8, patience=1, lr=3e-3), resume=True, progress=again.append)
     if len(epochs) < 8:
         assert not [e for e in again if e["event"] == "step"]
+
+
+def test_exams_that_make_no_batch_are_refused_with_the_numbers(cohort, tmp_path, capsys):
+    from napari_medimp.cli import main
+
+    run = tmp_path / "run"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({k: v for k, v in TINY.items() if k not in ("epochs", "batch_size")}))
+    code = main(["train", "--cohort", str(cohort), "--out", str(run), "--config", str(config), "--epochs", "1",
+                 "--batch-size", "16", "--json-progress"])
+    assert code != 0
+    captured = capsys.readouterr()
+    # 3 patients: 2 train (8 exams), 1 validates (4 exams); 8 exams make no batch of 16
+    assert ("8 training exams (2 of 3 patients; 4 exams of 1 patient kept for validation) make no batch of 16; "
+            "use batch 8 or more patients") in captured.err
+    assert not any(line.startswith("{") for line in captured.out.splitlines())  # no start, no done
+    assert not run.exists() or not list(run.glob("*.safetensors"))
+
+
+def test_a_loop_that_gets_no_batch_writes_no_model(cohort, tmp_path, monkeypatch):
+    """The check inside the loop, for exams the check before the run could not foresee."""
+    from src_train import train as train_module
+
+    monkeypatch.setattr(train_module, "batch_indices", lambda *a, **k: [])
+    events: list = []
+    with pytest.raises(ValueError, match="epoch 1 took no training step"):
+        train(_config(cohort, tmp_path / "run"), progress=events.append)
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+    assert [e["event"] for e in events] == ["start"]

@@ -303,6 +303,46 @@ def test_lines_are_whole_whatever_the_chunks():
     assert tj.LineSplitter().feed(b"\xff\n") == ["\ufffd"]
 
 
+def test_library_warnings_become_one_plain_line_and_errors_stay_whole():
+    stderr = [
+        "/venv/lib/python3.11/site-packages/monai/utils/deprecate_utils.py:321: FutureWarning: monai.transforms"
+        " Orientation: default axcodes will change",
+        "  warn_deprecated(argname, msg, warning_category)",
+        r"C:\Users\me\venv\torch\nn\modules\conv.py:605: UserWarning: Using padding='same' with even kernel"
+        " lengths and odd dilation may require a zero-padded copy of the input be created",
+        "  return F.conv3d(",
+        "nibabel/nifti1.py:12: DeprecationWarning: get_data() is deprecated: 1: use get_fdata()",
+        "training on 8 exams, validating on 4; 2 steps per epoch",
+        "Traceback (most recent call last):",
+        '  File "/work/src_train/train.py", line 12, in train',
+        "    raise ValueError(problem)",
+        "ValueError: 7 training exams make no batch of 8",
+        "UserWarning: a warning raised as an error keeps its line",
+        "x.py:3: UserWarning: a warning without its source line",
+        "python -m src_train: the cohort is broken",
+    ]
+    lines = tj.WarningLines()
+    shown = [out for line in stderr for out in lines.feed(line)]
+    assert shown == [
+        "warning: monai.transforms Orientation: default axcodes will change",
+        "warning: Using padding='same' with even kernel lengths and odd dilation may require a zero-padded copy "
+        "of the input be created",
+        "warning: get_data() is deprecated: 1: use get_fdata()",
+        "training on 8 exams, validating on 4; 2 steps per epoch",
+        "Traceback (most recent call last):",
+        '  File "/work/src_train/train.py", line 12, in train',
+        "    raise ValueError(problem)",
+        "ValueError: 7 training exams make no batch of 8",
+        "UserWarning: a warning raised as an error keeps its line",
+        "warning: a warning without its source line",
+        "python -m src_train: the cohort is broken",
+    ]
+    # only the indented line right after a warning is its source: later indented lines stay
+    again = tj.WarningLines()
+    assert [out for line in ("a.py:1: UserWarning: w", "  src", "  kept") for out in again.feed(line)] == [
+        "warning: w", "  kept"]
+
+
 def test_progress_folds_events_into_status_and_curves():
     progress = tj.TrainingProgress()
     assert progress.status_text() == "preparing the data..." and progress.fraction == 0

@@ -53,12 +53,13 @@ def tiny_config(tmp_path_factory):
 
 
 @pytest.fixture
-def dialog(make_napari_viewer):
+def dialog(make_napari_viewer, qtbot):
     from napari_medimp._widgets.training import TrainingWidget, open_training_dialog
 
     viewer = make_napari_viewer(show=True)
     widget = open_training_dialog(viewer)
     assert isinstance(widget, TrainingWidget)
+    qtbot.waitUntil(widget.runtime_ready, timeout=60_000)  # devices known, loss plot drawn (a worker's)
     yield viewer, widget
     widget.shutdown(timeout_s=30)
 
@@ -147,6 +148,49 @@ def test_menu_command_docks_one_dialog(dialog):
     assert not widget.cancel_button.isEnabled() and not widget.use_button.isEnabled()
     small = PRESETS["cpu-small"]
     assert widget.epochs_spin.value() == small["epochs"] and widget.batch_spin.value() == small["batch_size"]
+
+
+def test_opening_the_dialog_leaves_torch_and_matplotlib_to_a_worker(make_napari_viewer, qtbot, monkeypatch):
+    """The constructor returns before the slow check (torch's devices) has run, and that check runs in
+    another thread; its result then reaches the form in the main thread."""
+    import threading
+
+    from napari_medimp._widgets.training import TrainingWidget
+
+    release = threading.Event()
+    ran: dict = {}
+
+    def slow_devices():
+        ran["started"] = True
+        ran["main_thread"] = threading.current_thread() is threading.main_thread()
+        release.wait(timeout=30)  # held until the constructor has returned (a fail-safe bound, not a race)
+        ran["finished"] = True
+        return ["cuda", "cpu"]
+
+    monkeypatch.setattr(TrainingWidget, "_available_devices", staticmethod(slow_devices))
+    viewer = make_napari_viewer(show=True)
+    widget = TrainingWidget(viewer)
+    assert "finished" not in ran and not widget.runtime_ready()
+    assert not widget.loss_plot.built  # matplotlib's canvas comes with the worker's result
+    assert [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())] == ["auto", "cpu"]
+    release.set()
+    qtbot.waitUntil(widget.runtime_ready, timeout=30_000)
+    assert ran == {"started": True, "main_thread": False, "finished": True}
+    assert [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())] == ["auto", "cuda", "cpu"]
+    paper = widget.preset_combo.model().item(widget.preset_combo.findData("paper"))
+    assert paper.isEnabled() and widget.loss_plot.built
+    widget.close()
+
+
+def test_library_warnings_of_the_child_show_as_one_plain_line(dialog, qtbot, tmp_path):
+    _, widget = dialog
+    with qtbot.waitSignal(widget.run_finished, timeout=20_000):
+        _fake_run(widget, tmp_path, "warn")
+    # what the child wrote to stderr, as the log shows it: the warning in one plain line, the error whole
+    shown = ["warning: Using a target size that is different to the input size", "Traceback (most recent call last):",
+             "ValueError: the cohort is broken"]
+    assert list(widget._stderr_tail) == shown
+    assert widget.log_view.toPlainText().endswith("\n".join([*shown, "[train process ended: exit code 1]"]))
 
 
 def test_bad_form_values_show_a_message_and_start_nothing(dialog, notes, qtbot, cohort, tmp_path):
@@ -385,6 +429,19 @@ if mode == "done":
                   {"event": "done", "epoch": 0, "step": 2, "train_loss": 1.3, "model": checkpoint}):
         print(json.dumps(event), flush=True)
     sys.exit(0)
+if mode == "nostep":  # a trainer that reports a model after no step at all
+    for event in ({"event": "start", "train_exams": 7, "val_exams": 4, "steps_per_epoch": 0, "epochs": 1},
+                  {"event": "epoch", "epoch": 0, "step": 0, "train_loss": float("nan")},
+                  {"event": "done", "epoch": 0, "step": 0, "model": checkpoint}):
+        print(json.dumps(event), flush=True)
+    sys.exit(0)
+if mode == "warn":
+    print("/venv/lib/python3.11/site-packages/torch/nn/modules/loss.py:610: UserWarning: Using a target size "
+          "that is different to the input size", file=sys.stderr)
+    print("  return F.mse_loss(input, target, reduction=self.reduction)", file=sys.stderr)
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("ValueError: the cohort is broken", file=sys.stderr, flush=True)
+    sys.exit(1)
 if mode == "fail":
     print("Traceback (most recent call last):", file=sys.stderr)
     print("ValueError: the cohort is broken", file=sys.stderr, flush=True)
@@ -487,6 +544,36 @@ def test_a_failed_training_shows_its_last_error_lines(dialog, notes, qtbot, tmp_
     assert widget.status_label.text() == "training failed (exit code 1): ValueError: the cohort is broken"
     assert widget.start_button.isEnabled() and not widget.cancel_button.isEnabled()
     assert widget.resume_check.isEnabled() and not widget.resume_check.isChecked()  # offered, not chosen
+
+
+def test_exams_that_make_no_batch_are_refused_before_start(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
+    _, widget = dialog
+    run = tmp_path / "run"
+    widget.set_form(cohort=cohort, out=run, config=tiny_config, epochs=1, batch_size=16)
+    assert widget.options().problems() == {}  # every field is fine on its own
+    _click(qtbot, widget.start_button)
+    # 4 patients, 1 of them (4 exams) validates: 12 training exams make no batch of 16
+    message = ("12 training exams (3 of 4 patients; 4 exams of 1 patient kept for validation) make no batch of "
+               "16; use batch 8 or more patients")
+    assert widget.child.process is None and widget.phase == "idle"
+    assert widget.status_label.text() == f"Training not started: {message}"
+    assert message in notes["error"][-1]
+    assert widget._errors["batch_size"].isVisible() and widget._errors["batch_size"].text() == message
+    assert not widget.use_button.isEnabled() and widget.model_path is None
+    assert "finished" not in widget.status_label.text() and not run.exists()
+    # a batch the exams fill passes the check
+    widget.set_form(batch_size=8)
+    assert widget.options().batch_problem() is None
+
+
+def test_a_model_reported_after_no_step_is_not_offered(dialog, notes, qtbot, tmp_path):
+    _, widget = dialog
+    with qtbot.waitSignal(widget.run_finished, timeout=20_000):
+        _fake_run(widget, tmp_path, "nostep", tmp_path / "best.safetensors")
+    assert widget.model_path is None and not widget.use_button.isEnabled()
+    assert widget.status_label.text() == ("training took no step (7 training exams, 0 steps per epoch): no model "
+                                          "to use")
+    assert "finished" not in widget.status_label.text() and "no step" in notes["error"][-1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,7 +714,7 @@ def test_device_and_precision_reach_the_training_process(dialog, qtbot, monkeypa
     started = []
     monkeypatch.setattr(ChildProcess, "start", lambda self, phase, program, args, **kw: started.append(args))
     run = tmp_path / "run"
-    widget.set_form(cohort=cohort, out=run, epochs=2, device="cpu", amp="fp16")
+    widget.set_form(cohort=cohort, out=run, epochs=2, batch_size=4, device="cpu", amp="fp16")  # 12 exams train
     _click(qtbot, widget.start_button)
     assert not started and "fp16 needs a CUDA GPU" in widget._errors["amp"].text()
     widget.set_form(amp="bf16")

@@ -18,6 +18,8 @@ run shows what it left: its whole loss curve (across resumes), its evaluation ta
 """
 
 import functools
+import subprocess
+import sys
 import traceback
 import weakref
 from collections import deque
@@ -110,13 +112,16 @@ class TrainingWidget(QWidget):
         self._show_all_errors = False
         self._touched: set[str] = set()
         self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._stderr_lines = tj.WarningLines()  # a library warning: one plain line in the log
         self._run_cohort: Path | None = None
         self._run_out: Path | None = None
         self._run_device = "auto"
         self._task_id = None
         self._task_epoch: int | None = None
         self._progress_dirty = False
-        self._devices = self._available_devices()
+        #: the devices available here, best first; None until the runtime check has run (off the event loop:
+        #: it imports torch, seconds that would freeze the window while the dialog opens)
+        self._devices: list[str] | None = None
         #: the output folder whose earlier run the dialog shows (None: none shown)
         self._shown_run: Path | None = None
 
@@ -125,6 +130,78 @@ class TrainingWidget(QWidget):
         self._refresh_run_folder()
         self._refresh_errors()
         self._set_running(False)
+        self._runtime_worker = self._start_runtime_check()
+
+    # ------------------------------------------------------------------------------------------------
+    # what is slow to load: torch (the devices) and matplotlib (the loss plot), in a worker thread
+    # ------------------------------------------------------------------------------------------------
+    def _start_runtime_check(self):
+        """Import torch (to list the devices) and matplotlib's Qt canvas in a worker thread; the dialog is
+        usable at once and takes their results in the main thread (:meth:`_on_runtime_loaded`)."""
+        from napari.qt.threading import create_worker
+
+        ref = weakref.ref(self)
+
+        def loaded(devices) -> None:
+            widget = ref()
+            if widget is not None:
+                try:
+                    widget._on_runtime_loaded(list(devices))
+                except RuntimeError:  # the dialog was deleted meanwhile
+                    pass
+
+        def failed(exc) -> None:
+            widget = ref()
+            if widget is not None:
+                try:
+                    widget._log(f"device check failed: {exc}")
+                    widget._on_runtime_loaded(["cpu"])
+                except RuntimeError:
+                    pass
+
+        worker = create_worker(_load_runtime, self._available_devices, _start_thread=False)
+        worker.returned.connect(loaded)
+        worker.errored.connect(failed)
+        worker.start()
+        return worker
+
+    def runtime_ready(self) -> bool:
+        """Whether the devices are known and the loss plot is drawn (the worker of the check has returned)."""
+        return self._devices is not None and self.loss_plot.built
+
+    def _on_runtime_loaded(self, devices: list[str]) -> None:
+        if self._devices is None:
+            self._apply_devices(devices)
+        self.loss_plot.build()
+
+    def _apply_devices(self, devices: list[str]) -> None:
+        """Offer the devices found here (the choice made so far stays) and say what the paper preset needs."""
+        self._devices = list(devices)
+        chosen = self.device_combo.currentData()
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        for key in tj.device_choices(self._devices):
+            self.device_combo.addItem(tj.DEVICE_LABELS[key], key)
+        self.device_combo.blockSignals(False)
+        if not self._select(self.device_combo, chosen if "device" in self._touched else self._default_device()):
+            self._select(self.device_combo, chosen)
+        warning = tj.preset_warning("paper", self._devices)
+        item = self.preset_combo.model().item(self.preset_combo.findData("paper"))
+        item.setEnabled(not warning)
+        item.setToolTip(warning or "")
+        self._show_preset_note()
+        self._refresh_errors()
+
+    def _default_device(self) -> str:
+        try:
+            return tj.effective_defaults(self.preset_combo.currentData(), self.config_edit.text().strip())["device"]
+        except Exception:
+            return "auto"
+
+    def _show_preset_note(self) -> None:
+        warning = tj.preset_warning(self.preset_combo.currentData(), self._devices) if self._devices else None
+        self.preset_note.setText(warning or "")
+        self.preset_note.setVisible(bool(warning))
 
     # ------------------------------------------------------------------------------------------------
     # layout
@@ -212,11 +289,6 @@ class TrainingWidget(QWidget):
         self.preset_combo = QComboBox()
         for key, label in tj.PRESET_LABELS.items():
             self.preset_combo.addItem(label, key)
-        warning = tj.preset_warning("paper", self._devices)
-        if warning:
-            item = self.preset_combo.model().item(self.preset_combo.findData("paper"))
-            item.setEnabled(False)
-            item.setToolTip(warning)
         self.preset_note = QLabel()
         self.preset_note.setWordWrap(True)
         self.preset_note.setStyleSheet(_NOTE_STYLE)
@@ -240,7 +312,7 @@ class TrainingWidget(QWidget):
         self.batch_spin.valueChanged.connect(lambda *_: self._touch("batch_size"))
         form.addRow("Batch size", self._with_error("batch_size", self.batch_spin))
         self.device_combo = QComboBox()
-        for key in tj.device_choices(self._devices):
+        for key in tj.device_choices(["cpu"]):  # the others once the devices are known
             self.device_combo.addItem(tj.DEVICE_LABELS[key], key)
         self.device_combo.setToolTip("where the training and the evaluation run; auto takes a CUDA GPU, then an "
                                      "Apple GPU, then the CPU. A resumed run may move to another device")
@@ -316,7 +388,7 @@ class TrainingWidget(QWidget):
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status_label)
 
-        self.loss_plot = LossPlot(self.viewer)
+        self.loss_plot = LossPlot(self.viewer, build=False)  # drawn once matplotlib is loaded
         layout.addWidget(self.loss_plot)
 
         self.table = QTableWidget(0, len(tj.DISPLAY_COLUMNS))
@@ -374,10 +446,22 @@ class TrainingWidget(QWidget):
 
     @staticmethod
     def _available_devices() -> list[str]:
-        try:
-            from napari_medimp.core.inference import available_devices
+        """Devices usable here, best first (``core.inference.available_devices``). Slow: run it in a worker.
 
-            return available_devices()
+        Asked of torch in this process when it is loaded already, else of a short child process: loading
+        torch's libraries here would hold the interpreter lock for about half a second (the window would
+        pause), and the training runs in a child process anyway."""
+        try:
+            if "torch" in sys.modules:
+                from napari_medimp.core.inference import available_devices
+
+                return available_devices()
+            probe = "from napari_medimp.core.inference import available_devices as a; print(','.join(a()))"
+            done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                                  env=tj.child_environment(), cwd=tj.source_root())
+            lines = done.stdout.strip().splitlines()
+            devices = [d for d in (lines[-1].split(",") if lines else []) if d in tj.DEVICE_LABELS]
+            return devices if devices and devices[-1] == "cpu" else ["cpu"]
         except Exception:
             return ["cpu"]
 
@@ -397,7 +481,7 @@ class TrainingWidget(QWidget):
             resume=self.resume_check.isChecked(),
             device=self.device_combo.currentData(),
             amp=self.precision_combo.currentData(),
-            devices=tuple(self._devices),
+            devices=tuple(self._devices or ("cpu",)),
         )
 
     def set_form(self, *, cohort=None, out=None, preset=None, epochs=None, batch_size=None,
@@ -475,10 +559,7 @@ class TrainingWidget(QWidget):
 
     @_slot
     def _on_preset_changed(self, *_) -> None:
-        preset = self.preset_combo.currentData()
-        warning = tj.preset_warning(preset, self._devices)
-        self.preset_note.setText(warning or "")
-        self.preset_note.setVisible(bool(warning))
+        self._show_preset_note()
         if not self.resume_check.isChecked():
             self._fill_defaults()
         self._refresh_errors()
@@ -605,6 +686,8 @@ class TrainingWidget(QWidget):
         if self.is_running():
             show_warning("A MEDIMP training is already running in this dock.")
             return False
+        if self._devices is None:  # Start before the worker's check returned: the devices decide the options
+            self._apply_devices(self._available_devices())
         self._show_all_errors = True
         self._refresh_run_folder()
         options = self.options()
@@ -613,6 +696,12 @@ class TrainingWidget(QWidget):
             listed = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in problems.items())
             self._set_status(f"Training not started: {listed}", error=True)
             show_error(f"MEDIMP training not started: {listed}")
+            return False
+        batch = options.batch_problem()  # exams that make no whole batch would train nothing
+        if batch:
+            self._refresh_errors({**problems, "batch_size": batch})
+            self._set_status(f"Training not started: {batch}", error=True)
+            show_error(f"MEDIMP training not started: {batch}")
             return False
         warning = tj.preset_warning(options.preset, self._devices)
         if warning and not options.resume:
@@ -642,6 +731,7 @@ class TrainingWidget(QWidget):
         root = tj.source_root()  # the working folder: `-m src_train` finds this package, not a same-named one
         self.phase = phase
         self._stderr_tail.clear()
+        self._stderr_lines = tj.WarningLines()
         self._log("$ " + " ".join(command))
         self._set_running(True)
         self._register_task()
@@ -684,9 +774,10 @@ class TrainingWidget(QWidget):
 
     @_slot
     def _on_stderr_line(self, line: str) -> None:
-        if line.strip():
-            self._stderr_tail.append(line)
-            self._log(line)
+        for shown in self._stderr_lines.feed(line):
+            if shown.strip():
+                self._stderr_tail.append(shown)
+                self._log(shown)
 
     def _refresh_progress_view(self) -> None:
         """Progress bar, status line and loss plot from the events received since the last refresh."""
@@ -726,7 +817,7 @@ class TrainingWidget(QWidget):
     def _train_finished(self, code: int, crashed: bool, cancelled: bool, killed: bool, message: str) -> None:
         p = self.progress
         self._reset_resume()  # a Resume choice is for one run; a stopped run offers it again below
-        if not crashed and code == 0 and p.done and p.model:
+        if not crashed and code == 0 and p.done and p.model and p.step > 0:
             self.model_path = Path(p.model)
             self._end_task("COMPLETED", "training finished")
             if cancelled:  # the stop came too late: the training had finished
@@ -755,6 +846,9 @@ class TrainingWidget(QWidget):
                     + (f"the last checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint was saved"))
         elif cancelled and crashed:
             text = "training cancelled before its first step; nothing was saved"
+        elif not crashed and code == 0 and p.done:  # a model that took no step is not offered
+            text = (f"training took no step ({p.train_exams} training exams, {p.steps_per_epoch} steps per "
+                    "epoch): no model to use")
         elif not crashed and code == 0:
             text = "training ended without reporting a model file"
         else:
@@ -955,6 +1049,17 @@ class TrainingWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
+
+
+def _load_runtime(available_devices) -> list[str]:
+    """In a worker thread: the devices (imports torch) and matplotlib's Qt canvas modules (the loss plot's);
+    no widget is touched here."""
+    devices = available_devices()
+    import matplotlib.backends.backend_qtagg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.ticker  # noqa: F401
+
+    return devices
 
 
 def _short(text: str) -> str:

@@ -9,7 +9,8 @@ does not need a GUI, so it can be tested (and reused by other front ends) on a h
 * :func:`resolve_cohort`, :func:`read_config`, :func:`inspect_run_folder`, :func:`precision_problem` --
   the checks behind the form;
 * :class:`LineSplitter` and :func:`parse_event` -- bytes from the child -> complete lines -> validated
-  progress events (anything else is a log line);
+  progress events (anything else is a log line); :class:`WarningLines` -- a library's Python warning in
+  the log as one plain line;
 * :class:`TrainingProgress` -- the events folded into what the dialog shows (progress, status line,
   loss curves), with the earlier parts of a resumed run read back from its folder
   (:meth:`TrainingProgress.add_run_history`, :func:`read_loss_history`);
@@ -31,6 +32,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -51,6 +53,7 @@ from ..core.training_run import (
     PRESETS,
     RUN_FILES,
     TrainConfig,
+    batch_plan,
     config_fields,
     is_finite,
     is_int,
@@ -82,6 +85,7 @@ __all__ = [
     "TableLine",
     "TrainingOptions",
     "TrainingProgress",
+    "WarningLines",
     "child_environment",
     "describe_exit",
     "device_choices",
@@ -483,6 +487,36 @@ class TrainingOptions:
         args.append("--json-progress")
         return args
 
+    def train_config(self) -> TrainConfig:
+        """The options the trainer will run with, as it builds them from :meth:`arguments`: the preset, then
+        the config file (with ``resume`` the run's own ``train_config.json``), then the form's values."""
+        values = dict(PRESETS[self.preset])
+        out = Path(self.out).expanduser()
+        run_config = out / "train_config.json"
+        if self.resume and run_config.is_file():
+            values.update(read_config(run_config))
+        else:
+            if self.config:
+                values.update(read_config(Path(self.config).expanduser()))
+            if self.batch_size is not None:
+                values["batch_size"] = self.batch_size
+            values["attributes"] = [a for a in ATTRIBUTES if a in self.attributes]
+            values["amp"] = self.amp
+        if self.epochs is not None:
+            values["epochs"] = self.epochs
+        values.update(cohort=str(resolve_cohort(self.cohort)), out=str(out), device=self.device)
+        return TrainConfig.from_dict(values)
+
+    def batch_problem(self) -> str | None:
+        """Why the cohort's training exams would make no batch (no step: nothing trained), with the numbers
+        and a way out (:meth:`~napari_medimp.core.training_run.BatchPlan.problem`); None when they make at
+        least one. Reads the cohort's table and folders (not the images): a check for Start, not for every
+        key stroke. Options that the trainer refuses for another reason are its to report (None here)."""
+        try:
+            return batch_plan(self.train_config()).problem()
+        except (ValueError, TypeError, OSError):
+            return None
+
     def command(self, python: str = sys.executable) -> list[str]:
         """The full command line (validated first; :class:`OptionsError` when a field is invalid)."""
         self.validate()
@@ -569,6 +603,33 @@ class LineSplitter:
         rest = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         return [self._clean(rest)] if rest.strip() else []
+
+
+#: a Python warning as ``warnings`` prints it: ``path/to/file.py:123: UserWarning: message``
+_WARNING_LINE = re.compile(r"^(?P<where>\S.*?):(?P<line>\d+): (?P<category>[A-Za-z_][\w.]*Warning): (?P<message>.*)$")
+
+
+class WarningLines:
+    """A child's stderr lines as the log shows them: a Python warning (``path/to/file.py:123: UserWarning:
+    message``, and the source line Python prints indented under it) becomes one plain line
+    ``warning: message``; every other line (errors and tracebacks included) passes unchanged.
+
+    One instance per stream, fed its lines in order: the source line is recognised as the indented line
+    right after a warning."""
+
+    def __init__(self) -> None:
+        self._after_warning = False
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to show for one line of the stream (none for a warning's source line)."""
+        after, self._after_warning = self._after_warning, False
+        if after and line.startswith("  ") and line.strip():
+            return []
+        match = _WARNING_LINE.match(line)
+        if match is None:
+            return [line]
+        self._after_warning = True
+        return [f"warning: {match['message'].strip()}"]
 
 
 def read_training_log(run: str | os.PathLike) -> list[dict]:

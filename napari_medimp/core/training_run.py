@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import safetensors_file
 from .configs import strict_from_dict
 from .paper import PAPER_EMBED_DIM, PAPER_INPUT_SIZE
 from .preprocess import PreprocessConfig
-from .prompts import ATTRIBUTES
+from .prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
 
 #: exit code of ``python -m src_train train`` after a requested stop (checkpoint saved)
 EXIT_STOPPED = 3
@@ -163,6 +166,134 @@ def preset_summary(preset: str) -> str:
     values = {**TrainConfig().to_dict(), **PRESETS[preset]}
     size = "x".join(str(n) for n in reversed(values["preprocessing"]["input_size"]))
     return f"{values['image_encoder']}, {size} input, batch {values['batch_size']}, {values['epochs']} epochs"
+
+
+# --------------------------------------------------------------------------------------------------
+# the cohort's exams, the validation split and the batches they make
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExamItem:
+    """One exam of a cohort that can train: its patient, exam name, image folder and clinical record."""
+
+    patient: str
+    exam: str
+    image: Path
+    record: ClinicalRecord
+
+
+def cohort_items(root, table=None) -> tuple[list[ExamItem], list[str]]:
+    """Every exam with an image and a clinical row, and a list of what was skipped and why (the table and
+    the folders are read; no image is opened)."""
+    from .io.cohort import cohort_exams, read_clinical_table
+
+    root = Path(root)
+    table = Path(table) if table else root / "clinical.csv"
+    if not table.exists():
+        raise ValueError(f"{root}: no clinical table (expected {table.name} in the cohort folder)")
+    rows = read_clinical_table(table)
+    items, skipped = [], []
+    for patient, exam, folder in cohort_exams(root):
+        if patient not in rows:
+            skipped.append(f"{patient}/{exam}: patient not in {table.name}")
+            continue
+        try:
+            record = ClinicalRecord.from_csv_row(rows[patient], exam)
+        except (ClinicalValueError, ValueError) as exc:
+            skipped.append(f"{patient}/{exam}: {exc}")
+            continue
+        items.append(ExamItem(patient, exam.upper(), folder, record))
+    return items, skipped
+
+
+def split_by_patient(items: Sequence[ExamItem], val_fraction: float = 0.2, seed: int = 0):
+    """(train, validation) items with every patient on one side only."""
+    patients = sorted({item.patient for item in items})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    n_val = int(round(val_fraction * len(patients)))
+    if len(patients) > 1:
+        n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(patients) - 1)
+    val = set(patients[:n_val])
+    return [i for i in items if i.patient not in val], [i for i in items if i.patient in val]
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimiser steps in one epoch: whole batches of ``batch_size`` training exams only. The exams left
+    over after the last whole batch wait for a later epoch (the order is shuffled every epoch): a partial
+    batch would have fewer negatives and, under several processes, unequal shares. ``world_size``
+    processes split every batch (``batch_size`` must be a multiple of it), so the count does not change
+    with them."""
+    if batch_size < 2:
+        raise ValueError("batch_size must be >= 2 (a contrastive batch needs negatives)")
+    if world_size < 1 or batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes ({world_size})")
+    return max(0, int(n_train)) // batch_size
+
+
+def suggested_batch(n_train: int, world_size: int = 1) -> int | None:
+    """A batch size that makes at least one step of ``n_train`` exams: the largest power of two (else the
+    largest size) of at least 2 and at most ``n_train`` that ``world_size`` processes can share; None
+    when there is none."""
+    sizes = [b for b in range(2, int(n_train) + 1) if b % world_size == 0]
+    powers = [b for b in sizes if b & (b - 1) == 0]
+    return max(powers or sizes) if sizes else None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a cohort's exams make batches: the training and validation exams (and their patients) after
+    the split by patient, and the steps per epoch they give."""
+
+    train_exams: int
+    train_patients: int
+    val_exams: int
+    val_patients: int
+    batch_size: int
+    world_size: int = 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.train_exams, self.batch_size, self.world_size)
+
+    def _split(self) -> str:
+        patients = self.train_patients + self.val_patients
+        if not self.val_patients:
+            return f"{_count(patients, 'patient')}, none kept for validation"
+        return (f"{self.train_patients} of {_count(patients, 'patient')}; {_count(self.val_exams, 'exam')} of "
+                f"{_count(self.val_patients, 'patient')} kept for validation")
+
+    def problem(self) -> str | None:
+        """Why these exams train nothing (no step per epoch), in numbers with a way out; None when they
+        make at least one step."""
+        if self.steps_per_epoch > 0:
+            return None
+        n, batch = self.train_exams, self.batch_size
+        processes = f" ({self.world_size} processes of {batch // self.world_size})" if self.world_size > 1 else ""
+        if n < 2:
+            head = (f"{_count(n, 'training exam')} ({self._split()}) cannot make a contrastive batch (it needs "
+                    "at least 2 exams)")
+            return f"{head}; use more patients" + (" or a smaller validation share (val_fraction)"
+                                                   if self.val_patients else "")
+        suggestion = suggested_batch(n, self.world_size)
+        head = f"{n} training exams ({self._split()}) make no batch of {batch}{processes}"
+        if suggestion is None:
+            return f"{head}; use fewer processes or more patients"
+        return f"{head}; use batch {suggestion} or more patients"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def batch_plan(config: TrainConfig, world_size: int = 1) -> BatchPlan:
+    """The :class:`BatchPlan` of ``config``'s cohort, split as the trainer splits it (``val_fraction``,
+    ``seed``). Reads the clinical table and the folders, not the images: an exam whose image turns out to
+    be unreadable is dropped later, so the trainer checks again once its exams are read."""
+    items, _ = cohort_items(config.cohort)
+    train, val = split_by_patient(items, config.val_fraction, config.seed)
+    return BatchPlan(train_exams=len(train), train_patients=len({i.patient for i in train}),
+                     val_exams=len(val), val_patients=len({i.patient for i in val}),
+                     batch_size=config.batch_size, world_size=world_size)
 
 
 # --------------------------------------------------------------------------------------------------
