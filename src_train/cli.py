@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -277,6 +278,11 @@ def _check_overlap(card: dict, cohort: Path, patients: list[str], allow: bool) -
     return f"WARNING: in-sample table: {message}. These numbers are not a result."
 
 
+#: every file ``evaluate`` writes into its folder
+EVALUATION_FILES = ("evaluation.csv", "comparisons.csv", "calibration.csv", "zero_shot_gfr.json",
+                    "content_retrieval.json", "reliability.png", "evaluation.md")
+
+
 def _cmd_evaluate(args) -> int:
     import json as _json
 
@@ -284,6 +290,7 @@ def _cmd_evaluate(args) -> int:
     from napari_medimp.core.checks import embedding_reference
     from napari_medimp.core.inference import Predictor
     from napari_medimp.core.io.cohort import read_clinical_table
+    from napari_medimp.core.outputs import check_output_folder, replacing_output_folder
     from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
     from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
     from napari_medimp.core.provenance import cohort_identity
@@ -304,9 +311,18 @@ def _cmd_evaluate(args) -> int:
         zero_shot_evaluation,
     )
 
+    if args.splits < 2:
+        raise ValueError(f"--splits {args.splits}: cross-validation needs at least 2 splits")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: at least 1 repeat")
+    if args.bootstrap < 40:
+        raise ValueError(f"--bootstrap {args.bootstrap}: a 95 % interval needs at least 40 resamples (one in each "
+                         "2.5 % tail)")
     cohort, out = Path(args.cohort), Path(args.out)
     if not (cohort / "clinical.csv").is_file():
         raise ValueError(f"{cohort}: no clinical.csv (an evaluation cohort needs outcomes)")
+    if not args.overwrite:
+        check_output_folder(out, EVALUATION_FILES, overwrite=False)  # before any work
     rows_by_id = read_clinical_table(cohort / "clinical.csv")
     patients = sorted(rows_by_id)
     warning = _check_overlap(read_card(args.model), cohort, patients, args.allow_overlap)
@@ -314,8 +330,9 @@ def _cmd_evaluate(args) -> int:
         print(warning, file=sys.stderr)
     rows = [rows_by_id[p] for p in patients]
     labels = {h: labels_from_rows(rows, h) for h in HORIZONS}
+    if not patients:
+        raise ValueError(f"{cohort / 'clinical.csv'} holds no patient: nothing to evaluate")
     clinical_by_visit = clinical_values(rows_by_id, patients)
-    out.mkdir(parents=True, exist_ok=True)
 
     loaded = load_model(args.model)
     predictor = Predictor(loaded, device=args.device)
@@ -350,34 +367,36 @@ def _cmd_evaluate(args) -> int:
     zero_shot = zero_shot_evaluation(sims, truth, owners, bins, seed=args.seed)
     content = prompt_content_retrieval(predictor, medimp, rows_by_id, loaded.card, args)
 
-    write_csv(result.table, out / "evaluation.csv")
-    write_csv(result.comparisons, out / "comparisons.csv")
-    write_csv(result.calibration, out / "calibration.csv")
-    (out / "zero_shot_gfr.json").write_text(_json.dumps(zero_shot, indent=1) + "\n")
-    (out / "content_retrieval.json").write_text(_json.dumps(content, indent=1) + "\n")
-    figure = reliability_figure(result.results, ["MEDIMP", "MEDIMP + clinical", "clinical values only"])
-    figure.savefig(out / "reliability.png")
-    identity = cohort_identity(cohort) or str(cohort)
-    lines = [f"# Prognosis evaluation of {loaded.card.get('name', args.model)}", ""]
-    if warning:
-        lines += [f"**{warning}**", ""]
-    lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Outcome at horizon h: {OUTCOME_DEFINITION}; "
-              "one model per visit over every horizon (shared coefficients, ordered intercepts, clinical values "
-              "bounded to the direction medicine expects). Each patient's latest reading (the exams "
-              f"so far at their last exam with an image); {result.results[0].n_splits or args.splits}-fold "
-              f"stratified cross-validation by patient repeated {args.repeats} times; 95 % patient-level "
-              f"bootstrap intervals ({args.bootstrap} resamples). The untrained encoder is the same architecture "
-              f"with fresh weights (seed {args.seed}) and batch-norm statistics computed from up to 64 of the "
-              f"cohort's exam images (images only, no label).", "",
-              to_markdown_table(interval_table(result.table)),
-              "Paired AUC differences (same patients, same bootstrap resamples):", "",
-              to_markdown_table(result.comparisons),
-              "Calibration per visit (mean predicted risk against the observed prevalence):", "",
-              to_markdown_table(result.calibration),
-              zero_shot_sentence(zero_shot), "", content_sentence(content), ""]
-    markdown = "\n".join(lines)
-    (out / "evaluation.md").write_text(markdown)
-    print(markdown)
+    # every file is written, or the folder keeps the earlier evaluation whole
+    with replacing_output_folder(out, EVALUATION_FILES, overwrite=args.overwrite):
+        write_csv(result.table, out / "evaluation.csv")
+        write_csv(result.comparisons, out / "comparisons.csv")
+        write_csv(result.calibration, out / "calibration.csv")
+        (out / "zero_shot_gfr.json").write_text(_json.dumps(zero_shot, indent=1) + "\n")
+        (out / "content_retrieval.json").write_text(_json.dumps(content, indent=1) + "\n")
+        figure = reliability_figure(result.results, ["MEDIMP", "MEDIMP + clinical", "clinical values only"])
+        figure.savefig(out / "reliability.png")
+        identity = cohort_identity(cohort) or str(cohort)
+        lines = [f"# Prognosis evaluation of {loaded.card.get('name', args.model)}", ""]
+        if warning:
+            lines += [f"**{warning}**", ""]
+        lines += [f"Evaluation cohort: {identity} ({len(patients)} patients). Outcome at horizon h: {OUTCOME_DEFINITION}; "
+                  "one model per visit over every horizon (shared coefficients, ordered intercepts, clinical values "
+                  "bounded to the direction medicine expects). Each patient's latest reading (the exams "
+                  f"so far at their last exam with an image); {result.results[0].n_splits or args.splits}-fold "
+                  f"stratified cross-validation by patient repeated {args.repeats} times; 95 % patient-level "
+                  f"bootstrap intervals ({args.bootstrap} resamples). The untrained encoder is the same architecture "
+                  f"with fresh weights (seed {args.seed}) and batch-norm statistics computed from up to 64 of the "
+                  f"cohort's exam images (images only, no label).", "",
+                  to_markdown_table(interval_table(result.table)),
+                  "Paired AUC differences (same patients, same bootstrap resamples):", "",
+                  to_markdown_table(result.comparisons),
+                  "Calibration per visit (mean predicted risk against the observed prevalence):", "",
+                  to_markdown_table(result.calibration),
+                  zero_shot_sentence(zero_shot), "", content_sentence(content), ""]
+        markdown = "\n".join(lines)
+        (out / "evaluation.md").write_text(markdown)
+        print(markdown)
     if args.write_heads:
         keep = [s for s in sets if s.name in ("MEDIMP", "MEDIMP + clinical", "clinical values only")]
         heads = fit_heads(keep, clinical, patients, labels)
@@ -413,8 +432,11 @@ def _cmd_evaluate(args) -> int:
 def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     from napari_medimp.core.training_run import AMP_MODES, PRESETS
 
-    parser = argparse.ArgumentParser(prog=prog, description="MEDIMP pretraining and prognosis evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=prog, description="MEDIMP pretraining and prognosis evaluation",
+                                     allow_abbrev=False)
+    # options are spelled out: an abbreviation could silently mean another option
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     p = sub.add_parser("train", help="contrastive pretraining on a cohort")
     p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + patient/exam/sequence tree)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, loss curve, model files")
@@ -460,6 +482,7 @@ def build_parser(prog: str = "python -m src_train") -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="append", metavar="NAME=MODEL",
                    help="also evaluate a model trained with other prompt attributes (repeatable)")
     p.add_argument("--write-heads", action="store_true", help="fit final heads on all patients into the model file")
+    p.add_argument("--overwrite", action="store_true", help="replace the evaluation files already in --out")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

@@ -162,6 +162,15 @@ def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys)
     assert predictor.card["metrics"]["evaluation_protocol"]["in_sample_warning"].startswith("WARNING")
     # heads exist only for horizons where both classes occur among the three patients
     assert set(predictor.prognosis_horizons) <= {"2y", "3y", "4y"}
+    # the same output rules as every command: a second run never silently replaces the first
+    capsys.readouterr()
+    assert main([*evaluate, "--allow-overlap"]) == 1
+    assert "already holds an earlier result" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "evaluation.md").read_text() == table
+    for bad, words in ((["--splits", "1"], "at least 2 splits"), (["--repeats", "-1"], "at least 1 repeat"),
+                       (["--bootstrap", "5"], "at least 40 resamples")):
+        assert main([*evaluate, "--allow-overlap", "--overwrite", *bad]) == 1
+        assert words in capsys.readouterr().err
 
 
 def test_card_records_resume_commands_and_no_seed_for_other_cohorts(tmp_path):

@@ -535,7 +535,7 @@ def evaluation_command(model: str | os.PathLike, cohort: str | os.PathLike, out:
         raise ValueError("at least 1 repeat")
     return [python, "-m", "src_train", "evaluate", "--model", str(model), "--cohort", str(cohort),
             "--out", str(out), "--splits", str(int(splits)), "--repeats", str(int(repeats)), "--device", device,
-            "--write-heads", *(["--allow-overlap"] if allow_overlap else [])]
+            "--overwrite", "--write-heads", *(["--allow-overlap"] if allow_overlap else [])]
 
 
 def evaluation_cohort(chosen: str | os.PathLike | None, training_cohort: str | os.PathLike) -> tuple[Path, bool]:
