@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from napari_medimp.cli import main
@@ -155,7 +156,7 @@ def test_one_unreadable_exam_of_a_cohort_is_skipped_and_listed(tmp_path, tiny_mo
                                                       "P1-saliency-gradcam-2y-D30.nii.gz"]
     shutil.rmtree(cohort / "P1")  # a single exam left: its failure is the command's, exit 1, nothing written
     assert main(["predict", str(cohort), "--model", str(tiny_model), "--out", str(tmp_path / "none.csv")]) == 1
-    assert "dce.nii.gz: not a readable NIfTI file" in _one_line(capsys.readouterr().err)
+    assert "dce.nii.gz: gzip stream is corrupt or truncated" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "none.csv").exists()
 
 
@@ -168,3 +169,16 @@ def test_abbreviated_options_are_refused(capsys):
     assert stop.value.code == 2
     assert "unrecognized arguments: --gf" in capsys.readouterr().err
 
+
+
+def test_a_warning_is_one_plain_line_without_pythons_file_and_line(tmp_path, capsys):
+    from napari_medimp.cli import main
+    from napari_medimp.core.io import save_nifti
+
+    path = save_nifti(tmp_path / "dce.nii.gz", np.ones((3, 4, 5, 6), np.float32), np.eye(4),
+                      frame_times=[0.0, 10.0, 20.0])
+    (tmp_path / "dce.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["info", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "medimp: warning: " in err and "dce.json: sidecar ignored, nested too deeply" in err
+    assert ".py:" not in err and "DCEReadWarning" not in err

@@ -384,3 +384,23 @@ def test_a_flipped_byte_inside_a_gzipped_nifti_is_refused_not_read(tmp_path):
     with pytest.raises(DCEReadError, match="gzip stream is corrupt"):
         load_labels(labels)
     assert load_dce(path).data.shape == (4, 6, 8, 10)
+
+
+def test_colour_complex_and_deeply_nested_inputs_get_a_message_naming_the_file(tmp_path):
+    import nibabel as nib
+
+    from napari_medimp.core.io import DCEReadError, load_dce, save_nifti
+    from napari_medimp.core.volume import DCEReadWarning
+
+    rgb = np.zeros((8, 8, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    with pytest.raises(DCEReadError, match=r"rgb\.nii\.gz.*colour \(RGB\)"):
+        load_dce(tmp_path / "rgb.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.complex64), np.eye(4)), tmp_path / "complex.nii.gz")
+    with pytest.raises(DCEReadError, match=r"complex\.nii\.gz.*complex voxels"):
+        load_dce(tmp_path / "complex.nii.gz")
+    path = save_nifti(tmp_path / "dce.nii.gz", np.ones((3, 4, 5, 6), np.float32), np.eye(4),
+                      frame_times=[0.0, 10.0, 20.0])
+    (tmp_path / "dce.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.warns(DCEReadWarning, match=r"dce\.json: sidecar ignored, nested too deeply"):
+        assert load_dce(path).n_frames == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 
 #: exit codes: a problem with the data or the files (1), with the command line (2)
 EXIT_DATA, EXIT_USAGE = 1, 2
@@ -47,7 +48,16 @@ def failure_message(exc: BaseException, value_error: int = EXIT_USAGE) -> tuple[
 
 
 def run_reporting_failures(function, args, prog: str, debug: bool, value_error: int = EXIT_USAGE) -> int:
-    """Run a command; a failure becomes one line on stderr and an exit code (a traceback with --debug)."""
+    """Run a command; a failure becomes one line on stderr and an exit code (a traceback with --debug), and
+    a warning one plain line (``prog: warning: message``, without Python's file and line)."""
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = lambda message, category, *_, **__: print(
+                f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        return _run(function, args, prog, debug, value_error)
+
+
+def _run(function, args, prog: str, debug: bool, value_error: int) -> int:
     try:
         return function(args)
     except KeyboardInterrupt:

@@ -58,6 +58,9 @@ def read_sidecar(path) -> dict:
         return {}
     try:
         content = json.loads(side.read_text())
+    except RecursionError:
+        warnings.warn(f"{side}: sidecar ignored, nested too deeply to be read", DCEReadWarning, stacklevel=2)
+        return {}
     except (OSError, ValueError) as exc:
         warnings.warn(f"{side}: sidecar ignored, not valid JSON ({exc})", DCEReadWarning, stacklevel=2)
         return {}
@@ -108,6 +111,13 @@ def _load_image(path: Path):
 
 
 def _checked_shape(path: Path, img) -> tuple[int, ...]:
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "V":
+        raise DCEReadError(path, f"holds colour (RGB) or structured voxels ({dtype}), not the single intensity "
+                                 "per voxel of a DCE-MRI series")
+    if dtype.kind == "c":
+        raise DCEReadError(path, f"holds complex voxels ({dtype}); export magnitude images from the scanner "
+                                 "(a part of a complex value is not the intensity)")
     shape = tuple(int(s) for s in img.shape)
     if any(s == 0 for s in shape):
         raise DCEReadError(path, f"image has a zero-length axis (shape {shape})")
