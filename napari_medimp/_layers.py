@@ -75,9 +75,13 @@ def volume_layer_data(volume: DCEVolume, name: str | None = None, **extra) -> tu
 
 
 def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney labels",
-                      region_names: dict[int, str] | None = None) -> tuple:
-    """A 3D label map in the geometry of ``volume``'s spatial axes; ``region_names`` (label value -> name,
-    from the file) travel in the layer's metadata for the curves of each region."""
+                      region_names: dict[int, str] | None = None, labels_file=None) -> tuple:
+    """A 3D label map of the exam ``volume``, in the geometry of its spatial axes; ``region_names`` (label
+    value -> name, from the file) travel in the layer's metadata for the curves of each region, with the
+    exam they belong to (``exam_identity``, :class:`~napari_medimp.core.identity.ExamIdentity`) and the
+    label file (``labels_file``), so that the panel pairs them with their own exam only."""
+    from .core.identity import ExamIdentity
+
     geometry = volume.layer_geometry()
     kwargs = {
         "name": name,
@@ -87,7 +91,9 @@ def labels_layer_data(labels: np.ndarray, volume: DCEVolume, name: str = "kidney
         "translate": geometry["translate"][1:],
         "opacity": 0.6,
         "metadata": {"affine": volume.affine.tolist(), "source": volume.source,
-                     "region_names": {int(k): str(v) for k, v in region_names.items()} if region_names else None},
+                     "region_names": {int(k): str(v) for k, v in region_names.items()} if region_names else None,
+                     "exam_identity": ExamIdentity.from_volume(volume).to_dict(),
+                     "labels_file": str(labels_file) if labels_file else None},
     }
     colours = kidney_colormap(region_names)
     if colours is not None:

@@ -46,7 +46,7 @@ def _exam_layers(exam_folder: Path, name: str | None = None) -> list[tuple]:
         labels, affine = load_labels(seg_file)
         if labels.shape == volume.shape[1:] and np.allclose(affine, volume.affine, atol=1e-3):
             layers.append(labels_layer_data(labels, volume, name=f"{layers[0][1]['name']} labels",
-                                            region_names=label_names(seg_file)))
+                                            region_names=label_names(seg_file), labels_file=seg_file))
         else:
             warnings.warn(f"{seg_file}: segmentation grid {labels.shape} differs from the DCE grid "
                           f"{volume.shape[1:]}; not shown", stacklevel=2)

@@ -135,6 +135,10 @@ def _predictor(args):
     return Predictor.from_file(args.model or default_model_path(), device=args.device)
 
 
+#: the exam of an image that states none, when none is typed
+DEFAULT_EXAM = "D30"
+
+
 def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
     """(id, exam, path) of every exam under ``path``: one file/series, or the exams of a cohort tree."""
     from .core.io.cohort import classify_folder, cohort_exams
@@ -267,11 +271,11 @@ def _cmd_predict(args) -> int:
     sources = _sources(Path(args.path))
     # readings use the exams so far: each patient's exams in follow-up order
     order = {e: i for i, e in enumerate(EXAMS)}
-    sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam).upper(), 99)))
+    sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam or DEFAULT_EXAM).upper(), 99)))
     by_patient: dict[str, dict] = {}
     last_reading: dict[str, object] = {}
     def predict_one(ident, exam, path):
-        exam = (exam or args.exam).upper()
+        exam = (exam or args.exam or DEFAULT_EXAM).upper()
         patient = ident.split("/")[0]
         record = _record(args, exam)
         if record is None and patient in table:
@@ -332,7 +336,7 @@ def _cmd_saliency(args) -> int:
         if single:
             return out
         patient = ident.split("/")[0] if "/" in ident else None
-        return out / saliency_file_name(method, target, (exam or args.exam), prefix=patient)
+        return out / saliency_file_name(method, target, (exam or args.exam or DEFAULT_EXAM), prefix=patient)
 
     planned = {(ident, m, t): file_for(ident, exam, m, t) for ident, exam, _ in sources for m in methods
                for t in targets}
@@ -351,7 +355,7 @@ def _cmd_saliency(args) -> int:
         print(faithfulness_line(method, card_faithfulness(predictor.card, method)))
 
     def explain_one(ident, exam, path):
-        exam = (exam or args.exam).upper()
+        exam = (exam or args.exam or DEFAULT_EXAM).upper()
         record = _record(args, exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
         volume = load_dce(path)
@@ -456,6 +460,8 @@ def _cmd_analyze(args) -> int:
     import numpy as np
 
     from .core.card import default_method
+    from .core.identity import ExamIdentity, table_source
+    from .core.io.cohort import cohort_clinical_row
     from .core.io.nifti import label_names, load_labels
     from .core.outputs import check_output_folder, replacing_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
@@ -473,9 +479,10 @@ def _cmd_analyze(args) -> int:
     if not args.overwrite:
         check_output_folder(out, ANALYSIS_FILES, overwrite=False)  # before any work
     _refuse_typed_non_numbers(args)
-    exam = normalize_exam(args.exam)
+    exam = normalize_exam(args.exam or DEFAULT_EXAM)
+    exam_source = "typed (--exam)" if args.exam else f"default ({DEFAULT_EXAM})"
     names = None
-    record_source = "typed"
+    row, table, line = None, None, None
     if args.path == SAMPLE_ARGUMENT:
         from .core.sample import SAMPLE_SEED, sample_exam
 
@@ -483,21 +490,24 @@ def _cmd_analyze(args) -> int:
         source = f"bundled synthetic sample (seed {SAMPLE_SEED}, exam {exam}; not patient data)"
         names = KIDNEY_REGION_NAMES
         label_file = None
-        table: dict = {}
-        patient = None
     else:
         sources = _sources(Path(args.path))
         if len(sources) != 1:
             raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
                              "(a file, a series or an exam folder) or one patient folder; use `medimp predict` "
                              "for a cohort")
-        ident, tree_exam, path = sources[0]
-        exam = normalize_exam(tree_exam or exam)
+        _ident, _tree_exam, path = sources[0]
         volume, label_file = _load_exam(path)
         source = str(path)
         labels = None
-        table = _cohort_records(Path(path))
-        patient = ident.split("/")[0]
+        who = ExamIdentity.from_volume(volume)  # a file reads its sidecar as an exam folder does
+        if who.exam and args.exam and normalize_exam(args.exam) != who.exam:
+            print(f"medimp: warning: --exam {exam} typed, but {path} is exam {who.exam} (from its "
+                  f"{who.exam_from}); analysed as {exam}", file=sys.stderr)
+        elif who.exam and not args.exam:
+            exam, exam_source = who.exam, who.exam_from
+        if who.patient:
+            row, table, line = cohort_clinical_row(Path(path), who.patient)
     if args.labels or label_file:
         label_file = Path(args.labels) if args.labels else label_file
         labels, label_affine = load_labels(label_file)
@@ -505,19 +515,38 @@ def _cmd_analyze(args) -> int:
         if labels.shape == volume.shape[1:] and not np.allclose(label_affine, volume.affine, atol=1e-3):
             print(f"medimp: warning: {label_file} has the exam's grid but not its position/orientation "
                   "(affine); region curves assume they are aligned", file=sys.stderr)
+    labels_origin = None
+    if labels is not None:
+        labels_origin = {"file": str(label_file) if label_file else "bundled synthetic sample",
+                         "identity": (ExamIdentity.from_volume(volume) if args.labels is None or
+                                      args.path == SAMPLE_ARGUMENT else ExamIdentity()).to_dict()}
 
     record = _record(args, exam)
-    if record is None and patient in table:
-        record = ClinicalRecord.from_csv_row(table[patient], exam)
-        record_source = "clinical.csv"
+    from_table = table_source(table, line)
+    differs: dict = {}
+    if record is None and row is not None:
+        record = ClinicalRecord.from_csv_row(row, exam)
+        entered = clinical_inputs(gfr=record.gfr, donor_age=record.donor_age,
+                                  creatinine=list(record.creatinine) or None, creatinine_std=record.creatinine_std,
+                                  record=record, source=from_table, table=table)
+    else:
+        if record is not None and row is not None:  # typed against the cohort's table: said, and recorded
+            listed = ClinicalRecord.from_csv_row(row, exam)
+            for name, typed, known in (("gfr", record.gfr, listed.gfr), ("donor_age", record.donor_age,
+                                                                          listed.donor_age)):
+                if typed is not None and known is not None and abs(typed - known) > 1e-9:
+                    differs[name] = {"source": from_table, "value": f"{known:g}"}
+                    print(f"medimp: warning: --{name.replace('_', '-')} {typed:g} typed, {from_table} says "
+                          f"{known:g} at {exam}; the typed value is used", file=sys.stderr)
+        entered = clinical_inputs(gfr=args.gfr, donor_age=args.donor_age, creatinine=args.creatinine,
+                                  creatinine_std=args.creatinine_std, creatinine_unit=args.creatinine_unit,
+                                  record=record, source="typed" if record is not None else None,
+                                  table=table if differs else None, differs=differs or None)
     prompt = args.prompt or (build_prompt(record) if record is not None else None)
-    entered = clinical_inputs(gfr=args.gfr, donor_age=args.donor_age, creatinine=args.creatinine,
-                              creatinine_std=args.creatinine_std, creatinine_unit=args.creatinine_unit,
-                              record=record, source=record_source if record is not None else None)
     request = AnalysisRequest(
         volume=volume, exam=exam, record=record, prompt=prompt, roi=_roi(args),
         roi_source="given" if args.roi else "automatic (enhancing kidney)", labels=labels, region_names=names,
-        clinical=entered, source=source,
+        clinical=entered, source=source, exam_source=exam_source, labels_origin=labels_origin,
         saliency_method=None if args.saliency == "none" else (args.saliency or default_method(_model_card(args))),
         saliency_target=args.target, show_anyway=args.show_anyway)
     request.check()  # options and labels, before the model loads
@@ -552,7 +581,8 @@ def _model_options(p: argparse.ArgumentParser, clinical: bool = True, path_help:
     p.add_argument("--roi", type=int, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
                    help="kidney box in voxel indices (half-open); default: found from the enhancement")
     if clinical:
-        p.add_argument("--exam", default="D30", help="exam of a single file: D15, D30, M3 or M12")
+        p.add_argument("--exam", help="exam of a single file: D15, D30, M3 or M12 (default: the exam its sidecar "
+                                      f"states, else {DEFAULT_EXAM})")
         p.add_argument("--gfr", help="GFR at this exam, mL/min/1.73 m2")
         p.add_argument("--donor-age", help="donor age, years")
         p.add_argument("--creatinine", help="serum creatinine values up to this exam, e.g. '120;135;150'")

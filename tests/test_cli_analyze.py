@@ -64,7 +64,10 @@ def test_analyze_report_contents(analyzed, exam, tiny_model):
     assert inputs["source_file"] == str(image) and inputs["exam"] == "M3"
     assert inputs["roi"]["voxels_zyx"] == [int(v) for v in ROI] and inputs["roi"]["source"] == "given"
     assert inputs["reading_notes"] == []  # a clean file: nothing assumed
-    assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.4;1.9", "unit": "mg/dL"}
+    assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.4;1.9", "unit": "mg/dL",
+                                                           "source": "typed"}
+    assert inputs["exam_source"] == "typed (--exam)"
+    assert inputs["labels"]["file"] == str(exam[1])  # given with --labels: its exam is not known
     assert inputs["clinical"]["used"]["gfr_ml_min_1_73m2"] == 42.0
     prompt = report["prompt"]
     assert "glomerular filtration rate is low" in prompt and "third month" in prompt

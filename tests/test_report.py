@@ -230,8 +230,9 @@ def test_report_contents():
     inputs = report["inputs"]
     assert inputs["source_file"] == "/data/p1_m3.nii.gz" and inputs["layer_name"] == "graft DCE"
     assert inputs["exam"] == "M3"
-    assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.5", "unit": "mg/dL"}
-    assert inputs["clinical"]["entered"]["gfr"] == {"value": "48", "unit": "mL/min/1.73 m2"}
+    # each value says where it came from
+    assert inputs["clinical"]["entered"]["creatinine"] == {"value": "1.2;1.5", "unit": "mg/dL", "source": "typed"}
+    assert inputs["clinical"]["entered"]["gfr"] == {"value": "48", "unit": "mL/min/1.73 m2", "source": "typed"}
     assert inputs["clinical"]["used"]["creatinine_umol_l"] == pytest.approx([106.08, 132.6], abs=0.1)
     roi = inputs["roi"]
     assert roi["voxels_zyx"] == [1, 3, 0, 2, 2, 5] and roi["source"] == "given"

@@ -40,6 +40,7 @@ from .._layers import (
 )
 from ..core.card import card_facts, default_method, facts_text, is_synthetic
 from ..core.checks import OUTSIDE_TRAINING, failed_messages
+from ..core.identity import TYPED, ExamIdentity, labels_mismatch, table_source
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
@@ -72,6 +73,27 @@ FIELD_TITLES = {"exam": "Exam", "donor_age": "Donor age", "gfr": "GFR", "creatin
                 "creatinine_std": "Creat. std", "creatinine_unit": "Creatinine unit"}
 AUTO_ROI = "automatic (from the enhancement)"
 NO_LABELS = "none"
+#: the form's clinical values (the exam aside)
+CLINICAL_FIELDS = ("donor_age", "gfr", "creatinine", "creatinine_std")
+#: where a value typed in the panel comes from
+TYPED_HERE = f"{TYPED} in the MEDIMP widget"
+
+
+def _same_value(a: str, b: str) -> bool:
+    """Whether two form texts hold the same value(s) (``48`` and ``48.0``; ``120; 135`` and ``120;135``)."""
+    import re
+
+    def numbers(text: str):
+        parts = [p for p in re.split(r"[;\s]+", str(text).strip()) if p]
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            return None
+
+    left, right = numbers(a), numbers(b)
+    if left is None or right is None:
+        return str(a).strip() == str(b).strip()
+    return left == right
 
 
 class _Relay(QObject):
@@ -369,15 +391,25 @@ class MedimpWidget(QWidget):
         return layers
 
     def _pick_exam_labels(self) -> None:
-        """Choose the labels layer read with the current exam (same source file or folder), if one is open."""
+        """Choose the labels layer of the current exam (same exam folder or file, or the same patient and
+        exam read from the data); "none" when no open labels layer is that exam's."""
         layer = self.current_layer()
-        source = layer.metadata.get("source") if layer is not None else None
-        if not source:
+        if layer is None:
             return
+        image = ExamIdentity.from_layer_metadata(layer.metadata)
         for labels in self._layers_of("labels"):
-            if labels.metadata.get("source") == source:
+            if image.same_exam(ExamIdentity.from_layer_metadata(labels.metadata)):
                 self.labels_combo.setCurrentText(labels.name)
                 return
+        self.labels_combo.setCurrentText(NO_LABELS)
+
+    def labels_mismatch(self) -> str | None:
+        """Why the chosen labels layer is not the current exam's (both exams named), None when it may be used."""
+        layer, name = self.current_layer(), self.labels_combo.currentText()
+        if layer is None or name == NO_LABELS or name not in self.viewer.layers:
+            return None
+        return labels_mismatch(ExamIdentity.from_layer_metadata(layer.metadata),
+                               ExamIdentity.from_layer_metadata(self.viewer.layers[name].metadata), layer.name, name)
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], keep: str | None, first: str | None = None) -> None:
@@ -467,21 +499,21 @@ class MedimpWidget(QWidget):
 
     # ------------------------------------------------------------------------------ exam identity
     def _take_identity(self, layer) -> None:
-        """The exam and patient come from the layer's data (cohort folders, sidecar); another patient's
-        values never stay in the form; the cohort's clinical.csv fills the form when it has the patient."""
+        """The exam and patient come from the layer's data (sidecar, DICOM tags, cohort folders:
+        :class:`~napari_medimp.core.identity.ExamIdentity`); another patient's values never stay in the form;
+        the cohort's clinical.csv fills the form when it has the patient."""
+        who = ExamIdentity.from_layer_metadata(layer.metadata)
         meta = layer.metadata.get("dce_metadata") or {}
-        exam = str(meta.get("exam") or "").upper()
-        patient = str(meta.get("patient") or "") or None
         source = str(layer.metadata.get("source") or meta.get("source") or "")
-        self._identity = {"exam": exam if exam in EXAMS else None, "patient": patient, "table": None,
-                          "layer": layer.name}
-        if patient != self._form_patient:
-            self.prefill(**{name: "" for name in ("donor_age", "gfr", "creatinine", "creatinine_std")})
-            self._form_patient = patient
-        if self._identity["exam"]:
-            self.fields["exam"].value = self._identity["exam"]
-        if patient and source and self._identity["exam"]:
-            self._fill_from_table(Path(source), patient, self._identity["exam"])
+        self._identity = {"exam": who.exam, "patient": who.patient, "table": None, "line": None,
+                          "table_values": {}, "layer": layer.name, "who": who}
+        if who.patient != self._form_patient:
+            self.prefill(**{name: "" for name in CLINICAL_FIELDS})
+            self._form_patient = who.patient
+        if who.exam:
+            self.fields["exam"].value = who.exam
+        if who.patient and source and who.exam:
+            self._fill_from_table(Path(source), who.patient, who.exam)
         self.exam_confirm.setChecked(False)
         self._show_identity()
 
@@ -497,19 +529,52 @@ class MedimpWidget(QWidget):
             return {}, None
 
     def _fill_from_table(self, source: Path, patient: str, exam: str) -> None:
+        from ..core.io.cohort import cohort_clinical_row
         from ..core.prompts import ClinicalRecord
 
-        rows, table = self._cohort_table(source, patient)
-        if patient not in rows:
-            return
         try:
-            record = ClinicalRecord.from_csv_row(rows[patient], exam)
-        except ValueError as exc:
+            row, table, line = cohort_clinical_row(source, patient)
+            if row is None:
+                return
+            record = ClinicalRecord.from_csv_row(row, exam)
+        except (OSError, ValueError) as exc:
             self._notify_warning(f"clinical values of {patient} not read from the cohort's table: {exc}")
             return
         self.prefill(donor_age=record.donor_age, gfr=record.gfr, creatinine=list(record.creatinine),
                      creatinine_std=record.creatinine_std, creatinine_unit="umol/L")
-        self._identity["table"] = str(table)
+        self._identity.update(table=str(table), line=line,
+                              table_values={name: str(self.fields[name].value) for name in CLINICAL_FIELDS})
+        self._show_identity()
+
+    def value_sources(self) -> dict[str, str]:
+        """Where each clinical value of the form came from: the cohort's table (``clinical.csv line N``) while
+        it still holds the value filled in from there, else typed in the widget."""
+        identity, out = self._identity, {}
+        table_values = identity.get("table_values") or {}
+        for name in CLINICAL_FIELDS:
+            filled = table_values.get(name)
+            current = str(self.fields[name].value)
+            if filled and _same_value(current, filled):
+                out[name] = table_source(identity["table"], identity.get("line"))
+            else:
+                out[name] = TYPED_HERE
+        return out
+
+    def values_differing(self) -> dict[str, dict]:
+        """The clinical values typed against the cohort's table: name -> ``{"source", "value"}`` of the
+        table's value (empty when the form agrees with the table, or has none)."""
+        identity, out = self._identity, {}
+        for name, filled in (identity.get("table_values") or {}).items():
+            if filled and not _same_value(str(self.fields[name].value), filled):
+                out[name] = {"source": table_source(identity["table"], identity.get("line")), "value": filled}
+        return out
+
+    def exam_source(self) -> str:
+        """Where the form's exam came from: the image's data when it agrees with it, else typed."""
+        who = self._identity.get("who")
+        if who is not None and who.exam and str(self.fields["exam"].value) == who.exam:
+            return who.exam_from or TYPED_HERE
+        return TYPED_HERE
 
     def exam_mismatch(self) -> str | None:
         """Why the form's exam is not the layer's (None when they agree or the layer does not say)."""
@@ -517,24 +582,54 @@ class MedimpWidget(QWidget):
         typed = str(self.fields["exam"].value)
         if not exam or typed == exam:
             return None
-        return (f"The form says exam {typed}, but layer '{self._identity['layer']}' is exam {exam} (from its "
-                f"folder or file). Choose {exam} above, or tick the box to analyse it as {typed}.")
+        who = self._identity.get("who")
+        where = f"from its {who.exam_from}" if who is not None and who.exam_from else "from its folder or file"
+        return (f"The form says exam {typed}, but layer '{self._identity['layer']}' is exam {exam} ({where}). "
+                f"Choose {exam} above, or tick the box to analyse it as {typed}.")
+
+    def values_mismatch(self) -> str | None:
+        """The clinical values typed against the cohort's table, in words (None when none)."""
+        differing = self.values_differing()
+        if not differing:
+            return None
+        exam = self._identity.get("exam") or str(self.fields["exam"].value)
+        parts = []
+        for name, other in differing.items():
+            typed = str(self.fields[name].value).strip()
+            title = FIELD_TITLES[name]
+            parts.append(f"{title} {typed} typed here, {other['source']} says {other['value']} at {exam}" if typed
+                         else f"{title} left empty, {other['source']} says {other['value']} at {exam}")
+        return ("; ".join(parts) + ". Tick the box to analyse with the values typed above, or "
+                "retype the table's.")
 
     def _show_identity(self) -> None:
         identity, lines = self._identity, []
+        who = identity.get("who")
         if identity.get("patient") or identity.get("exam"):
-            who = f"patient {identity['patient']}, " if identity.get("patient") else ""
-            lines.append(f"Image: {who}exam {identity.get('exam') or 'not stated'} (from its folder or file).")
-        if identity.get("table"):
-            lines.append(f"Values filled in from {Path(identity['table']).name} of the cohort; edit them to use "
-                         "others.")
+            text = f"patient {identity['patient']}, " if identity.get("patient") else ""
+            where = []
+            if who is not None and who.patient_from:
+                where.append(f"patient from the {who.patient_from}")
+            if who is not None and who.exam_from:
+                where.append(f"exam from the {who.exam_from}")
+            lines.append(_escape(f"Image: {text}exam {identity.get('exam') or 'not stated'}"
+                                 + (f" ({'; '.join(where)})." if where else ".")))
+        differing = self.values_mismatch() if identity.get("table") else None
+        if identity.get("table") and differing is None:
+            lines.append(_escape(f"Values filled in from {table_source(identity['table'], identity.get('line'))} "
+                                 "of the cohort; edit them to use others."))
         mismatch = self.exam_mismatch()
-        if mismatch:
-            lines.append(f"<span style='color:#ffb347'>{_escape(mismatch)}</span>")
+        for warning in (mismatch, differing):
+            if warning:
+                lines.append(f"<span style='color:#ffb347'>{_escape(warning)}</span>")
         self.identity_label.setText("<br>".join(lines))
         self.identity_label.setVisible(bool(lines))
-        self.exam_confirm.setVisible(mismatch is not None)
-        if mismatch is None:
+        needs = mismatch is not None or differing is not None
+        self.exam_confirm.setText("Analyse as the exam typed above" if differing is None else
+                                  "Analyse with the values typed above" if mismatch is None else
+                                  "Analyse with the exam and values typed above")
+        self.exam_confirm.setVisible(needs)
+        if not needs:
             self.exam_confirm.setChecked(False)
 
     # ------------------------------------------------------------------------------------- clinical
@@ -764,11 +859,23 @@ class MedimpWidget(QWidget):
         name = self.labels_combo.currentText()
         if not name or name == NO_LABELS or name not in self.viewer.layers:
             return None
+        mismatch = self.labels_mismatch()
+        if mismatch:
+            raise ValueError(mismatch)
         labels = np.asarray(self.viewer.layers[name].data)
         if labels.shape != tuple(layer.data.shape[-3:]):
             raise ValueError(f"labels layer {name!r} has shape {labels.shape}, the DCE layer's grid is "
                              f"{tuple(layer.data.shape[-3:])}; choose matching labels or none")
         return labels
+
+    def _labels_origin(self) -> dict | None:
+        """The chosen labels layer's file and exam, for the report."""
+        name = self.labels_combo.currentText()
+        if name == NO_LABELS or name not in self.viewer.layers:
+            return None
+        meta = self.viewer.layers[name].metadata or {}
+        return {"layer": name, "file": meta.get("labels_file"),
+                "identity": ExamIdentity.from_layer_metadata(meta).to_dict()}
 
     def _inputs(self, need_prompt: bool = False):
         """Everything a job needs, checked in the main thread; None after telling the user why."""
@@ -798,10 +905,12 @@ class MedimpWidget(QWidget):
         form = self.form_values()
         clinical = clinical_inputs(gfr=form["gfr"], donor_age=form["donor_age"], creatinine=form["creatinine"],
                                    creatinine_std=form["creatinine_std"], creatinine_unit=form["creatinine_unit"],
-                                   record=record, source="typed in the MEDIMP widget")
+                                   record=record, source=TYPED_HERE, sources=self.value_sources(),
+                                   table=self._identity.get("table"), differs=self.values_differing())
         request = AnalysisRequest(volume=volume, exam=record.exam, record=record, prompt=prompt, roi=roi,
                                   roi_source=roi_how, labels=labels, region_names=self._region_names(), clinical=clinical,
-                                  layer_name=layer.name)
+                                  layer_name=layer.name, exam_source=self.exam_source(),
+                                  labels_origin=self._labels_origin() if labels is not None else None)
         try:
             request.check()
         except ValueError as exc:
@@ -812,7 +921,7 @@ class MedimpWidget(QWidget):
 
     def analyze(self) -> None:
         """Image-prompt similarity, zero-shot GFR bins, prognosis and curves of the chosen layer."""
-        mismatch = self.exam_mismatch()
+        mismatch = self.exam_mismatch() or self.values_mismatch()
         if mismatch and not self.exam_confirm.isChecked():
             self._notify_error(mismatch)
             return
@@ -1148,8 +1257,8 @@ class MedimpWidget(QWidget):
         if result is None:
             self._notify_error("nothing to export: analyse the current layer first")
             return None
-        meta = result.request.volume.metadata or {}
-        who = "-".join(str(v) for v in (meta.get("patient"), result.analysis.get("exam")) if v)
+        patient = ExamIdentity.from_volume(result.request.volume).patient
+        who = "-".join(str(v) for v in (patient, result.analysis.get("exam")) if v)
         name = f"{who or 'medimp'}-{datetime.fromtimestamp(result.finished):%Y%m%d-%H%M%S}"
         try:
             folder = new_export_folder(folder, name)

@@ -18,16 +18,16 @@ layout), never assumed: a date the data does not hold is "date unknown".
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import OUTSIDE_TRAINING, Check, outside_training
+from .identity import exam_date, exam_recorded, patient_recorded, sidecars
 from .pipeline import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
 from .prompts import ClinicalRecord, ClinicalValueError, build_prompt, normalize_exam
@@ -56,100 +56,16 @@ DATE_UNKNOWN = "date unknown"
 #: every file a patient analysis writes in its folder (the report's JSON and CSV and the trend figure)
 PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", TREND_FIGURE_FILE)
 
-#: where a date may be recorded: volume metadata keys (DICOM readers, other readers), then sidecar keys
-#: (BIDS ``AcquisitionDateTime``, DICOM-style names), best first
-_METADATA_DATE_KEYS = ("exam_date", "acquisition_date", "study_date", "series_date")
-_SIDECAR_DATE_KEYS = ("AcquisitionDateTime", "AcquisitionDate", "StudyDate", "SeriesDate", "ContentDate",
-                      "StudyDateTime", "ExamDate")
-#: where the patient's identifier may be recorded
-_METADATA_PATIENT_KEYS = ("patient_id",)
-_SIDECAR_PATIENT_KEYS = ("PatientID",)
-_DATE_FORMATS = ("%Y%m%d", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d")
-
 
 # --------------------------------------------------------------------------------------------------
-# what the data says about an exam: its date, its patient, its exam name
+# what the data says about an exam: its date, its patient, its exam name (owned by :mod:`.identity`)
 # --------------------------------------------------------------------------------------------------
-def _parse_date(value) -> date | None:
-    """A calendar date from a DICOM DA/DT (``20240115``, ``20240115103000.00``) or ISO text
-    (``2024-01-15``, ``2024-01-15T10:30:00``); None when it is not one."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    match = re.match(r"^(\d{8})(\d{0,6})(\.\d+)?([+-]\d{4})?$", text)  # DICOM DA or DT
-    candidates = [match.group(1)] if match else [re.split(r"[T ]", text, maxsplit=1)[0]]
-    for candidate in candidates:
-        for fmt in _DATE_FORMATS:
-            try:
-                parsed = datetime.strptime(candidate, fmt).date()
-            except ValueError:
-                continue
-            if 1900 <= parsed.year <= 2200:
-                return parsed
-    return None
-
-
-def _sidecars(volume: DCEVolume) -> list[dict]:
-    """The JSON sidecars a volume's reader kept (a phase folder: its first phase's)."""
-    found = []
-    if isinstance(volume.metadata.get("sidecar"), Mapping):
-        found.append(dict(volume.metadata["sidecar"]))
-    phases = volume.metadata.get("phase_files")
-    if phases:
-        from .io.nifti import read_sidecar
-
-        try:
-            side = read_sidecar(phases[0])
-        except OSError:
-            side = {}
-        if side:
-            found.append(side)
-    return found
-
-
-def exam_date(volume: DCEVolume) -> tuple[str | None, str | None, list[str]]:
-    """(ISO date, where it was read, notes) of one exam, from its metadata (DICOM ``StudyDate``, a reader's
-    ``exam_date``) or its NIfTI sidecar (``AcquisitionDateTime``, ``AcquisitionDate``, ``StudyDate``...).
-    ``(None, None, notes)`` when the data records no date; a recorded value that is not a date is named in
-    the notes and ignored, never replaced by another date."""
-    notes: list[str] = []
-    sources: list[tuple[str, Any]] = [(f"image metadata '{k}'", volume.metadata.get(k)) for k in _METADATA_DATE_KEYS]
-    for side in _sidecars(volume):
-        sources += [(f"sidecar '{k}'", side.get(k)) for k in _SIDECAR_DATE_KEYS]
-    for where, value in sources:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        parsed = _parse_date(value)
-        if parsed is None:
-            notes.append(f"{where} holds {str(value)[:40]!r}, not a date: ignored")
-            continue
-        return parsed.isoformat(), where, notes
-    return None, None, notes
-
-
 def _days_after_transplant(volume: DCEVolume) -> float | None:
-    for side in _sidecars(volume):
+    for side in sidecars(volume):
         value = side.get("DaysAfterTransplantation")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     return None
-
-
-def patient_recorded(volume: DCEVolume) -> tuple[str | None, str | None]:
-    """(patient identifier, where it was read) as the image itself records it (DICOM ``PatientID``, a
-    sidecar's ``PatientID``); ``(None, None)`` when it records none."""
-    for key in _METADATA_PATIENT_KEYS:
-        if str(volume.metadata.get(key) or "").strip():
-            return str(volume.metadata[key]).strip(), f"image metadata '{key}'"
-    for side in _sidecars(volume):
-        for key in _SIDECAR_PATIENT_KEYS:
-            if str(side.get(key) or "").strip():
-                return str(side[key]).strip(), f"sidecar '{key}'"
-    return None, None
 
 
 def _patient_in_data(volume: DCEVolume) -> str | None:
@@ -157,11 +73,7 @@ def _patient_in_data(volume: DCEVolume) -> str | None:
 
 
 def _exam_in_data(volume: DCEVolume) -> str | None:
-    for side in _sidecars(volume):
-        value = side.get("Exam")
-        if isinstance(value, str) and value.strip().upper() in EXAMS:
-            return value.strip().upper()
-    return None
+    return exam_recorded(volume)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -106,23 +106,38 @@ def _first(mapping: Mapping, keys: Sequence[str], where: str) -> tuple[str | Non
 def exam_identity(volume) -> dict[str, str | None]:
     """Patient id, exam id and exam date as the image states them, and where each was read (``patient_from``,
     ``exam_from``, ``date_from``): DICOM tags, a NIfTI's JSON sidecar, a cohort's folder names
-    (``patient/exam/...``); None for what the image does not state, never a guess. The date is
-    :func:`~napari_medimp.core.longitudinal.exam_date`'s (the patient view's)."""
-    from .longitudinal import exam_date, patient_recorded
+    (``patient/exam/...``); None for what the image does not state, never a guess. The exam is the study's
+    accession number or UID when the image has one, else the follow-up exam of
+    :class:`~napari_medimp.core.identity.ExamIdentity` (a sidecar's ``Exam``, the folder name)."""
+    from .identity import ExamIdentity
 
     meta = dict(volume.metadata or {})
     sidecar = meta.get("sidecar") if isinstance(meta.get("sidecar"), Mapping) else {}
-    patient, patient_from = patient_recorded(volume)
-    if patient is None:
-        patient, patient_from = _first(meta, ("patient",), "folder name")
+    who = ExamIdentity.from_volume(volume)
     exam, exam_from = _first(meta, ("accession_number", "study_uid"), "image metadata '{}'")
     if exam is None:
         exam, exam_from = _first(sidecar, ("AccessionNumber", "StudyInstanceUID", "StudyID"), "sidecar '{}'")
     if exam is None:
-        exam, exam_from = _first(meta, ("exam",), "folder name")
-    day, day_from, _ = exam_date(volume)
-    return {"patient": patient, "exam": exam, "date": day,
-            "patient_from": patient_from, "exam_from": exam_from, "date_from": day_from}
+        exam, exam_from = who.exam, who.exam_from
+    return {"patient": who.patient, "exam": exam, "date": who.date,
+            "patient_from": who.patient_from, "exam_from": exam_from, "date_from": who.date_from}
+
+
+def _from_words(where: str) -> str:
+    """'read from the sidecar 'Exam'' / 'typed' in a sentence."""
+    return where if where.startswith(("typed", "chosen")) else f"read from the {where}"
+
+
+def _labels_origin_words(origin: Mapping | None) -> str:
+    """The tissue labels' file and exam in words."""
+    if not origin:
+        return "file and exam not recorded"
+    from .identity import ExamIdentity
+
+    who = ExamIdentity.from_dict(origin.get("identity") or {})
+    file = origin.get("file") or (f"layer '{origin['layer']}'" if origin.get("layer") else "file not recorded")
+    exam = who.describe() if (who.patient or who.exam) else "exam not stated"
+    return f"{file} ({exam})"
 
 
 def _acquisition_lines(volume) -> list[tuple[str, str]]:
@@ -316,8 +331,9 @@ def _identity_page(flow: _Flow, result, report: dict) -> None:
         else:
             flow.field(label, NOT_STATED.format(key), color=_NOTE)
         if key == "patient":
+            exam_from = inputs.get("exam_source")
             flow.field("exam", f"{result.request.exam} (follow-up visit after transplant, as chosen for the "
-                               "analysis)")
+                               "analysis" + (f"; {_from_words(exam_from)}" if exam_from else "") + ")")
     source = inputs.get("source_file") or volume.source or "not recorded"
     flow.field("image", str(source) + (f" (layer '{inputs['layer_name']}')" if inputs.get("layer_name") else ""))
     software = ", ".join(f"{k} {v}" for k, v in (report.get("software") or {}).items() if v)
@@ -336,10 +352,14 @@ def _identity_page(flow: _Flow, result, report: dict) -> None:
     clinical = inputs.get("clinical") or {}
     entered = clinical.get("entered") or {}
     if entered:
-        where = clinical.get("source") or "not recorded"
         for name, item in entered.items():
+            where = item.get("source") or clinical.get("source") or "source not recorded"
             flow.field(CLINICAL_WORDS.get(name, name.replace("_", " ")),
                        f"{_clinical_value(item.get('value'))} {item.get('unit', '')}".strip() + f"  ({where})")
+            other = item.get("differs_from")
+            if other:
+                flow.field("", f"differs from {other.get('source')}: {_clinical_value(other.get('value'))}",
+                           color=_NOTE)
         used = clinical.get("used") or {}
         if entered.get("creatinine", {}).get("unit") not in (None, "umol/L") and used.get("creatinine_umol_l"):
             values = used["creatinine_umol_l"]
@@ -359,6 +379,8 @@ def _identity_page(flow: _Flow, result, report: dict) -> None:
     labels = result.request.labels
     flow.field("tissue labels", "given: " + ", ".join(_region_names(result)) if labels is not None and
                _region_names(result) else ("given, without kidney region names" if labels is not None else "none"))
+    if labels is not None:
+        flow.field("labels from", _labels_origin_words(inputs.get("labels")))
 
     flow.heading("Checks of the input")
     checks = report.get("checks") or []

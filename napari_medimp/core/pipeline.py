@@ -73,6 +73,12 @@ class AnalysisRequest:
     earlier: Mapping[str, np.ndarray] | None = None
     #: show the readings of an exam outside what the model was trained on (a deliberate choice, reported)
     show_anyway: bool = False
+    #: where ``exam`` came from (typed, or read from the image: ``sidecar 'Exam'``, ``folder name``); None:
+    #: the image's own when they agree, else typed
+    exam_source: str | None = None
+    #: the tissue labels' origin for the report: ``file``, ``layer``, and the exam they belong to
+    #: (``identity``, :meth:`~napari_medimp.core.identity.ExamIdentity.to_dict`)
+    labels_origin: Mapping[str, Any] | None = None
 
     def check(self) -> None:
         """Refuse options that cannot work, before any model is loaded (ValueError naming the option)."""
@@ -247,7 +253,9 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
     names = request.region_names  # None: 'label N' per value (see curves.default_region_names)
     curves = roi_and_region_curves(request.volume, analysis.roi, request.labels, names)
     inputs = describe_inputs(request.volume, exam=request.exam, roi=analysis.roi, clinical=request.clinical,
-                             source=request.source, roi_source=request.roi_source, layer_name=request.layer_name)
+                             source=request.source, roi_source=request.roi_source, layer_name=request.layer_name,
+                             exam_source=request.exam_source,
+                             labels=request.labels_origin if request.labels is not None else None)
     inputs["device"] = analysis.model.get("device")
     result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
                             inputs=inputs, model=analysis.model, embedding=analysis.embedding, typed=analysis)

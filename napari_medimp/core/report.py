@@ -102,10 +102,20 @@ def roi_in_mm(roi, affine) -> dict:
 
 
 def clinical_inputs(*, gfr=None, donor_age=None, creatinine=None, creatinine_std=None,
-                    creatinine_unit: str = "umol/L", record=None, source: str = "typed") -> dict:
-    """Clinical values as entered (text or numbers, with their units) and, with ``record`` (a
-    validated :class:`~napari_medimp.core.prompts.ClinicalRecord`), the values used, in canonical units."""
+                    creatinine_unit: str = "umol/L", record=None, source: str | None = "typed",
+                    sources: Mapping[str, str] | None = None, table=None,
+                    differs: Mapping[str, Mapping] | None = None) -> dict:
+    """Clinical values as entered (text or numbers, with their units and where each came from) and, with
+    ``record`` (a validated :class:`~napari_medimp.core.prompts.ClinicalRecord`), the values used, in
+    canonical units.
+
+    ``sources``: value name -> where it came from (``typed``, ``clinical.csv line 4``,
+    :func:`~napari_medimp.core.identity.table_source`); a value without one has ``source``. ``table``: the
+    clinical table the values were checked against; ``differs``: value name -> ``{"source", "value"}`` of a
+    table value the entered one disagrees with. The top-level ``source`` is the values' common source, or
+    ``mixed`` when they differ."""
     entered = {}
+    sources = dict(sources or {})
     for name, value in (("gfr", gfr), ("donor_age", donor_age)):
         if value is not None and str(value).strip() != "":
             entered[name] = {"value": value, "unit": CLINICAL_UNITS[name]}
@@ -114,7 +124,17 @@ def clinical_inputs(*, gfr=None, donor_age=None, creatinine=None, creatinine_std
             if isinstance(value, (list, tuple, np.ndarray)):
                 value = [float(v) for v in value]
             entered[name] = {"value": value, "unit": creatinine_unit}
-    out: dict[str, Any] = {"source": source, "entered": entered}
+    for name, item in entered.items():
+        item["source"] = sources.get(name) or source
+        if differs and name in differs:
+            item["differs_from"] = dict(differs[name])
+    common = {item["source"] for item in entered.values()}
+    out: dict[str, Any] = {"source": (common.pop() if len(common) == 1 else "mixed (see each value)") if common
+                           else source, "entered": entered}
+    if table is not None:
+        out["table"] = os.fspath(table)
+    if differs:
+        out["differs_from_table"] = {name: dict(item) for name, item in differs.items()}
     if record is not None:
         out["used"] = {
             "exam": record.exam,
@@ -127,16 +147,27 @@ def clinical_inputs(*, gfr=None, donor_age=None, creatinine=None, creatinine_std
 
 
 def describe_inputs(volume, *, exam: str, roi=None, roi_source: str | None = None, clinical: dict | None = None,
-                    layer_name: str | None = None, source: str | None = None) -> dict:
-    """The ``inputs`` section of a report from a :class:`DCEVolume` and what the user chose."""
+                    layer_name: str | None = None, source: str | None = None, exam_source: str | None = None,
+                    labels: Mapping | None = None) -> dict:
+    """The ``inputs`` section of a report from a :class:`DCEVolume` and what the user chose: with the exam's
+    identity as the image states it (``identity``: patient, exam, date and where each was read),
+    where the analysed exam came from (``exam_source``) and the tissue labels' file and exam (``labels``)."""
+    from .identity import ExamIdentity
+
+    identity = ExamIdentity.from_volume(volume)
+    if exam_source is None:
+        exam_source = identity.exam_from if identity.exam == exam else "typed"
     info: dict[str, Any] = {
         "source_file": source if source is not None else (volume.source or None),
         "layer_name": layer_name,
         "exam": exam,
+        "exam_source": exam_source,
+        "identity": identity.to_dict(),
         "shape_tzyx": list(volume.shape),
         "spacing_zyx_mm": [round(float(s), 4) for s in volume.spacing],
         "frame_times_s": None if volume.frame_times is None else [round(float(t), 3) for t in volume.frame_times],
         "clinical": clinical or {"source": None, "entered": {}},
+        "labels": dict(labels) if labels else None,
         # what the reader assumed or ignored (voxel size, orientation, frame times, ...)
         "reading_notes": list(volume.metadata.get("reading_notes") or []),
     }

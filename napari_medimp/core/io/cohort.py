@@ -140,6 +140,7 @@ def load_exam(exam_folder, lazy: bool | None = None) -> tuple[DCEVolume, Path | 
         volume = load_sequence(dce, lazy=lazy)
     volume.metadata.setdefault("exam", exam_folder.name)
     volume.metadata.setdefault("patient", exam_folder.parent.name)
+    volume.metadata.setdefault("exam_folder", str(exam_folder))
     seg_file = list_phase_files(seg)[0] if seg is not None and list_phase_files(seg) else None
     return volume, seg_file
 
@@ -188,6 +189,16 @@ def read_clinical_table(path) -> dict[str, dict]:
     Comma or semicolon separated (as spreadsheets export it in many locales), with or without a byte-order
     mark. A missing ``patient_id`` column, a patient listed twice (both rows named) or a file that is not a
     regular file of reasonable size is an error."""
+    return _read_table(path)[0]
+
+
+def clinical_table_lines(path) -> dict[str, int]:
+    """patient id -> the line of ``clinical.csv`` holding the patient's row (the header is line 1), so
+    that a value read from it can say where it came from."""
+    return _read_table(path)[1]
+
+
+def _read_table(path) -> tuple[dict[str, dict], dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: the clinical table must be a regular file")
@@ -206,7 +217,8 @@ def read_clinical_table(path) -> dict[str, dict]:
     reader.fieldnames = fields
     rows: dict[str, dict] = {}
     first_line: dict[str, int] = {}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # the physical line (blank lines counted), as an editor shows it
         patient = (row.get("patient_id") or "").strip()
         if not patient:
             continue
@@ -215,7 +227,7 @@ def read_clinical_table(path) -> dict[str, dict]:
                              "keep one row per patient")
         rows[patient] = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None}
         first_line[patient] = line
-    return rows
+    return rows, first_line
 
 
 def cohort_clinical_table(path) -> tuple[dict, Path | None]:
@@ -228,3 +240,15 @@ def cohort_clinical_table(path) -> tuple[dict, Path | None]:
         if table.is_file():
             return read_clinical_table(table), table
     return {}, None
+
+
+def cohort_clinical_row(path, patient: str) -> tuple[dict | None, Path | None, int | None]:
+    """(the row of ``patient``, the table, its line) in the ``clinical.csv`` of the cohort ``path`` lies in
+    (:func:`cohort_clinical_table`); ``(None, table or None, None)`` when the patient has no row."""
+    path = Path(path)
+    for folder in [path, *path.parents][:5]:
+        table = folder / "clinical.csv"
+        if table.is_file():
+            rows, lines = _read_table(table)
+            return rows.get(patient), table, lines.get(patient)
+    return None, None, None
