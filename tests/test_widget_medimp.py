@@ -443,3 +443,42 @@ def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed" in done.stdout and "has been deleted" not in done.stderr
+
+
+def test_a_3d_volume_and_a_label_file_opened_while_the_panel_starts_keep_their_notice_and_kind(
+        make_napari_viewer, qtbot, training_cohort, tmp_path):
+    """The panel imports heavy libraries in a background thread when it opens; a warning the reader raises
+    meanwhile can be dropped by that thread's warning filters (simulated here by ignoring warnings while
+    the files open). The panel shows the reader's notice once it is ready, once; a segmentation file
+    opens as a labels layer with its region names, offered as tissue labels."""
+    import warnings
+
+    import nibabel as nib
+    from napari.layers import Labels
+    from napari.utils.notifications import notification_manager
+
+    from napari_medimp._widgets.medimp import MedimpWidget
+
+    source = nib.load(sorted(training_cohort.glob("P0001/M12/dce/*.nii.gz"))[0])
+    one = tmp_path / "one_phase.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[..., 0], source.affine), one)
+    seg = sorted(training_cohort.glob("P0001/M12/seg/*.nii.gz"))[0]
+    viewer = make_napari_viewer(show=True)
+    widget = MedimpWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MEDIMP", area="right")
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the background import may do to a warning meanwhile
+        viewer.open(str(one), plugin="napari-medimp")
+        viewer.open(str(seg), plugin="napari-medimp")
+    qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.pending_notices, timeout=5_000)
+    notice = f"{one}: 3D image opened as a single frame"
+    assert seen.count(notice) == 1, seen
+    labels = viewer.layers[-1]
+    assert isinstance(labels, Labels) and labels.data.ndim == 3 and labels.data.dtype.kind in "iu"
+    assert labels.metadata["region_names"][2] == "cortex"
+    assert widget.labels_combo.findText(labels.name) >= 0
+    assert not any(str(seg) in m for m in seen)  # a label map is not "a 3D image opened as a single frame"
+    np.testing.assert_allclose(labels.scale, viewer.layers[0].scale[1:])

@@ -91,6 +91,8 @@ class MedimpWidget(QWidget):
         #: who and which exam the current layer is (from its data), and whose values the form holds
         self._identity: dict[str, Any] = {}
         self._form_patient: str | None = None
+        #: reader notices of layers opened while the panel was not ready, shown once it is
+        self._pending_notices: list[str] = []
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self._build()
@@ -108,12 +110,47 @@ class MedimpWidget(QWidget):
 
         _wait_for_workers_at_exit()
         self._warming = create_worker(_import_heavy_modules, _ignore_errors=True)  # the analysis says it
-        self._warming.finished.connect(lambda: setattr(self, "_warming", None))
+        self._warming.finished.connect(self._warmed_up)
         self._warming.start()
+
+    def _warmed_up(self) -> None:
+        self._warming = None
+        self._flush_notices()
 
     @property
     def warmed_up(self) -> bool:
         return self._warming is None
+
+    @property
+    def ready(self) -> bool:
+        """True once the background import has ended and no request is running."""
+        return self.warmed_up and not self.busy
+
+    def _take_notices(self, layer) -> None:
+        """What the reader had to assume about a layer just opened (its ``reading_notes``) reaches the user
+        once: a notice napari has not shown (a warning raised while the background import held Python's
+        warning filters is dropped there) is queued and shown when the panel is ready."""
+        from napari.utils.notifications import notification_manager
+
+        meta = getattr(layer, "metadata", None) or {}
+        notes = [*((meta.get("dce_metadata") or {}).get("reading_notes") or []), *(meta.get("reading_notes") or [])]
+        shown = {str(getattr(n, "message", "")) for n in notification_manager.records[-500:]}
+        for note in dict.fromkeys(str(n) for n in notes):
+            if note not in shown and note not in self._pending_notices:
+                self._pending_notices.append(note)
+        self._flush_notices()
+
+    def _flush_notices(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        if not self.ready:
+            return
+        while self._pending_notices:
+            show_warning(self._pending_notices.pop(0))
+
+    @property
+    def pending_notices(self) -> list[str]:
+        return list(self._pending_notices)
 
     # ---------------------------------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -378,6 +415,8 @@ class MedimpWidget(QWidget):
         current = before = self.layer_combo.currentText()
         images = [layer.name for layer in self._layers_of("image")]
         inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if inserted is not None:
+            self._take_notices(inserted)
         if inserted is not None and inserted.name in images:
             current = inserted.name  # an exam just opened is the one the panel reads
         if inserted is not None and kidney_colormap((inserted.metadata or {}).get("region_names")):
@@ -891,6 +930,7 @@ class MedimpWidget(QWidget):
             self.status_label.setText("")
         self._worker = None
         self._update_buttons()
+        self._flush_notices()
 
     @property
     def busy(self) -> bool:
