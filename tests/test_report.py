@@ -346,3 +346,11 @@ def test_each_export_gets_a_new_folder_never_an_earlier_one(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         new_export_folder(tmp_path / "file", "x")
+
+
+def test_a_tiny_risk_is_never_printed_as_zero():
+    from napari_medimp.core.report import percent
+
+    assert percent(0.0004) == "< 0.1 %" and percent(1e-9) == "< 0.1 %"
+    assert percent(0.0) == "0.0 %" and percent(0.0006) == "0.1 %" and percent(0.002) == "0.2 %"
+    assert percent(0.45) == "45 %" and percent(0.9996) == "> 99 %" and percent(1.0) == "100 %"

@@ -5,7 +5,8 @@ the clinical values as they were typed and where they came from, the input check
 exam is outside what the model was trained on), the results (prompt similarity, zero-shot GFR reading,
 probability of graft dysfunction per horizon for each kind of reading, each with how well that reading did
 on unseen patients), the model card's facts and the disclaimer. Then the key slices: three slices through
-the kidney box at the phase of peak enhancement, with the tissue-label outlines and each saliency map, a
+the kidney box at the frame where the box's mean signal is highest (named by its number and time, not
+as a phase), with the tissue-label outlines and each saliency map, a
 scale bar in millimetres and the patient-orientation letters. Last, the time-intensity curves (seconds when
 the image states frame times, frame numbers otherwise; the page says which).
 
@@ -503,7 +504,8 @@ def orientation_letters(affine) -> dict[str, Any]:
 
 
 def key_slices(volume, roi, curve=None, n_slices: int = 3, n_baseline: int = 2) -> dict[str, Any]:
-    """The phase of peak enhancement (the frame where the kidney box's mean signal ``curve`` peaks) and
+    """The frame where the kidney box's mean signal ``curve`` is highest (often a late frame; it is named by
+    its number and time, see :func:`~napari_medimp.core.curves.describe_frame`) and
     ``n_slices`` slices through the box: the slice whose mean enhancement over the baseline is highest and its
     neighbours, a quarter of the box apart (inside the box). Returns ``frame``, ``slices`` (z indices,
     increasing) and ``peak_slice``. Reads only the baseline and peak frames."""
@@ -671,7 +673,9 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
         window = (window[0], window[0] + 1.0)
     orientation = orientation_letters(volume.affine)
     times = volume.frame_times
-    when = f"{times[chosen['frame']]:g} s" if times is not None else "time not stated in the image"
+    from .curves import describe_frame
+
+    shown = describe_frame(chosen["frame"], volume.n_frames, times)
     regions = _region_values(result)
     rows: list[tuple[str, Any, dict | None]] = [("image", None, None)]
     rows += [("map", smap, section) for smap, section in _maps(result, saliency_maps)]
@@ -683,7 +687,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
         top = 1.0 - _MARGIN_TOP / PAGE_SIZE[1]
         page.text(_MARGIN_LEFT / PAGE_SIZE[0], top, "Key slices" + (" (continued)" if start else ""), size=13,
                   weight="bold", color=_TEXT, va="top")
-        lines = _wrap(f"Phase of peak enhancement: frame {chosen['frame'] + 1} of {volume.n_frames} ({when}). "
+        lines = _wrap(f"Frame shown: {shown}, where the kidney box's mean signal is highest. "
                       f"Axial slices {', '.join(str(z + 1) for z in chosen['slices'])} of {volume.shape[1]} "
                       f"(slice {chosen['peak_slice'] + 1} enhances most in the kidney box), radiological "
                       "convention: the patient's right on the left. Dashed: the kidney box analysed"
@@ -716,7 +720,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
                 drawn = _draw_slice(ax, result, z, frame_image, crop, orientation, window, smap,
                                     (0.0, high if high > 0 else 1.0))
                 overlay = drawn if drawn is not None else overlay
-                ax.set_title(f"slice {z + 1}" + (" (peak)" if z == chosen["peak_slice"] else ""), fontsize=_BODY,
+                ax.set_title(f"slice {z + 1}" + (" (most enhancing)" if z == chosen["peak_slice"] else ""), fontsize=_BODY,
                              color=_TEXT, pad=2)
                 page.texts.append(ax.get_title())
             if overlay is not None and high > 0:
@@ -742,6 +746,8 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
 # curves
 # --------------------------------------------------------------------------------------------------
 def _curves_page(pages: list[Page], result, report: dict, chosen: dict) -> None:
+    from .curves import ENHANCEMENT_DEFINITION
+
     page = _new_page()
     pages.append(page)
     figure = page.figure
@@ -780,8 +786,12 @@ def _curves_page(pages: list[Page], result, report: dict, chosen: dict) -> None:
         suffix = "s" if times is not None else "frame"
         y = tops[1] + height + 0.6
         page.text(_MARGIN_LEFT / PAGE_SIZE[0], 1 - y / PAGE_SIZE[1],
-                  f"Per region (times in {'seconds' if times is not None else 'frame numbers'}; enhancement over "
-                  "the mean of the first two frames)", size=_BODY, weight="bold", color=_TEXT, va="top")
+                  f"Per region (times in {'seconds' if times is not None else 'frame numbers'})",
+                  size=_BODY, weight="bold", color=_TEXT, va="top")
+        y += _Flow.line_height(_BODY) + 0.02
+        page.text(_MARGIN_LEFT / PAGE_SIZE[0], 1 - y / PAGE_SIZE[1], ENHANCEMENT_DEFINITION[0].upper()
+                  + ENHANCEMENT_DEFINITION[1:] + "; the input check states the same for the box.", size=_BODY - 1,
+                  color=_TEXT, va="top")
         y += _Flow.line_height(_BODY) + 0.05
         columns = [(0.0, "region"), (1.7, "baseline"), (2.6, "peak rise"), (3.5, "relative peak"),
                    (4.6, "time to peak"), (5.7, "time to half peak")]
