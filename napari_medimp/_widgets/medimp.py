@@ -67,6 +67,17 @@ AUTO_ROI = "automatic (from the enhancement)"
 NO_LABELS = "none"
 
 
+class _ClickableLabel(QLabel):
+    """A label that says when it is clicked (a figure that opens at full size)."""
+
+    clicked = Signal()
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: N802  (Qt's name)
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.clicked.emit()
+        super().mouseReleaseEvent(event)
+
+
 class _Relay(QObject):
     """Carries progress from a worker thread to the main thread (queued connection)."""
 
@@ -370,11 +381,21 @@ class MedimpWidget(QWidget):
         _wrapping(self.patient_results)
         self.patient_results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.patient_results)
-        self.patient_canvas = QLabel()
+        self.patient_canvas = _ClickableLabel()
         self.patient_canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.patient_canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.patient_canvas.setToolTip("click to open the figure at full size")
+        self.patient_canvas.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.patient_canvas.clicked.connect(self.open_patient_figure)
         self.patient_canvas.hide()
         layout.addWidget(self.patient_canvas)
+        self.patient_figure_button = QPushButton("Open the figure at full size")
+        self.patient_figure_button.setToolTip("the trend figure in its own window, at its full size (scrolls when "
+                                              "larger than the screen)")
+        self.patient_figure_button.clicked.connect(self.open_patient_figure)
+        self.patient_figure_button.hide()
+        layout.addWidget(self.patient_figure_button)
+        self.patient_figure_window = None
         box.setVisible(False)
         self._patient_results: dict[str, Any] = {}
         return box
@@ -1028,15 +1049,49 @@ class MedimpWidget(QWidget):
         if result is None:
             self.patient_results.setText("")
             self.patient_canvas.hide()
+            self.patient_figure_button.hide()
             return
         self.patient_results.setText("<br>".join(patient_lines(result)))
         pixmap = QPixmap()
         pixmap.loadFromData(result.panel_image(), "PNG")
+        self.patient_figure_button.setVisible(not pixmap.isNull())
         width = max(200, self._content.width() - 40)
         if not pixmap.isNull() and pixmap.width() > width:
             pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
         self.patient_canvas.setPixmap(pixmap)
         self.patient_canvas.setVisible(not pixmap.isNull())
+
+    def open_patient_figure(self) -> QWidget | None:
+        """The current patient's trend figure in its own window at its full size (the panel shows it shrunk to
+        the dock's width), scrolling when it is larger than the screen."""
+        patient, _ = self.patient_layers()
+        result = self._patient_results.get(patient)
+        if result is None:
+            return None
+        pixmap = QPixmap()
+        pixmap.loadFromData(result.panel_image(dpi=100), "PNG")
+        if pixmap.isNull():
+            return None
+        label = QLabel()
+        label.setPixmap(pixmap)
+        scroll = QScrollArea()
+        scroll.setWidget(label)
+        scroll.setWindowTitle(f"MEDIMP: patient {patient} over time")
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        width, height = pixmap.width() + 4, pixmap.height() + 4
+        if screen is not None:
+            width, height = min(width, screen.width() - 40), min(height, screen.height() - 80)
+        scroll.resize(width, height)
+        scroll.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        if self.patient_figure_window is not None:
+            try:
+                self.patient_figure_window.close()
+            except RuntimeError:  # already deleted
+                pass
+        self.patient_figure_window = scroll
+        scroll.destroyed.connect(lambda *_: setattr(self, "patient_figure_window", None))
+        scroll.show()
+        return scroll
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.grid.enabled = bool(on)
@@ -1235,8 +1290,8 @@ def patient_lines(result) -> list[str]:
     lines = []
     for visit in result.visits:
         c = visit.clinical
-        values = ", ".join(f"{name} {_escape(_value(c.get(key)))}" for name, key in
-                           (("GFR", "gfr_ml_min_1_73m2"), ("creatinine", "creatinine_umol_l")))
+        values = ", ".join(f"{name}{':' if c.get(key) is None else ''} {_escape(_value(c.get(key)))}"
+                           for name, key in (("GFR", "gfr_ml_min_1_73m2"), ("creatinine", "creatinine_umol_l")))
         lines.append(f"<b>{visit.visit}</b> ({_escape(visit.date_text)}): {values}; "
                      f"reading from {' + '.join(visit.exams_used)}")
         if visit.outside_training:
@@ -1254,7 +1309,9 @@ def patient_lines(result) -> list[str]:
 
 
 def _value(value) -> str:
-    return "missing" if value is None else f"{value:g}"
+    from ..core.longitudinal import NOT_RECORDED
+
+    return NOT_RECORDED if value is None else f"{value:g}"
 
 
 def _key(layer) -> str:

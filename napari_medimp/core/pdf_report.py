@@ -38,6 +38,7 @@ from .report import percent
 
 __all__ = [
     "NOT_STATED",
+    "PATIENT_TITLE",
     "PDF_FILE",
     "Page",
     "exam_identity",
@@ -45,6 +46,8 @@ __all__ = [
     "orientation_letters",
     "pdf_text",
     "report_pages",
+    "patient_report_pages",
+    "write_patient_pdf",
     "write_pdf",
 ]
 
@@ -882,3 +885,122 @@ def write_pdf(result, path, saliency_maps: Sequence | None = None, report: dict 
                 pdf.savefig(page.figure)
 
     return atomic_write(os.fspath(path), write)
+
+
+# --------------------------------------------------------------------------------------------------
+# the patient view: every visit, the trend figure, each visit's checks
+# --------------------------------------------------------------------------------------------------
+PATIENT_TITLE = "MEDIMP kidney-graft follow-up"
+
+
+def _check_state(ok) -> str:
+    return {True: "passed", False: "FAILED"}.get(ok, "not made")
+
+
+def patient_report_pages(result, report: dict | None = None) -> list[Page]:
+    """The pages of a patient's PDF (:class:`~napari_medimp.core.longitudinal.PatientResult`): who, the
+    disclaimer, the trend figure at the width of the page, then per visit its date (or day after
+    transplantation), clinical values, the reading from the exams so far (each kind, each horizon) and
+    the input checks of every exam that reading used; notes and skipped exams last."""
+    import io
+
+    from matplotlib.image import imread
+
+    from .longitudinal import NOT_RECORDED
+    from .prognosis import KIND_LABELS, KINDS
+    from .report import percent
+
+    report = report or result.written_report or result.report()
+    pages: list[Page] = []
+    flow = _Flow(pages)
+    flow.page.text(_Flow._fx(_MARGIN_LEFT), _Flow._fy(flow.y), PATIENT_TITLE, size=16, weight="bold", color=_TEXT,
+                   va="top", ha="left")
+    flow.space(_Flow.line_height(16) + 0.05)
+    flow.field("patient", str(result.patient or "not stated"))
+    flow.field("visits", ", ".join(f"{v.visit} ({v.date_text})" for v in result.visits) or "none")
+    flow.field("clinical values", str(result.clinical_source or "none found: the readings use the images only"))
+    flow.space(0.05)
+    flow.text(str(report.get("disclaimer") or ""), color=_MUTED, size=_BODY - 0.5)
+
+    flow.heading("GFR, creatinine and the readings over time")
+    figure = result.figure()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150, facecolor="white")
+    buffer.seek(0)
+    image = imread(buffer)
+    height = flow.width * image.shape[0] / image.shape[1]
+    flow.room(height + 0.1)
+    ax = flow.page.figure.add_axes((_Flow._fx(_MARGIN_LEFT), _Flow._fy(flow.y + height), flow.width / PAGE_SIZE[0],
+                                    height / PAGE_SIZE[1]))
+    ax.imshow(image, interpolation="antialiased")
+    ax.set_axis_off()
+    flow.space(height + 0.05)
+    _, axis_words = result.time_axis()
+    timed = figure.axes[0].get_xscale() != "linear"
+    flow.text(f"Time axis: {axis_words}" + (" (log scale)" if timed else "") + ". Each visit's reading uses the "
+              "exams so far; a shaded visit is outside what the model was trained on.", color=_MUTED,
+              size=_BODY - 0.5)
+
+    def value(v, unit: str) -> str:
+        return NOT_RECORDED if v is None else f"{_clinical_value(float(v))} {unit}"
+
+    for visit in result.visits:
+        flow.heading(f"{visit.visit}: {visit.date_text}")
+        c = visit.clinical
+        flow.field("GFR", value(c.get("gfr_ml_min_1_73m2"), "mL/min/1.73 m2"))
+        flow.field("creatinine", value(c.get("creatinine_umol_l"), "umol/L"))
+        flow.field("donor age", value(c.get("donor_age_years"), "years"))
+        flow.field("reading from", " + ".join(visit.exams_used))
+        if visit.outside_training:
+            flow.banner(OUTSIDE_TRAINING.upper(), visit.failed_checks)
+        for kind in KINDS:
+            risks = visit.risks.get(kind)
+            if risks:
+                flow.field(KIND_LABELS[kind], ", ".join(f"{_horizon_words(h)} {percent(p)}" for h, p in risks.items()))
+        if not visit.risks:
+            flow.field("prognosis", "this model has no prognosis heads", color=_MUTED)
+        for exam, checks in visit.checks.items():
+            flow.text(f"checks of the {exam} exam", weight="bold", size=_BODY - 0.5)
+            for check in checks:
+                flow.field(CHECK_WORDS.get(check.id, check.id), f"{_check_state(check.ok)}: {check.message}",
+                           color=_ALERT if check.ok is False else _TEXT)
+            if not checks:
+                flow.text("no checks recorded", color=_MUTED)
+        for note in visit.notes:
+            flow.text(f"note: {note}", color=_NOTE)
+    if result.notes or result.skipped:
+        flow.heading("Notes")
+        for note in result.notes:
+            flow.text(note, color=_NOTE)
+        for item in result.skipped:
+            flow.text(f"skipped {item}", color=_NOTE)
+    for i, page in enumerate(pages):
+        page.text(_Flow._fx(_MARGIN_LEFT), 0.35 / PAGE_SIZE[1], f"{PATIENT_TITLE}, patient {result.patient or '-'}"
+                  f"  -  page {i + 1} of {len(pages)}", size=_BODY - 1, color=_MUTED, va="bottom", ha="left")
+        for text in page.figure.findobj(Text):
+            text.set_fontfeatures(NO_LIGATURES)
+    return pages
+
+
+def write_patient_pdf(result, path, report: dict | None = None) -> Path:
+    """Write a patient's follow-up (see :func:`patient_report_pages`) as one A4 PDF at ``path``, atomically."""
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from .. import __version__
+    from .atomic import atomic_write
+
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the PDF")
+    pages = patient_report_pages(result, report)
+
+    def write(tmp: str) -> None:
+        with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(tmp, metadata={
+                "Title": f"{PATIENT_TITLE}, patient {result.patient or '-'}",
+                "Subject": "research software, not for clinical use",
+                "Creator": f"napari-medimp {__version__}"}) as pdf:
+            for page in pages:
+                pdf.savefig(page.figure)
+
+    return Path(atomic_write(os.fspath(path), write))
