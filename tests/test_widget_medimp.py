@@ -482,3 +482,22 @@ def test_a_3d_volume_and_a_label_file_opened_while_the_panel_starts_keep_their_n
     assert widget.labels_combo.findText(labels.name) >= 0
     assert not any(str(seg) in m for m in seen)  # a label map is not "a 3D image opened as a single frame"
     np.testing.assert_allclose(labels.scale, viewer.layers[0].scale[1:])
+
+
+def test_at_napari_default_window_size_the_drop_downs_show_their_whole_choice(viewer_widget, qtbot):
+    """At 1089x630 the kidney-box, saliency-method and target drop-downs read in full ("automatic (from the
+    enhancement)", "integrated-gradients", "similarity"), not cut to "automatic (from the enh"."""
+    viewer, widget, _ = viewer_widget
+    viewer.window._qt_window.resize(1089, 630)
+    qtbot.waitUntil(lambda: widget._scroll.viewport().width() < 400)
+    widget.method_combo.setCurrentText("integrated-gradients")
+    qtbot.wait(50)
+    viewer.window._qt_window.grab().save("/tmp/gui/panel_dropdowns.png")
+    widget._content.grab().save("/tmp/gui/panel_content.png")
+    for combo in (widget.roi_combo, widget.method_combo, widget.target_combo, widget.layer_combo):
+        for i in range(combo.count()):
+            text = combo.itemText(i)
+            needed = combo.fontMetrics().horizontalAdvance(text) + 28  # the frame and the arrow
+            assert needed <= combo.width(), (text, needed, combo.width())
+    assert widget.roi_combo.currentText().startswith("automatic (from the enhancement)")
+    assert widget.target_combo.findText("similarity") >= 0

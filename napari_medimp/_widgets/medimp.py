@@ -189,6 +189,9 @@ class MedimpWidget(QWidget):
     def _build_image_group(self) -> QGroupBox:
         box = QGroupBox("Image")
         form = QFormLayout(box)
+        # each field under its name, across the whole dock: a choice such as "automatic (from the
+        # enhancement)" reads in full at napari's default window size
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("the 4D DCE-MRI layer (t, z, y, x) to analyse")
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
@@ -328,8 +331,13 @@ class MedimpWidget(QWidget):
         self.saliency_button = QPushButton("Saliency")
         self.saliency_button.setToolTip("add a saliency overlay (where the model looked) over the kidney")
         self.saliency_button.clicked.connect(self.saliency)
-        row.addWidget(self.method_combo, 2)
-        row.addWidget(self.target_combo, 1)
+        # one drop-down a row, each as wide as the dock: "integrated-gradients" and "similarity" read in full
+        choices = QFormLayout()
+        choices.setContentsMargins(0, 0, 0, 0)
+        choices.addRow("Saliency method", self.method_combo)
+        choices.addRow("Explain", self.target_combo)
+        layout.addLayout(choices)
+        row.addStretch(1)
         row.addWidget(self.saliency_button)
         layout.addLayout(row)
         self.export_button = QPushButton("Export report…")
