@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from helpers import kidney_volume
-from qtpy.QtCore import QPoint, QTimer
+from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
 from napari_medimp.core.preprocess import RoiBox
@@ -420,6 +420,22 @@ def test_a_patient_folder_reads_every_visit_from_the_exams_so_far(viewer_widget,
         assert f"<b>{visit}</b>" in text and f"reading from {used}" in text
     assert "images + clinical values" in text and "clinical values only" in text
     assert widget.patient_canvas.isVisibleTo(widget) and not widget.patient_canvas.pixmap().isNull()
+    assert "date unknown" not in text and "(day 30 after transplantation)" in text  # the sidecar's day
+    # the figure is shrunk to the dock; a click opens it at its full size
+    viewer.window._qt_window.resize(1089, 630)
+    qtbot.waitUntil(lambda: widget._scroll.viewport().width() < 400)
+    widget._show_patient()
+    widget._scroll.ensureWidgetVisible(widget.patient_canvas)
+    qtbot.wait(50)
+    viewer.window._qt_window.grab().save("/tmp/gui/patient_view.png")
+    shrunk = widget.patient_canvas.pixmap().width()
+    qtbot.mouseClick(widget.patient_canvas, Qt.MouseButton.LeftButton)
+    window = widget.patient_figure_window
+    assert window is not None and window.isVisible()
+    full = window.widget().pixmap()
+    assert shrunk < 400 <= 1000 < full.width(), (shrunk, full.width())
+    window.grab().save("/tmp/gui/patient_figure_full.png")
+    window.close()
     widget.side_by_side.setChecked(True)
     assert viewer.grid.enabled
     widget.side_by_side.setChecked(False)

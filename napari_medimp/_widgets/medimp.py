@@ -1086,7 +1086,7 @@ class MedimpWidget(QWidget):
         scroll.setWidget(label)
         scroll.setWindowTitle(f"MEDIMP: patient {patient} over time")
         screen = self.screen().availableGeometry() if self.screen() is not None else None
-        width, height = pixmap.width() + 4, pixmap.height() + 4
+        width, height = pixmap.width() + 2 * scroll.frameWidth() + 2, pixmap.height() + 2 * scroll.frameWidth() + 2
         if screen is not None:
             width, height = min(width, screen.width() - 40), min(height, screen.height() - 80)
         scroll.resize(width, height)
