@@ -144,9 +144,12 @@ def test_dates_come_from_the_data_or_are_unknown(patient):
     volume.metadata = {"sidecar": {"StudyDate": "not a date"}}
     day, where, notes = exam_date(volume)
     assert day is None and where is None and "not a date" in notes[0]
-    # the synthetic cohort records days after transplant, not dates
-    assert all(v.date is None and v.date_text == DATE_UNKNOWN for v in patient.visits)
+    # the synthetic cohort records days after transplant, not dates: each visit says its day
+    assert all(v.date is None for v in patient.visits)
     assert [v.days_after_transplant for v in patient.visits] == [15, 30, 90, 365]
+    assert [v.date_text for v in patient.visits] == [f"day {d} after transplantation" for d in (15, 30, 90, 365)]
+    volume.metadata = {}
+    assert exam_date(volume)[0] is None and DATE_UNKNOWN == "date unknown"
 
 
 def test_a_visit_whose_image_fails_a_check_is_labelled(predictor, exams):
@@ -164,7 +167,13 @@ def test_a_visit_whose_image_fails_a_check_is_labelled(predictor, exams):
 def test_trend_figure_draws_every_visit(patient):
     figure = patient.figure()
     trend_axes, *risk_axes = [ax for ax in figure.axes if ax.get_title()]
-    assert [t.get_text() for t in trend_axes.get_xticklabels()] == ["D15", "D30", "M3", "M12"]
+    assert [t.get_text() for t in trend_axes.get_xticklabels()] == ["D15\nday 15", "D30\nday 30", "M3\nday 90",
+                                                                   "M12\nday 365"]
+    # visits sit at their day after transplantation (log scale), not evenly spaced
+    assert trend_axes.get_xlabel() == "days after transplantation (log scale)"
+    np.testing.assert_allclose(trend_axes.get_xticks(), [15, 30, 90, 365])
+    np.testing.assert_allclose(trend_axes.get_lines()[0].get_xdata(), [15, 30, 90, 365])
+    assert all(list(ax.get_xticks()) == [15, 30, 90, 365] for ax in risk_axes)
     assert [ax.get_title() for ax in risk_axes] == ["dysfunction at 2 years", "dysfunction at 3 years",
                                                     "dysfunction at 4 years"]
     assert all(len(ax.get_lines()) == 4 for ax in risk_axes)  # three readings and the 0.5 line
@@ -176,13 +185,14 @@ def test_cli_writes_the_patient_report_and_figure(training_cohort, tiny_model, r
     argv = ["analyze", str(training_cohort / PATIENT), "--model", str(tiny_model), "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"patient {PATIENT}: 4 visit(s)" in printed and f"D30 ({DATE_UNKNOWN})" in printed
+    assert f"patient {PATIENT}: 4 visit(s)" in printed and "D30 (day 30 after transplantation)" in printed
+    assert "creatinine: not recorded" in printed and "missing umol/L" not in printed  # P0003's D30
     assert (out / TREND_FIGURE_FILE).read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "medimp_report.json").read_text())
     assert report["kind"] == "patient" and report["patient"] == PATIENT
     visits = report["visits"]
     assert [v["visit"] for v in visits] == ["D15", "D30", "M3", "M12"]
-    assert visits[1]["exams_used"] == ["D15", "D30"] and visits[1]["date_text"] == DATE_UNKNOWN
+    assert visits[1]["exams_used"] == ["D15", "D30"] and visits[1]["date_text"] == "day 30 after transplantation"
     assert visits[2]["clinical"]["gfr_ml_min_1_73m2"] == float(row["gfr_M3"])
     assert set(visits[3]["risks"]) == {"image", "image+clinical", "clinical"}
     assert visits[3]["prognosis_with_clinical"] == visits[3]["risks"]["image+clinical"]
@@ -191,6 +201,18 @@ def test_cli_writes_the_patient_report_and_figure(training_cohort, tiny_model, r
     cells = dict(csv.reader((out / "medimp_report.csv").read_text().splitlines()))
     assert cells["visits.1.visit"] == "D30" and cells["visits.1.exams_used"] == "D15;D30"
     assert not math.isnan(float(cells["visits.0.risks.image.2y"]))
+    # the patient's PDF: every visit, the trend figure and each visit's checks
+    from test_pdf_report import _flat, page_count, pdf_strings
+
+    data = (out / "medimp_report.pdf").read_bytes()
+    assert data.startswith(b"%PDF") and report["files"]["pdf"] == str(out / "medimp_report.pdf")
+    text = _flat(pdf_strings(data))
+    for visit, day in (("D15", 15), ("D30", 30), ("M3", 90), ("M12", 365)):
+        assert f"{visit}: day {day} after transplantation" in text
+    assert "GFR, creatinine and the readings over time" in text and "days after transplantation (log scale)" in text
+    assert text.count("checks of the M12 exam") == 1 and text.count("checks of the D15 exam") == 4
+    assert "passed: dynamic series of 20 frames" in text and "creatinine not recorded" in text
+    assert f"page 1 of {page_count(data)}" in text
 
     first = (out / "medimp_report.json").read_text()
     assert main(argv) == 2  # one analysis per folder: refused before any work, nothing replaced

@@ -288,3 +288,24 @@ def test_key_slices_at_peak_enhancement():
     assert all(2 <= z < 19 for z in chosen["slices"])
     thin = key_slices(volume, RoiBox.from_sequence([10, 11, 6, 31, 12, 41]))
     assert thin["slices"] == [10]
+
+
+def test_the_frame_shown_is_named_by_number_and_time_and_enhancement_has_one_definition(labelled):
+    """The key slices show the frame where the box's mean signal is highest: the page names it by number
+    and time, never as 'peak enhancement'; the check's figure for the box's mean signal is the kidney-ROI
+    curve's relative peak, under one stated definition."""
+    from napari_medimp.core.curves import ENHANCEMENT_DEFINITION, ROI_CURVE
+    from napari_medimp.core.report import percent
+
+    pages = report_pages(labelled)
+    every = _flat(" ".join(t for page in pages for t in page.texts))
+    assert "peak enhancement" not in every.lower()
+    slices = _flat(" ".join(pages[1].texts))
+    frame = key_slices(labelled.request.volume, labelled.roi, labelled.curves.get(ROI_CURVE))["frame"]
+    times = labelled.request.volume.frame_times
+    assert f"Frame shown: frame {frame + 1} of {len(times)}, {times[frame] - times[0]:.0f} s after the first frame" \
+        in slices
+    assert _flat(ENHANCEMENT_DEFINITION[1:]) in _flat(" ".join(pages[2].texts))
+    roi_rise = labelled.report()["curves"]["regions"][ROI_CURVE]["relative_peak_enhancement"]
+    check = next(c for c in labelled.analysis["checks"] if c["id"] == "enhancement")
+    assert f"its mean signal (the kidney-ROI curve) by {percent(roi_rise)}" in check["message"]

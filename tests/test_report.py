@@ -358,3 +358,36 @@ def test_the_similarity_is_read_against_its_range_on_exams_with_their_own_prompt
     assert similarity_text({"similarity": -0.7, "similarity_reference": reference}).endswith(
         "below that range: the image and the prompt's values disagree)")
     assert similarity_text({"similarity": 0.3}) == "0.300 (cosine)"
+
+
+def test_a_tiny_risk_is_never_printed_as_zero():
+    from napari_medimp.core.report import percent
+
+    assert percent(0.0004) == "< 0.1 %" and percent(1e-9) == "< 0.1 %"
+    assert percent(0.0) == "0.0 %" and percent(0.0006) == "0.1 %" and percent(0.002) == "0.2 %"
+    assert percent(0.45) == "45 %" and percent(0.9996) == "> 99 %" and percent(1.0) == "100 %"
+
+
+def test_prognosis_bar_labels_never_overlap_in_the_panel_figure():
+    """The panel draws the three readings side by side in a 4-inch figure: close risks (3.2 % beside
+    3.1 %) must each stay readable, their labels never running into each other."""
+    from napari_medimp.core.plots import panel_images  # noqa: F401  (the panel's figure size below)
+
+    figure = Figure(figsize=(4.0, 2.2), dpi=90)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    close = {"2y": 0.032, "3y": 0.0004, "4y": 0.95}
+    plot_prognosis(ax, close, with_clinical={"2y": 0.031, "3y": 0.0006, "4y": 0.94},
+                   clinical_only={"2y": 0.033, "3y": 0.001, "4y": 0.96})
+    figure.tight_layout()
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text().endswith("%")]
+    assert {"3.2 %", "3.1 %", "< 0.1 %", "95 %"} <= {t.get_text() for t in labels}
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    axes_box = ax.get_window_extent(renderer)
+    assert all(axes_box.y0 - 1 <= b.y0 and b.y1 <= axes_box.y1 + 1 for b in boxes)  # inside the plot

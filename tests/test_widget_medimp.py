@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from helpers import kidney_volume
-from qtpy.QtCore import QPoint, QTimer
+from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
 from napari_medimp._widgets.medimp import _key
@@ -433,6 +433,22 @@ def test_a_patient_folder_reads_every_visit_from_the_exams_so_far(viewer_widget,
         assert f"<b>{visit}</b>" in text and f"reading from {used}" in text
     assert "images + clinical values" in text and "clinical values only" in text
     assert widget.patient_canvas.isVisibleTo(widget) and not widget.patient_canvas.pixmap().isNull()
+    assert "date unknown" not in text and "(day 30 after transplantation)" in text  # the sidecar's day
+    # the figure is shrunk to the dock; a click opens it at its full size
+    viewer.window._qt_window.resize(1089, 630)
+    qtbot.waitUntil(lambda: widget._scroll.viewport().width() < 400)
+    widget._show_patient()
+    widget._scroll.ensureWidgetVisible(widget.patient_canvas)
+    qtbot.wait(50)
+    viewer.window._qt_window.grab().save("/tmp/gui/patient_view.png")
+    shrunk = widget.patient_canvas.pixmap().width()
+    qtbot.mouseClick(widget.patient_canvas, Qt.MouseButton.LeftButton)
+    window = widget.patient_figure_window
+    assert window is not None and window.isVisible()
+    full = window.widget().pixmap()
+    assert shrunk < 400 <= 1000 < full.width(), (shrunk, full.width())
+    window.grab().save("/tmp/gui/patient_figure_full.png")
+    window.close()
     widget.side_by_side.setChecked(True)
     assert viewer.grid.enabled
     widget.side_by_side.setChecked(False)
@@ -476,3 +492,61 @@ def test_an_exam_that_fails_its_image_checks_is_said_so_when_it_opens(viewer_wid
     qtbot.waitUntil(lambda: _key(other) in widget._open_checks, timeout=60_000)
     assert not failed_messages(widget._open_checks[_key(other)])
     assert "Checked on opening" not in widget.results_label.text()
+
+
+def test_a_3d_volume_and_a_label_file_opened_while_the_panel_starts_keep_their_notice_and_kind(
+        make_napari_viewer, qtbot, training_cohort, tmp_path):
+    """The panel imports heavy libraries in a background thread when it opens; a warning the reader raises
+    meanwhile can be dropped by that thread's warning filters (simulated here by ignoring warnings while
+    the files open). The panel shows the reader's notice once it is ready, once; a segmentation file
+    opens as a labels layer with its region names, offered as tissue labels."""
+    import warnings
+
+    import nibabel as nib
+    from napari.layers import Labels
+    from napari.utils.notifications import notification_manager
+
+    from napari_medimp._widgets.medimp import MedimpWidget
+
+    source = nib.load(sorted(training_cohort.glob("P0001/M12/dce/*.nii.gz"))[0])
+    one = tmp_path / "one_phase.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[..., 0], source.affine), one)
+    seg = sorted(training_cohort.glob("P0001/M12/seg/*.nii.gz"))[0]
+    viewer = make_napari_viewer(show=True)
+    widget = MedimpWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MEDIMP", area="right")
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the background import may do to a warning meanwhile
+        viewer.open(str(one), plugin="napari-medimp")
+        viewer.open(str(seg), plugin="napari-medimp")
+    qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.pending_notices, timeout=5_000)
+    notice = f"{one}: 3D image opened as a single frame"
+    assert seen.count(notice) == 1, seen
+    labels = viewer.layers[-1]
+    assert isinstance(labels, Labels) and labels.data.ndim == 3 and labels.data.dtype.kind in "iu"
+    assert labels.metadata["region_names"][2] == "cortex"
+    assert widget.labels_combo.findText(labels.name) >= 0
+    assert not any(str(seg) in m for m in seen)  # a label map is not "a 3D image opened as a single frame"
+    np.testing.assert_allclose(labels.scale, viewer.layers[0].scale[1:])
+
+
+def test_at_napari_default_window_size_the_drop_downs_show_their_whole_choice(viewer_widget, qtbot):
+    """At 1089x630 the kidney-box, saliency-method and target drop-downs read in full ("automatic (from the
+    enhancement)", "integrated-gradients", "similarity"), not cut to "automatic (from the enh"."""
+    viewer, widget, _ = viewer_widget
+    viewer.window._qt_window.resize(1089, 630)
+    qtbot.waitUntil(lambda: widget._scroll.viewport().width() < 400)
+    widget.method_combo.setCurrentText("integrated-gradients")
+    qtbot.wait(50)
+    viewer.window._qt_window.grab().save("/tmp/gui/panel_dropdowns.png")
+    widget._content.grab().save("/tmp/gui/panel_content.png")
+    for combo in (widget.roi_combo, widget.method_combo, widget.target_combo, widget.layer_combo):
+        for i in range(combo.count()):
+            text = combo.itemText(i)
+            needed = combo.fontMetrics().horizontalAdvance(text) + 28  # the frame and the arrow
+            assert needed <= combo.width(), (text, needed, combo.width())
+    assert widget.roi_combo.currentText().startswith("automatic (from the enhancement)")
+    assert widget.target_combo.findText("similarity") >= 0

@@ -96,6 +96,17 @@ def _same_value(a: str, b: str) -> bool:
     return left == right
 
 
+class _ClickableLabel(QLabel):
+    """A label that says when it is clicked (a figure that opens at full size)."""
+
+    clicked = Signal()
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: N802  (Qt's name)
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.clicked.emit()
+        super().mouseReleaseEvent(event)
+
+
 class _Relay(QObject):
     """Carries progress from a worker thread to the main thread (queued connection)."""
 
@@ -123,6 +134,8 @@ class MedimpWidget(QWidget):
         #: who and which exam the current layer is (from its data), and whose values the form holds
         self._identity: dict[str, Any] = {}
         self._form_patient: str | None = None
+        #: reader notices of layers opened while the panel was not ready, shown once it is
+        self._pending_notices: list[str] = []
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self._build()
@@ -140,12 +153,47 @@ class MedimpWidget(QWidget):
 
         _wait_for_workers_at_exit()
         self._warming = create_worker(_import_heavy_modules, _ignore_errors=True)  # the analysis says it
-        self._warming.finished.connect(lambda: setattr(self, "_warming", None))
+        self._warming.finished.connect(self._warmed_up)
         self._warming.start()
+
+    def _warmed_up(self) -> None:
+        self._warming = None
+        self._flush_notices()
 
     @property
     def warmed_up(self) -> bool:
         return self._warming is None
+
+    @property
+    def ready(self) -> bool:
+        """True once the background import has ended and no request is running."""
+        return self.warmed_up and not self.busy
+
+    def _take_notices(self, layer) -> None:
+        """What the reader had to assume about a layer just opened (its ``reading_notes``) reaches the user
+        once: a notice napari has not shown (a warning raised while the background import held Python's
+        warning filters is dropped there) is queued and shown when the panel is ready."""
+        from napari.utils.notifications import notification_manager
+
+        meta = getattr(layer, "metadata", None) or {}
+        notes = [*((meta.get("dce_metadata") or {}).get("reading_notes") or []), *(meta.get("reading_notes") or [])]
+        shown = {str(getattr(n, "message", "")) for n in notification_manager.records[-500:]}
+        for note in dict.fromkeys(str(n) for n in notes):
+            if note not in shown and note not in self._pending_notices:
+                self._pending_notices.append(note)
+        self._flush_notices()
+
+    def _flush_notices(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        if not self.ready:
+            return
+        while self._pending_notices:
+            show_warning(self._pending_notices.pop(0))
+
+    @property
+    def pending_notices(self) -> list[str]:
+        return list(self._pending_notices)
 
     # ---------------------------------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -173,6 +221,9 @@ class MedimpWidget(QWidget):
     def _build_image_group(self) -> QGroupBox:
         box = QGroupBox("Image")
         form = QFormLayout(box)
+        # each field under its name, across the whole dock: a choice such as "automatic (from the
+        # enhancement)" reads in full at napari's default window size
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapAllRows)
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("the 4D DCE-MRI layer (t, z, y, x) to analyse")
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
@@ -312,8 +363,13 @@ class MedimpWidget(QWidget):
         self.saliency_button = QPushButton("Saliency")
         self.saliency_button.setToolTip("add a saliency overlay (where the model looked) over the kidney")
         self.saliency_button.clicked.connect(self.saliency)
-        row.addWidget(self.method_combo, 2)
-        row.addWidget(self.target_combo, 1)
+        # one drop-down a row, each as wide as the dock: "integrated-gradients" and "similarity" read in full
+        choices = QFormLayout()
+        choices.setContentsMargins(0, 0, 0, 0)
+        choices.addRow("Saliency method", self.method_combo)
+        choices.addRow("Explain", self.target_combo)
+        layout.addLayout(choices)
+        row.addStretch(1)
         row.addWidget(self.saliency_button)
         layout.addLayout(row)
         self.export_button = QPushButton("Export report…")
@@ -371,11 +427,21 @@ class MedimpWidget(QWidget):
         _wrapping(self.patient_results)
         self.patient_results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.patient_results)
-        self.patient_canvas = QLabel()
+        self.patient_canvas = _ClickableLabel()
         self.patient_canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.patient_canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.patient_canvas.setToolTip("click to open the figure at full size")
+        self.patient_canvas.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.patient_canvas.clicked.connect(self.open_patient_figure)
         self.patient_canvas.hide()
         layout.addWidget(self.patient_canvas)
+        self.patient_figure_button = QPushButton("Open the figure at full size")
+        self.patient_figure_button.setToolTip("the trend figure in its own window, at its full size (scrolls when "
+                                              "larger than the screen)")
+        self.patient_figure_button.clicked.connect(self.open_patient_figure)
+        self.patient_figure_button.hide()
+        layout.addWidget(self.patient_figure_button)
+        self.patient_figure_window = None
         box.setVisible(False)
         self._patient_results: dict[str, Any] = {}
         return box
@@ -426,6 +492,8 @@ class MedimpWidget(QWidget):
         current = before = self.layer_combo.currentText()
         images = [layer.name for layer in self._layers_of("image")]
         inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if inserted is not None:
+            self._take_notices(inserted)
         if inserted is not None and inserted.name in images:
             current = inserted.name  # an exam just opened is the one the panel reads
             self._check_on_open(inserted)
@@ -1073,6 +1141,7 @@ class MedimpWidget(QWidget):
             self.status_label.setText("")
         self._worker = None
         self._update_buttons()
+        self._flush_notices()
 
     @property
     def busy(self) -> bool:
@@ -1186,15 +1255,49 @@ class MedimpWidget(QWidget):
         if result is None:
             self.patient_results.setText("")
             self.patient_canvas.hide()
+            self.patient_figure_button.hide()
             return
         self.patient_results.setText("<br>".join(patient_lines(result)))
         pixmap = QPixmap()
         pixmap.loadFromData(result.panel_image(), "PNG")
+        self.patient_figure_button.setVisible(not pixmap.isNull())
         width = max(200, self._content.width() - 40)
         if not pixmap.isNull() and pixmap.width() > width:
             pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
         self.patient_canvas.setPixmap(pixmap)
         self.patient_canvas.setVisible(not pixmap.isNull())
+
+    def open_patient_figure(self) -> QWidget | None:
+        """The current patient's trend figure in its own window at its full size (the panel shows it shrunk to
+        the dock's width), scrolling when it is larger than the screen."""
+        patient, _ = self.patient_layers()
+        result = self._patient_results.get(patient)
+        if result is None:
+            return None
+        pixmap = QPixmap()
+        pixmap.loadFromData(result.panel_image(dpi=100), "PNG")
+        if pixmap.isNull():
+            return None
+        label = QLabel()
+        label.setPixmap(pixmap)
+        scroll = QScrollArea()
+        scroll.setWidget(label)
+        scroll.setWindowTitle(f"MEDIMP: patient {patient} over time")
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        width, height = pixmap.width() + 2 * scroll.frameWidth() + 2, pixmap.height() + 2 * scroll.frameWidth() + 2
+        if screen is not None:
+            width, height = min(width, screen.width() - 40), min(height, screen.height() - 80)
+        scroll.resize(width, height)
+        scroll.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        if self.patient_figure_window is not None:
+            try:
+                self.patient_figure_window.close()
+            except RuntimeError:  # already deleted
+                pass
+        self.patient_figure_window = scroll
+        scroll.destroyed.connect(lambda *_: setattr(self, "patient_figure_window", None))
+        scroll.show()
+        return scroll
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.grid.enabled = bool(on)
@@ -1419,8 +1522,8 @@ def patient_lines(result) -> list[str]:
     lines = []
     for visit in result.visits:
         c = visit.clinical
-        values = ", ".join(f"{name} {_escape(_value(c.get(key)))}" for name, key in
-                           (("GFR", "gfr_ml_min_1_73m2"), ("creatinine", "creatinine_umol_l")))
+        values = ", ".join(f"{name}{':' if c.get(key) is None else ''} {_escape(_value(c.get(key)))}"
+                           for name, key in (("GFR", "gfr_ml_min_1_73m2"), ("creatinine", "creatinine_umol_l")))
         lines.append(f"<b>{visit.visit}</b> ({_escape(visit.date_text)}): {values}; "
                      f"reading from {' + '.join(visit.exams_used)}")
         if visit.outside_training:
@@ -1438,7 +1541,9 @@ def patient_lines(result) -> list[str]:
 
 
 def _value(value) -> str:
-    return "missing" if value is None else f"{value:g}"
+    from ..core.longitudinal import NOT_RECORDED
+
+    return NOT_RECORDED if value is None else f"{value:g}"
 
 
 def _key(layer) -> str:

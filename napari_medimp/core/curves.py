@@ -20,8 +20,20 @@ def region_curves(volume: DCEVolume, labels: np.ndarray, names: dict[int, str]) 
     return curves
 
 
+#: the one definition of enhancement every figure, check and report states (see :func:`relative_enhancement`)
+ENHANCEMENT_DEFINITION = ("enhancement: the rise of a mean signal over its pre-contrast baseline (the mean of the "
+                          "first two frames), relative to that baseline")
+
+
+def relative_enhancement(baseline: float, value: float) -> float:
+    """(``value`` - ``baseline``) / ``baseline`` (:data:`ENHANCEMENT_DEFINITION`); NaN for a zero baseline."""
+    baseline, value = float(baseline), float(value)
+    return (value - baseline) / baseline if baseline else float("nan")
+
+
 def enhancement_summary(curve: np.ndarray, times: np.ndarray, n_baseline: int = 2) -> dict:
-    """Baseline, peak enhancement, time to peak and time to half peak of one curve (times in s)."""
+    """Baseline, peak enhancement, time to peak and time to half peak of one curve (times in s); the
+    relative peak enhancement follows :data:`ENHANCEMENT_DEFINITION`."""
     curve = np.asarray(curve, float)
     times = np.asarray(times, float)
     baseline = float(curve[:n_baseline].mean())
@@ -38,10 +50,26 @@ def enhancement_summary(curve: np.ndarray, times: np.ndarray, n_baseline: int = 
     return {
         "baseline": baseline,
         "peak_enhancement": peak,
-        "relative_peak_enhancement": peak / baseline if baseline else float("nan"),
+        "relative_peak_enhancement": relative_enhancement(baseline, baseline + peak),
         "time_to_peak_s": float(times[peak_index]),
         "time_to_half_peak_s": half_time,
     }
+
+
+def describe_frame(frame: int, n_frames: int, times=None) -> str:
+    """A frame named by what it is: its number, its time and where it lies in the series (``frame 19 of 20,
+    224 s after the first frame, late in the 300 s series``), never a phase it was not found to be."""
+    text = f"frame {int(frame) + 1} of {int(n_frames)}"
+    if times is None or len(times) != n_frames:
+        return text + " (time not stated in the image)"
+    times = np.asarray(times, float)
+    start, span = float(times[0]), float(times[-1] - times[0])
+    at = float(times[frame]) - start
+    where = ("the first frame" if frame == 0 else "the last frame" if frame == n_frames - 1 else
+             "early" if span > 0 and at < span / 3 else "late" if span > 0 and at > 2 * span / 3 else "mid-way")
+    if frame in (0, n_frames - 1):
+        return f"{text}, {at:.0f} s after the first frame ({where} of the {span:.0f} s series)"
+    return f"{text}, {at:.0f} s after the first frame ({where} in the {span:.0f} s series)"
 
 
 #: name of the curve of the whole kidney box in :func:`roi_and_region_curves`

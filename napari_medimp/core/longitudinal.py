@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,10 @@ Progress = Callable[[str, float], None]
 
 #: what a visit without a date in its data says
 DATE_UNKNOWN = "date unknown"
-#: every file a patient analysis writes in its folder (the report's JSON and CSV and the trend figure)
-PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", TREND_FIGURE_FILE)
+#: what a value the clinical table does not hold for a visit says
+NOT_RECORDED = "not recorded"
+#: every file a patient analysis writes in its folder (the report's JSON, CSV and PDF and the trend figure)
+PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", "medimp_report.pdf", TREND_FIGURE_FILE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +152,12 @@ class VisitResult:
 
     @property
     def date_text(self) -> str:
-        return self.date or DATE_UNKNOWN
+        """The exam's date, else its day after transplantation as the data records it, else "date unknown"."""
+        if self.date:
+            return self.date
+        if self.days_after_transplant is not None:
+            return f"day {self.days_after_transplant:g} after transplantation"
+        return DATE_UNKNOWN
 
     @property
     def reading(self) -> dict | None:
@@ -243,6 +250,20 @@ class PatientResult:
             "creatinine_umol_l": [v.clinical.get("creatinine_umol_l") for v in self.visits],
         }
 
+    def time_axis(self) -> tuple[np.ndarray | None, str]:
+        """(time of each visit in days, what that time is): days after transplantation when every visit
+        records it, else days after the first exam when every visit has a date, else ``(None, why)`` (the
+        visits are then only in follow-up order)."""
+        days = [v.days_after_transplant for v in self.visits]
+        if self.visits and all(d is not None for d in days):
+            return np.asarray(days, float), "days after transplantation"
+        dates = [v.date for v in self.visits]
+        if self.visits and all(dates):
+            parsed = [date.fromisoformat(d) for d in dates]
+            first = min(parsed)
+            return np.asarray([(d - first).days for d in parsed], float), "days after the first exam"
+        return None, "in follow-up order: the images record no date or day after transplantation for every visit"
+
     def report(self) -> dict:
         """The patient report (see the module docstring), JSON-serialisable."""
         from .configs import jsonable
@@ -293,9 +314,9 @@ class PatientResult:
                  f"({', '.join(v.visit for v in self.visits)}); clinical values: {self.clinical_source or 'none'}"]
         for v in self.visits:
             c = v.clinical
-            values = [f"GFR {_number(c.get('gfr_ml_min_1_73m2'))}",
-                      f"creatinine {_number(c.get('creatinine_umol_l'))} umol/L",
-                      f"donor age {_number(c.get('donor_age_years'))}"]
+            values = [_measured("GFR", c.get("gfr_ml_min_1_73m2"), "mL/min/1.73 m2"),
+                      _measured("creatinine", c.get("creatinine_umol_l"), "umol/L"),
+                      _measured("donor age", c.get("donor_age_years"), "years")]
             lines.append(f"{v.visit} ({v.date_text}): {', '.join(values)}; reading from {'+'.join(v.exams_used)}")
             if v.outside_training:
                 lines.append(f"  {OUTSIDE_TRAINING.upper()}: " + "; ".join(v.failed_checks))
@@ -312,9 +333,11 @@ class PatientResult:
         return "\n".join(lines)
 
     def write(self, folder) -> dict[str, Path]:
-        """The report (``medimp_report.json/.csv``) and the trend figure (:data:`TREND_FIGURE_FILE`) into
-        ``folder``, each written atomically."""
+        """The report (``medimp_report.json/.csv/.pdf``: the PDF holds every visit, the trend figure and each
+        visit's checks) and the trend figure (:data:`TREND_FIGURE_FILE`) into ``folder``, each written
+        atomically."""
         from .atomic import atomic_write
+        from .pdf_report import write_patient_pdf
         from .report import write_report
 
         folder = Path(folder)
@@ -325,14 +348,16 @@ class PatientResult:
         files = {"figure": atomic_write(folder / TREND_FIGURE_FILE,
                                         lambda tmp: figure.savefig(tmp, format="png", dpi=110))}
         report = self.report()
-        report["files"] = {k: str(v) for k, v in files.items()}
+        report["files"] = {**{k: str(v) for k, v in files.items()}, "pdf": str(folder / "medimp_report.pdf")}
         files.update(write_report(report, folder, stem="medimp_report"))
         self.written_report = report
+        files["pdf"] = write_patient_pdf(self, folder / "medimp_report.pdf", report=report)
         return files
 
 
-def _number(value) -> str:
-    return "missing" if value is None else f"{value:g}"
+def _measured(name: str, value, unit: str) -> str:
+    """``GFR 48 mL/min/1.73 m2``, or ``GFR: not recorded`` (never a unit after a missing value)."""
+    return f"{name}: {NOT_RECORDED}" if value is None else f"{name} {value:g} {unit}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,8 +545,14 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, n_panels, squeeze=False, gridspec_kw={"width_ratios": [1.4] + [1] * (n_panels - 1)})[0]
     visits = result.visits
-    xs = np.arange(len(visits))
-    ticks = [f"{v.visit}\n{v.date}" if v.date else v.visit for v in visits]
+    days, axis_words = result.time_axis()
+    xs = np.arange(len(visits), dtype=float) if days is None else days
+    if days is not None and days.size and (days.min() < 0 or np.unique(days).size < days.size):
+        xs, axis_words = np.arange(len(visits), dtype=float), "in follow-up order (the recorded days overlap)"
+    timed = xs is days
+    ticks = [f"{v.visit}\n{v.date}" if v.date else (f"{v.visit}\nday {v.days_after_transplant:g}"
+                                                    if timed and v.days_after_transplant is not None else v.visit)
+             for v in visits]
 
     ax = axes[0]
     style_axes(ax, dark)
@@ -544,11 +575,11 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
     if not (np.isfinite(gfr).any() or np.isfinite(creat).any()):
         ax.text(0.5, 0.5, "no GFR or creatinine\nin the clinical values", transform=ax.transAxes, ha="center",
                 va="center", color=colors["muted"], fontsize=FONT_SIZE)
+    _time_axis(ax, xs, timed)
     ax.set_xticks(xs, ticks, fontsize=FONT_SIZE - 1)
-    ax.set_xlim(-0.5, len(visits) - 0.5)
+    ax.minorticks_off()
     ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
-    if not any(v.date for v in visits):
-        ax.set_xlabel(f"visit ({DATE_UNKNOWN}: the images record none)")
+    ax.set_xlabel(f"{axis_words} (log scale)" if timed else f"visit, {axis_words}", fontsize=FONT_SIZE - 1)
 
     labels = {"image": "images (MEDIMP)", "image+clinical": "images + clinical", "clinical": "clinical only"}
     for ax, horizon in zip(axes[1:], horizons or [None], strict=False):
@@ -566,16 +597,18 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
             if np.isfinite(ys).any():
                 ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, color=KIND_COLORS[labels[kind]],
                         linestyle="--" if kind == "clinical" else "-", label=labels[kind])
+        _time_axis(ax, xs, timed)
         for x, v in zip(xs, visits, strict=True):
             if v.outside_training:
-                ax.axvspan(x - 0.4, x + 0.4, color=colors["highlight"], alpha=0.15, linewidth=0)
+                lo, hi = _around(x, timed)
+                ax.axvspan(lo, hi, color=colors["highlight"], alpha=0.15, linewidth=0)
                 ax.text(x, 0.97, "outside\ntraining", ha="center", va="top", fontsize=FONT_SIZE - 2,
                         color=colors["highlight"])
         ax.axhline(0.5, color=colors["reference"], linestyle=":", linewidth=1.0)
         ax.set_ylim(0.0, 1.0)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        ax.set_xlim(-0.5, len(visits) - 0.5)
         ax.set_xticks(xs, [v.visit for v in visits])
+        ax.minorticks_off()
         ax.set_ylabel("probability of dysfunction")
         ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
     if horizons:
@@ -588,6 +621,27 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
                 va="bottom", fontsize=FONT_SIZE - 1, color=colors["muted"])
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure
+
+
+def _log_days(days):
+    return np.log1p(np.maximum(np.asarray(days, float), 0.0))
+
+
+def _time_axis(ax, xs, timed: bool) -> None:
+    """Visits placed at their time on a log(1 + days) scale (D15, D30, M3 and M12 all readable), or evenly."""
+    if timed:
+        ax.set_xscale("function", functions=(_log_days, np.expm1))
+        lo, hi = _log_days(xs.min()), _log_days(xs.max())
+        pad = max(0.25, 0.08 * (hi - lo))
+        ax.set_xlim(float(np.expm1(max(lo - pad, 0.0))), float(np.expm1(hi + pad)))
+    else:
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+
+
+def _around(x: float, timed: bool) -> tuple[float, float]:
+    if not timed:
+        return x - 0.4, x + 0.4
+    return float(np.expm1(max(_log_days(x) - 0.12, 0.0))), float(np.expm1(_log_days(x) + 0.12))
 
 
 def _trend_line(ax, xs, values, color: str, label: str, above: bool) -> None:

@@ -5,7 +5,8 @@ the clinical values as they were typed and where they came from, the input check
 exam is outside what the model was trained on), the results (prompt similarity, zero-shot GFR reading,
 probability of graft dysfunction per horizon for each kind of reading, each with how well that reading did
 on unseen patients), the model card's facts and the disclaimer. Then the key slices: three slices through
-the kidney box at the phase of peak enhancement, with the tissue-label outlines and each saliency map, a
+the kidney box at the frame where the box's mean signal is highest (named by its number and time, not
+as a phase), with the tissue-label outlines and each saliency map, a
 scale bar in millimetres and the patient-orientation letters. Last, the time-intensity curves (seconds when
 the image states frame times, frame numbers otherwise; the page says which).
 
@@ -37,6 +38,7 @@ from .report import WITHHELD_TEXT, percent, similarity_text
 
 __all__ = [
     "NOT_STATED",
+    "PATIENT_TITLE",
     "PDF_FILE",
     "Page",
     "exam_identity",
@@ -44,6 +46,8 @@ __all__ = [
     "orientation_letters",
     "pdf_text",
     "report_pages",
+    "patient_report_pages",
+    "write_patient_pdf",
     "write_pdf",
 ]
 
@@ -543,7 +547,8 @@ def orientation_letters(affine) -> dict[str, Any]:
 
 
 def key_slices(volume, roi, curve=None, n_slices: int = 3, n_baseline: int = 2) -> dict[str, Any]:
-    """The phase of peak enhancement (the frame where the kidney box's mean signal ``curve`` peaks) and
+    """The frame where the kidney box's mean signal ``curve`` is highest (often a late frame; it is named by
+    its number and time, see :func:`~napari_medimp.core.curves.describe_frame`) and
     ``n_slices`` slices through the box: the slice whose mean enhancement over the baseline is highest and its
     neighbours, a quarter of the box apart (inside the box). Returns ``frame``, ``slices`` (z indices,
     increasing) and ``peak_slice``. Reads only the baseline and peak frames."""
@@ -711,7 +716,9 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
         window = (window[0], window[0] + 1.0)
     orientation = orientation_letters(volume.affine)
     times = volume.frame_times
-    when = f"{times[chosen['frame']]:g} s" if times is not None else "time not stated in the image"
+    from .curves import describe_frame
+
+    shown = describe_frame(chosen["frame"], volume.n_frames, times)
     regions = _region_values(result)
     rows: list[tuple[str, Any, dict | None]] = [("image", None, None)]
     rows += [("map", smap, section) for smap, section in _maps(result, saliency_maps)]
@@ -723,7 +730,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
         top = 1.0 - _MARGIN_TOP / PAGE_SIZE[1]
         page.text(_MARGIN_LEFT / PAGE_SIZE[0], top, "Key slices" + (" (continued)" if start else ""), size=13,
                   weight="bold", color=_TEXT, va="top")
-        lines = _wrap(f"Phase of peak enhancement: frame {chosen['frame'] + 1} of {volume.n_frames} ({when}). "
+        lines = _wrap(f"Frame shown: {shown}, where the kidney box's mean signal is highest. "
                       f"Axial slices {', '.join(str(z + 1) for z in chosen['slices'])} of {volume.shape[1]} "
                       f"(slice {chosen['peak_slice'] + 1} enhances most in the kidney box), radiological "
                       "convention: the patient's right on the left. Dashed: the kidney box analysed"
@@ -756,7 +763,7 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
                 drawn = _draw_slice(ax, result, z, frame_image, crop, orientation, window, smap,
                                     (0.0, high if high > 0 else 1.0))
                 overlay = drawn if drawn is not None else overlay
-                ax.set_title(f"slice {z + 1}" + (" (peak)" if z == chosen["peak_slice"] else ""), fontsize=_BODY,
+                ax.set_title(f"slice {z + 1}" + (" (most enhancing)" if z == chosen["peak_slice"] else ""), fontsize=_BODY,
                              color=_TEXT, pad=2)
                 page.texts.append(ax.get_title())
             if overlay is not None and high > 0:
@@ -782,6 +789,8 @@ def _slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None
 # curves
 # --------------------------------------------------------------------------------------------------
 def _curves_page(pages: list[Page], result, report: dict, chosen: dict) -> None:
+    from .curves import ENHANCEMENT_DEFINITION
+
     page = _new_page()
     pages.append(page)
     figure = page.figure
@@ -820,8 +829,12 @@ def _curves_page(pages: list[Page], result, report: dict, chosen: dict) -> None:
         suffix = "s" if times is not None else "frame"
         y = tops[1] + height + 0.6
         page.text(_MARGIN_LEFT / PAGE_SIZE[0], 1 - y / PAGE_SIZE[1],
-                  f"Per region (times in {'seconds' if times is not None else 'frame numbers'}; enhancement over "
-                  "the mean of the first two frames)", size=_BODY, weight="bold", color=_TEXT, va="top")
+                  f"Per region (times in {'seconds' if times is not None else 'frame numbers'})",
+                  size=_BODY, weight="bold", color=_TEXT, va="top")
+        y += _Flow.line_height(_BODY) + 0.02
+        page.text(_MARGIN_LEFT / PAGE_SIZE[0], 1 - y / PAGE_SIZE[1], ENHANCEMENT_DEFINITION[0].upper()
+                  + ENHANCEMENT_DEFINITION[1:] + "; the input check states the same for the box.", size=_BODY - 1,
+                  color=_TEXT, va="top")
         y += _Flow.line_height(_BODY) + 0.05
         columns = [(0.0, "region"), (1.7, "baseline"), (2.6, "peak rise"), (3.5, "relative peak"),
                    (4.6, "time to peak"), (5.7, "time to half peak")]
@@ -912,3 +925,122 @@ def write_pdf(result, path, saliency_maps: Sequence | None = None, report: dict 
                 pdf.savefig(page.figure)
 
     return atomic_write(os.fspath(path), write)
+
+
+# --------------------------------------------------------------------------------------------------
+# the patient view: every visit, the trend figure, each visit's checks
+# --------------------------------------------------------------------------------------------------
+PATIENT_TITLE = "MEDIMP kidney-graft follow-up"
+
+
+def _check_state(ok) -> str:
+    return {True: "passed", False: "FAILED"}.get(ok, "not made")
+
+
+def patient_report_pages(result, report: dict | None = None) -> list[Page]:
+    """The pages of a patient's PDF (:class:`~napari_medimp.core.longitudinal.PatientResult`): who, the
+    disclaimer, the trend figure at the width of the page, then per visit its date (or day after
+    transplantation), clinical values, the reading from the exams so far (each kind, each horizon) and
+    the input checks of every exam that reading used; notes and skipped exams last."""
+    import io
+
+    from matplotlib.image import imread
+
+    from .longitudinal import NOT_RECORDED
+    from .prognosis import KIND_LABELS, KINDS
+    from .report import percent
+
+    report = report or result.written_report or result.report()
+    pages: list[Page] = []
+    flow = _Flow(pages)
+    flow.page.text(_Flow._fx(_MARGIN_LEFT), _Flow._fy(flow.y), PATIENT_TITLE, size=16, weight="bold", color=_TEXT,
+                   va="top", ha="left")
+    flow.space(_Flow.line_height(16) + 0.05)
+    flow.field("patient", str(result.patient or "not stated"))
+    flow.field("visits", ", ".join(f"{v.visit} ({v.date_text})" for v in result.visits) or "none")
+    flow.field("clinical values", str(result.clinical_source or "none found: the readings use the images only"))
+    flow.space(0.05)
+    flow.text(str(report.get("disclaimer") or ""), color=_MUTED, size=_BODY - 0.5)
+
+    flow.heading("GFR, creatinine and the readings over time")
+    figure = result.figure()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150, facecolor="white")
+    buffer.seek(0)
+    image = imread(buffer)
+    height = flow.width * image.shape[0] / image.shape[1]
+    flow.room(height + 0.1)
+    ax = flow.page.figure.add_axes((_Flow._fx(_MARGIN_LEFT), _Flow._fy(flow.y + height), flow.width / PAGE_SIZE[0],
+                                    height / PAGE_SIZE[1]))
+    ax.imshow(image, interpolation="antialiased")
+    ax.set_axis_off()
+    flow.space(height + 0.05)
+    _, axis_words = result.time_axis()
+    timed = figure.axes[0].get_xscale() != "linear"
+    flow.text(f"Time axis: {axis_words}" + (" (log scale)" if timed else "") + ". Each visit's reading uses the "
+              "exams so far; a shaded visit is outside what the model was trained on.", color=_MUTED,
+              size=_BODY - 0.5)
+
+    def value(v, unit: str) -> str:
+        return NOT_RECORDED if v is None else f"{_clinical_value(float(v))} {unit}"
+
+    for visit in result.visits:
+        flow.heading(f"{visit.visit}: {visit.date_text}")
+        c = visit.clinical
+        flow.field("GFR", value(c.get("gfr_ml_min_1_73m2"), "mL/min/1.73 m2"))
+        flow.field("creatinine", value(c.get("creatinine_umol_l"), "umol/L"))
+        flow.field("donor age", value(c.get("donor_age_years"), "years"))
+        flow.field("reading from", " + ".join(visit.exams_used))
+        if visit.outside_training:
+            flow.banner(OUTSIDE_TRAINING.upper(), visit.failed_checks)
+        for kind in KINDS:
+            risks = visit.risks.get(kind)
+            if risks:
+                flow.field(KIND_LABELS[kind], ", ".join(f"{_horizon_words(h)} {percent(p)}" for h, p in risks.items()))
+        if not visit.risks:
+            flow.field("prognosis", "this model has no prognosis heads", color=_MUTED)
+        for exam, checks in visit.checks.items():
+            flow.text(f"checks of the {exam} exam", weight="bold", size=_BODY - 0.5)
+            for check in checks:
+                flow.field(CHECK_WORDS.get(check.id, check.id), f"{_check_state(check.ok)}: {check.message}",
+                           color=_ALERT if check.ok is False else _TEXT)
+            if not checks:
+                flow.text("no checks recorded", color=_MUTED)
+        for note in visit.notes:
+            flow.text(f"note: {note}", color=_NOTE)
+    if result.notes or result.skipped:
+        flow.heading("Notes")
+        for note in result.notes:
+            flow.text(note, color=_NOTE)
+        for item in result.skipped:
+            flow.text(f"skipped {item}", color=_NOTE)
+    for i, page in enumerate(pages):
+        page.text(_Flow._fx(_MARGIN_LEFT), 0.35 / PAGE_SIZE[1], f"{PATIENT_TITLE}, patient {result.patient or '-'}"
+                  f"  -  page {i + 1} of {len(pages)}", size=_BODY - 1, color=_MUTED, va="bottom", ha="left")
+        for text in page.figure.findobj(Text):
+            text.set_fontfeatures(NO_LIGATURES)
+    return pages
+
+
+def write_patient_pdf(result, path, report: dict | None = None) -> Path:
+    """Write a patient's follow-up (see :func:`patient_report_pages`) as one A4 PDF at ``path``, atomically."""
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from .. import __version__
+    from .atomic import atomic_write
+
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the PDF")
+    pages = patient_report_pages(result, report)
+
+    def write(tmp: str) -> None:
+        with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(tmp, metadata={
+                "Title": f"{PATIENT_TITLE}, patient {result.patient or '-'}",
+                "Subject": "research software, not for clinical use",
+                "Creator": f"napari-medimp {__version__}"}) as pdf:
+            for page in pages:
+                pdf.savefig(page.figure)
+
+    return Path(atomic_write(os.fspath(path), write))

@@ -181,14 +181,23 @@ def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
         muted = [bool((standing or {}).get(f"{kind}/{n}")) for n in names]
         bars = ax.bar(pos, ys, width=width * 0.9, color=color, label=label)
         for bar, hollow in zip(bars, muted, strict=True):
-            if hollow:
+            if hollow:  # no finding: a hollow bar without a number
                 bar.set_facecolor("none")
                 bar.set_edgecolor(colors["muted"])
                 bar.set_hatch("//")
         for x, y, hollow in zip(pos, ys, muted, strict=True):
-            if np.isfinite(y) and not hollow:
+            if not np.isfinite(y) or hollow:
+                continue
+            if len(groups) == 1:
                 ax.text(x, min(y + 0.02, 0.9), percent(y), ha="center", va="bottom", color=colors["text"],
-                        fontsize=FONT_SIZE - (2 if len(groups) > 1 else 0))
+                        fontsize=FONT_SIZE)
+                continue
+            # side by side the bars are narrower than a label: written upright along each bar (inside a tall
+            # bar), so that neighbouring labels never run into each other
+            inside = y > 0.62
+            ax.text(x, y - 0.02 if inside else y + 0.02, percent(y), ha="center", va="top" if inside else "bottom",
+                    rotation=90, fontsize=FONT_SIZE - 2,
+                    color="#ffffff" if inside else colors["text"])
     ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
     ax.set_xticks(xs, [_horizon_label(n) for n in names])
     ax.set_xlim(-0.6, len(names) - 0.4)

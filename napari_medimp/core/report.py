@@ -318,8 +318,14 @@ def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str
 
 def percent(p: float) -> str:
     """A probability as people read it, the same in the panel, the figures and the reports: one decimal
-    below 10 % (0.2 %), none above (45 %)."""
-    return f"{100 * p:.1f} %" if 100 * p < 9.95 else f"{100 * p:.0f} %"
+    below 10 % (0.2 %), none above (45 %); a probability that rounds to 0.0 % but is not zero reads
+    "< 0.1 %" (and one that rounds to 100 % but is not one reads "> 99 %"): a small risk is never zero."""
+    value = 100 * float(p)
+    if 0 < value < 0.05:
+        return "< 0.1 %"
+    if 99.5 <= value < 100:
+        return "> 99 %"
+    return f"{value:.1f} %" if value < 9.95 else f"{value:.0f} %"
 
 
 #: what a withheld reading means, the same words everywhere
