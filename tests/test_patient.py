@@ -161,7 +161,13 @@ def test_a_visit_whose_image_fails_a_check_is_labelled(predictor, exams):
         visit = result.visit(name)
         assert visit.outside_training and visit.label == "outside what this model was trained on"
         assert any(m.startswith("D30: no enhancing kidney found") for m in visit.failed_checks)
-    assert "OUTSIDE WHAT THIS MODEL WAS TRAINED ON" in result.summary()
+        # a reading that used that image is withheld, here as in the panel and medimp analyze
+        assert visit.withheld and visit.risks == {}
+    assert result.visit("D15").risks and result.visit("D15").withheld is None
+    summary = result.summary()
+    assert "OUTSIDE WHAT THIS MODEL WAS TRAINED ON" in summary
+    assert summary.count("readings withheld: the exam is outside what the model was trained on") == 2
+    assert "this model has no prognosis heads" not in summary
 
 
 def test_trend_figure_draws_every_visit(patient):

@@ -1528,12 +1528,18 @@ def patient_lines(result) -> list[str]:
                      f"reading from {' + '.join(visit.exams_used)}")
         if visit.outside_training:
             lines.append(f"<span style='color:#ff6b6b'>{OUTSIDE_TRAINING.capitalize()}: "
-                         f"{_escape('; '.join(visit.failed_checks))}</span>")
+                         f"{_escape('; '.join(visit.failed_checks))}. Readings withheld.</span>")
         for kind, label in KIND_LABELS.items():
             risks = visit.risks.get(kind)
-            if risks:
-                lines.append(f"&nbsp;&nbsp;{_escape(label)}: "
-                             + ", ".join(f"{h[:-1]} years {percent(p)}" for h, p in risks.items()))
+            if not risks:
+                continue
+            values = ", ".join(f"{horizon_text(h)} {percent(p)}" for h, p in risks.items())
+            common = kind_standing(visit.standing, kind, risks)
+            if common:
+                lines.append(f"&nbsp;&nbsp;<span style='color:{GREY}'>{_escape(label)} ({values}): not a finding, "
+                             f"{_escape(common)}.</span>")
+            else:
+                lines.append(f"&nbsp;&nbsp;{_escape(label)}: {values}")
     lines += [f"<span style='color:#ffb347'>{_escape(note)}</span>" for note in result.notes]
     if result.clinical_source is None:
         lines.append("No clinical table found beside the exams: the readings use the images only.")

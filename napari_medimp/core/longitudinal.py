@@ -31,7 +31,7 @@ from .identity import exam_date, exam_recorded, patient_recorded, sidecars
 from .pipeline import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
 from .prompts import ClinicalRecord, ClinicalValueError, build_prompt, normalize_exam
-from .report import percent
+from .report import WITHHELD_TEXT, kind_standing, percent
 from .terms import EXAMS
 from .volume import DCEVolume
 
@@ -169,8 +169,24 @@ class VisitResult:
 
     @property
     def risks(self) -> dict[str, dict[str, float]]:
-        """Kind of reading (``image``, ``image+clinical``, ``clinical``) -> horizon -> probability."""
+        """Kind of reading (``image``, ``image+clinical``, ``clinical``) -> horizon -> probability; empty when
+        the readings are withheld (:attr:`withheld`)."""
+        if self.withheld:
+            return {}
         return {k: dict(v) for k, v in ((self.reading or {}).get("risks") or {}).items()}
+
+    @property
+    def withheld(self) -> str | None:
+        """Why this visit's readings are withheld: an image they use failed its checks (the panel's and
+        ``medimp analyze``'s rule), or None."""
+        if not self.outside_training:
+            return None
+        return "; ".join(self.failed_checks) or "an exam failed its checks"
+
+    @property
+    def standing(self) -> dict[str, str | None]:
+        """Per reading, why it is no finding (:func:`~napari_medimp.core.card.reading_standing`)."""
+        return dict(self.result.analysis.get("reading_standing") or {})
 
     @property
     def failed_checks(self) -> list[str]:
@@ -320,10 +336,15 @@ class PatientResult:
             lines.append(f"{v.visit} ({v.date_text}): {', '.join(values)}; reading from {'+'.join(v.exams_used)}")
             if v.outside_training:
                 lines.append(f"  {OUTSIDE_TRAINING.upper()}: " + "; ".join(v.failed_checks))
+                lines.append(f"  readings withheld: {WITHHELD_TEXT}")
+                continue
             for kind in KINDS:
                 risks = v.risks.get(kind)
                 if risks:
-                    lines.append(f"  {KIND_LABELS[kind]}: " + ", ".join(f"{h} {percent(p)}" for h, p in risks.items()))
+                    common = kind_standing(v.standing, kind, risks)
+                    values = ", ".join(f"{h} {percent(p)}" for h, p in risks.items())
+                    lines.append(f"  {KIND_LABELS[kind]}: " + (f"not a finding ({common}; it reads {values})"
+                                                                 if common else values))
             if not v.risks:
                 lines.append("  prognosis: this model has no prognosis heads")
         for item in self.skipped:

@@ -34,7 +34,7 @@ from .checks import OUTSIDE_TRAINING, failed_messages
 from .pipeline import PDF_FILE
 from .plots import LIGHT, REGION_COLORS, plot_curves
 from .prognosis import KIND_LABELS, OUTCOME_DEFINITION, RESULT_KEYS
-from .report import WITHHELD_TEXT, percent, similarity_text
+from .report import WITHHELD_TEXT, kind_standing, percent, similarity_text
 
 __all__ = [
     "NOT_STATED",
@@ -993,11 +993,15 @@ def patient_report_pages(result, report: dict | None = None) -> list[Page]:
         flow.field("reading from", " + ".join(visit.exams_used))
         if visit.outside_training:
             flow.banner(OUTSIDE_TRAINING.upper(), visit.failed_checks)
+            flow.field("prognosis", f"readings withheld: {WITHHELD_TEXT}", color=_ALERT)
         for kind in KINDS:
             risks = visit.risks.get(kind)
             if risks:
-                flow.field(KIND_LABELS[kind], ", ".join(f"{_horizon_words(h)} {percent(p)}" for h, p in risks.items()))
-        if not visit.risks:
+                values = ", ".join(f"{_horizon_words(h)} {percent(p)}" for h, p in risks.items())
+                common = kind_standing(visit.standing, kind, risks)
+                flow.field(KIND_LABELS[kind], f"not a finding ({common}; it reads {values})" if common else values,
+                           color=_MUTED if common else _TEXT)
+        if not visit.risks and not visit.outside_training:
             flow.field("prognosis", "this model has no prognosis heads", color=_MUTED)
         for exam, checks in visit.checks.items():
             flow.text(f"checks of the {exam} exam", weight="bold", size=_BODY - 0.5)
