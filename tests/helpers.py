@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -69,3 +71,17 @@ def make_model_file(folder, heads: dict | None = None, name: str = "tiny"):
     return save_model(folder / name, model, preprocessing=preprocessing,
                       prompt_template_version=TEMPLATE_VERSION, prognosis=make_heads() if heads is None else heads,
                       training={"data": "random weights (test)"})
+
+
+def nifti_alone(training_cohort, tmp_path, exam: str):
+    """A copy of P0001's ``exam`` image as ``cohort/P0001/<exam>/dce.nii.gz`` with its JSON sidecar and the
+    cohort's clinical.csv: a NIfTI file opened on its own (not through its exam folder)."""
+    import shutil
+
+    cohort = tmp_path / "cohort"
+    (cohort / "P0001" / exam).mkdir(parents=True)
+    shutil.copy(training_cohort / "clinical.csv", cohort / "clinical.csv")
+    source = next((training_cohort / "P0001" / exam / "dce").glob("*.nii.gz"))
+    nifti = shutil.copy(source, cohort / "P0001" / exam / "dce.nii.gz")
+    shutil.copy(source.with_name(source.name.replace(".nii.gz", ".json")), cohort / "P0001" / exam / "dce.json")
+    return cohort, Path(nifti)

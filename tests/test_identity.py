@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import pytest
-from helpers import kidney_volume
+from helpers import kidney_volume, nifti_alone
 
 from napari_medimp.cli import main
 from napari_medimp.core.identity import ExamIdentity, labels_mismatch, table_source
@@ -122,12 +121,7 @@ def test_analyze_of_a_nifti_reads_its_sidecar_and_the_cohort_table(training_coho
                                                                    pdf_texts, capsys):
     """The file alone (not its folder): exam and patient from its sidecar, values from the cohort's table."""
     exam = _exam_other_than_d30(training_cohort)
-    cohort = tmp_path / "cohort"
-    (cohort / "P0001" / exam).mkdir(parents=True)
-    shutil.copy(training_cohort / "clinical.csv", cohort / "clinical.csv")
-    source = next((training_cohort / "P0001" / exam / "dce").glob("*.nii.gz"))
-    nifti = shutil.copy(source, cohort / "P0001" / exam / "dce.nii.gz")
-    shutil.copy(source.with_name(source.name.replace(".nii.gz", ".json")), cohort / "P0001" / exam / "dce.json")
+    cohort, nifti = nifti_alone(training_cohort, tmp_path, exam)
     out = tmp_path / "out"
     assert main(["analyze", str(nifti), "--model", str(tiny_model), "--saliency", "none", "--out", str(out)]) == 0
     report = json.loads((out / "medimp_report.json").read_text())

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import nifti_alone
 from qtpy.QtCore import QPoint
 
 from napari_medimp.core.pdf_report import pdf_text, report_pages
@@ -118,12 +119,7 @@ def test_a_patient_folder_pairs_each_exam_with_its_own_labels(panel, training_co
 def test_a_nifti_opened_alone_reads_its_sidecar_and_the_cohort_table(panel, qtbot, training_cohort, tmp_path):
     viewer, widget = panel
     exam = next(e for e in _exams(training_cohort, "P0001") if e != "D30")  # the form's default is D30
-    cohort = tmp_path / "cohort"
-    (cohort / "P0001" / exam).mkdir(parents=True)
-    shutil.copy(training_cohort / "clinical.csv", cohort / "clinical.csv")
-    source = next((training_cohort / "P0001" / exam / "dce").glob("*.nii.gz"))
-    nifti = shutil.copy(source, cohort / "P0001" / exam / "dce.nii.gz")
-    shutil.copy(source.with_name(source.name.replace(".nii.gz", ".json")), cohort / "P0001" / exam / "dce.json")
+    cohort, nifti = nifti_alone(training_cohort, tmp_path, exam)
     line, row = _rows(training_cohort)["P0001"]
 
     viewer.open(str(nifti), plugin="napari-medimp")
