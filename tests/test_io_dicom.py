@@ -550,3 +550,20 @@ def test_single_slice_without_thickness_warns_that_1mm_is_assumed(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DCEReadWarning)
         assert load_dicom_series(tmp_path / "t").spacing[0] == pytest.approx(GAP)
+
+
+def test_every_file_of_a_large_written_exam_has_its_own_uid(tmp_path):
+    """20 frames x 24 slices: frame 1 slice 12 and frame 11 slice 2 once shared a SOPInstanceUID (the
+    parts of the UID were joined without a separator), so an archive kept 466 of 480 files."""
+    import pydicom
+
+    from napari_medimp.core.io.dicom_write import save_dicom_series
+
+    from napari_medimp.core.volume import DCEVolume
+
+    data = np.random.default_rng(0).normal(100, 5, (20, 24, 8, 8)).astype(np.float32)
+    volume = DCEVolume(data, np.diag([2.0, 2.0, 3.0, 1.0]), np.arange(20) * 10.0)
+    files = save_dicom_series(volume, tmp_path / "P1", patient_id="P1")
+    assert len(files) == 480
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert len(uids) == 480

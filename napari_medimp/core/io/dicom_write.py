@@ -23,7 +23,10 @@ _RAS_TO_LPS = np.linalg.inv(LPS_TO_RAS)
 
 
 def _uid(*parts) -> str:
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
+    """A UID derived from ``parts`` (the same parts give the same UID). pydicom joins its entropy sources
+    without a separator, so the parts are joined here with one that no part holds: frame 1 slice 12 and
+    frame 11 slice 2 must not meet."""
+    return generate_uid(entropy_srcs=["\x1f".join(str(p) for p in parts)])
 
 
 def _tm(seconds: float) -> str:
