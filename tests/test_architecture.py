@@ -35,7 +35,7 @@ def test_core_imports_neither_the_trainer_nor_qt_nor_napari():
 def test_the_training_protocol_needs_no_torch():
     code = ("import sys; import napari_medimp.core.training_run; "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_trainer_and_dialog_use_one_protocol():

@@ -233,7 +233,7 @@ def test_choose_variant_deterministic_across_processes():
         f"print([choose_variant(ClinicalRecord(**{FULL!r}), s) for s in range(40)])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""})
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}, timeout=300)
     assert out.stdout.strip() == str(picks)
 
 

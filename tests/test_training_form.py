@@ -536,7 +536,7 @@ def test_module_needs_no_qt():
     code = ("import sys; import napari_medimp._widgets.training_form; "
             "assert not any(m.split('.')[0] in ('qtpy', 'PyQt6', 'PyQt5', 'napari') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith(('qtpy', 'PyQt', 'napari.'))]")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 # --------------------------------------------------------------------------------------------------

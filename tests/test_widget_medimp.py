@@ -469,7 +469,7 @@ def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):
                       "viewer.window.add_dock_widget(MedimpWidget(viewer), name='MEDIMP', area='right')\n"
                       "viewer.close()\n"
                       "print('closed')\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(os.environ))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed" in done.stdout and "has been deleted" not in done.stderr
 
