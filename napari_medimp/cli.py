@@ -255,10 +255,11 @@ def _each_exam(sources, work):
 
 def _cmd_predict(args) -> int:
     from .core.checks import failed_messages
+    from .core.identity import ExamIdentity
     from .core.inference import analyze
     from .core.io import load_dce
     from .core.outputs import check_output
-    from .core.prompts import EXAMS, ClinicalRecord, build_prompt
+    from .core.prompts import EXAMS, ClinicalRecord, build_prompt, normalize_exam
 
     inputs = _inputs(args.path)
     out = check_output(args.out, args.overwrite, (".csv", ".json"), inputs=inputs)
@@ -275,13 +276,21 @@ def _cmd_predict(args) -> int:
     by_patient: dict[str, dict] = {}
     last_reading: dict[str, object] = {}
     def predict_one(ident, exam, path):
-        exam = (exam or args.exam or DEFAULT_EXAM).upper()
-        patient = ident.split("/")[0]
+        volume = load_dce(path)
+        patient = ident.split("/")[0] if "/" in ident else None
+        if exam is None:  # a file or series on its own: its exam and patient as its data state them
+            who = ExamIdentity.from_volume(volume)
+            exam, patient = (args.exam or who.exam or DEFAULT_EXAM), who.patient
+            if args.exam and who.exam and normalize_exam(args.exam) != who.exam:
+                print(f"medimp: warning: --exam {args.exam} typed, but {path} is exam {who.exam} (from its "
+                      f"{who.exam_from}); read as {args.exam}", file=sys.stderr)
+        exam = normalize_exam(exam)
+        patient = patient or ident
         record = _record(args, exam)
         if record is None and patient in table:
             record = ClinicalRecord.from_csv_row(table[patient], exam)
         prompt = build_prompt(record) if record is not None else None
-        result = analyze(predictor, load_dce(path), exam=exam, prompt=prompt, roi=_roi(args), record=record,
+        result = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args), record=record,
                          earlier=by_patient.get(patient), show_anyway=args.show_anyway)
         by_patient.setdefault(patient, {})[exam] = result.embedding
         shown = result.to_dict()  # the panel's rule: an exam that failed its checks has its readings withheld

@@ -241,3 +241,30 @@ def test_an_output_never_replaces_an_input_even_with_overwrite(small_cohort, tin
         assert main(["saliency", str(image), "--model", str(tiny_model), "--out", str(out), "--overwrite"]) == 2
         assert "is one of this command's inputs" in capsys.readouterr().err
     assert image.read_bytes() == image_bytes
+
+
+def test_the_exam_a_file_states_wins_over_the_default_and_one_exam_has_one_folder(small_cohort, tiny_model, tmp_path):
+    """predict on a NIfTI alone reads the exam and patient its sidecar states (not D30), with that patient's
+    clinical values; a patient folder holding D15 and d15 is refused, a lone d15 folder is the D15 exam."""
+    import shutil
+
+    from napari_medimp.core.io.cohort import DCEReadError, cohort_exams
+
+    image = sorted(small_cohort.rglob("*_dce.nii.gz"))[0]
+    stated = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
+    exam, patient = str(stated["Exam"]).upper(), stated["PatientID"]
+    out = tmp_path / "one.json"
+    assert main(["predict", str(image), "--model", str(tiny_model), "--out", str(out)]) == 0
+    [row] = json.loads(out.read_text())["exams"]
+    assert row["exam"] == exam and row["reading_visit"] == exam
+    assert "gfr" in row["clinical_values_used"].split("+")  # the patient's row of the cohort's clinical.csv
+    [reading] = json.loads(out.read_text())["patients"]
+    assert reading["patient"] == patient
+    folders = tmp_path / "P9"
+    source = image.parents[1]
+    shutil.copytree(source, folders / "D15")
+    shutil.copytree(source, folders / "d15")
+    with pytest.raises(DCEReadError, match="two folders hold the D15 exam"):
+        cohort_exams(folders)
+    shutil.rmtree(folders / "D15")
+    assert [(e, f.name) for _, e, f in cohort_exams(folders)] == [("D15", "d15")]

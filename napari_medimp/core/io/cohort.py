@@ -91,11 +91,16 @@ def _exam_order(name: str):
 def patient_exams(patient_folder) -> dict[str, Path]:
     """Exam name -> exam folder, in follow-up order (D15, D30, M3, M12, then others by name)."""
     patient_folder = Path(patient_folder)
-    exams = {
-        d.name: d
-        for d in _visible_children(patient_folder)
-        if d.is_dir() and any(s.is_dir() and _holds_images(s) for s in _visible_children(d))
-    }
+    exams: dict[str, Path] = {}
+    for d in _visible_children(patient_folder):
+        if not (d.is_dir() and any(s.is_dir() and _holds_images(s) for s in _visible_children(d))):
+            continue
+        # a follow-up exam is named in any case (d15 is D15); two folders for one exam are refused
+        name = d.name.strip().upper() if d.name.strip().upper() in EXAMS else d.name
+        if name in exams:
+            raise DCEReadError(patient_folder, f"two folders hold the {name} exam ({exams[name].name} and "
+                                               f"{d.name}); keep one")
+        exams[name] = d
     return dict(sorted(exams.items(), key=lambda kv: _exam_order(kv[0])))
 
 
@@ -167,7 +172,8 @@ def cohort_exams(path) -> list[tuple[str, str, Path]]:
     """(patient, exam, exam folder) for every exam under a cohort, patient or exam folder."""
     kind = classify_folder(path)
     if kind.kind == "exam":
-        return [(kind.path.parent.name, kind.path.name, kind.path)]
+        name = kind.path.name.strip().upper() if kind.path.name.strip().upper() in EXAMS else kind.path.name
+        return [(kind.path.parent.name, name, kind.path)]
     if kind.kind == "patient":
         return [(kind.path.name, exam, folder) for exam, folder in patient_exams(kind.path).items()]
     if kind.kind == "cohort":
