@@ -558,7 +558,6 @@ def test_every_file_of_a_large_written_exam_has_its_own_uid(tmp_path):
     import pydicom
 
     from napari_medimp.core.io.dicom_write import save_dicom_series
-
     from napari_medimp.core.volume import DCEVolume
 
     data = np.random.default_rng(0).normal(100, 5, (20, 24, 8, 8)).astype(np.float32)
