@@ -484,7 +484,7 @@ def _cmd_analyze(args) -> int:
     from .cli_patient import analyze_patient_command, is_patient_folder
 
     if args.path != SAMPLE_ARGUMENT and is_patient_folder(args.path):
-        return analyze_patient_command(args)
+        return analyze_patient_command(args, _predictor)
     if not args.overwrite:
         check_output_folder(out, ANALYSIS_FILES, overwrite=False)  # before any work
     _refuse_typed_non_numbers(args)

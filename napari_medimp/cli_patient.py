@@ -30,9 +30,9 @@ def is_patient_folder(path) -> bool:
         return False
 
 
-def analyze_patient_command(args) -> int:
-    """Analyse every exam of the patient folder ``args.path`` into the folder ``args.out``."""
-    from .cli import _predictor
+def analyze_patient_command(args, make_predictor) -> int:
+    """Analyse every exam of the patient folder ``args.path`` into the folder ``args.out`` with the model
+    ``make_predictor(args)`` gives."""
     from .core.longitudinal import PATIENT_FILES, analyze_patient_folder
     from .core.outputs import check_output_folder, replacing_output_folder
     from .core.pipeline import ANALYSIS_FILES
@@ -47,7 +47,7 @@ def analyze_patient_command(args) -> int:
     owned = tuple(dict.fromkeys((*PATIENT_FILES, *ANALYSIS_FILES)))  # a folder holds one analysis of either kind
     if not args.overwrite:
         check_output_folder(out, owned, overwrite=False)  # before any work
-    predictor = _predictor(args)
+    predictor = make_predictor(args)
 
     def progress(stage: str, fraction: float) -> None:
         print(f"\r{stage[:60]:<60} {100 * fraction:3.0f} %", end="", file=sys.stderr, flush=True)

@@ -101,7 +101,7 @@ def enhancement_check(volume, roi, baseline_frames: int = 2) -> Check:
     """Enhancement (rise over the pre-contrast baseline, relative to that baseline) of the box's brightest
     voxels decides; the message also gives the box's mean signal by the same definition, the figure of the
     kidney-ROI curve, so that the two never read as a contradiction."""
-    from .report import percent
+    from .terms import percent
 
     if volume.n_frames < 2:
         return Check("enhancement", None, "enhancement not measured: a single frame")

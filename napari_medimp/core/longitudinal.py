@@ -28,11 +28,11 @@ import numpy as np
 
 from .checks import OUTSIDE_TRAINING, Check, outside_training
 from .identity import exam_date, exam_recorded, patient_recorded, sidecars
-from .pipeline import TREND_FIGURE_FILE
+from .outputs import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
 from .prompts import ClinicalRecord, ClinicalValueError, build_prompt, normalize_exam
 from .report import WITHHELD_TEXT, kind_standing, percent
-from .terms import EXAMS
+from .terms import EXAMS, NOT_RECORDED
 from .volume import DCEVolume
 
 __all__ = [
@@ -54,7 +54,6 @@ Progress = Callable[[str, float], None]
 #: what a visit without a date in its data says
 DATE_UNKNOWN = "date unknown"
 #: what a value the clinical table does not hold for a visit says
-NOT_RECORDED = "not recorded"
 #: every file a patient analysis writes in its folder (the report's JSON, CSV and PDF and the trend figure)
 PATIENT_FILES = ("medimp_report.json", "medimp_report.csv", "medimp_report.pdf", TREND_FIGURE_FILE)
 

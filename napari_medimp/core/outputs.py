@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .terms import EXAMS, HORIZONS, SALIENCY_METHODS
 
 
 class OutputExistsError(ValueError):
@@ -164,3 +165,33 @@ def write_csv(path, rows: Sequence[Mapping], fieldnames: Sequence[str] | None = 
     for row in rows:
         writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     return atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------
+# the files of an analysis folder
+# --------------------------------------------------------------------------------------------------
+#: file names of an analysis folder
+REPORT_STEM = "medimp_report"
+FIGURE_FILE = "results.png"
+SALIENCY_TARGETS = ("similarity", *HORIZONS)
+
+
+def saliency_file_name(method: str, target: str, exam: str | None, prefix: str | None = None) -> str:
+    """``saliency-<method>-<target>-<exam>.nii.gz`` (``<prefix>-`` in front when given): one file per map,
+    so maps of several methods, targets and exams live side by side."""
+    parts = [prefix, "saliency", method, target, (exam or "").upper() or None]
+    return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts if p) + ".nii.gz"
+
+
+#: every saliency map file (and its JSON sidecar) an analysis folder may hold, and the single map of the
+#: first release (``saliency.nii.gz``), so that an earlier analysis is never left beside a new one
+SALIENCY_FILES = tuple(name for method in SALIENCY_METHODS for target in SALIENCY_TARGETS for exam in EXAMS
+                       for name in (saliency_file_name(method, target, exam),
+                                    saliency_file_name(method, target, exam)[:-len(".nii.gz")] + ".json")
+                       ) + ("saliency.nii.gz", "saliency.json")
+#: every file an analysis may leave in its folder (an export adds the viewer screenshot)
+PDF_FILE = f"{REPORT_STEM}.pdf"
+#: the patient view's figure (:mod:`.longitudinal`)
+TREND_FIGURE_FILE = "patient_trends.png"
+ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", PDF_FILE, FIGURE_FILE, *SALIENCY_FILES,
+                  "medimp_screenshot.png", TREND_FIGURE_FILE)

@@ -31,7 +31,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from .checks import OUTSIDE_TRAINING, failed_messages
-from .pipeline import PDF_FILE
+from .outputs import PDF_FILE
 from .plots import LIGHT, REGION_COLORS, plot_curves
 from .prognosis import KIND_LABELS, OUTCOME_DEFINITION, RESULT_KEYS
 from .report import WITHHELD_TEXT, kind_standing, percent, similarity_text
@@ -946,9 +946,9 @@ def patient_report_pages(result, report: dict | None = None) -> list[Page]:
 
     from matplotlib.image import imread
 
-    from .longitudinal import NOT_RECORDED
     from .prognosis import KIND_LABELS, KINDS
     from .report import percent
+    from .terms import NOT_RECORDED
 
     report = report or result.written_report or result.report()
     pages: list[Page] = []

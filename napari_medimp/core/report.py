@@ -26,6 +26,7 @@ from .checks import OUTSIDE_TRAINING, failed_messages
 from .configs import jsonable as _jsonable
 from .curves import enhancement_summary
 from .prognosis import KIND_LABELS, RESULT_KEYS
+from .terms import percent  # noqa: F401  (the one owner is .terms; re-exported for the callers of this module)
 
 __all__ = [
     "DISCLAIMER",
@@ -314,18 +315,6 @@ def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str
     atomic_write_bytes(paths["json"], payload.encode("utf-8"))
     atomic_write_bytes(paths["csv"], buffer.getvalue().encode("utf-8"))
     return paths
-
-
-def percent(p: float) -> str:
-    """A probability as people read it, the same in the panel, the figures and the reports: one decimal
-    below 10 % (0.2 %), none above (45 %); a probability that rounds to 0.0 % but is not zero reads
-    "< 0.1 %" (and one that rounds to 100 % but is not one reads "> 99 %"): a small risk is never zero."""
-    value = 100 * float(p)
-    if 0 < value < 0.05:
-        return "< 0.1 %"
-    if 99.5 <= value < 100:
-        return "> 99 %"
-    return f"{value:.1f} %" if value < 9.95 else f"{value:.0f} %"
 
 
 #: what a withheld reading means, the same words everywhere

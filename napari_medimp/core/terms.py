@@ -23,3 +23,18 @@ SALIENCY_METHODS: tuple[str, ...] = ("integrated-gradients", "gradcam", "gradcam
 
 #: serum creatinine: 1 mg/dL = 88.42 umol/L
 MG_DL_TO_UMOL_L = 88.42
+
+#: a clinical value the data do not hold
+NOT_RECORDED = "not recorded"
+
+
+def percent(p: float) -> str:
+    """A probability as people read it, the same in the panel, the figures and the reports: one decimal
+    below 10 % (0.2 %), none above (45 %); a probability that rounds to 0.0 % but is not zero reads
+    "< 0.1 %" (and one that rounds to 100 % but is not one reads "> 99 %"): a small risk is never zero."""
+    value = 100 * float(p)
+    if 0 < value < 0.05:
+        return "< 0.1 %"
+    if 99.5 <= value < 100:
+        return "> 99 %"
+    return f"{value:.1f} %" if value < 9.95 else f"{value:.0f} %"
