@@ -903,7 +903,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     n_bytes = len(phases) * len(levels) * rows * cols * 4
     if lazy is None:
         lazy = n_bytes > LAZY_THRESHOLD_BYTES
-    check_memory(2 * (n_bytes // len(phases) if lazy else n_bytes),
+    check_memory(n_bytes + n_bytes // len(phases) if lazy else 2 * n_bytes,  # lazy: all phases once computed
                  f"{source}: reading {len(phases)} phases of {len(levels)} slices of {rows}x{cols} pixels")
     if lazy:
         import dask

@@ -377,8 +377,10 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
     if lazy and path.suffix.lower() == ".gz" and not _gzip_complete(path, n_bytes + int(img.dataobj.offset)):
         lazy = False  # footer disagrees: read now so that truncation is reported at open time
     n_voxels = int(np.prod(shape, dtype=np.float64))
-    # eager: the file's values as float32 and the reoriented copy; lazy: the same for one frame at a time
-    check_memory(2 * 4 * (n_voxels // n_frames if lazy else n_voxels),
+    # eager: the file's values as float32 and the reoriented copy; lazy: every frame once the volume is
+    # computed, and the frame being read (the decompressed size is what counts, not the file's)
+    frame = n_voxels // n_frames
+    check_memory(4 * (n_voxels + frame) if lazy else 2 * 4 * n_voxels,
                  f"{path}: reading {' x '.join(map(str, shape))} voxels")
     if lazy:
         import dask
@@ -507,8 +509,11 @@ def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
         t0 = times[order[0]]
         frame_times = np.array([times[i] - t0 for i in order])
 
+    n_bytes = sum(int(np.prod(p.shape)) * 4 for p in phases)
+    check_memory(n_bytes + n_bytes // len(phases), f"{folder}: reading {len(phases)} phases of "
+                 f"{' x '.join(map(str, reference.shape[1:]))} voxels")
     if lazy is None:
-        lazy = sum(int(np.prod(p.shape)) * 4 for p in phases) > LAZY_THRESHOLD_BYTES
+        lazy = n_bytes > LAZY_THRESHOLD_BYTES
     if lazy:
         import dask.array as da
 
