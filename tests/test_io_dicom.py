@@ -566,3 +566,53 @@ def test_every_file_of_a_large_written_exam_has_its_own_uid(tmp_path):
     assert len(files) == 480
     uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     assert len(uids) == 480
+
+
+# --------------------------------------------------------------------------------------------------
+# identifiers and folder contents
+# --------------------------------------------------------------------------------------------------
+def test_duplicate_sop_instances_are_counted_and_different_images_refused(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, seed=31)
+    original = sorted(folder.iterdir())[0]
+    (folder / "zz_copy.dcm").write_bytes(original.read_bytes())
+    with pytest.warns(DCEReadWarning, match=r"s: 1 duplicate file\(s\) ignored \(same SOPInstanceUID"):
+        vol = load_dce(folder)
+    assert vol.shape == (3, 5, ROWS, COLS) and vol.metadata["duplicates_ignored"] == 1
+    assert any("duplicate" in note for note in vol.metadata["reading_notes"])
+    other = pydicom.dcmread(original)
+    other.PixelData = (np.asarray(other.pixel_array) + 7).astype(np.uint16).tobytes()
+    other.save_as(folder / "zz_copy.dcm")
+    with pytest.raises(DCEReadError, match=rf"zz_copy.dcm: shares SOPInstanceUID .* with {original.name} but holds "
+                                           "a different image"):
+        load_dce(folder)
+
+
+def test_a_series_after_many_other_files_is_found_and_the_skipped_files_said(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, seed=32)
+    for k in range(12):
+        (folder / f"A_readme_{k:02d}.txt").write_text("export notes\n")
+    with pytest.warns(DCEReadWarning, match=r"s: 12 file\(s\) that are not DICOM skipped: A_readme_00.txt, .* and 7 more"):
+        vol = load_dce(folder)
+    assert vol.shape == (3, 5, ROWS, COLS)
+
+
+def test_a_dicomdir_is_followed_to_its_images(tmp_path):
+    from pydicom.fileset import FileSet
+
+    source = tmp_path / "src"
+    write_series(source, seed=33, StudyInstanceUID=generate_uid(), SeriesNumber=5, StudyDate="20240101", StudyID="1",
+                 StudyTime="101455", PatientName="Test^Graft")
+    fileset = FileSet()
+    for path in sorted(source.iterdir()):
+        fileset.add(pydicom.dcmread(path))
+    media = tmp_path / "cd"
+    fileset.write(media)
+    assert (media / "DICOMDIR").is_file() and not any(p.suffix == ".dcm" for p in media.rglob("*"))
+    vol = load_dce(media)
+    np.testing.assert_array_equal(vol.load().data, expected_axial())
+    (media / "PT000000").rename(tmp_path / "moved")
+    with pytest.raises(DCEReadError, match=r"DICOMDIR: this DICOMDIR lists no readable image files beside it "
+                                           r"\(15 listed file\(s\) missing\)"):
+        load_dce(media)

@@ -314,6 +314,7 @@ def _qform_only(tmp_path, name="q.nii"):
     img = nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), affine)
     img.set_qform(affine, code=1)
     img.set_sform(None, code=0)
+    img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(tmp_path / name))
     return tmp_path / name
 
@@ -348,6 +349,7 @@ def test_qform_and_sform_that_disagree_are_named_and_the_sform_is_used(tmp_path)
     img = nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), sform)
     img.set_sform(sform, code=2)
     img.set_qform(qform, code=1)
+    img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(tmp_path / "qs.nii"))
     with pytest.warns(DCEReadWarning, match=r"qform and sform place the image 6 mm apart.*sform is used"):
         vol = load_dce(tmp_path / "qs.nii")
@@ -404,3 +406,75 @@ def test_colour_complex_and_deeply_nested_inputs_get_a_message_naming_the_file(t
     (tmp_path / "dce.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.warns(DCEReadWarning, match=r"dce\.json: sidecar ignored, nested too deeply"):
         assert load_dce(path).n_frames == 3
+
+
+def _patch(path, fmt, offset, *values):
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(fmt, raw, offset, *values)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_vox_offset_inside_the_header_is_refused_naming_the_field(tmp_path):
+    """vox_offset 0 in a .nii file: nibabel reads the voxels from byte 0, the image shifted by the header."""
+    data = np.arange(6 * 5 * 4 * 3, dtype=np.float32).reshape(6, 5, 4, 3)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(tmp_path / "v.nii"))
+    with pytest.raises(DCEReadError, match=r"v.nii: header field vox_offset is 0, inside the 348-byte header"):
+        load_dce(_patch(tmp_path / "v.nii", "<f", 108, 0.0))
+    with pytest.raises(DCEReadError, match=r"v.nii: not a readable NIfTI file \(vox offset 100 too low"):
+        load_dce(_patch(tmp_path / "v.nii", "<f", 108, 100.0))
+
+
+@pytest.mark.parametrize(("unit", "message"), [("unknown", r"no time unit \(xyzt_units\).*seconds assumed"),
+                                               ("hz", r"frame spacing \(pixdim\[4\] 2.5\) is in hertz.*not a time"),
+                                               ("ppm", r"in parts per million.*frame times unknown")])
+def test_a_frame_spacing_without_a_time_unit_is_said(tmp_path, unit, message):
+    img = nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), np.eye(4))
+    img.header.set_xyzt_units("mm", unit)
+    img.header.set_zooms((1.0, 1.0, 1.0, 2.5))
+    nib.save(img, str(tmp_path / "t.nii"))
+    with pytest.warns(DCEReadWarning, match=message):
+        vol = load_dce(tmp_path / "t.nii")
+    assert any(re.search(message, note) for note in vol.metadata["reading_notes"])
+    if unit == "unknown":
+        np.testing.assert_allclose(vol.frame_times, [0.0, 2.5, 5.0])
+    else:
+        assert vol.frame_times is None
+
+
+def _sform_file(tmp_path, sform, name="s.nii", sform_code=1, qform=None):
+    img = nib.Nifti1Image(np.ones((40, 40, 20, 2), np.float32), np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(qform if qform is not None else np.eye(4), code=1 if qform is not None else 0)
+    img.set_sform(sform, code=1)
+    nib.save(img, str(tmp_path / name))
+    if sform_code != 1:
+        _patch_header(tmp_path / name, sform_code=sform_code)
+    return tmp_path / name
+
+
+def test_a_sheared_sform_is_refused_or_the_qform_used_and_said(tmp_path):
+    sheared = np.diag([2.0, 2.0, 3.0, 1.0])
+    sheared[0, 2] = 1.5  # slices slide 1.5 mm sideways each: 28 mm at the last slice
+    with pytest.raises(DCEReadError, match=r"s.nii: .*the sform \(code 1\) is sheared .*fix the header"):
+        load_dce(_sform_file(tmp_path, sheared))
+    qform = np.diag([2.0, 2.0, 3.0, 1.0])
+    with pytest.warns(DCEReadWarning, match=r"sform \(code 1\) is sheared.*ignored; the qform \(code 1\) places"):
+        vol = load_dce(_sform_file(tmp_path, sheared, "sq.nii", qform=qform))
+    np.testing.assert_allclose(sorted(vol.spacing), [2.0, 2.0, 3.0])
+    singular = np.diag([2.0, 2.0, 0.0, 1.0])
+    with pytest.raises(DCEReadError, match=r"sform \(code 1\) is singular"):
+        load_dce(_sform_file(tmp_path, singular, "z.nii"))
+
+
+def test_an_undefined_sform_code_is_not_used_and_the_choice_is_said(tmp_path):
+    """nibabel uses any non-zero sform code; a code the standard does not define is ignored, and said."""
+    far = np.diag([2.0, 2.0, 3.0, 1.0])
+    far[:3, 3] = [40.0, -35.0, 60.0]
+    qform = np.diag([2.0, 2.0, 3.0, 1.0])
+    path = _sform_file(tmp_path, far, "c.nii", sform_code=-7, qform=qform)
+    with pytest.warns(DCEReadWarning, match=r"c.nii: sform_code -7 is not a code .* ignored; the qform \(code 1\)"):
+        vol = load_dce(path)
+    np.testing.assert_allclose(vol.affine[:3, 3], [0.0, 0.0, 0.0], atol=1e-6)

@@ -60,3 +60,20 @@ def test_an_absurd_voxel_size_is_refused_before_resampling(monkeypatch):
     # the same box at its real voxel size goes through
     assert prepare(volume, PreprocessConfig(input_size=(16, 24, 24)), roi=[0, 20, 0, 40, 0, 48]).tensor.shape[-3:] \
         == (16, 24, 24)
+
+
+def test_a_lazily_read_gzip_bomb_is_refused_by_its_whole_decompressed_size(tmp_path, monkeypatch):
+    """A file above the lazy threshold was checked one frame at a time: computing its volume then took
+    every frame, over the budget. Zeros compress about 1000:1, so a small file decompresses to a lot."""
+    import napari_medimp.core.io.nifti as nifti
+
+    data = np.zeros((20, 16, 64, 64), np.float32)  # (t, z, y, x): 5.0 MiB as float32, 0.25 MiB per frame
+    path = save_nifti(tmp_path / "bomb.nii.gz", data, np.eye(4))
+    assert path.stat().st_size < 64 * 2**10
+    monkeypatch.setattr(nifti, "LAZY_THRESHOLD_BYTES", 2**20)
+    monkeypatch.setenv(BUDGET_ENV, "3M")
+    with pytest.raises(MemoryBudgetError, match=r"bomb\.nii\.gz: reading 64 x 64 x 16 x 20 voxels would need 5\.2 MiB"):
+        load_dce(path)
+    monkeypatch.setenv(BUDGET_ENV, "6M")
+    volume = load_dce(path)
+    assert volume.metadata["lazy"] and volume.shape == (20, 16, 64, 64)

@@ -27,11 +27,13 @@ def _visible_children(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def _has_dicom(folder: Path, probe: int = 8) -> bool:
+def _has_dicom(folder: Path) -> bool:
+    """True when any file of the folder is DICOM (every file is looked at: a series may sort after many
+    other files; a file that is not DICOM is recognised from its first bytes or its name)."""
     from .dicom import is_dicom_file
 
     files = [p for p in _visible_children(folder) if p.is_file() and not is_nifti(p)]
-    return any(is_dicom_file(p) for p in files[:probe])
+    return any(is_dicom_file(p) for p in files)
 
 
 def _holds_images(folder: Path) -> bool:

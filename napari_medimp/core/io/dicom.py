@@ -114,10 +114,33 @@ def _folder_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def _dicomdir_files(path: Path, ds) -> tuple[list[Path], int]:
+    """Files a DICOMDIR refers to (its IMAGE and other instance records) and how many of them are missing."""
+    files, missing = [], 0
+    for record in ds.get("DirectoryRecordSequence", []):
+        file_id = record.get("ReferencedFileID")
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else list(file_id)
+        target = path.parent.joinpath(*[str(part) for part in parts])
+        if not target.is_file():  # media written in upper case, read on a case-sensitive file system
+            match = [p for p in target.parent.glob("*") if p.name.lower() == target.name.lower()] \
+                if target.parent.is_dir() else []
+            target = match[0] if match else target
+        if target.is_file():
+            files.append(target)
+        else:
+            missing += 1
+    return files, missing
+
+
 def _scan(folder: Path, first: Path | None = None):
-    """Headers of the folder's DICOM files grouped by series, and the files that could not be read."""
+    """Headers of the folder's DICOM files grouped by series, the files that could not be read, the names
+    of the files that are not DICOM, and the DICOMDIR files found (path and header)."""
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     unreadable: list[DCEReadError] = []
+    skipped: list[str] = []
+    dicomdirs: list[tuple[Path, pydicom.Dataset]] = []
     files = _folder_files(folder)
     if first is not None:
         files = [first] + [f for f in files if f.name != first.name]
@@ -125,15 +148,39 @@ def _scan(folder: Path, first: Path | None = None):
         try:
             ds = _read_header(path)
         except _NotDicom:
+            skipped.append(path.name)
             continue
         except DCEReadError as exc:
             unreadable.append(exc)
             continue
         media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if media_class == _DICOMDIR_UID or "DirectoryRecordSequence" in ds:
+            dicomdirs.append((path, ds))
             continue
         series[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
-    return dict(series), unreadable
+    return dict(series), unreadable, skipped, dicomdirs
+
+
+def _follow_dicomdir(path: Path, ds):
+    """The series of the files a DICOMDIR lists (a CD or USB export), like ``_scan`` of a folder."""
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    unreadable: list[DCEReadError] = []
+    files, missing = _dicomdir_files(path, ds)
+    if missing:
+        warnings.warn(f"{path}: {missing} file(s) listed in this DICOMDIR are missing beside it; the others are read",
+                      DCEReadWarning, stacklevel=4)
+    for target in files:
+        try:
+            header = _read_header(target)
+        except _NotDicom:
+            unreadable.append(DCEReadError(target, "listed in the DICOMDIR but not a DICOM file"))
+            continue
+        except DCEReadError as exc:
+            unreadable.append(exc)
+            continue
+        if "DirectoryRecordSequence" not in header:
+            series[str(header.get("SeriesInstanceUID", ""))].append((target, header))
+    return dict(series), unreadable, missing
 
 
 def find_series(folder) -> dict[str, list[Path]]:
@@ -141,7 +188,7 @@ def find_series(folder) -> dict[str, list[Path]]:
 
     Non-DICOM files, DICOMDIR files and files whose header cannot be read are left out.
     """
-    series, _ = _scan(Path(folder))
+    series = _scan(Path(folder))[0]
     return {uid: [p for p, _ in items] for uid, items in series.items()}
 
 
@@ -697,7 +744,15 @@ def _select_series(path: Path, series_uid: str | None):
     else:
         raise DCEReadError(path, "no such file or folder")
 
-    series, unreadable = _scan(folder, first)
+    series, unreadable, skipped, dicomdirs = _scan(folder, first)
+    if not series and dicomdirs:
+        directory, header = dicomdirs[0]
+        series, unreadable, missing = _follow_dicomdir(directory, header)
+        skipped = []
+        if not series:
+            raise DCEReadError(directory, f"this DICOMDIR lists no readable image files beside it ({missing} listed "
+                                          "file(s) missing); open the folder that holds the images instead")
+        first = None
     if not series:
         if unreadable:
             names = "; ".join(f"{Path(e.path).name}: {e.problem}" for e in unreadable)
@@ -708,6 +763,10 @@ def _select_series(path: Path, series_uid: str | None):
         warnings.warn(
             f"{folder}: {len(unreadable)} unreadable DICOM file(s) ignored: {names}", DCEReadWarning, stacklevel=3
         )
+    if skipped and first is None:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{folder}: {len(skipped)} file(s) that are not DICOM skipped: {shown}", DCEReadWarning,
+                      stacklevel=3)
     if series_uid is None:
         return folder, series, unreadable
     if series_uid not in series:
@@ -774,7 +833,7 @@ def _phase_series_planes(folder: Path, series: dict) -> tuple[list, list[_Plane]
         raise _several_series(folder, series)
     per_series = []
     for uid, items in series.items():
-        items, _ = _dedupe(items)
+        items, _ = _dedupe(items, folder)
         planes = [plane for p, ds in items for plane in _planes(p, ds)]
         if not planes:
             raise _several_series(folder, series)
@@ -819,15 +878,41 @@ def _phase_series_planes(folder: Path, series: dict) -> tuple[list, list[_Plane]
     return all_items, all_planes, ordered_by, times
 
 
-def _dedupe(items):
-    """Drop copies of the same SOP instance (the same image in other transfer syntaxes, say)."""
-    kept, seen = [], set()
+def _syntax(path: Path) -> str:
+    ds = _read_header(path)
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+
+
+def _same_image(a: Path, b: Path) -> bool:
+    """False only when two files in the same encoding decode to different images (copies of one instance in
+    other encodings, a lossy one say, or whose pixels cannot be decoded here are taken as the same)."""
+    if _syntax(a) != _syntax(b):
+        return True
+    try:
+        first, second = _pixels(a), _pixels(b)
+    except DCEReadError:
+        return True
+    return first.shape == second.shape and bool(np.array_equal(first, second))
+
+
+def _dedupe(items, source: Path | None = None):
+    """Drop copies of the same SOP instance (the same image in other transfer syntaxes, say), saying how many;
+    files that share a SOPInstanceUID but hold different images are refused, naming both."""
+    kept, first_of = [], {}
     for path, ds in items:
         sop = str(ds.get("SOPInstanceUID", "")) or str(path)
-        if sop not in seen:
-            seen.add(sop)
+        if sop not in first_of:
+            first_of[sop] = path
             kept.append((path, ds))
-    return kept, len(items) - len(kept)
+            continue
+        if not _same_image(first_of[sop], path):
+            raise DCEReadError(path, f"shares SOPInstanceUID {sop} with {first_of[sop].name} but holds a different "
+                                     "image: one of them was given a wrong identifier; remove the wrong file")
+    dropped = len(items) - len(kept)
+    if dropped and source is not None:
+        warnings.warn(f"{source}: {dropped} duplicate file(s) ignored (same SOPInstanceUID and the same image as "
+                      "another file)", DCEReadWarning, stacklevel=3)
+    return kept, dropped
 
 
 def _metadata(ds, **extra) -> dict:
@@ -872,7 +957,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
         n_duplicates = 0
         phase_tags = ("PhaseSeries",)
     else:
-        items, n_duplicates = _dedupe(next(iter(series.values())))
+        items, n_duplicates = _dedupe(next(iter(series.values())), source)
         planes = [plane for p, ds in items for plane in _planes(p, ds)]
         phase_tags = PHASE_TAGS
     if not planes:
@@ -903,7 +988,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     n_bytes = len(phases) * len(levels) * rows * cols * 4
     if lazy is None:
         lazy = n_bytes > LAZY_THRESHOLD_BYTES
-    check_memory(2 * (n_bytes // len(phases) if lazy else n_bytes),
+    check_memory(n_bytes + n_bytes // len(phases) if lazy else 2 * n_bytes,  # lazy: all phases once computed
                  f"{source}: reading {len(phases)} phases of {len(levels)} slices of {rows}x{cols} pixels")
     if lazy:
         import dask

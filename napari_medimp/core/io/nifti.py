@@ -101,7 +101,8 @@ def _load_image(path: Path):
             img = nib.load(str(path))
     except FileNotFoundError:
         raise DCEReadError(path, "file not found") from None
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, OSError, zlib.error,
+            ValueError) as exc:
         kind = "gzip stream is corrupt or truncated" if isinstance(exc, (EOFError, zlib.error)) else ""
         detail = kind or f"not a readable NIfTI file ({exc})"
         raise DCEReadError(path, detail) from None
@@ -173,20 +174,86 @@ def _raw_header(path: Path, img):
 
 #: qform and sform agree when no image corner moves more than this share of the smallest voxel
 _QFORM_SFORM_TOL = 0.1
+#: a transform is sheared when an image corner lies farther than this share of the smallest voxel from
+#: where the nearest transform with perpendicular axes (same voxel sizes) puts it
+_SHEAR_TOL = 0.5
+#: xform codes the NIfTI standard defines (1 scanner, 2 aligned, 3 Talairach, 4 MNI; NIfTI-2 adds 5)
+_XFORM_CODES = {1, 2, 3, 4, 5}
+#: smallest vox_offset of a single-file NIfTI: the header (348 or 540 bytes) and the 4-byte extension flag
+_MIN_VOX_OFFSET = {1: 352, 2: 544}
 
 
-def check_header_geometry(path: Path, img, shape_xyz) -> None:
-    """Refuse a header whose voxel size is unknown; warn when position or orientation is assumed.
+def check_vox_offset(path: Path, img) -> None:
+    """Refuse a single-file NIfTI whose ``vox_offset`` points inside the header: the image would be read
+    from the header's own bytes, shifted by the header's length."""
+    version = 2 if isinstance(img, nib.Nifti2Image) else 1
+    offset = int(getattr(img.dataobj, "offset", _MIN_VOX_OFFSET[version]))
+    raw = float(_raw_header(path, img)["vox_offset"])
+    least = _MIN_VOX_OFFSET[version]
+    if offset < least or not np.isfinite(raw) or raw < least:
+        raise DCEReadError(
+            path, f"header field vox_offset is {raw:g}, inside the {least - 4}-byte header (a .nii file's voxels "
+                  f"start at byte {least} or later): the voxels would be read shifted; fix vox_offset")
 
-    * no sform and a voxel size (pixdim) of 0, negative zero or not a number: refused, since nibabel
-      would silently read 1 mm;
+
+def _corners(shape_xyz) -> np.ndarray:
+    return np.array([[x, y, z] for x in (0, shape_xyz[0] - 1) for y in (0, shape_xyz[1] - 1)
+                     for z in (0, shape_xyz[2] - 1)], dtype=float)
+
+
+def _transform_problem(matrix: np.ndarray, shape_xyz) -> str | None:
+    """Why a 4x4 voxel-to-world transform cannot place the image (None when it can)."""
+    if not np.all(np.isfinite(matrix)):
+        return "holds values that are not numbers"
+    linear = matrix[:3, :3]
+    sizes = np.linalg.norm(linear, axis=0)
+    if np.any(sizes < 1e-6) or abs(np.linalg.det(linear)) < 1e-12 * max(float(np.prod(sizes)), 1e-30):
+        return "is singular (an axis has no extent or two axes coincide)"
+    u, _, vt = np.linalg.svd(linear / sizes)
+    nearest = (u @ vt) * sizes  # same voxel sizes, perpendicular axes
+    apart = float(np.linalg.norm(_corners(shape_xyz) @ (linear - nearest).T, axis=1).max())
+    if apart > _SHEAR_TOL * float(sizes.min()):
+        cosines = np.abs((linear / sizes).T @ (linear / sizes) - np.eye(3)).max()
+        angle = float(np.degrees(np.arccos(np.clip(cosines, -1, 1))))
+        return (f"is sheared (its axes meet at {angle:.1f} degrees, not 90; the image corners lie up to "
+                f"{apart:.3g} mm from any placement with perpendicular axes)")
+    return None
+
+
+def check_header_geometry(path: Path, img, shape_xyz) -> np.ndarray:
+    """The voxel-to-world affine to use; refuse a header whose geometry cannot be right, warn what is assumed.
+
+    * no usable sform and a voxel size (pixdim) of 0, negative zero or not a number: refused, since
+      nibabel would silently read 1 mm;
+    * a qform or sform code the standard does not define, or a transform that is singular, sheared or not
+      numbers: that transform is ignored with a warning naming it and the one used instead; refused when
+      neither is left;
     * neither qform nor sform: warned (axes and origin are assumed, the voxel size comes from pixdim);
     * qform and sform both set but placing the image differently: warned (the sform is used, as
       nibabel, ITK-SNAP and 3D Slicer do).
     """
     raw = _raw_header(path, img)
     qcode, scode = int(raw["qform_code"]), int(raw["sform_code"])
-    if scode <= 0:
+    notes = []
+    transforms: dict[str, np.ndarray | None] = {"sform": None, "qform": None}
+    for name, code in (("sform", scode), ("qform", qcode)):
+        if code == 0:
+            continue
+        if code not in _XFORM_CODES:
+            notes.append(f"{name}_code {code} is not a code the NIfTI standard defines (1-4), so the {name} is ignored")
+            continue
+        try:
+            matrix = np.asarray(img.header.get_sform() if name == "sform" else img.header.get_qform(), float)
+        except ValueError as exc:  # e.g. quaternion b, c, d that are not part of a unit quaternion
+            notes.append(f"the {name} (code {code}) cannot be computed ({exc}), so it is ignored")
+            continue
+        problem = _transform_problem(matrix, shape_xyz)
+        if problem:
+            notes.append(f"the {name} (code {code}) {problem}, so it is ignored")
+            continue
+        transforms[name] = matrix
+    used = "sform" if transforms["sform"] is not None else "qform" if transforms["qform"] is not None else None
+    if used != "sform":
         pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
         bad = [axis for axis, size in zip("xyz", pixdim, strict=True) if not (np.isfinite(size) and size != 0)]
         if bad:
@@ -194,21 +261,28 @@ def check_header_geometry(path: Path, img, shape_xyz) -> None:
             raise DCEReadError(
                 path, f"header gives no voxel size along {', '.join(bad)} (pixdim {sizes}) and has no sform: "
                 "the size of a voxel in mm is unknown; fix the header (pixdim) with the scanner's values")
-    if qcode <= 0 and scode <= 0:
+    if notes and used is None and (qcode != 0 or scode != 0):
+        raise DCEReadError(path, f"header gives no usable position and orientation: {'; '.join(notes)}; "
+                                 "fix the header's qform/sform")
+    if notes:
+        warnings.warn(f"{path}: {'; '.join(notes)}; the {used} (code {qcode if used == 'qform' else scode}) places "
+                      "the image", DCEReadWarning, stacklevel=3)
+    if used is None:
         zooms = ", ".join(f"{z:g}" for z in img.header.get_zooms()[:3])
         warnings.warn(
             f"{path}: header states no position or orientation (qform and sform codes are 0); the image axes "
             f"are taken as the patient's, with {zooms} mm voxels from pixdim", DCEReadWarning, stacklevel=3)
-    elif qcode > 0 and scode > 0:
-        qform, sform = raw.get_qform(), raw.get_sform()
-        corners = np.array([[x, y, z, 1.0] for x in (0, shape_xyz[0] - 1) for y in (0, shape_xyz[1] - 1)
-                            for z in (0, shape_xyz[2] - 1)])
+        return np.asarray(img.header.get_base_affine(), float)
+    if used == "sform" and transforms["qform"] is not None:
+        qform, sform = transforms["qform"], transforms["sform"]
+        corners = np.c_[_corners(shape_xyz), np.ones(8)]
         apart = float(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1).max())
         voxel = float(np.min(np.linalg.norm(sform[:3, :3], axis=0)))
         if apart > _QFORM_SFORM_TOL * voxel:
             warnings.warn(
                 f"{path}: the header's qform and sform place the image {apart:.3g} mm apart at its corners; "
                 "the sform is used (as in most viewers)", DCEReadWarning, stacklevel=3)
+    return transforms[used]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,9 +306,21 @@ def _frame_times_from(path: Path, img, n_frames: int, sidecar: dict) -> np.ndarr
         step = float(img.header.get_zooms()[3])
         if step > 0 and np.isfinite(step):
             unit = img.header.get_xyzt_units()[1]
+            if unit in ("hz", "ppm", "rads"):
+                warnings.warn(
+                    f"{path}: the header's frame spacing (pixdim[4] {step:g}) is in {_UNIT_WORDS[unit]} "
+                    "(xyzt_units), not a time: frame times unknown", DCEReadWarning, stacklevel=3)
+                return None
+            if unit not in ("sec", "msec", "usec"):
+                warnings.warn(
+                    f"{path}: the header gives no time unit (xyzt_units) for its frame spacing of {step:g}; "
+                    "seconds assumed", DCEReadWarning, stacklevel=3)
             factor = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
             return np.arange(n_frames) * step * factor
     return None
+
+
+_UNIT_WORDS = {"hz": "hertz", "ppm": "parts per million", "rads": "radians per second"}
 
 
 def _read_frame(path: str, frame_index: int, ornt: np.ndarray, dims: int) -> np.ndarray:
@@ -268,8 +354,8 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
     if dims == 3:
         warnings.warn(f"{path}: 3D image opened as a single frame", DCEReadWarning, stacklevel=2)
 
-    check_header_geometry(path, img, shape[:3])
-    affine = img.affine
+    check_vox_offset(path, img)
+    affine = check_header_geometry(path, img, shape[:3])
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DCEReadError(path, "header has no valid voxel-to-world affine")
     ornt, canonical_affine = canonical_plan(affine, shape[:3])
@@ -291,8 +377,10 @@ def load_nifti(path, lazy: bool | None = None) -> DCEVolume:
     if lazy and path.suffix.lower() == ".gz" and not _gzip_complete(path, n_bytes + int(img.dataobj.offset)):
         lazy = False  # footer disagrees: read now so that truncation is reported at open time
     n_voxels = int(np.prod(shape, dtype=np.float64))
-    # eager: the file's values as float32 and the reoriented copy; lazy: the same for one frame at a time
-    check_memory(2 * 4 * (n_voxels // n_frames if lazy else n_voxels),
+    # eager: the file's values as float32 and the reoriented copy; lazy: every frame once the volume is
+    # computed, and the frame being read (the decompressed size is what counts, not the file's)
+    frame = n_voxels // n_frames
+    check_memory(4 * (n_voxels + frame) if lazy else 2 * 4 * n_voxels,
                  f"{path}: reading {' x '.join(map(str, shape))} voxels")
     if lazy:
         import dask
@@ -421,8 +509,11 @@ def load_phase_folder(folder, lazy: bool | None = None) -> DCEVolume:
         t0 = times[order[0]]
         frame_times = np.array([times[i] - t0 for i in order])
 
+    n_bytes = sum(int(np.prod(p.shape)) * 4 for p in phases)
+    check_memory(n_bytes + n_bytes // len(phases), f"{folder}: reading {len(phases)} phases of "
+                 f"{' x '.join(map(str, reference.shape[1:]))} voxels")
     if lazy is None:
-        lazy = sum(int(np.prod(p.shape)) * 4 for p in phases) > LAZY_THRESHOLD_BYTES
+        lazy = n_bytes > LAZY_THRESHOLD_BYTES
     if lazy:
         import dask.array as da
 
