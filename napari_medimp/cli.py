@@ -144,7 +144,11 @@ def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
     from .core.io.cohort import classify_folder, cohort_exams
 
     if path.is_dir() and classify_folder(path).kind in ("exam", "patient", "cohort"):
-        return [(f"{patient}/{exam}", exam, folder) for patient, exam, folder in cohort_exams(path)]
+        sources = [(f"{patient}/{exam}", exam, folder) for patient, exam, folder in cohort_exams(path)]
+        if not sources:
+            raise ValueError(f"{path}: no exam with images in this folder (expected "
+                             "<patient>/<exam>/<sequence>/ image folders); nothing to do")
+        return sources
     return [(path.name, None, path)]
 
 
@@ -167,11 +171,28 @@ def _record(args, exam: str):
                                       creatinine_unit=args.creatinine_unit)
 
 
-def _cohort_records(path: Path) -> dict:
-    """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table."""
-    from .core.io.cohort import cohort_clinical_table
+def _cohort_records(path: Path, sources) -> dict:
+    """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table.
 
-    return cohort_clinical_table(path)[0]
+    The exams of patients without a row are named in one warning line; a table that matches none of the
+    patients of several exams is refused (it would leave every exam without its clinical values)."""
+    from .core.io.cohort import cohort_clinical_table, match_clinical_table, sample_ids
+
+    rows, table = cohort_clinical_table(path)
+    patients = {ident.split("/")[0] for ident, _exam, _path in sources if "/" in ident}
+    if table is None or not patients:
+        return rows
+    try:
+        missing = set(match_clinical_table(table, rows, patients))
+    except ValueError:
+        if len(sources) > 1:
+            raise
+        missing = patients  # one exam: said below, the exam is read without the table's values
+    if missing:
+        exams = [ident for ident, _exam, _path in sources if ident.split("/")[0] in missing]
+        print(f"medimp: warning: {table} has no row for {len(exams)} of {len(sources)} exams ({sample_ids(exams)}); "
+              "they are read without clinical values (ids are matched exactly)", file=sys.stderr)
+    return rows
 
 
 def _roi(args):
@@ -232,20 +253,20 @@ def _risk_columns(reading) -> dict:
 def _each_exam(sources, work):
     """``work(ident, exam, path)`` for every exam; in a cohort an exam whose image or clinical row cannot be
     read is skipped and listed (the others are processed); a single exam's failure is the command's."""
-    from .core.memory import MemoryBudgetError
-    from .core.prompts import ClinicalValueError
-    from .core.volume import DCEReadError
+    from .core.failures import failure_message
 
     done, skipped = 0, []
     for ident, exam, path in sources:
         try:
             work(ident, exam, path)
             done += 1
-        except (DCEReadError, ClinicalValueError, MemoryBudgetError, OSError) as exc:
+        except (ValueError, OSError, RecursionError, MemoryError) as exc:
+            # the exam's own problem (unreadable, RGB, nothing enhances, a bad clinical cell, too large)
             if len(sources) == 1:
                 raise
-            skipped.append(f"{ident}: {exc}")
-            print(f"medimp: skipped {ident}: {exc}", file=sys.stderr)
+            why = failure_message(exc)[1]
+            skipped.append(f"{ident}: {why}")
+            print(f"medimp: skipped {ident}: {why}", file=sys.stderr)
     if skipped and not done:
         raise ValueError(f"none of the {len(sources)} exams could be read (first: {skipped[0]})")
     if skipped:
@@ -268,8 +289,8 @@ def _cmd_predict(args) -> int:
         check_output(patients_out, args.overwrite, option="--out (its patients' table)", inputs=inputs)
     predictor = _predictor(args)
     as_json = out.suffix == ".json"
-    rows, table = [], _cohort_records(Path(args.path))
     sources = _sources(Path(args.path))
+    rows, table = [], _cohort_records(Path(args.path), sources)
     # readings use the exams so far: each patient's exams in follow-up order
     order = {e: i for i, e in enumerate(EXAMS)}
     sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam or DEFAULT_EXAM).upper(), 99)))
@@ -363,9 +384,16 @@ def _cmd_saliency(args) -> int:
     for method in methods:
         print(faithfulness_line(method, card_faithfulness(predictor.card, method)))
 
+    table = _cohort_records(Path(args.path), sources) if args.prompt is None else {}
+
     def explain_one(ident, exam, path):
+        from .core.prompts import ClinicalRecord
+
         exam = (exam or args.exam or DEFAULT_EXAM).upper()
         record = _record(args, exam)
+        patient = ident.split("/")[0]
+        if record is None and "/" in ident and patient in table:  # the cohort's values, exam by exam
+            record = ClinicalRecord.from_csv_row(table[patient], exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
         volume = load_dce(path)
         labels, names = _exam_labels(path, volume)

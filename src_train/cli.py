@@ -85,18 +85,30 @@ def _cmd_train(args) -> int:
 def exam_embeddings(predictors: dict, cohort: Path, patients: list[str]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """{name: {patient: {exam: unit-norm embedding}}} of every exam image of the cohort's listed patients,
     for each named predictor; each exam is read and prepared once per distinct preprocessing."""
+    from napari_medimp.core.failures import failure_message
     from napari_medimp.core.io import load_dce
     from napari_medimp.core.io.cohort import cohort_exams
 
     out = {name: {p: {} for p in patients} for name in predictors}
     wanted = set(patients)
     exams = [(p, e, f) for p, e, f in cohort_exams(cohort) if p in wanted]
+    skipped = []
     for n, (patient, exam, folder) in enumerate(exams, 1):
-        volume = load_dce(folder)
-        for name, predictor in predictors.items():
-            out[name][patient][exam.upper()] = predictor.embed_image(volume).vector
+        try:  # an exam that cannot be read or embedded is skipped and listed; the others are evaluated
+            volume = load_dce(folder)
+            vectors = {name: predictor.embed_image(volume).vector for name, predictor in predictors.items()}
+        except (ValueError, OSError, RecursionError, MemoryError) as exc:
+            skipped.append(f"{patient}/{exam}")
+            print(f"\nskipped {patient}/{exam}: {failure_message(exc)[1]}", file=sys.stderr)
+            continue
+        for name, vector in vectors.items():
+            out[name][patient][exam.upper()] = vector
         print(f"\rembedding {n}/{len(exams)} exams", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    if exams and len(skipped) == len(exams):
+        raise ValueError(f"{cohort}: none of the {len(exams)} exams could be read (listed above)")
+    if skipped:
+        print(f"{len(skipped)} of {len(exams)} exams skipped: {', '.join(skipped)}", file=sys.stderr)
     return out
 
 
@@ -289,7 +301,12 @@ def _cmd_evaluate(args) -> int:
     from napari_medimp.core.checkpoint import load_model, read_card, save_model
     from napari_medimp.core.checks import embedding_reference
     from napari_medimp.core.inference import Predictor
-    from napari_medimp.core.io.cohort import read_clinical_table
+    from napari_medimp.core.io.cohort import (
+        cohort_exams,
+        match_clinical_table,
+        read_clinical_table,
+        sample_ids,
+    )
     from napari_medimp.core.outputs import check_output_folder, replacing_output_folder
     from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
     from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
@@ -325,6 +342,12 @@ def _cmd_evaluate(args) -> int:
         check_output_folder(out, EVALUATION_FILES, overwrite=False)  # before any work
     rows_by_id = read_clinical_table(cohort / "clinical.csv")
     patients = sorted(rows_by_id)
+    exams = cohort_exams(cohort)
+    missing = set(match_clinical_table(cohort / "clinical.csv", rows_by_id, [p for p, _e, _f in exams]))
+    if missing:
+        left = [f"{p}/{e}" for p, e, _f in exams if p in missing]
+        print(f"{args.prog}: warning: {cohort / 'clinical.csv'} has no row for {len(left)} of {len(exams)} exams "
+              f"({sample_ids(left)}); they are left out (ids are matched exactly)", file=sys.stderr)
     warning = _check_overlap(read_card(args.model), cohort, patients, args.allow_overlap)
     if warning:
         print(warning, file=sys.stderr)

@@ -238,8 +238,10 @@ class ContrastiveDataset:
                 warnings.simplefilter("ignore")
                 load_dce(self.items[index].image, lazy=True)
             return None, None
-        except (DCEReadError, ValueError, OSError) as exc:
-            return None, str(exc)
+        except (DCEReadError, ValueError, OSError, RecursionError, MemoryError) as exc:
+            from napari_medimp.core.failures import failure_message
+
+            return None, failure_message(exc)[1]
 
     def _prepared(self, index: int) -> torch.Tensor:
         item = self.items[index]

@@ -508,6 +508,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     run = setup_distributed(config.device)
     try:
+        if resume and not (Path(config.out) / CHECKPOINT_FILE).is_file():  # a new run would start silently
+            out = Path(config.out)
+            raise ValueError(f"--resume: nothing to resume in {out} ({'no such folder' if not out.is_dir() else f'no {CHECKPOINT_FILE}'}); "
+                             "leave out --resume to start a new run there")
         # exams that make no whole batch train nothing: refused before the run folder is touched
         problem = batch_plan(config, run.world).problem()
         if problem:

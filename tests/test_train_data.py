@@ -75,9 +75,13 @@ def test_missing_table_and_unknown_patients(cohort, tmp_path):
     with pytest.raises(ValueError, match="no clinical table"):
         cohort_items(tmp_path)
     table = tmp_path / "clinical.csv"
-    table.write_text("patient_id,donor_age\nP9999,50\n")
+    table.write_text("patient_id,donor_age\nP9999,50\n")  # matches no patient: refused, naming both sets of ids
+    with pytest.raises(ValueError, match=r"none of its patient ids.*P9999.*folders: P0"):
+        cohort_items(cohort, table=table)
+    first = sorted(p.name for p in cohort.iterdir() if p.is_dir())[0]
+    table.write_text(f"patient_id,donor_age\nP9999,50\n{first},50\n")  # the others are skipped, each named
     items, skipped = cohort_items(cohort, table=table)
-    assert not items and all("not in clinical.csv" in s for s in skipped)
+    assert {i.patient for i in items} == {first} and skipped and all("not in clinical.csv" in s for s in skipped)
 
 
 @pytest.mark.parametrize("cache_rate", [1.0, 0.0])

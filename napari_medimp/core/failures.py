@@ -27,17 +27,39 @@ def _is_input_error(exc: BaseException) -> bool:
     return False
 
 
+def one_line(text: str) -> str:
+    """``text`` safe for one line of a terminal: control characters (newlines, escape sequences from a
+    file name or a PACS answer) written as escapes (``\\n``, ``\\x1b``), never sent to the terminal."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def failure_message(exc: BaseException, value_error: int = EXIT_USAGE) -> tuple[int, str]:
     """(exit code, one line) for a failure: 1 for the data and files, 2 for the command line.
 
     ``value_error``: the code of a plain ValueError: option values for the viewer's commands (an ROI
     outside the volume, an unknown target), the cohort's contents for training and evaluation."""
+    code, message = _failure_message(exc, value_error)
+    return code, one_line(message)
+
+
+def _where(filename) -> str:
+    """The file an OSError names; for the temporary ``.NAME.XXXX.part`` an output is written to first, the
+    folder it is written in (the user named the folder, never the temporary file)."""
+    import os
+
+    name = os.path.basename(str(filename))
+    if name.startswith(".") and name.endswith(".part"):
+        return f"{os.path.dirname(str(filename)) or '.'}: cannot write in this folder: "
+    return f"{filename}: "
+
+
+def _failure_message(exc: BaseException, value_error: int) -> tuple[int, str]:
     if _is_input_error(exc):
         return EXIT_DATA, str(exc)
     if isinstance(exc, ValueError):
         return value_error, str(exc)
     if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = _where(exc.filename) if exc.filename else ""
         return EXIT_DATA, f"{where}{exc.strerror or exc}"
     if isinstance(exc, MemoryError):
         return EXIT_DATA, "not enough memory for this input (the image or a size it declares is too large)"
@@ -53,7 +75,7 @@ def run_reporting_failures(function, args, prog: str, debug: bool, value_error: 
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = lambda message, category, *_, **__: print(
-                f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+                f"{prog}: warning: {one_line(' '.join(str(message).split()))}", file=sys.stderr)
         return _run(function, args, prog, debug, value_error)
 
 

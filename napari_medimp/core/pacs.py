@@ -213,8 +213,10 @@ class SeriesMatch:
 
 
 def _check_query(patient_id: str, study_date: str, modality: str) -> None:
-    if not (patient_id or study_date):
-        raise PacsError("give a patient ID or a study date (a query for every patient is refused)")
+    every_patient = not patient_id.strip() or ("*" in patient_id and not patient_id.strip("*? "))
+    if every_patient and not study_date:
+        raise PacsError(f"give a patient ID or a study date (a query for every patient is refused"
+                        f"{f', and patient {patient_id!r} matches every patient' if patient_id.strip() else ''})")
     if study_date and not _DATE.match(study_date):
         raise PacsError(f"study date {study_date!r} must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
     if modality and not re.fullmatch(r"[A-Z]{1,16}", modality):

@@ -184,15 +184,17 @@ class ExamItem:
 def cohort_items(root, table=None) -> tuple[list[ExamItem], list[str]]:
     """Every exam with an image and a clinical row, and a list of what was skipped and why (the table and
     the folders are read; no image is opened)."""
-    from .io.cohort import cohort_exams, read_clinical_table
+    from .io.cohort import cohort_exams, match_clinical_table, read_clinical_table
 
     root = Path(root)
     table = Path(table) if table else root / "clinical.csv"
     if not table.exists():
         raise ValueError(f"{root}: no clinical table (expected {table.name} in the cohort folder)")
     rows = read_clinical_table(table)
+    exams = cohort_exams(root)
+    match_clinical_table(table, rows, [patient for patient, _exam, _folder in exams])
     items, skipped = [], []
-    for patient, exam, folder in cohort_exams(root):
+    for patient, exam, folder in exams:
         if patient not in rows:
             skipped.append(f"{patient}/{exam}: patient not in {table.name}")
             continue

@@ -260,3 +260,28 @@ def cohort_clinical_row(path, patient: str) -> tuple[dict | None, Path | None, i
             rows, lines = _read_table(table)
             return rows.get(patient), table, lines.get(patient)
     return None, None, None
+
+
+def sample_ids(ids, n: int = 5) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:n]) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+def match_clinical_table(table, rows: dict, patients) -> list[str]:
+    """The patients (folder names) without a row in ``table``, after checking the table matches the cohort.
+
+    Ids are matched exactly, as written (``P0001`` is neither ``p0001`` nor ``1``): a clinical value must
+    never be given to another patient. A table without patient rows, or whose ids match none of the
+    folders' (other spelling, another cohort, a delimiter that differs between lines), is an error naming
+    the table and a sample of both sets of ids: otherwise every patient would silently be read without
+    clinical values."""
+    patients = sorted(set(patients))
+    if not patients:
+        return []
+    if not rows:
+        raise ValueError(f"{table}: no patient row (only a header?); the cohort has patients {sample_ids(patients)}")
+    missing = [p for p in patients if p not in rows]
+    if len(missing) == len(patients):
+        raise ValueError(f"{table}: none of its patient ids matches a patient folder (ids must be written exactly "
+                         f"as the folders are named); table: {sample_ids(rows)}; folders: {sample_ids(patients)}")
+    return missing
