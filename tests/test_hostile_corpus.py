@@ -19,6 +19,7 @@ ANALYSIS_FILES = ("medimp_report.json", "medimp_report.csv", "results.png")
 
 
 def _run(argv, capsys) -> tuple[int | str, str]:
+    capsys.readouterr()  # only what the command prints (building the corpus may warn)
     try:
         code = main([str(a) for a in argv])
     except BaseException as exc:  # noqa: BLE001 - an escaped exception is what is counted here
@@ -33,6 +34,10 @@ def _judge(case, code, err, written: list[str], complete: bool, notes: str = "")
     problems = []
     if not isinstance(code, int) or "Traceback" in err:
         return [f"traceback ({code})"]
+    if "unexpected" in err or "report it" in err:  # an input problem is never called a bug
+        return [f"an input problem reported as unexpected: {err.strip()[:200]}"]
+    if re.search(r"\.py:\d+: \w*Warning", err):  # warnings are one plain line, not Python's
+        problems.append(f"a raw Python warning: {err.strip()[:200]}")
     if case.expect == "refuse":
         if code not in (1, 2):
             problems.append(f"silent: exit {code} where a refusal was expected")
