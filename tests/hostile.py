@@ -123,6 +123,26 @@ def nifti_cases(root: Path) -> list[Case]:
     big_voxels = save_nifti(folder / "voxels_100mm.nii.gz", big.data, np.diag([100.0, 100.0, 100.0, 1.0]))
     cases.append(Case("nifti", "100 mm voxels", big_voxels, "refuse", r"would need .* more than the budget"))
 
+    # silently wrong once, refused or said now
+    flipped = save_dce(vol, folder / "flipped_byte.nii.gz")
+    raw_bytes = bytearray(flipped.read_bytes())
+    raw_bytes[len(raw_bytes) // 2] ^= 0x01
+    flipped.write_bytes(bytes(raw_bytes))
+    cases.append(Case("nifti", "one byte flipped in a .nii.gz", flipped, "refuse", r"gzip stream is corrupt"))
+    cases.append(Case("nifti", "vox_offset 0", _patch(_nifti(folder, "vox_offset0.nii", xyzt), 108, "<f", 0.0),
+                      "refuse", r"vox_offset"))
+    rgb = np.zeros(xyzt.shape[:3] + (3,), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, affine), str(folder / "rgb.nii"))
+    cases.append(Case("nifti", "colour (RGB) voxels", folder / "rgb.nii", "refuse", r"colour \(RGB\)"))
+    cases.append(Case("nifti", "complex voxels", _nifti(folder, "complex.nii", xyzt, dtype=np.complex64), "refuse",
+                      r"complex voxels"))
+    deep = save_dce(vol, folder / "deep_sidecar.nii.gz")
+    (folder / "deep_sidecar.json").write_text("[" * 100_000 + "]" * 100_000)
+    cases.append(Case("nifti", "sidecar nested 100,000 deep", deep, "note", r"nested too deeply"))
+    hertz = _nifti(folder, "hertz.nii", xyzt)
+    _patch(hertz, 123, "<B", 0x20 | 2)  # xyzt_units: mm, Hz
+    cases.append(Case("nifti", "frame spacing in Hz", hertz, "note", r"(?i)hz|hertz|not a time"))
+
     labels = np.arange(20 * 40 * 48, dtype=np.int32).reshape(20, 40, 48)
     many = save_nifti(folder / "many_labels.nii.gz", labels, vol.affine, dtype=np.int32)
     cases.append(Case("labels", "label map with 38,399 values", save_dce(vol, folder / "for_labels.nii.gz"),
@@ -243,6 +263,10 @@ def clinical_cases(root: Path) -> list[Case]:
         ("absurd GFR", "note", r"skipped P1/D30", f"{header}\nP1,50,74000,10\nP2,60,40,20\n"),
         ("formula in a cell", "note", r"skipped P1/D30", f"{header}\nP1,=1+1,74,10\nP2,60,40,20\n"),
         ("no patient_id column", "refuse", r"patient_id", "id;age\nP1;50\n"),
+        ("ids in lower case", "refuse", r"none of its patient ids matches", f"{header}\np1,50,74,10\np2,60,40,20\n"),
+        ("header only", "refuse", r"(?i)no patient|header", f"{header}\n"),
+        ("GFR written 4_0", "note", r"skipped P1/D30", f"{header}\nP1,50,4_0,10\nP2,60,40,20\n"),
+        ("two values in one quoted cell", "note", r"skipped P1/D30", f'{header}\nP1,50,"74\n75",10\nP2,60,40,20\n'),
     ]
     cases = []
     for name, expect, words, text in rows:
