@@ -317,3 +317,25 @@ def test_a_model_named_by_the_environment_that_does_not_exist_is_refused(monkeyp
         default_model_path()
     monkeypatch.delenv("NAPARI_MEDIMP_MODEL")
     assert default_model_path().name == "medimp-demo.safetensors"
+
+
+def test_a_text_model_whose_tokenizer_changed_is_refused(tmp_path):
+    """The card covers the text model's folder (tokenizer, configs) besides its weights: a vocabulary
+    edited after training would read every prompt differently."""
+    import shutil
+
+    from helpers import make_model_file
+
+    from napari_medimp.core.checkpoint import ModelFileError, load_model
+    from napari_medimp.core.models.text import resolve_text_model_path
+
+    path = make_model_file(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert {"vocab.txt", "tokenizer.json", "config.json"} <= set(card["text_model"]["files_sha256"])
+    folder = tmp_path / "text"
+    shutil.copytree(resolve_text_model_path(None), folder)
+    assert load_model(path, text_model_path=folder).model is not None  # an identical copy is accepted
+    with open(folder / "vocab.txt", "a") as fh:
+        fh.write("[unused-extra]\n")
+    with pytest.raises(ModelFileError, match=r"differs from the one the model was trained with \(vocab\.txt"):
+        load_model(path, text_model_path=folder)

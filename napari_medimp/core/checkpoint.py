@@ -170,6 +170,22 @@ def _text_base_weights(text_name_or_path) -> Path | None:
     return weights if weights.exists() else None
 
 
+#: the files of a text-model folder that decide what the text encoder computes (besides its weights)
+TEXT_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                    "1_Pooling/config.json", "modules.json", "sentence_bert_config.json")
+
+
+def text_folder_hashes(text_name_or_path) -> dict[str, str]:
+    """sha256 of each of :data:`TEXT_MODEL_FILES` the text model's folder holds (empty if not found)."""
+    from .models.text import resolve_text_model_path
+
+    try:
+        folder = resolve_text_model_path(text_name_or_path)
+    except (FileNotFoundError, ImportError):
+        return {}
+    return {name: sha256_file(folder / name) for name in TEXT_MODEL_FILES if (folder / name).is_file()}
+
+
 def _stored_keys(model: torch.nn.Module, include_frozen_text: bool) -> list[str]:
     """State-dict keys to store: everything but the frozen part of the text encoder."""
     state = model.state_dict()
@@ -230,6 +246,7 @@ def save_model(
             "trainable_layers": config.text_trainable_layers,
             "frozen_weights_stored": include_frozen_text,
             "base_weights_sha256": sha256_file(base) if base is not None else None,
+            "files_sha256": text_folder_hashes(text.name_or_path),
         },
         "prompt_template_version": prompt_template_version,
         "training": training or {},
@@ -371,6 +388,14 @@ def load_model(path, device: str | torch.device = "cpu", text_model_path=None) -
         elif sha256_file(base) != expected_base:
             raise ModelFileError(weights_path, f"was trained on top of other text-model weights than those in "
                                                f"{model.text_encoder.name_or_path} (sha256 differs)")
+    recorded = text_info.get("files_sha256") or {}
+    if recorded:
+        found = text_folder_hashes(model.text_encoder.name_or_path)
+        changed = sorted(name for name, digest in recorded.items() if found.get(name) != digest)
+        if changed:
+            raise ModelFileError(weights_path, f"the text model {model.text_encoder.name_or_path} differs from the "
+                                               f"one the model was trained with ({', '.join(changed)} changed or "
+                                               "missing): its prompts would be read differently")
     tensors = load_file(str(weights_path))
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
