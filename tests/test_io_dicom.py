@@ -284,7 +284,7 @@ def test_two_series_need_a_series_uid(tmp_path):
         load_dicom_series(folder)
     message = str(err.value)
     assert uid_a in message and uid_b in message
-    assert "2 DICOM series" in message and "series_uid" in message
+    assert "2 DICOM series" in message and "in a folder of its own" in message and "series_uid" not in message
     assert "15 files" in message and "2 files" in message and "'t2'" in message
     assert load_dicom_series(folder, series_uid=uid_b).shape == (1, 2, ROWS, COLS)
     assert load_dicom_series(folder, series_uid=uid_a).shape == (3, 5, ROWS, COLS)

@@ -105,7 +105,7 @@ def test_series_of_different_studies_still_need_a_choice(tmp_path):
     save_dicom_series(vol, tmp_path / "g", patient_id="P2")
     for path in (tmp_path / "g").iterdir():
         shutil.move(path, tmp_path / "f" / f"g_{path.name}")
-    with pytest.raises(DCEReadError, match="holds 2 DICOM series; pass series_uid="):
+    with pytest.raises(DCEReadError, match="holds 2 DICOM series; put the series to read in a folder of its own"):
         load_dce(tmp_path / "f")
 
 

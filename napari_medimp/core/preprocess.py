@@ -156,7 +156,7 @@ class RoiBox:
         if any(a < 0 for a in self.start) or any(b > s for b, s in zip(self.stop, shape, strict=True)):
             raise ValueError(
                 f"ROI box {self.to_list()} (z0, z1, y0, y1, x0, x1) lies outside the volume of shape "
-                f"(z, y, x) = {shape}; draw it inside the image or clip it with RoiBox.clipped()"
+                f"(z, y, x) = {shape}; draw or give it inside the image"
             )
         return self
 

@@ -783,7 +783,8 @@ def _series_listing(series: dict) -> str:
 
 def _several_series(folder: Path, series: dict) -> DCEReadError:
     return DCEReadError(
-        folder, f"this folder holds {len(series)} DICOM series; pass series_uid= to choose one: {_series_listing(series)}"
+        folder, f"this folder holds {len(series)} DICOM series; put the series to read in a folder of its own: "
+        f"{_series_listing(series)}"
     )
 
 
@@ -851,7 +852,7 @@ def _phase_series_planes(folder: Path, series: dict) -> tuple[list, list[_Plane]
                 folder,
                 f"phase series with different geometry: {_geometry_words(reference[0], reference[3])}, "
                 f"{_geometry_words(other[0], other[3])}; they cannot be stacked as phases of one acquisition "
-                f"(open one with series_uid=: {_series_listing(series)})",
+                f"(put the series to read in a folder of its own: {_series_listing(series)})",
             )
     starts = [_series_start(items, planes) for _, items, planes, _ in per_series]
     if all(t is not None for t, _ in starts):
