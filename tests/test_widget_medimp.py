@@ -11,7 +11,7 @@ from helpers import kidney_volume
 from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
-from napari_medimp._widgets.medimp import _key
+from napari_medimp._widgets.medimp import _grid, _key
 from napari_medimp.core.checks import failed_messages
 from napari_medimp.core.preprocess import RoiBox
 
@@ -450,9 +450,9 @@ def test_a_patient_folder_reads_every_visit_from_the_exams_so_far(viewer_widget,
     window.grab().save("/tmp/gui/patient_figure_full.png")
     window.close()
     widget.side_by_side.setChecked(True)
-    assert viewer.grid.enabled
+    assert _grid(viewer).enabled
     widget.side_by_side.setChecked(False)
-    assert not viewer.grid.enabled
+    assert not _grid(viewer).enabled
 
 
 def test_closing_right_after_docking_the_panel_exits_cleanly(tmp_path):

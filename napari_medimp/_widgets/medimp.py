@@ -1300,7 +1300,7 @@ class MedimpWidget(QWidget):
         return scroll
 
     def _show_side_by_side(self, on: bool) -> None:
-        self.viewer.grid.enabled = bool(on)
+        _grid(self.viewer).enabled = bool(on)
 
     def analyze_patient(self) -> None:
         """A reading at each open visit of the current layer's patient, from the exams so far."""
@@ -1550,6 +1550,12 @@ def _value(value) -> str:
     from ..core.longitudinal import NOT_RECORDED
 
     return NOT_RECORDED if value is None else f"{value:g}"
+
+
+def _grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
 def _key(layer) -> str:
