@@ -616,3 +616,22 @@ def test_a_dicomdir_is_followed_to_its_images(tmp_path):
     with pytest.raises(DCEReadError, match=r"DICOMDIR: this DICOMDIR lists no readable image files beside it "
                                            r"\(15 listed file\(s\) missing\)"):
         load_dce(media)
+
+
+def test_frame_times_come_from_the_next_timing_tag_when_one_is_the_same_in_every_phase(tmp_path):
+    """One series whose phases share AcquisitionTime: the times come from TriggerTime, then ContentTime,
+    then TemporalPositionIdentifier x TemporalResolution (ms), with a notice naming the tag used."""
+    from napari_medimp.core.volume import DCEReadWarning
+
+    same = "120000.000000"
+    write_series(tmp_path / "trigger", seed=4, phase_tags=lambda t: {
+        "TemporalPositionIdentifier": t + 1, "AcquisitionTime": same, "TriggerTime": 500.0 + 12000.0 * t})
+    with pytest.warns(DCEReadWarning, match=r"frame times read from TriggerTime \(AcquisitionTime the same"):
+        vol = load_dicom_series(tmp_path / "trigger")
+    assert vol.metadata["frame_times_from"] == "TriggerTime"
+    np.testing.assert_allclose(vol.frame_times, [0.0, 12.0, 24.0])
+    write_series(tmp_path / "resolution", seed=5, phase_tags=lambda t: {
+        "TemporalPositionIdentifier": t + 1, "AcquisitionTime": same, "TemporalResolution": 7500.0})
+    with pytest.warns(DCEReadWarning, match="frame times read from TemporalPositionIdentifier x TemporalResolution"):
+        vol = load_dicom_series(tmp_path / "resolution")
+    np.testing.assert_allclose(vol.frame_times, [0.0, 7.5, 15.0])

@@ -30,7 +30,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PHASE_TAGS = ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionTime", "TriggerTime",
               "ContentTime")
 #: tags tried, in order, for the frame times
-TIME_TAGS = ("AcquisitionTime", "TriggerTime", "ContentTime")
+#: where frame times are read from, in this order of precedence; a tag whose value is the same in every
+#: phase says nothing about time and the next one is used (with a notice naming the tag used)
+TIME_TAGS = ("AcquisitionTime", "TriggerTime", "ContentTime", "TemporalPositionIdentifier x TemporalResolution")
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _POSITION_TOL_MM = 0.01
 _ORIENTATION_TOL = 1e-4
@@ -374,6 +376,9 @@ def _classic_planes(path: Path, ds) -> list[_Plane]:
         times["TriggerTime"] = None if trigger is None else trigger / 1000.0
     if ds.get("ContentTime"):
         times["ContentTime"] = _tm_seconds(ds.ContentTime)
+    position, resolution = times.get("TemporalPositionIdentifier"), _float(ds.get("TemporalResolution"))
+    if position is not None and resolution is not None and resolution > 0:  # TemporalResolution is in ms
+        times["TemporalPositionIdentifier x TemporalResolution"] = (position - 1) * resolution / 1000.0
     return [
         _Plane(
             path=path,
@@ -613,10 +618,19 @@ def _unwrap_midnight(planes: list[_Plane], source: Path) -> None:
 
 
 def _frame_times(planes: list[_Plane], phases: list[list[int]], source: Path):
+    """(frame times from the first phase, the tag they were read from), the first tag of :data:`TIME_TAGS`
+    that every plane has and that differs between phases; (None, None) when none does."""
+    constant = []
     for tag in TIME_TAGS:
-        if all(tag in planes[i].times for phase in phases for i in phase):
+        if all(planes[i].times.get(tag) is not None for phase in phases for i in phase):
             starts = np.array([min(planes[i].times[tag] for i in phase) for phase in phases])
             times = starts - starts[0]
+            if len(phases) > 1 and np.all(times == 0):
+                constant.append(tag)
+                continue
+            if constant:
+                warnings.warn(f"{source}: frame times read from {tag} ({' and '.join(constant)} the same in every "
+                              "phase)", DCEReadWarning, stacklevel=3)
             if np.any(np.diff(times) < 0):
                 warnings.warn(
                     f"{source}: {tag} does not increase with the phase order; frame times are unknown",
