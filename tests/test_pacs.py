@@ -185,3 +185,13 @@ def test_cli_find_and_get(settings, tmp_path, capsys, monkeypatch):
     assert main(["pacs", "find", "--config", str(tmp_path / "missing.toml"), "--patient", "P7"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("medimp: no PACS settings") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_refused_retrieval_leaves_nothing_in_the_cache(tmp_path):
+    """The archive cannot be reached: the retrieval fails and the cache holds no study folder, empty or not."""
+    closed = pacs.PacsServer("closed", "127.0.0.1", free_port(), "X", timeout_s=2)
+    series = [pacs.SeriesMatch("P7", "Doe^Jane", "1.2.3", "20240312", "kidney", "1.2.3.4", 1, "dce", "MR", 3)]
+    cache = tmp_path / "cache"
+    with pytest.raises(pacs.PacsError, match="could not reach PACS 'closed'"):
+        pacs.retrieve(closed, series, root=cache)
+    assert [p.relative_to(cache) for p in cache.rglob("*")] == []

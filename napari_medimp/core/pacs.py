@@ -20,6 +20,7 @@ interrupted or incomplete retrieval is never opened as a complete exam.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -419,3 +420,6 @@ def retrieve(server: PacsServer, series: list[SeriesMatch], root=None,
         return final
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        if not final.exists():  # a failed retrieval leaves no empty study folder in the cache either
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()  # only when empty: other retrievals of the study stay
