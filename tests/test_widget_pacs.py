@@ -69,6 +69,7 @@ def test_search_retrieve_and_open_as_one_dce_layer(qtbot, dock, archive, tmp_pat
 def test_refused_server_is_one_message_and_the_viewer_keeps_its_layers(qtbot, dock, archive, tmp_path):
     viewer, widget = dock
     viewer.add_image(np.zeros((4, 4)), name="work in progress")
+    _search(qtbot, widget)  # the right server's series, then a search that fails must not keep showing them
     widget._settings_path = archive.settings(tmp_path / "wrong.toml", called_aet="NOTTHEPACS")
     widget.load_settings()
     widget.patient.setText("P7")
@@ -78,6 +79,8 @@ def test_refused_server_is_one_message_and_the_viewer_keeps_its_layers(qtbot, do
                                     "station's AE title or the called AE title is wrong")
     assert [layer.name for layer in viewer.layers] == ["work in progress"]
     assert widget.search_button.isEnabled()
+    assert widget.table.rowCount() == 0 and widget.selected_series() == []
+    assert not widget.retrieve_button.isEnabled()
 
 
 def test_missing_settings_are_explained_and_search_is_disabled(make_napari_viewer, tmp_path):

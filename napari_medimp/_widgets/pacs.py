@@ -182,6 +182,8 @@ class PacsWidget(QWidget):
         server = self._servers[self.server.currentText()]
         patient, date = self.patient.text().strip(), self.study_date.text().strip()
         modality = self.modality.text().strip().upper()
+        self._matches = []  # the series of an earlier search (perhaps of another server) go: only this answer shows
+        self.table.setRowCount(0)
         self._say(f"Searching PACS '{server.name}'...")
         self._start(lambda: pacs.find(server, patient_id=patient, study_date=date, modality=modality),
                     self._show_matches)
