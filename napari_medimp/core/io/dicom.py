@@ -344,6 +344,12 @@ def _scaling(ds, rwv_item=None, where: tuple[Path, str] | None = None) -> tuple[
 def _check_image_tags(path: Path, ds) -> tuple[int, int]:
     if "Rows" not in ds or "Columns" not in ds:
         raise DCEReadError(path, "no pixel data (Rows/Columns missing); not an image")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "MOSAIC" in image_type:
+        # several slices tiled into one image: read as one plane its geometry would be silently wrong
+        raise DCEReadError(path, f"a Siemens mosaic ({ds.Rows}x{ds.Columns} image holding several slices side "
+                                 "by side); it is not read, so as never to give it a wrong geometry: convert "
+                                 "the series first (e.g. dcm2niix) and open the NIfTI")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DCEReadError(path, f"colour images (SamplesPerPixel={ds.SamplesPerPixel}) are not supported")
     return int(ds.Rows), int(ds.Columns)
