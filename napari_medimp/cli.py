@@ -154,11 +154,11 @@ def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
 
 def _inputs(path) -> set[Path]:
     """Every file a command reads from ``path`` (with the cohort's clinical table): never an output."""
+    from .core.io.cohort import find_clinical_table
     from .core.outputs import input_files
 
-    path = Path(path)
-    tables = [folder / "clinical.csv" for folder in [path, *path.parents][:5]]  # as cohort_clinical_table looks
-    return input_files([path, *[t for t in tables if t.is_file()][:1]])
+    table = find_clinical_table(path)
+    return input_files([path, *([table] if table is not None else [])])
 
 
 def _record(args, exam: str):

@@ -238,16 +238,18 @@ def _read_table(path) -> tuple[dict[str, dict], dict[str, int]]:
     return rows, first_line
 
 
-def cohort_clinical_table(path) -> tuple[dict, Path | None]:
-    """(patient id -> row, the table) of the ``clinical.csv`` of the cohort ``path`` lies in: a cohort,
-    patient or exam folder, or a file of an exam's sequence (up to four levels below the cohort);
-    ``({}, None)`` if none."""
+def find_clinical_table(path) -> Path | None:
+    """The ``clinical.csv`` of the cohort ``path`` lies in: a cohort, patient or exam folder, or a file of an
+    exam's sequence (up to four levels below the cohort); None if none. Nothing is read."""
     path = Path(path)
-    for folder in [path, *path.parents][:5]:
-        table = folder / "clinical.csv"
-        if table.is_file():
-            return read_clinical_table(table), table
-    return {}, None
+    return next((folder / "clinical.csv" for folder in [path, *path.parents][:5]
+                 if (folder / "clinical.csv").is_file()), None)
+
+
+def cohort_clinical_table(path) -> tuple[dict, Path | None]:
+    """(patient id -> row, the table) of :func:`find_clinical_table`; ``({}, None)`` if none."""
+    table = find_clinical_table(path)
+    return (read_clinical_table(table), table) if table is not None else ({}, None)
 
 
 def cohort_clinical_row(path, patient: str) -> tuple[dict | None, Path | None, int | None]:
