@@ -27,6 +27,8 @@ class OutputIsInputError(ValueError):
 def input_files(paths: Iterable) -> set[Path]:
     """Every file the inputs ``paths`` name, resolved (links followed): a file with its JSON sidecar, and
     every file under a folder (an exam, a patient or a cohort)."""
+    from .io.nifti import is_nifti, sidecar_path
+
     out: set[Path] = set()
     for given in paths:
         path = Path(given)
@@ -34,11 +36,8 @@ def input_files(paths: Iterable) -> set[Path]:
             out.update(p.resolve() for p in path.rglob("*") if p.is_file())
         elif path.exists():
             out.add(path.resolve())
-            for suffix in (".nii.gz", ".nii"):
-                if path.name.endswith(suffix):
-                    sidecar = path.with_name(path.name[: -len(suffix)] + ".json")
-                    if sidecar.exists():
-                        out.add(sidecar.resolve())
+            if is_nifti(path) and sidecar_path(path).exists():
+                out.add(sidecar_path(path).resolve())
     return out
 
 
@@ -49,10 +48,15 @@ def refuse_input(path, inputs: Iterable[Path], option: str = "--out") -> None:
     if not path.exists():
         return
     resolved = path.resolve()
-    for other in inputs:
-        if resolved == other or os.path.samefile(path, other):
-            raise OutputIsInputError(f"{option} {path} is one of this command's inputs ({other}); an output never "
-                                     "replaces an input, even with --overwrite: choose another name")
+    inputs = inputs if isinstance(inputs, (set, frozenset)) else set(inputs)
+    # a hard link is looked for only when the file has one: a cohort's thousands of inputs are not stat-ed
+    # for every planned output
+    same = resolved if resolved in inputs else None
+    if same is None and path.stat().st_nlink > 1:
+        same = next((other for other in inputs if os.path.samefile(path, other)), None)
+    if same is not None:
+        raise OutputIsInputError(f"{option} {path} is one of this command's inputs ({same}); an output never "
+                                 "replaces an input, even with --overwrite: choose another name")
 
 
 def check_output(path, overwrite: bool, suffixes: Sequence[str] | None = None, option: str = "--out",
@@ -100,11 +104,11 @@ def replacing_output_folder(folder, owned: Iterable[str], overwrite: bool, optio
     so the folder holds the earlier result whole, never half of each. Other files are left alone."""
     owned = tuple(owned)
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+    if not overwrite:
+        check_output_folder(folder, owned, overwrite=False, option=option)  # refuses a file or an earlier result
+    elif folder.exists() and not folder.is_dir():
         raise ValueError(f"{option} {folder} exists and is a file; give a folder")
     earlier = [folder / name for name in owned if (folder / name).exists()]
-    if earlier and not overwrite:
-        check_output_folder(folder, owned, overwrite=False, option=option)  # raises, naming them
     folder.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=".medimp-earlier-", dir=folder)) if earlier else None
     for path in earlier:
