@@ -50,7 +50,7 @@ from ..core.report import (
     kind_standing,
     note_without_path,
     percent,
-    similarity_text,
+    similarity_context,
 )
 from ..core.terms import SALIENCY_METHODS
 from ._registry import register
@@ -1189,7 +1189,7 @@ class MedimpWidget(QWidget):
                          "says so).</span>")
         if a.get("similarity") is not None:
             lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b>"
-                         f"<br><small>&nbsp;&nbsp;{_escape(similarity_text(a).split(' (', 1)[1][:-1])}</small>")
+                         f"<br><small>&nbsp;&nbsp;{_escape(similarity_context(a))}</small>")
         accuracy = a.get("zero_shot_gfr_accuracy") or {}
         if reading and standing.get("zero_shot_gfr"):
             best = max(reading, key=reading.get)

@@ -321,16 +321,22 @@ def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str
 WITHHELD_TEXT = "the exam is outside what the model was trained on, so its readings are not shown"
 
 
-def similarity_text(results: Mapping) -> str:
-    """The similarity with the range it takes on the exams the model's heads were fitted on, when known."""
-    text = f"{results['similarity']:.3f} (cosine"
+def similarity_context(results: Mapping) -> str:
+    """How to read the similarity: cosine, and the range it takes on the exams the model's heads were
+    fitted on, when known (below it, the image and the prompt's values disagree)."""
+    text = "cosine"
     ref = results.get("similarity_reference") or {}
     if ref.get("low") is not None:
         text += (f"; on {ref['n_exams']} exams with their own prompts it ranged {ref['low']:.2f} to "
                  f"{ref['high']:.2f}, median {ref['median']:.2f}")
         if results["similarity"] < ref["low"]:
             text += "; below that range: the image and the prompt's values disagree"
-    return text + ")"
+    return text
+
+
+def similarity_text(results: Mapping) -> str:
+    """The similarity with :func:`similarity_context` in brackets."""
+    return f"{results['similarity']:.3f} ({similarity_context(results)})"
 
 
 def kind_standing(standing: Mapping, kind: str, risks: Mapping) -> str | None:
