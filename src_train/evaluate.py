@@ -789,17 +789,17 @@ def fit_heads(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patie
             if not owners:
                 continue
             y = np.stack([outcome_of[p] for p in owners])
-            fitted = [j for j in range(len(horizons)) if _classes_ok(fs, visit, horizons[j], owners, y[:, j])]
+            counts = {j: _class_counts(fs, visit, horizons[j], owners, y[:, j]) for j in range(len(horizons))}
+            fitted = [j for j, c in counts.items() if c is not None]
             if not fitted:
                 continue
             model = _fit(x, y, w, fs.kind, C)
             for j in fitted:
-                known = {p for p, v in zip(owners, y[:, j], strict=True) if not math.isnan(v)}
-                n_pos = len({p for p, v in zip(owners, y[:, j], strict=True) if v == 1})
+                n_pos, n_neg = counts[j]
                 head = PrognosisHead(
                     horizon=horizons[j], kind=fs.kind, visit=visit, mean=model.mean, scale=model.scale,
                     coef=model.coef, intercept=float(model.intercepts[j]), features=FEATURES_ID, threshold=0.5,
-                    extra={"n_patients": len(known), "n_positive": n_pos, "prevalence": n_pos / len(known),
+                    extra={"n_patients": n_pos + n_neg, "n_positive": n_pos, "prevalence": n_pos / (n_pos + n_neg),
                            "classifier": "cumulative logit over the horizons", "model": HEAD_MODEL,
                            "outcome": OUTCOME_DEFINITION, "converged": model.converged,
                            "clinical_signs": CLINICAL_RISK_SIGNS if fs.kind != "image" else {},
@@ -811,11 +811,14 @@ def fit_heads(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patie
     return heads
 
 
-def _classes_ok(fs: FeatureSet, visit: str, horizon: str, owners: Sequence[str], y: np.ndarray) -> bool:
+def _class_counts(fs: FeatureSet, visit: str, horizon: str, owners: Sequence[str],
+                  y: np.ndarray) -> tuple[int, int] | None:
+    """(positive, negative) patients with a known outcome at ``horizon``; None, with a warning, when either
+    is below 2 (no head is fitted for that horizon)."""
     n_pos = len({p for p, v in zip(owners, y, strict=True) if v == 1})
     n_neg = len({p for p, v in zip(owners, y, strict=True) if v == 0})
     if min(n_pos, n_neg) < 2:
         warnings.warn(f"prognosis head {fs.kind} {visit} {horizon} not fitted: {n_pos} positive and {n_neg} "
                       "negative patients with that exam", stacklevel=3)
-        return False
-    return True
+        return None
+    return n_pos, n_neg
