@@ -152,6 +152,22 @@ def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
     return [(path.name, None, path)]
 
 
+def _exam_of(typed: str | None, who, path) -> tuple[str, str]:
+    """(exam, where it came from) of an image on its own: the typed ``--exam`` (with a warning when the image
+    states another), else the exam the image states (``who``: its ExamIdentity), else :data:`DEFAULT_EXAM`."""
+    from .core.prompts import normalize_exam
+
+    if typed:
+        exam = normalize_exam(typed)
+        if who.exam and exam != who.exam:
+            print(f"medimp: warning: --exam {exam} typed, but {path} is exam {who.exam} (from its "
+                  f"{who.exam_from}); read as {exam}", file=sys.stderr)
+        return exam, "typed (--exam)"
+    if who.exam:
+        return who.exam, who.exam_from
+    return DEFAULT_EXAM, f"default ({DEFAULT_EXAM})"
+
+
 def _inputs(path) -> set[Path]:
     """Every file a command reads from ``path`` (with the cohort's clinical table): never an output."""
     from .core.io.cohort import find_clinical_table
@@ -301,10 +317,7 @@ def _cmd_predict(args) -> int:
         patient = ident.split("/")[0] if "/" in ident else None
         if exam is None:  # a file or series on its own: its exam and patient as its data state them
             who = ExamIdentity.from_volume(volume)
-            exam, patient = (args.exam or who.exam or DEFAULT_EXAM), who.patient
-            if args.exam and who.exam and normalize_exam(args.exam) != who.exam:
-                print(f"medimp: warning: --exam {args.exam} typed, but {path} is exam {who.exam} (from its "
-                      f"{who.exam_from}); read as {args.exam}", file=sys.stderr)
+            (exam, _source), patient = _exam_of(args.exam, who, path), who.patient
         exam = normalize_exam(exam)
         patient = patient or ident
         record = _record(args, exam)
@@ -538,11 +551,7 @@ def _cmd_analyze(args) -> int:
         source = str(path)
         labels = None
         who = ExamIdentity.from_volume(volume)  # a file reads its sidecar as an exam folder does
-        if who.exam and args.exam and normalize_exam(args.exam) != who.exam:
-            print(f"medimp: warning: --exam {exam} typed, but {path} is exam {who.exam} (from its "
-                  f"{who.exam_from}); analysed as {exam}", file=sys.stderr)
-        elif who.exam and not args.exam:
-            exam, exam_source = who.exam, who.exam_from
+        exam, exam_source = _exam_of(args.exam, who, path)
         if who.patient:
             row, table, line = cohort_clinical_row(Path(path), who.patient)
     if args.labels or label_file:
