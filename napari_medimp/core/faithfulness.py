@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .terms import ARTERY, COLLECTING_SYSTEM, CORTEX, KIDNEY_REGION_NAMES, MEDULLA
+from .terms import ARTERY, COLLECTING_SYSTEM, CORTEX, KIDNEY_REGION_NAMES, MEDULLA, TOP_FRACTION
 
 #: the graft's own tissues, by name
 GRAFT_REGIONS: tuple[str, ...] = tuple(KIDNEY_REGION_NAMES[v] for v in (CORTEX, MEDULLA, COLLECTING_SYSTEM))
@@ -32,8 +32,6 @@ REGIONS: tuple[str, ...] = (*GRAFT_REGIONS, KIDNEY_REGION_NAMES[ARTERY], "outsid
 #: the groups summed from them
 GROUPS: dict[str, tuple[str, ...]] = {"graft": GRAFT_REGIONS,
                                       "graft and artery": (*GRAFT_REGIONS, KIDNEY_REGION_NAMES[ARTERY])}
-#: share of the voxels that makes "the top" of a map
-TOP_FRACTION = 0.10
 #: the randomisation check passes when the trained and randomised maps' rank correlation is below this
 RANDOMISATION_MAX_CORRELATION = 0.5
 

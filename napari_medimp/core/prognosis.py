@@ -26,12 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .prompts import EXAMS, ClinicalRecord
-from .terms import HORIZONS  # noqa: F401  (re-exported)
+from .terms import HORIZONS, KIND_LABELS, KINDS  # noqa: F401  (re-exported)
 
-#: head kinds, in display order
-KINDS = ("image", "image+clinical", "clinical")
-KIND_LABELS = {"image": "images (MEDIMP)", "image+clinical": "images + clinical values",
-               "clinical": "clinical values only"}
 #: where an analysis result (``Analysis.to_dict``, the report) keeps each kind's risks per horizon
 RESULT_KEYS = {"image": "prognosis_dysfunction_probability", "image+clinical": "prognosis_with_clinical",
                "clinical": "prognosis_clinical_only"}
