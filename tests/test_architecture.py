@@ -41,12 +41,12 @@ def test_the_training_protocol_needs_no_torch():
 def test_trainer_and_dialog_use_one_protocol():
     import src_train.cli
     import src_train.train as train
-    from napari_medimp._widgets import training_form
+    from napari_medimp._widgets import run_progress
     from napari_medimp.core import training_run
 
     assert train.TrainConfig is training_run.TrainConfig and train.PRESETS is training_run.PRESETS
-    assert training_form.parse_event is training_run.parse_event
-    assert training_form.EXIT_STOPPED == training_run.EXIT_STOPPED
+    assert run_progress.parse_event is training_run.parse_event
+    assert run_progress.EXIT_STOPPED == training_run.EXIT_STOPPED
     assert "return 3" not in Path(src_train.cli.__file__).read_text()
 
 

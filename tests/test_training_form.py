@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medimp._widgets import training_form as tj
+from napari_medimp._widgets import run_options as ro
+from napari_medimp._widgets import run_progress as rp
+from napari_medimp.core import evaluation_table as et
+from napari_medimp.core import training_run
 from napari_medimp.core.training_run import PRESETS, STATE_KEY
 
 CLINICAL = "patient_id,donor_age,gfr_D15,outcome_2y\nP0001,44,70.2,0\nP0002,64,47.5,1\n"
@@ -27,10 +30,10 @@ def cohort(tmp_path) -> Path:
     return folder
 
 
-def _options(cohort_path, tmp_path, **kw) -> tj.TrainingOptions:
+def _options(cohort_path, tmp_path, **kw) -> ro.TrainingOptions:
     values = dict(cohort=str(cohort_path), out=str(tmp_path / "run"), epochs=2, batch_size=4)
     values.update(kw)
-    return tj.TrainingOptions(**values)
+    return ro.TrainingOptions(**values)
 
 
 def _fake_checkpoint(run: Path, state: dict, in_metadata: bool = True, json_copy: bool = True) -> None:
@@ -38,7 +41,7 @@ def _fake_checkpoint(run: Path, state: dict, in_metadata: bool = True, json_copy
 
     run.mkdir(parents=True, exist_ok=True)
     metadata = {STATE_KEY: json.dumps(state)} if in_metadata else None
-    save_file({"model.w": np.zeros(2, np.float32)}, str(run / tj.CHECKPOINT_FILE), metadata=metadata)
+    save_file({"model.w": np.zeros(2, np.float32)}, str(run / training_run.CHECKPOINT_FILE), metadata=metadata)
     if json_copy:
         (run / "last.json").write_text(json.dumps(state))
     (run / "train_config.json").write_text(json.dumps(state["config"]))
@@ -52,8 +55,8 @@ STATE = {"next_epoch": 1, "next_batch": 2, "step": 6, "best_val_loss": 0.7,
 # cohort, config, presets
 # --------------------------------------------------------------------------------------------------
 def test_cohort_folder_or_its_clinical_csv(cohort):
-    assert tj.resolve_cohort(cohort) == cohort
-    assert tj.resolve_cohort(cohort / "clinical.csv") == cohort
+    assert ro.resolve_cohort(cohort) == cohort
+    assert ro.resolve_cohort(cohort / "clinical.csv") == cohort
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -83,29 +86,29 @@ def test_cohort_problems_say_what_is_expected(cohort, tmp_path, case, expected):
         path.mkdir()
         (path / "clinical.csv").write_text(CLINICAL)
     with pytest.raises(ValueError, match=expected) as info:
-        tj.resolve_cohort(path)
+        ro.resolve_cohort(path)
     if case in ("", "other.csv", "notes.txt", "no_table", "no_folders"):
-        assert tj.COHORT_HINT in str(info.value)  # says what a cohort is
+        assert ro.COHORT_HINT in str(info.value)  # says what a cohort is
 
 
 def test_presets_follow_the_training_program():
-    assert set(tj.PRESET_LABELS) == set(PRESETS)
-    assert tj.preset_defaults("cpu-small") == {"epochs": PRESETS["cpu-small"]["epochs"],
+    assert set(ro.PRESET_LABELS) == set(PRESETS)
+    assert ro.preset_defaults("cpu-small") == {"epochs": PRESETS["cpu-small"]["epochs"],
                                                "batch_size": PRESETS["cpu-small"]["batch_size"],
                                                "device": "auto", "amp": "auto"}
     with pytest.raises(ValueError, match="unknown preset"):
-        tj.preset_defaults("huge")
-    assert tj.preset_warning("paper", ["cpu"]) and "CUDA" in tj.preset_warning("paper", ["mps", "cpu"])
-    assert tj.preset_warning("paper", ["cuda", "cpu"]) is None
-    assert tj.preset_warning("cpu-small", ["cpu"]) is None
+        ro.preset_defaults("huge")
+    assert ro.preset_warning("paper", ["cpu"]) and "CUDA" in ro.preset_warning("paper", ["mps", "cpu"])
+    assert ro.preset_warning("paper", ["cuda", "cpu"]) is None
+    assert ro.preset_warning("cpu-small", ["cpu"]) is None
 
 
 def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"epochs": 3, "embed_dim": 16, "amp": "bf16"}))
-    assert tj.read_config(good) == {"epochs": 3, "embed_dim": 16, "amp": "bf16"}
+    assert ro.read_config(good) == {"epochs": 3, "embed_dim": 16, "amp": "bf16"}
     small = PRESETS["cpu-small"]
-    assert tj.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": small["batch_size"],
+    assert ro.effective_defaults("cpu-small", good) == {"epochs": 3, "batch_size": small["batch_size"],
                                                         "device": "auto", "amp": "bf16"}
     (tmp_path / "bad.json").write_text("{epochs: 3")
     (tmp_path / "list.json").write_text("[1, 2]")
@@ -113,8 +116,8 @@ def test_config_file_is_checked_and_its_values_become_the_defaults(tmp_path):
     for name, message in (("missing.json", "does not exist"), ("bad.json", "not valid JSON"),
                           ("list.json", "JSON object"), ("typo.json", "unknown training option")):
         with pytest.raises(ValueError, match=message):
-            tj.read_config(tmp_path / name)
-    assert tj.effective_defaults("cpu-small", tmp_path / "bad.json") == {
+            ro.read_config(tmp_path / name)
+    assert ro.effective_defaults("cpu-small", tmp_path / "bad.json") == {
         "epochs": small["epochs"], "batch_size": small["batch_size"], "device": "auto", "amp": "auto"}
 
 
@@ -150,16 +153,16 @@ def test_device_and_precision_reach_the_training_program(cohort, tmp_path):
     assert (config.device, config.amp) == ("cuda", "fp16")
     assert _options(cohort, tmp_path, device="cpu", amp="bf16").problems() == {}  # bf16 runs on the CPU
     # the choices are those the trainer accepts, checked as it would
-    assert tj.AMP_MODES == ("auto", "bf16", "fp16", "off") and set(tj.PRECISION_LABELS) == set(tj.AMP_MODES)
+    assert training_run.AMP_MODES == ("auto", "bf16", "fp16", "off") and set(ro.PRECISION_LABELS) == set(training_run.AMP_MODES)
     assert "needs a CUDA GPU" in _options(cohort, tmp_path, amp="fp16").problems()["amp"]  # auto is the CPU here
     assert "needs a CUDA GPU" in _options(cohort, tmp_path, device="cpu", amp="fp16", devices=gpu).problems()["amp"]
-    assert "not on an Apple GPU" in tj.precision_problem("bf16", "auto", ("mps", "cpu"))
-    assert tj.precision_problem("fp16", "auto", gpu) is None and tj.precision_problem("off", "mps", ("cpu",)) is None
+    assert "not on an Apple GPU" in ro.precision_problem("bf16", "auto", ("mps", "cpu"))
+    assert ro.precision_problem("fp16", "auto", gpu) is None and ro.precision_problem("off", "mps", ("cpu",)) is None
     assert "no CUDA GPU on this machine" in _options(cohort, tmp_path, device="cuda").problems()["device"]
-    assert tj.device_choices(("cpu",)) == ["auto", "cpu"]
-    assert tj.device_choices(("cuda", "mps", "cpu")) == ["auto", "cuda", "mps", "cpu"]
+    assert ro.device_choices(("cpu",)) == ["auto", "cpu"]
+    assert ro.device_choices(("cuda", "mps", "cpu")) == ["auto", "cuda", "mps", "cpu"]
     # the evaluation embeds the exams on the same device
-    command = tj.evaluation_command("m", "c", tmp_path, device="cuda")
+    command = ro.evaluation_command("m", "c", tmp_path, device="cuda")
     assert command[command.index("--device") + 1] == "cuda"
 
 
@@ -177,7 +180,7 @@ def test_each_bad_field_is_named(cohort, tmp_path, changes, field, message):
     options = _options(cohort, tmp_path, **changes)
     problems = options.problems()
     assert list(problems) == [field] and message in problems[field]
-    with pytest.raises(tj.OptionsError) as info:
+    with pytest.raises(ro.OptionsError) as info:
         options.command()
     assert info.value.problems == problems
 
@@ -187,7 +190,7 @@ def test_a_previous_run_is_never_overwritten(cohort, tmp_path):
     _fake_checkpoint(run, STATE)
     problems = _options(cohort, tmp_path).problems()
     assert "tick Resume" in problems["out"] and "step 6, in epoch 2/30" in problems["out"]
-    (run / tj.CHECKPOINT_FILE).unlink()
+    (run / training_run.CHECKPOINT_FILE).unlink()
     (run / "last.json").unlink()
     (run / "log.csv").write_text("epoch\n")
     assert "files of a previous run" in _options(cohort, tmp_path).problems()["out"]
@@ -214,41 +217,41 @@ def test_resume_uses_the_runs_own_settings(cohort, tmp_path):
 
 
 def test_run_folder_state_from_the_checkpoint(tmp_path):
-    assert not tj.inspect_run_folder(tmp_path / "none").exists
+    assert not ro.inspect_run_folder(tmp_path / "none").exists
     run = tmp_path / "a"
     _fake_checkpoint(run, STATE, json_copy=False)  # state inside the safetensors metadata
-    info = tj.inspect_run_folder(run)
+    info = ro.inspect_run_folder(run)
     assert info.checkpoint and (info.next_epoch, info.next_batch, info.step, info.epochs) == (1, 2, 6, 30)
     assert info.config["attributes"] == ["gfr", "exam"] and not info.finished
     old = tmp_path / "b"
     _fake_checkpoint(old, {**STATE, "next_epoch": 30, "next_batch": 0}, in_metadata=False)  # last.json only
-    info = tj.inspect_run_folder(old)
+    info = ro.inspect_run_folder(old)
     assert info.checkpoint and info.finished and info.describe() == "step 6, 30/30 epochs done"
     broken = tmp_path / "c"
     broken.mkdir()
-    (broken / tj.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
-    info = tj.inspect_run_folder(broken)
-    assert not info.checkpoint and info.previous_files == [tj.CHECKPOINT_FILE]
+    (broken / training_run.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    info = ro.inspect_run_folder(broken)
+    assert not info.checkpoint and info.previous_files == [training_run.CHECKPOINT_FILE]
 
 
 def test_evaluation_command_and_child_environment(tmp_path):
-    command = tj.evaluation_command("m.safetensors", "cohort", tmp_path, splits=2, repeats=1, python="PY")
+    command = ro.evaluation_command("m.safetensors", "cohort", tmp_path, splits=2, repeats=1, python="PY")
     assert command[:4] == ["PY", "-m", "src_train", "evaluate"] and command[-1] == "--write-heads"
     assert command[command.index("--splits") + 1] == "2" and command[command.index("--device") + 1] == "auto"
     with pytest.raises(ValueError):
-        tj.evaluation_command("m", "c", tmp_path, splits=1)
-    assert tj.evaluation_command("m", "c", tmp_path, allow_overlap=True)[-1] == "--allow-overlap"
+        ro.evaluation_command("m", "c", tmp_path, splits=1)
+    assert ro.evaluation_command("m", "c", tmp_path, allow_overlap=True)[-1] == "--allow-overlap"
     # no evaluation cohort chosen (or the training one again): in-sample, and said so
     train = tmp_path / "train"
-    assert tj.evaluation_cohort("", train) == (train, True)
-    assert tj.evaluation_cohort(str(train / "clinical.csv"), train / "clinical.csv") == (train, True)
-    assert tj.evaluation_cohort(str(tmp_path / "other"), train) == (tmp_path / "other", False)
-    env = tj.child_environment({"PYTHONPATH": "/elsewhere"})
-    root = str(tj.source_root())
+    assert ro.evaluation_cohort("", train) == (train, True)
+    assert ro.evaluation_cohort(str(train / "clinical.csv"), train / "clinical.csv") == (train, True)
+    assert ro.evaluation_cohort(str(tmp_path / "other"), train) == (tmp_path / "other", False)
+    env = ro.child_environment({"PYTHONPATH": "/elsewhere"})
+    root = str(ro.source_root())
     assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"]
     assert (Path(root) / "src_train" / "__main__.py").exists()
     assert env["PYTHONUNBUFFERED"] == "1" and env["MPLBACKEND"] == "Agg"
-    assert tj.child_environment({"PYTHONPATH": root})["PYTHONPATH"] == root
+    assert ro.child_environment({"PYTHONPATH": root})["PYTHONPATH"] == root
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,10 +273,10 @@ EVENTS = [
 def test_events_as_the_training_prints_them_are_parsed():
     for event in EVENTS:
         line = json.dumps(event, default=float)  # as src_train.cli prints them
-        parsed = tj.parse_event(line + "\n")
+        parsed = rp.parse_event(line + "\n")
         assert parsed is not None and parsed["event"] == event["event"]
-        assert tj.parse_event(line.encode()) is not None
-    assert math.isnan(tj.parse_event(json.dumps(EVENTS[2]))["loss"])
+        assert rp.parse_event(line.encode()) is not None
+    assert math.isnan(rp.parse_event(json.dumps(EVENTS[2]))["loss"])
 
 
 @pytest.mark.parametrize("line", [
@@ -287,11 +290,11 @@ def test_events_as_the_training_prints_them_are_parsed():
     '{"event": "stopped", "epoch": 0, "step": 1}',
 ])
 def test_anything_else_is_a_log_line(line):
-    assert tj.parse_event(line) is None
+    assert rp.parse_event(line) is None
 
 
 def test_lines_are_whole_whatever_the_chunks():
-    splitter = tj.LineSplitter()
+    splitter = rp.LineSplitter()
     text = '{"event": "done", "model": "/r/é.safetensors"}\nhalf'.encode()
     cut = text.index("é".encode()) + 1  # inside the two bytes of é
     assert splitter.feed(text[:cut]) == []
@@ -300,7 +303,7 @@ def test_lines_are_whole_whatever_the_chunks():
     assert splitter.feed(b"embedding 1/4\rembedding 4/4\r\n") == ["embedding 4/4"]
     assert splitter.feed(b"no newline at the end") == []
     assert splitter.finish() == ["no newline at the end"] and splitter.finish() == []
-    assert tj.LineSplitter().feed(b"\xff\n") == ["\ufffd"]
+    assert rp.LineSplitter().feed(b"\xff\n") == ["\ufffd"]
 
 
 def test_library_warnings_become_one_plain_line_and_errors_stay_whole():
@@ -321,7 +324,7 @@ def test_library_warnings_become_one_plain_line_and_errors_stay_whole():
         "x.py:3: UserWarning: a warning without its source line",
         "python -m src_train: the cohort is broken",
     ]
-    lines = tj.WarningLines()
+    lines = rp.WarningLines()
     shown = [out for line in stderr for out in lines.feed(line)]
     assert shown == [
         "warning: monai.transforms Orientation: default axcodes will change",
@@ -338,13 +341,13 @@ def test_library_warnings_become_one_plain_line_and_errors_stay_whole():
         "python -m src_train: the cohort is broken",
     ]
     # only the indented line right after a warning is its source: later indented lines stay
-    again = tj.WarningLines()
+    again = rp.WarningLines()
     assert [out for line in ("a.py:1: UserWarning: w", "  src", "  kept") for out in again.feed(line)] == [
         "warning: w", "  kept"]
 
 
 def test_progress_folds_events_into_status_and_curves():
-    progress = tj.TrainingProgress()
+    progress = rp.TrainingProgress()
     assert progress.status_text() == "preparing the data..." and progress.fraction == 0
     for event in EVENTS[:4]:
         progress.apply(event)
@@ -362,13 +365,13 @@ def test_progress_folds_events_into_status_and_curves():
 def test_resumed_run_shows_its_earlier_epochs(tmp_path):
     (tmp_path / "log.csv").write_text("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
                                       "0,4,1.1,0.0002,0.8,0.25,1.0,2.5\n")
-    progress = tj.TrainingProgress()
-    progress.add_history(tj.read_training_log(tmp_path))
+    progress = rp.TrainingProgress()
+    progress.add_history(rp.read_training_log(tmp_path))
     progress.apply(EVENTS[6])
     progress.apply({"event": "epoch", "epoch": 1, "step": 8, "train_loss": 0.9, "val_loss": 0.7})
     assert progress.first_step == 5
     assert progress.curves()[2:] == ([4, 8], [0.8, 0.7])
-    assert tj.read_training_log(tmp_path / "none") == []
+    assert rp.read_training_log(tmp_path / "none") == []
 
 
 LOG = ("epoch,step,train_loss,lr,val_loss,recall_at_1,recall_at_5,mean_rank\n"
@@ -382,8 +385,8 @@ def test_a_resumed_run_shows_its_whole_loss_curve(tmp_path):
     _fake_checkpoint(run, {**STATE, "next_epoch": 2, "next_batch": 2, "step": 10, "loss_history": losses,
                            "epoch_losses": [1.2, 1.1]})
     (run / "log.csv").write_text(LOG)
-    assert tj.read_loss_history(run) == list(enumerate(losses, 1))
-    progress = tj.TrainingProgress()
+    assert rp.read_loss_history(run) == list(enumerate(losses, 1))
+    progress = rp.TrainingProgress()
     progress.add_run_history(run)
     progress.apply({"event": "resumed", "epoch": 2, "batch": 2, "step": 10})
     for step, loss in ((11, 1.0), (12, 0.9)):
@@ -392,7 +395,7 @@ def test_a_resumed_run_shows_its_whole_loss_curve(tmp_path):
     assert steps == list(range(1, 13)) and train == [*losses, 1.0, 0.9]
     assert (val_steps, val) == ([4, 8], [0.8, 0.7])
     # what an interrupted attempt showed beyond the checkpoint is done again: left out at the resume
-    progress = tj.TrainingProgress()
+    progress = rp.TrainingProgress()
     progress.apply({"event": "step", "epoch": 2, "step": 11, "loss": 5.0, "total_steps": 120})
     progress.add_run_history(run)
     progress.apply({"event": "resumed", "epoch": 2, "batch": 2, "step": 10})
@@ -404,13 +407,13 @@ def test_a_run_of_an_earlier_version_shows_its_epochs_then_its_steps(tmp_path):
     run = tmp_path / "run"
     _fake_checkpoint(run, {**STATE, "next_epoch": 2, "next_batch": 2, "step": 10, "epoch_losses": [1.2, 1.1]})
     (run / "log.csv").write_text(LOG + "2,12,0.5,0.0002,0.6,0.25,1.0,2.5\n")  # logged after the checkpoint
-    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (9, 1.2), (10, 1.1)]
+    assert rp.read_loss_history(run) == [(4, 1.1), (8, 0.9), (9, 1.2), (10, 1.1)]
     # resumed from such a checkpoint: the history covers the steps after it only
     _fake_checkpoint(run, {**STATE, "next_epoch": 3, "next_batch": 0, "step": 12, "loss_history": [0.6, 0.5]})
-    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (11, 0.6), (12, 0.5)]
-    (run / tj.CHECKPOINT_FILE).unlink()
-    assert tj.read_loss_history(run) == [(4, 1.1), (8, 0.9), (12, 0.5)]  # a log without checkpoint
-    assert tj.read_loss_history(tmp_path / "none") == []
+    assert rp.read_loss_history(run) == [(4, 1.1), (8, 0.9), (11, 0.6), (12, 0.5)]
+    (run / training_run.CHECKPOINT_FILE).unlink()
+    assert rp.read_loss_history(run) == [(4, 1.1), (8, 0.9), (12, 0.5)]  # a log without checkpoint
+    assert rp.read_loss_history(tmp_path / "none") == []
 
 
 def test_an_earlier_run_folder_gives_back_its_curve_model_and_evaluation(tmp_path):
@@ -421,25 +424,25 @@ def test_an_earlier_run_folder_gives_back_its_curve_model_and_evaluation(tmp_pat
     (run / "evaluation").mkdir()
     (run / "evaluation" / "evaluation.csv").write_text(EVALUATION_CSV)
     (run / "evaluation" / "evaluation.md").write_text("**WARNING: in-sample table: 2 of the 2 ...**\n")
-    results = tj.read_run_results(run)
+    results = rp.read_run_results(run)
     assert results.model == run / "best.safetensors" and len(results.evaluation) == 2 and results.in_sample
     p = results.progress
     assert (p.step, p.steps_per_epoch, p.total_steps) == (8, 4, 120) and len(p.curves()[0]) == 8
     assert results.describe() == ("earlier run in run: 2 epochs; model best.safetensors; its evaluation below "
                                   "(IN-SAMPLE: not a result)")
     (run / "evaluation" / "evaluation.csv").write_text("a,b\n")
-    assert "not an evaluation table" in tj.read_run_results(run).evaluation_problem
-    assert tj.read_run_results(tmp_path / "none").empty and tj.read_run_results(tmp_path).empty
+    assert "not an evaluation table" in rp.read_run_results(run).evaluation_problem
+    assert rp.read_run_results(tmp_path / "none").empty and rp.read_run_results(tmp_path).empty
 
 
 def test_exit_codes_in_words():
-    level, text = tj.describe_exit("train", 3, False, checkpoint="/run/last.safetensors")
+    level, text = rp.describe_exit("train", 3, False, checkpoint="/run/last.safetensors")
     assert level == "info" and text == ("stopped; checkpoint saved at /run/last.safetensors; "
                                         "Start with resume to continue")
-    level, text = tj.describe_exit("training", 1, False, ["Traceback", "ValueError: bad cohort"])
+    level, text = rp.describe_exit("training", 1, False, ["Traceback", "ValueError: bad cohort"])
     assert level == "error" and "exit code 1" in text and "ValueError: bad cohort" in text
-    assert tj.describe_exit("evaluation", 0, False)[0] == "info"
-    assert "killed" in tj.describe_exit("training", 9, True)[1]
+    assert rp.describe_exit("evaluation", 0, False)[0] == "info"
+    assert "killed" in rp.describe_exit("training", 9, True)[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,21 +456,21 @@ clinical values only,2y,,,,,,,,,,,,not enough patients,"not enough patients: 2 p
 
 def test_evaluation_table_is_read_with_types(tmp_path):
     (tmp_path / "evaluation.csv").write_text(EVALUATION_CSV)
-    rows = tj.read_evaluation_table(tmp_path)  # the folder or the file
-    assert rows == tj.read_evaluation_table(tmp_path / "evaluation.csv")
+    rows = et.read_evaluation_table(tmp_path)  # the folder or the file
+    assert rows == et.read_evaluation_table(tmp_path / "evaluation.csv")
     assert len(rows) == 2
     assert rows[0]["n_patients"] == 40 and rows[0]["auc"] == 0.625 and rows[0]["feature_set"] == "MEDIMP"
     assert rows[1]["n_patients"] is None and rows[1]["auc"] is None
-    lines = tj.evaluation_lines(rows)
+    lines = et.evaluation_lines(rows)
     assert [line.heading for line in lines] == [True, False, False]
     assert lines[0].cells == ["Graft dysfunction at 2 years\n40 patients, 20 with graft dysfunction"]
     assert lines[1].cells == ["MEDIMP", "0.62 (0.50–0.75)", "0.50", "ok"] and not lines[1].flagged
     assert lines[2].cells == ["clinical\nvalues only", "–", "–", "not enough\npatients"] and lines[2].flagged
     assert "2 positive" in lines[2].tooltip and "clinical values only" in lines[2].tooltip
-    assert len(tj.DISPLAY_COLUMNS) == len(tj.COLUMN_HINTS) == len(lines[1].cells)
+    assert len(et.DISPLAY_COLUMNS) == len(et.COLUMN_HINTS) == len(lines[1].cells)
     # a table of the first release (fold mean and std) still reads
     old = {"feature_set": "MEDIMP", "horizon": "2y", "auc_mean": 0.7, "auc_std": 0.1, "f1_mean": 0.6}
-    assert tj.evaluation_lines([old])[1].cells[1:3] == ["0.70 ± 0.10", "0.60"]
+    assert et.evaluation_lines([old])[1].cells[1:3] == ["0.70 ± 0.10", "0.60"]
 
 
 def _row(n, pos, auc, name="MEDIMP", horizon="2y"):
@@ -485,23 +488,23 @@ def _row(n, pos, auc, name="MEDIMP", horizon="2y"):
     (100, 50, 0.59, ["weak"]),
 ])
 def test_an_evaluation_too_small_or_too_weak_is_flagged(n, pos, auc, flags):
-    assert tj.reliability(_row(n, pos, auc)) == flags
-    line = tj.evaluation_lines([_row(n, pos, auc)])[1]
+    assert et.reliability(_row(n, pos, auc)) == flags
+    line = et.evaluation_lines([_row(n, pos, auc)])[1]
     assert line.flagged == bool(flags) and line.cells[-1] == ("\n".join(flags) or "ok")
-    assert bool(tj.evaluation_warnings([_row(n, pos, auc)])) == bool(flags)
+    assert bool(et.evaluation_warnings([_row(n, pos, auc)])) == bool(flags)
 
 
 def test_the_flags_are_said_in_words():
     rows = [_row(6, 4, 0.25), _row(6, 4, 0.7, "clinical values only"), _row(6, 4, 0.3, "untrained encoder"),
             _row(6, 4, 0.8, horizon="3y"), _row(100, 50, 0.55, horizon="4y")]
-    warnings = tj.evaluation_warnings(rows)
+    warnings = et.evaluation_warnings(rows)
     assert warnings == [
         "Graft dysfunction at 2 and 3 years: only 6 patients (4 with graft dysfunction, 2 without), too few "
-        f"to rely on these numbers; at least {tj.MIN_PATIENTS} patients, {tj.MIN_PER_OUTCOME} with and "
-        f"{tj.MIN_PER_OUTCOME} without dysfunction, are needed.",
+        f"to rely on these numbers; at least {et.MIN_PATIENTS} patients, {et.MIN_PER_OUTCOME} with and "
+        f"{et.MIN_PER_OUTCOME} without dysfunction, are needed.",
         "AUC below 0.6 (MEDIMP at 2 years: 0.25; MEDIMP at 4 years: 0.55): the model barely tells the patients who "
         "will have graft dysfunction from those who will not (0.5 is chance)."]
-    lines = tj.evaluation_lines(rows)
+    lines = et.evaluation_lines(rows)
     assert [line.flagged for line in lines if line.heading] == [True, True, False]
     assert "Too few patients" in lines[0].tooltip
     assert lines[3].cells[-1] == "too few patients\nweak"  # the untrained encoder: flagged in its row only
@@ -509,10 +512,10 @@ def test_the_flags_are_said_in_words():
 
 def test_evaluation_table_problems(tmp_path):
     with pytest.raises(ValueError, match="no evaluation table"):
-        tj.read_evaluation_table(tmp_path)
+        et.read_evaluation_table(tmp_path)
     (tmp_path / "evaluation.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an evaluation table"):
-        tj.read_evaluation_table(tmp_path)
+        et.read_evaluation_table(tmp_path)
 
 
 def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
@@ -524,16 +527,17 @@ def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
     table = ClinicalTable({}, {p: ["D30"] for p in pats})
     result = evaluate([FeatureSet("MEDIMP", "image", source)], table, pats, {"2y": np.array([0.0, 1.0] * 6)},
                       n_splits=2, n_repeats=1, n_boot=20)
-    rows = tj.read_evaluation_table(write_csv(result.table, tmp_path / "evaluation.csv"))
+    rows = et.read_evaluation_table(write_csv(result.table, tmp_path / "evaluation.csv"))
     assert [r["horizon"] for r in rows] == ["2y"]
     assert isinstance(rows[0]["auc"], float) and rows[0]["n_patients"] == 12
-    assert tj.evaluation_lines(rows)[1].cells[1].count("(") == 1
+    assert et.evaluation_lines(rows)[1].cells[1].count("(") == 1
 
 
 def test_module_needs_no_qt():
     import subprocess
 
-    code = ("import sys; import napari_medimp._widgets.training_form; "
+    code = ("import sys; import napari_medimp._widgets.run_options, napari_medimp._widgets.run_progress; "
+            "import napari_medimp.core.evaluation_table; "
             "assert not any(m.split('.')[0] in ('qtpy', 'PyQt6', 'PyQt5', 'napari') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith(('qtpy', 'PyQt', 'napari.'))]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
@@ -543,28 +547,28 @@ def test_module_needs_no_qt():
 # loss plot
 # --------------------------------------------------------------------------------------------------
 def test_nice_ceiling():
-    assert [tj.nice_ceiling(v) for v in (0.9, 1.0, 1.1, 2.1, 3.2, 7, 0.031)] == [1, 1, 2, 2.5, 5, 10, 0.05]
-    assert tj.nice_ceiling(0) == 1.0 and tj.nice_ceiling(float("nan")) == 1.0
+    assert [rp.nice_ceiling(v) for v in (0.9, 1.0, 1.1, 2.1, 3.2, 7, 0.031)] == [1, 1, 2, 2.5, 5, 10, 0.05]
+    assert rp.nice_ceiling(0) == 1.0 and rp.nice_ceiling(float("nan")) == 1.0
 
 
 def test_plot_axes_change_rarely():
-    progress = tj.TrainingProgress()
-    assert tj.plot_limits(progress) == (1.0, 1.0)
+    progress = rp.TrainingProgress()
+    assert rp.plot_limits(progress) == (1.0, 1.0)
     progress.apply(EVENTS[0])  # the run's length alone does not redraw the axes
-    assert tj.plot_limits(progress, (1.0, 1.0)) == (1.0, 1.0)
+    assert rp.plot_limits(progress, (1.0, 1.0)) == (1.0, 1.0)
     limits = None
     history = []
     for step, loss in enumerate([0.9, 0.5, 0.2, 2.5, 2.7, 3.1, 1.0, 0.4], 1):
         progress.apply({"event": "step", "epoch": 0, "step": step, "loss": loss, "total_steps": 8})
-        limits = tj.plot_limits(progress, limits)
+        limits = rp.plot_limits(progress, limits)
         history.append(limits)
     assert history[0] == (8.0, 2.0)  # whole run on x; 1.25 x the loss, rounded up, on y
     assert len(set(history)) == 2 and history[-1] == (8.0, 5.0)  # one change for the spike, none after
-    assert tj.plot_limits(progress, (8.0, 10.0)) == (8.0, 10.0)  # never shrinks
+    assert rp.plot_limits(progress, (8.0, 10.0)) == (8.0, 10.0)  # never shrinks
 
 
 def test_long_curves_are_averaged_for_the_plot():
-    progress = tj.TrainingProgress()
+    progress = rp.TrainingProgress()
     for step in range(1, 10_001):
         progress.apply({"event": "step", "epoch": 0, "step": step, "loss": 1.0 + step % 2, "total_steps": 10_000})
     steps, losses, _, _ = progress.curves(max_points=1000)
@@ -573,7 +577,7 @@ def test_long_curves_are_averaged_for_the_plot():
 
 
 def test_status_puts_each_validation_number_beside_its_chance_level():
-    progress = tj.TrainingProgress()
+    progress = rp.TrainingProgress()
     for event in EVENTS[:1]:
         progress.apply(event)
     progress.apply({"event": "epoch", "epoch": 0, "step": 4, "train_loss": 1.0, "val_loss": 1.2,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_medimp._widgets.training_form import TrainingProgress
+from napari_medimp._widgets.run_progress import TrainingProgress
 from napari_medimp.core.training_run import PRESETS
 
 pytestmark = pytest.mark.gui
@@ -67,17 +67,20 @@ def dialog(make_napari_viewer, qtbot):
 @pytest.fixture
 def notes(monkeypatch):
     """Notifications the dialog shows, by level."""
-    from napari_medimp._widgets import training
+    from napari_medimp._widgets import training, training_runner
 
     shown: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
-    for level in shown:
-        real = getattr(training, f"show_{level}")
+    for module in (training, training_runner):  # the dialog and its run
+        for level in shown:
+            real = getattr(module, f"show_{level}", None)
+            if real is None:
+                continue
 
-        def record(message, level=level, real=real):
-            shown[level].append(str(message))
-            real(message)
+            def record(message, level=level, real=real):
+                shown[level].append(str(message))
+                real(message)
 
-        monkeypatch.setattr(training, f"show_{level}", record)
+            monkeypatch.setattr(module, f"show_{level}", record)
     return shown
 
 
@@ -236,7 +239,7 @@ def _start(qtbot, widget, cohort, tiny_config, out, epochs, probe=None):
 
 def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, notes, qtbot, cohort, tiny_config,
                                                                      tmp_path):
-    from napari_medimp._widgets.training_form import inspect_run_folder
+    from napari_medimp._widgets.run_options import inspect_run_folder
     from napari_medimp.core.training_run import read_checkpoint_state
 
     viewer, widget = dialog
@@ -300,7 +303,7 @@ def test_cancel_saves_a_checkpoint_resume_continues_and_closing_stops(dialog, no
 @pytest.mark.slow  # a 2-epoch training and its evaluation: about 40 s on 2 idle cores
 def test_full_run_evaluation_and_hand_over(dialog, notes, qtbot, cohort, tiny_config, tmp_path):
     from napari_medimp._widgets import _registry
-    from napari_medimp._widgets.training_form import evaluation_lines
+    from napari_medimp.core.evaluation_table import evaluation_lines
 
     viewer, widget = dialog
     run = tmp_path / "run"
@@ -500,7 +503,7 @@ print("| feature_set | horizon |")
 
 
 def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot, monkeypatch, tmp_path):
-    from napari_medimp._widgets import training
+    from napari_medimp._widgets import run_options
 
     _, widget = dialog
     commands = []
@@ -509,7 +512,7 @@ def test_finished_training_is_evaluated_and_its_table_shown(dialog, notes, qtbot
         commands.append((model, cohort, out, splits, repeats, options["device"]))
         return [sys.executable, "-c", FAKE_EVALUATION, "--out", str(out)]
 
-    monkeypatch.setattr(training.tj, "evaluation_command", evaluation_command)
+    monkeypatch.setattr(run_options, "evaluation_command", evaluation_command)
     _fake_run_folder(tmp_path, evaluation=False)  # a stopped run, resumed below
     widget.set_form(splits=4, repeats=3, out=tmp_path, resume=True)
     assert widget.resume_check.isChecked()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from .training_form import TrainingProgress, plot_limits
+from .run_progress import TrainingProgress, plot_limits
 
 TRAIN_COLOR, VAL_COLOR = "#5b9bd5", "#f0a030"
 CANVAS_HEIGHT = 170

@@ -2,7 +2,7 @@
 
 :class:`ChildProcess` runs one command at a time with ``QProcess`` (the viewer stays responsive, and
 everything the child holds is freed when it ends). Its stdout and stderr arrive as complete text lines
-(:class:`~napari_medimp._widgets.training_form.LineSplitter`), each as a signal; the end is reported once,
+(:class:`~napari_medimp._widgets.run_progress.LineSplitter`), each as a signal; the end is reported once,
 FailedToStart included. Cancel sends SIGTERM and a second cancel (or a timer) kills; :meth:`shutdown`
 stops the process and waits for it, and every running child is shut down when the application quits, so
 no process outlives the window. What the output and the exit code mean is the dialog's business.
@@ -19,7 +19,7 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
-from .training_form import LineSplitter
+from .run_progress import LineSplitter
 
 #: children whose process is running (stopped cleanly when the application quits)
 _RUNNING: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
