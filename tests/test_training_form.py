@@ -510,6 +510,18 @@ def test_the_flags_are_said_in_words():
     assert lines[3].cells[-1] == "too few patients\nweak"  # the untrained encoder: flagged in its row only
 
 
+def test_the_table_says_horizons_in_the_products_words():
+    from napari_medimp.core.terms import horizons_words
+
+    rows = [_row(6, 4, 0.7, horizon=h) for h in ("2y", "3y", "4y")] + [_row(6, 4, 0.7, horizon="")]
+    headings = [line.cells[0].split("\n")[0] for line in et.evaluation_lines(rows) if line.heading]
+    assert headings == ["Graft dysfunction at 2 years", "Graft dysfunction at 3 years",
+                        "Graft dysfunction at 4 years", "Graft dysfunction at ?"]  # a blank horizon stays "?"
+    warning = et.evaluation_warnings(rows[:3])[0]
+    assert warning.startswith(f"Graft dysfunction at {horizons_words(['2y', '3y', '4y'])}: only 6 patients")
+    assert "2, 3 and 4 years" in warning
+
+
 def test_evaluation_table_problems(tmp_path):
     with pytest.raises(ValueError, match="no evaluation table"):
         et.read_evaluation_table(tmp_path)
