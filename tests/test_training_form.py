@@ -598,3 +598,11 @@ def test_status_puts_each_validation_number_beside_its_chance_level():
     text = progress.status_text()
     assert "val loss 1.200 (chance 1.39)" in text and "mean rank 2.0 (chance 2.5)" in text
     assert "recall@1" not in text
+
+
+def test_horizons_without_an_auc_are_said_once_with_their_reason():
+    reason = "not enough patients: 4 positive and 0 negative patients with a known outcome (need >= 2 of each)"
+    rows = [{"feature_set": name, "horizon": h, "status": "skipped", "message": reason}
+            for h in ("2y", "3y") for name in ("MEDIMP", "clinical values only")]
+    assert et.evaluation_warnings(rows) == [f"Graft dysfunction at 2 and 3 years: no AUC, {reason}."]
+    assert et.evaluation_warnings([_row(100, 50, 0.8)]) == []  # a scored horizon adds nothing

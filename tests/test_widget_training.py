@@ -35,7 +35,7 @@ def cohort(tmp_path_factory):
     from napari_medimp.core import synth
 
     out = tmp_path_factory.mktemp("cohort")
-    synth.generate_cohort(out, n_patients=4, seed=4, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0), n_jobs=2)
+    synth.generate_cohort(out, n_patients=4, seed=29, grid=(16, 40, 48), spacing=(6.0, 4.0, 4.0), n_jobs=2)
     return out
 
 

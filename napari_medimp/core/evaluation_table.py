@@ -208,6 +208,15 @@ def evaluation_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{n - pos} without), too few to rely on these numbers; at least {MIN_PATIENTS} patients, "
                 f"{MIN_PER_OUTCOME} with and {MIN_PER_OUTCOME} without dysfunction, are needed."
                 for (n, pos), at in few.items() if at]
+    # horizons the evaluation could not score at all (one outcome only, too few patients): their cells are
+    # dashes, and the reason is said once per reason
+    unscored: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("status") not in (None, "", "ok") and row.get("message"):
+            words = _horizon(row.get("horizon"))
+            if words not in unscored.setdefault(str(row["message"]), []):
+                unscored[str(row["message"])].append(words)
+    warnings += [f"Graft dysfunction at {horizons_words(at)}: no AUC, {message}." for message, at in unscored.items()]
     weak = [row for row in rows if str(row.get("feature_set") or "").startswith("MEDIMP")
             and "weak" in reliability(row)]
     if weak:
