@@ -30,7 +30,8 @@ def orthanc_binary() -> str:
 
 
 class OrthancServer:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, **overrides):
+        """``overrides`` replace entries of Orthanc's configuration (e.g. ``DicomAlwaysAllowGet=False``)."""
         self.folder = folder
         self.port = free_port()
         self.http_port = free_port()
@@ -55,6 +56,7 @@ class OrthancServer:
             "DicomScpTimeout": 30,
             "StorageCompression": False,
             "ConcurrentJobs": 1,
+            **overrides,
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "w")  # noqa: SIM115 - closed in stop()

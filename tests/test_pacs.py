@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pacs_server import AET, free_port
 
-from napari_medimp.core import pacs
+from napari_medimp.core import pacs, pacs_receive
 from napari_medimp.core.io import load_dce
 
 TIMES = np.array([0.0, 35.0, 200.0])
@@ -137,7 +137,7 @@ def test_cancel_stops_the_transfer_and_keeps_nothing(settings, tmp_path):
 
 def test_images_that_fail_to_arrive_make_the_retrieval_incomplete(settings, tmp_path, monkeypatch):
     server = pacs.server_named(path=settings)
-    real_write, calls = pacs.atomic_write_bytes, {"n": 0}
+    real_write, calls = pacs_receive.atomic_write_bytes, {"n": 0}
 
     def full_disk_on_the_seventh(path, payload):
         calls["n"] += 1
@@ -145,7 +145,7 @@ def test_images_that_fail_to_arrive_make_the_retrieval_incomplete(settings, tmp_
             raise OSError(28, "No space left on device")
         real_write(path, payload)
 
-    monkeypatch.setattr(pacs, "atomic_write_bytes", full_disk_on_the_seventh)
+    monkeypatch.setattr(pacs_receive, "atomic_write_bytes", full_disk_on_the_seventh)
     with pytest.raises(pacs.PacsError, match="incomplete.*nothing was kept"):
         pacs.retrieve(server, _p7(settings), root=tmp_path / "cache")
     assert pacs.cached_retrieval(_p7(settings), tmp_path / "cache") is None

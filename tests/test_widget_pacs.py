@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medimp.core import pacs
+from napari_medimp.core import pacs, pacs_receive
 
 pytestmark = pytest.mark.gui
 DEFAULT_SIZE = (1089, 630)
@@ -93,7 +93,7 @@ def test_missing_settings_are_explained_and_search_is_disabled(make_napari_viewe
 
 def test_cancel_during_retrieval_keeps_nothing_and_opens_nothing(qtbot, dock, monkeypatch, tmp_path):
     viewer, widget = dock
-    real_write, count = pacs.atomic_write_bytes, {"n": 0}
+    real_write, count = pacs_receive.atomic_write_bytes, {"n": 0}
 
     def write_then_hold(path, payload):  # the third image waits until the user has pressed Cancel
         real_write(path, payload)
@@ -101,7 +101,7 @@ def test_cancel_during_retrieval_keeps_nothing_and_opens_nothing(qtbot, dock, mo
         if count["n"] == 3:
             assert widget._cancel.wait(60)
 
-    monkeypatch.setattr(pacs, "atomic_write_bytes", write_then_hold)
+    monkeypatch.setattr(pacs_receive, "atomic_write_bytes", write_then_hold)
     _search(qtbot, widget)
     widget.retrieve_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)  # the third is held
