@@ -392,3 +392,17 @@ def test_bad_move_settings_are_named(tmp_path, body, problem):
     (tmp_path / "pacs.toml").write_text("[server.a]\nhost = 'h'\nport = 104\ncalled_aet = 'X'\n" + body)
     with pytest.raises(pacs.PacsError, match=problem):
         pacs.load_servers(tmp_path / "pacs.toml")
+
+
+def test_cli_get_uses_c_move_from_the_settings_and_says_why_c_get_fails(strict, tmp_path, capsys, monkeypatch):
+    from napari_medimp.cli import main
+
+    monkeypatch.setenv("NAPARI_MEDIMP_CACHE", str(tmp_path / "cache"))
+    study = pacs.find(_strict_server(strict, tmp_path), patient_id="P7")[0].study_uid
+    assert main(["pacs", "get", "--config", str(strict.settings(tmp_path / "get.toml")), "--study", study]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not allow C-GET for this station: use C-MOVE" in err
+    move = strict.settings(tmp_path / "move.toml", retrieval="move", move_port=strict.move_port,
+                           move_address="127.0.0.1")
+    assert main(["pacs", "get", "--config", str(move), "--study", study]) == 0
+    assert "3 frames" in capsys.readouterr().out
