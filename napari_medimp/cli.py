@@ -731,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     pacs_sub = p.add_subparsers(dest="pacs_command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for name, text in (("find", "list the series of a patient or a study date (C-FIND)"),
-                       ("get", "retrieve series of one study into the local cache (C-GET) and check they open")):
+                       ("get", "retrieve series of one study into the local cache (C-GET, or C-MOVE when the "
+                               "server's retrieval setting is \"move\") and check they open")):
         q = pacs_sub.add_parser(name, help=text)
         q.add_argument("--server", help="entry of the settings file (default: its 'default')")
         q.add_argument("--config", help="PACS settings file (default: $NAPARI_MEDIMP_PACS_CONFIG or the user "

@@ -30,7 +30,8 @@ def orthanc_binary() -> str:
 
 
 class OrthancServer:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, **overrides):
+        """``overrides`` replace entries of Orthanc's configuration (e.g. ``DicomAlwaysAllowGet=False``)."""
         self.folder = folder
         self.port = free_port()
         self.http_port = free_port()
@@ -55,6 +56,7 @@ class OrthancServer:
             "DicomScpTimeout": 30,
             "StorageCompression": False,
             "ConcurrentJobs": 1,
+            **overrides,
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "w")  # noqa: SIM115 - closed in stop()
@@ -104,11 +106,14 @@ class OrthancServer:
             assoc.release()
         return accepted
 
-    def settings(self, path: Path, called_aet: str = AET, port: int | None = None, timeout_s: float = 10) -> Path:
+    def settings(self, path: Path, called_aet: str = AET, port: int | None = None, timeout_s: float = 10,
+                 calling_aet: str = STATION, **extra) -> Path:
+        """A PACS settings file naming this archive as server 'test'; ``extra`` adds settings (retrieval...)."""
+        lines = [f'{key} = {json.dumps(value)}' for key, value in extra.items()]
         path.write_text(
             'default = "test"\n\n[server.test]\n'
             f'host = "127.0.0.1"\nport = {port or self.port}\ncalled_aet = "{called_aet}"\n'
-            f'calling_aet = "{STATION}"\ntimeout_s = {timeout_s}\n'
+            f'calling_aet = "{calling_aet}"\ntimeout_s = {timeout_s}\n' + "".join(f"{line}\n" for line in lines)
         )
         return path
 
@@ -120,3 +125,26 @@ class OrthancServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.log.close()
+
+
+#: stations of the strict archive: MEDIMP may query and C-MOVE (to its move port), not C-GET; GETTER may
+#: query and C-GET, not C-MOVE; any other AE title is unknown to it
+GETTER = "MEDIMPGET"
+
+
+def strict_archive(folder: Path) -> OrthancServer:
+    """An Orthanc that serves only the stations it lists (``DicomAlwaysAllow*`` off, per-station rights in
+    ``DicomModalities``), as hospital archives do; ``move_port`` is where it sends MEDIMP's C-MOVEs."""
+    move_port = free_port()
+    server = OrthancServer(
+        folder, DicomAlwaysAllowEcho=False, DicomAlwaysAllowFind=False, DicomAlwaysAllowGet=False,
+        DicomAlwaysAllowMove=False,
+        DicomModalities={
+            "medimp": {"AET": STATION, "Host": "127.0.0.1", "Port": move_port, "AllowEcho": True,
+                       "AllowFind": True, "AllowMove": True, "AllowGet": False},
+            "getter": {"AET": GETTER, "Host": "127.0.0.1", "Port": free_port(), "AllowEcho": True,
+                       "AllowFind": True, "AllowMove": False, "AllowGet": True},
+        },
+    )
+    server.move_port = move_port
+    return server

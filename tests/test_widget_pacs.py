@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medimp.core import pacs
+from napari_medimp.core import pacs, pacs_receive
 
 pytestmark = pytest.mark.gui
 DEFAULT_SIZE = (1089, 630)
@@ -75,8 +75,8 @@ def test_refused_server_is_one_message_and_the_viewer_keeps_its_layers(qtbot, do
     widget.patient.setText("P7")
     widget.search_button.click()
     qtbot.waitUntil(lambda: widget._worker is None and "refused" in widget.status.text(), timeout=60_000)
-    assert widget.status.text() == ("PACS 'test' refused the connection: its settings do not accept this "
-                                    "station's AE title or the called AE title is wrong")
+    assert widget.status.text() == ("PACS 'test' refused the connection: the archive's AE title is wrong (called_aet "
+                                    "in the PACS settings); ask the PACS administrator for the archive's AE title")
     assert [layer.name for layer in viewer.layers] == ["work in progress"]
     assert widget.search_button.isEnabled()
     assert widget.table.rowCount() == 0 and widget.selected_series() == []
@@ -91,9 +91,49 @@ def test_missing_settings_are_explained_and_search_is_disabled(make_napari_viewe
     assert not widget.search_button.isEnabled() and not widget.retrieve_button.isEnabled()
 
 
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    from helpers import kidney_volume
+    from pacs_server import strict_archive
+
+    from napari_medimp.core.io.dicom_write import save_dicom_series
+
+    folder = tmp_path_factory.mktemp("strict-orthanc")
+    server = strict_archive(folder)
+    files = save_dicom_series(kidney_volume(n_frames=3), folder / "P7", patient_id="P7", study_date="20240312",
+                              series_per_phase=True)
+    assert server.store(files) == len(files)
+    yield server
+    server.stop()
+
+
+def test_an_archive_that_refuses_c_get_says_use_c_move_and_c_move_opens(qtbot, make_napari_viewer, strict,
+                                                                        tmp_path, monkeypatch):
+    from napari_medimp._widgets.pacs import PacsWidget
+
+    monkeypatch.setenv("NAPARI_MEDIMP_CACHE", str(tmp_path / "cache"))
+    viewer = make_napari_viewer()
+    widget = PacsWidget(viewer, settings_path=strict.settings(tmp_path / "pacs.toml"))
+    _search(qtbot, widget)
+    widget.retrieve_button.click()
+    qtbot.waitUntil(lambda: widget._worker is None and "C-GET" in widget.status.text(), timeout=60_000)
+    assert "the archive does not allow C-GET for this station: use C-MOVE" in widget.status.text()
+    assert len(viewer.layers) == 0 and not any((tmp_path / "cache").rglob("*.dcm"))
+
+    widget._settings_path = strict.settings(tmp_path / "pacs.toml", retrieval="move", move_port=strict.move_port,
+                                            move_address="127.0.0.1")
+    widget.load_settings()
+    _search(qtbot, widget)
+    widget.retrieve_button.click()
+    assert widget.status.text() == "Retrieving 3 series from PACS 'test' (C-MOVE to this station)..."
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1 and widget._worker is None, timeout=120_000)
+    assert viewer.layers[0].data.shape == (3, 20, 40, 48)
+    assert widget.progress.value() == widget.progress.maximum() == 60
+
+
 def test_cancel_during_retrieval_keeps_nothing_and_opens_nothing(qtbot, dock, monkeypatch, tmp_path):
     viewer, widget = dock
-    real_write, count = pacs.atomic_write_bytes, {"n": 0}
+    real_write, count = pacs_receive.atomic_write_bytes, {"n": 0}
 
     def write_then_hold(path, payload):  # the third image waits until the user has pressed Cancel
         real_write(path, payload)
@@ -101,7 +141,7 @@ def test_cancel_during_retrieval_keeps_nothing_and_opens_nothing(qtbot, dock, mo
         if count["n"] == 3:
             assert widget._cancel.wait(60)
 
-    monkeypatch.setattr(pacs, "atomic_write_bytes", write_then_hold)
+    monkeypatch.setattr(pacs_receive, "atomic_write_bytes", write_then_hold)
     _search(qtbot, widget)
     widget.retrieve_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=60_000)  # the third is held

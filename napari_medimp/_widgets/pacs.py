@@ -232,7 +232,8 @@ class PacsWidget(QWidget):
                                    cancel=cancel)
             return load_dce(folder), selected[0]
 
-        self._say(f"Retrieving {len(selected)} series from PACS '{server.name}'...")
+        how = "C-MOVE to this station" if server.retrieval == "move" else "C-GET"
+        self._say(f"Retrieving {len(selected)} series from PACS '{server.name}' ({how})...")
         self._start(work, self._open)
 
     def _on_progress(self, received: int, expected: int) -> None:

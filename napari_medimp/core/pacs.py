@@ -1,4 +1,4 @@
-"""Query and retrieve DCE-MRI from a hospital PACS (DICOM C-FIND and C-GET, through pynetdicom).
+"""Query and retrieve DCE-MRI from a hospital PACS (DICOM C-FIND, then C-GET or C-MOVE, through pynetdicom).
 
 Servers are described in a TOML settings file, never on the command line or in logs::
 
@@ -11,11 +11,18 @@ Servers are described in a TOML settings file, never on the command line or in l
     called_aet = "PACS"          # the archive's AE title
     calling_aet = "MEDIMP"       # this station's AE title, as registered at the archive
     timeout_s = 30
+    retrieval = "get"            # or "move": the archive sends the images to this station's storage port
+    # move_aet = "MEDIMP"        # this station's AE title as a C-MOVE destination (default: calling_aet)
+    # move_port = 11112          # the port this station listens on during a C-MOVE (needed for "move")
+    # move_address = "0.0.0.0"   # the address it listens on (default: every address of this computer)
 
 Messages name a server by its entry name ("hospital"); its address and AE titles stay in the file.
 Retrieved series land in the cache (``<cache>/pacs/<study>/<selection>/``): they are downloaded into a
 temporary folder and moved in place only once every image announced by the archive has arrived, so an
-interrupted or incomplete retrieval is never opened as a complete exam.
+interrupted or incomplete retrieval is never opened as a complete exam. Complete means: every image the
+archive announced arrived, and the images of each series form whole phases
+(:func:`napari_medimp.core.pacs_receive.completeness_problem`). A refusal is told in words the PACS
+administrator can act on (:mod:`napari_medimp.core.pacs_status`).
 """
 
 from __future__ import annotations
@@ -37,12 +44,17 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .failures import quiet_logger
+from .pacs_receive import Receiver, completeness_problem
+from .pacs_status import ended_words, rejection_words, status_words, unsupported_words
 
 CONFIG_ENV = "NAPARI_MEDIMP_PACS_CONFIG"
 MANIFEST = "retrieval.json"
 _MAX_CONFIG_BYTES = 256 * 1024
 _AET = re.compile(r"^[\x20-\x7e]{1,16}$")
 _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
+_SETTINGS = {"host", "port", "called_aet", "calling_aet", "timeout_s", "retrieval", "move_aet", "move_port",
+             "move_address"}
+RETRIEVALS = ("get", "move")
 
 
 class PacsError(Exception):
@@ -61,6 +73,10 @@ class PacsServer:
     called_aet: str
     calling_aet: str = "MEDIMP"
     timeout_s: float = 30.0
+    retrieval: str = "get"
+    move_aet: str = ""  # empty: calling_aet
+    move_port: int | None = None
+    move_address: str = "0.0.0.0"
 
     def __repr__(self) -> str:  # keep the address and AE titles out of tracebacks and logs
         return f"PacsServer({self.name!r})"
@@ -98,7 +114,7 @@ def load_servers(path=None) -> tuple[dict[str, PacsServer], str | None]:
         where = f"{path}: [server.{name}]"
         if not isinstance(entry, dict):
             raise PacsError(f"{where} must be a table")
-        unknown = set(entry) - {"host", "port", "called_aet", "calling_aet", "timeout_s"}
+        unknown = set(entry) - _SETTINGS
         if unknown:
             raise PacsError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
         host, port = entry.get("host"), entry.get("port")
@@ -115,11 +131,31 @@ def load_servers(path=None) -> tuple[dict[str, PacsServer], str | None]:
         timeout = entry.get("timeout_s", 30.0)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0.1 <= timeout <= 3600:
             raise PacsError(f"{where}: 'timeout_s' must be between 0.1 and 3600 seconds")
-        servers[name] = PacsServer(name, host.strip(), port, aets["called_aet"], aets["calling_aet"], float(timeout))
+        servers[name] = PacsServer(name, host.strip(), port, aets["called_aet"], aets["calling_aet"], float(timeout),
+                                   **_move_settings(entry, where, aets["calling_aet"]))
     default = raw.get("default")
     if default is not None and default not in servers:
         raise PacsError(f"{path}: default = {default!r} is not one of the servers ({', '.join(servers)})")
     return servers, default or next(iter(servers))
+
+
+def _move_settings(entry: dict, where: str, calling_aet: str) -> dict:
+    retrieval = entry.get("retrieval", "get")
+    if retrieval not in RETRIEVALS:
+        raise PacsError(f"{where}: 'retrieval' must be \"get\" (C-GET) or \"move\" (C-MOVE)")
+    move_aet = entry.get("move_aet", calling_aet)
+    if not isinstance(move_aet, str) or not _AET.match(move_aet) or not move_aet.strip():
+        raise PacsError(f"{where}: 'move_aet' must be an AE title of 1 to 16 printable characters")
+    port = entry.get("move_port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+        raise PacsError(f"{where}: 'move_port' must be a whole number from 1 to 65535")
+    if retrieval == "move" and port is None:
+        raise PacsError(f"{where}: retrieval = \"move\" needs 'move_port', the port this station receives on "
+                        "(registered at the archive with its AE title and address)")
+    address = entry.get("move_address", "0.0.0.0")
+    if not isinstance(address, str) or not address.strip():
+        raise PacsError(f"{where}: 'move_address' must be an address of this computer")
+    return {"retrieval": retrieval, "move_aet": move_aet.strip(), "move_port": port, "move_address": address.strip()}
 
 
 def server_named(name: str | None = None, path=None) -> PacsServer:
@@ -158,7 +194,9 @@ def _associate(ae, server: PacsServer, **kwargs):
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
-        raise _refused(server)
+        answer = getattr(assoc.acceptor, "primitive", None)
+        raise PacsError(rejection_words(server.name, getattr(answer, "result", None),
+                                        getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)))
     waited = time.monotonic() - started
     try:  # pynetdicom reports an unreachable host as an abort: tell the two apart
         socket.create_connection((server.host, server.port), timeout=server.timeout_s).close()
@@ -177,6 +215,41 @@ def _associate(ae, server: PacsServer, **kwargs):
     raise _refused(server)
 
 
+def _accepted(assoc, model) -> bool:
+    """Whether the archive accepted the presentation context of ``model`` on this association."""
+    return any(str(cx.abstract_syntax) == str(model) for cx in assoc.accepted_contexts)
+
+
+def _station_may_query(server: PacsServer, study_uid: str) -> bool:
+    """Whether the archive answers a query of this station (then it knows the station)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FindModel
+
+    ae = _application_entity(server)
+    ae.add_requested_context(FindModel)
+    try:
+        assoc = _associate(ae, server)
+    except PacsError:
+        return False
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        return _accepted(assoc, FindModel) and all(bool(status) for status, _ in assoc.send_c_find(query, FindModel))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _no_answer(server: PacsServer, operation: str, since: float, during: str, study_uid: str = "") -> PacsError:
+    """No response came: the archive ended the association at once (how Orthanc refuses a service to a
+    station) or went silent until the timeout."""
+    if time.monotonic() - since < 0.9 * server.timeout_s:
+        known = _station_may_query(server, study_uid) if operation in ("get", "move") else None
+        return PacsError(ended_words(server.name, operation, known))
+    return PacsError(f"PACS '{server.name}' stopped answering {during} (timeout)")
+
+
 def echo(server: PacsServer) -> None:
     """Check that the server answers (C-ECHO); raises ``PacsError`` when it does not."""
     from pynetdicom.sop_class import Verification
@@ -185,11 +258,15 @@ def echo(server: PacsServer) -> None:
         ae = _application_entity(server)
         ae.add_requested_context(Verification)
         assoc = _associate(ae, server)
+        started = time.monotonic()
         try:
             status = assoc.send_c_echo()
+            if not status:
+                raise _no_answer(server, "echo", started, "the verification request")
         finally:
-            assoc.release()
-    if not status or status.Status != 0:
+            if assoc.is_established:
+                assoc.release()
+    if status.Status != 0:
         raise PacsError(f"PACS '{server.name}' did not answer the verification request")
 
 
@@ -228,13 +305,15 @@ def _check_query(patient_id: str, study_date: str, modality: str) -> None:
 
 def _find(assoc, model, query, server) -> list:
     results = []
+    last = time.monotonic()
     for status, identifier in assoc.send_c_find(query, model):
         if not status:
-            raise PacsError(f"PACS '{server.name}' stopped answering the query (timeout)")
+            raise _no_answer(server, "find", last, "the query")
+        last = time.monotonic()
         if status.Status in (0xFF00, 0xFF01) and identifier is not None:
             results.append(identifier)
         elif status.Status != 0:
-            raise PacsError(f"PACS '{server.name}' rejected the query (status 0x{status.Status:04X})")
+            raise PacsError(status_words(server.name, "find", status.Status, str(status.get("ErrorComment", ""))))
     return results
 
 
@@ -251,6 +330,8 @@ def find(server: PacsServer, patient_id: str = "", study_date: str = "", modalit
         ae.add_requested_context(FindModel)
         assoc = _associate(ae, server)
         try:
+            if not _accepted(assoc, FindModel):
+                raise PacsError(unsupported_words(server.name, "find"))
             study_query = Dataset()
             study_query.QueryRetrieveLevel = "STUDY"
             study_query.PatientID = patient_id
@@ -285,7 +366,8 @@ def find(server: PacsServer, patient_id: str = "", study_date: str = "", modalit
                         n_images=int(count) if count not in (None, "") else None,
                     ))
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
     return sorted(matches, key=lambda m: (m.patient_id, m.study_date, m.study_uid, m.series_number or 0))
 
 
@@ -318,14 +400,110 @@ def cached_retrieval(series: list[SeriesMatch], root=None) -> Path | None:
     return folder if recorded.get("complete") and recorded.get("n_images") == n_files else None
 
 
+def _series_query(match: SeriesMatch):
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = match.study_uid
+    query.SeriesInstanceUID = match.series_uid
+    return query
+
+
+def _follow(server: PacsServer, operation: str, match: SeriesMatch, responses, receiver: Receiver, assoc) -> None:
+    """Read the C-GET or C-MOVE responses of one series; raise unless the archive reports success."""
+    last, final = time.monotonic(), None
+    for status, _ in responses:
+        if receiver.cancel.is_set():
+            assoc.abort()
+            raise PacsCancelled("retrieval cancelled; nothing was kept")
+        if not status:
+            raise _no_answer(server, operation, last, f"during the retrieval of {match.label()}", match.study_uid)
+        last = time.monotonic()
+        if status.Status not in (0xFF00, 0xFF01):
+            final = status
+    if receiver.cancel.is_set():
+        raise PacsCancelled("retrieval cancelled; nothing was kept")
+    code = final.Status if final is not None else 0xFFFF
+    failed = int(final.get("NumberOfFailedSuboperations", 0) or 0) if final is not None else 0
+    if code == 0x0000 and not failed and assoc.is_established:
+        return
+    if code in (0x0000, 0xB000) or receiver.write_failures:
+        raise PacsError(f"retrieval of {match.label()} incomplete: the PACS answered status 0x{code:04X} with "
+                        f"{failed} failed image(s); {receiver.n} image(s) arrived in all, nothing was kept")
+    comment = str(final.get("ErrorComment", "")) if final is not None else ""
+    raise PacsError(f"{status_words(server.name, operation, code, comment, match.label())}; nothing was kept")
+
+
+def _get(server: PacsServer, series: list[SeriesMatch], receiver: Receiver) -> None:
+    """C-GET: the images come back on the association that asks for them."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GetModel
+
+    ae = _application_entity(server)
+    ae.add_requested_context(GetModel)
+    roles = []
+    for context in StoragePresentationContexts[:127]:
+        ae.add_requested_context(context.abstract_syntax)
+        roles.append(build_role(context.abstract_syntax, scp_role=True))
+    assoc = _associate(ae, server, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver.on_store)])
+    try:
+        if not _accepted(assoc, GetModel):
+            raise PacsError(unsupported_words(server.name, "get"))
+        for match in series:
+            _follow(server, "get", match, assoc.send_c_get(_series_query(match), GetModel), receiver, assoc)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _move(server: PacsServer, series: list[SeriesMatch], receiver: Receiver) -> None:
+    """C-MOVE: this station listens on ``move_port`` while the archive sends the images there."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MoveModel
+
+    destination = server.move_aet or server.calling_aet
+    scp = AE(ae_title=destination)
+    scp.supported_contexts = StoragePresentationContexts
+    scp.require_called_aet = True  # an association for another AE title is not this retrieval's
+    for attr in ("acse_timeout", "dimse_timeout", "network_timeout"):
+        setattr(scp, attr, server.timeout_s)
+    try:
+        listener = scp.start_server((server.move_address, server.move_port), block=False,
+                                    evt_handlers=[(evt.EVT_C_STORE, receiver.on_store)])
+    except (OSError, OverflowError) as exc:
+        raise PacsError(f"this station cannot receive the C-MOVE of PACS '{server.name}' on its move port "
+                        f"(move_port, move_address in the settings): {getattr(exc, 'strerror', None) or exc}; "
+                        "choose a free port and register it at the archive") from None
+    try:
+        ae = _application_entity(server)
+        ae.add_requested_context(MoveModel)
+        assoc = _associate(ae, server)
+        try:
+            if not _accepted(assoc, MoveModel):
+                raise PacsError(unsupported_words(server.name, "move"))
+            for match in series:
+                _follow(server, "move", match, assoc.send_c_move(_series_query(match), destination, MoveModel),
+                        receiver, assoc)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    finally:
+        listener.shutdown()
+
+
 def retrieve(server: PacsServer, series: list[SeriesMatch], root=None,
              progress: Callable[[int, int | None], None] | None = None,
              cancel: threading.Event | None = None) -> Path:
-    """Download the given series of one study (C-GET) and return the local folder holding them.
+    """Download the given series of one study (C-GET, or C-MOVE when the server's ``retrieval`` is "move")
+    and return the local folder holding them.
 
     ``progress(received, expected)`` is called after each image; ``cancel`` stops the transfer (then
-    :class:`PacsCancelled`). A retrieval is complete when the archive reports no failed sub-operation
-    and every announced image was stored; anything less raises :class:`PacsError` and keeps nothing.
+    :class:`PacsCancelled`). A retrieval is complete when the archive reports no failed sub-operation,
+    every announced image was stored and the images of each series form whole phases; anything less raises
+    :class:`PacsError` and keeps nothing.
     """
     if not series:
         raise PacsError("no series selected")
@@ -340,70 +518,17 @@ def retrieve(server: PacsServer, series: list[SeriesMatch], root=None,
             progress(n, n)
         return done
 
-    from pydicom.dataset import Dataset
-    from pynetdicom import build_role, evt
-    from pynetdicom.presentation import StoragePresentationContexts
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GetModel
-
     final = _selection_folder(series, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     expected = sum(m.n_images for m in series) if all(m.n_images is not None for m in series) else None
-    received = {"n": 0}
     cancel = cancel or threading.Event()
-
-    def on_store(event):
-        if cancel.is_set():
-            return 0xA700  # refuse further images; the transfer is abandoned below
-        sop = re.sub(r"[^0-9.]", "_", str(event.request.AffectedSOPInstanceUID))[:64]
-        try:
-            atomic_write_bytes(partial / f"{sop}.dcm", event.encoded_dataset())
-        except OSError:
-            return 0xA700
-        received["n"] += 1
-        if progress:
-            progress(received["n"], expected)
-        return 0x0000
-
-    outcome = {"failed": 0, "status": None}
+    receiver = Receiver(partial, {m.series_uid for m in series}, progress, cancel, expected)
     try:
         with _quiet_network_log():
-            ae = _application_entity(server)
-            ae.add_requested_context(GetModel)
-            roles = []
-            for context in StoragePresentationContexts[:127]:
-                ae.add_requested_context(context.abstract_syntax)
-                roles.append(build_role(context.abstract_syntax, scp_role=True))
-            assoc = _associate(ae, server, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-            try:
-                for match in series:
-                    query = Dataset()
-                    query.QueryRetrieveLevel = "SERIES"
-                    query.StudyInstanceUID = match.study_uid
-                    query.SeriesInstanceUID = match.series_uid
-                    for status, _ in assoc.send_c_get(query, GetModel):
-                        if cancel.is_set():
-                            assoc.abort()
-                            raise PacsCancelled("retrieval cancelled; nothing was kept")
-                        if not status:
-                            raise PacsError(f"PACS '{server.name}' stopped answering during the retrieval of "
-                                            f"{match.label()} (timeout)")
-                        outcome["status"] = status.Status
-                        if status.Status not in (0xFF00, 0xFF01):
-                            outcome["failed"] += int(status.get("NumberOfFailedSuboperations", 0) or 0)
-                    if outcome["status"] not in (0x0000, 0xFF00) or not assoc.is_established:
-                        if cancel.is_set():
-                            raise PacsCancelled("retrieval cancelled; nothing was kept")
-                        raise PacsError(
-                            f"retrieval of {match.label()} incomplete: the PACS answered status "
-                            f"0x{(outcome['status'] or 0):04X} with {outcome['failed']} failed image(s); "
-                            f"{received['n']} image(s) arrived in all, nothing was kept"
-                        )
-            finally:
-                if assoc.is_established:
-                    assoc.release()
+            (_move if server.retrieval == "move" else _get)(server, series, receiver)
         if cancel.is_set():
             raise PacsCancelled("retrieval cancelled; nothing was kept")
         n_files = sum(1 for p in partial.iterdir() if p.suffix == ".dcm")
@@ -412,8 +537,11 @@ def retrieve(server: PacsServer, series: list[SeriesMatch], root=None,
                             f"'{server.name}' arrived; nothing was kept")
         if n_files == 0:
             raise PacsError(f"PACS '{server.name}' sent no images for the selected series")
+        problem = completeness_problem(receiver.instances, receiver.duplicates, {m.series_uid: m.label() for m in series})
+        if problem:
+            raise PacsError(f"retrieval incomplete: {problem}; nothing was kept")
         manifest = {"complete": True, "n_images": n_files, "study_uid": series[0].study_uid,
-                    "series": [asdict(m) for m in series]}
+                    "retrieval": server.retrieval, "series": [asdict(m) for m in series]}
         atomic_write_bytes(partial / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         shutil.rmtree(final, ignore_errors=True)  # an older, unfinished copy of the same selection
         os.replace(partial, final)
