@@ -61,7 +61,8 @@ def _printer(json_lines: bool):
 def _cmd_train(args) -> int:
     import signal
 
-    from .train import command_line, train
+    from .run_folder import command_line
+    from .train import train
 
     config = train_config_from_args(args)
     stop = {"requested": False}
@@ -127,7 +128,7 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
     from napari_medimp.core.models import ModelConfig, build_model
     from napari_medimp.core.preprocess import PreprocessConfig, prepare
 
-    from .evaluate import image_batches, recalibrate_batchnorm
+    from .batch_norm import image_batches, recalibrate_batchnorm
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_dict(loaded.card["architecture"])).eval()
@@ -218,7 +219,7 @@ def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card
 
     from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
 
-    from .evaluate import content_evaluation
+    from .zero_shot import content_evaluation
 
     attributes = tuple((card.get("training") or {}).get("config", {}).get("attributes") or ATTRIBUTES)
     vectors, exams, slots, owners = [], [], [], []
@@ -311,22 +312,13 @@ def _cmd_evaluate(args) -> int:
     from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
     from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
     from napari_medimp.core.provenance import cohort_identity
+    from napari_medimp.core.terms import HORIZONS
 
-    from .evaluate import (
-        HORIZONS,
-        ClinicalTable,
-        EmbeddingSource,
-        FeatureSet,
-        OracleSource,
-        evaluate,
-        fit_heads,
-        interval_table,
-        labels_from_rows,
-        reliability_figure,
-        to_markdown_table,
-        write_csv,
-        zero_shot_evaluation,
-    )
+    from .evaluate import evaluate
+    from .heads import fit_heads
+    from .readings import ClinicalTable, EmbeddingSource, FeatureSet, OracleSource, labels_from_rows
+    from .tables import interval_table, reliability_figure, to_markdown_table, write_csv
+    from .zero_shot import zero_shot_evaluation
 
     if args.splits < 2:
         raise ValueError(f"--splits {args.splits}: cross-validation needs at least 2 splits")
