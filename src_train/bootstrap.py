@@ -35,8 +35,10 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auc": auc, "f1": f1, "brier": brier}
 
+
 def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
 
 def bootstrap_intervals(y: np.ndarray, p: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                         level: float = 0.95) -> dict[str, tuple[float, float, float]]:
@@ -64,6 +66,7 @@ def paired_differences(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, *, n_boo
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if diffs.size else (math.nan, math.nan)
     return {"difference": auc(y, p_a) - auc(y, p_b), "low": float(lo), "high": float(hi),
             "p_not_better": float(np.mean(diffs <= 0)) if diffs.size else math.nan}
+
 
 def bootstrap_by_patient(patients: Sequence[str], stat: Callable[[np.ndarray], float], *, n_boot: int = 1000,
                          seed: int = 0) -> list[float]:

@@ -151,8 +151,9 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
 
 def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
     """{patient: {visit: ClinicalValues}} from clinical.csv rows; a bad cell is an error naming it."""
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
     from napari_medimp.core.prognosis import ClinicalValues
-    from napari_medimp.core.prompts import EXAMS, MG_DL_TO_UMOL_L, ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.terms import EXAMS, MG_DL_TO_UMOL_L
 
     out = {}
     for p in patients:
@@ -172,7 +173,8 @@ def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
 def similarity_reference(predictor, embeddings: dict, rows_by_id: dict, cohort: str) -> dict:
     """Range of the image-prompt similarity on a cohort: each exam with the prompt of its own clinical
     values (the prompt ``medimp analyze`` builds), as 5 %, 50 % and 95 % quantiles."""
-    from napari_medimp.core.prompts import ClinicalRecord, ClinicalValueError, build_prompt
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.prompts import build_prompt
 
     values = []
     for p, exams in embeddings.items():
@@ -217,7 +219,8 @@ def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card
     with the prompt attributes the model was trained with."""
     import torch
 
-    from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.prompts import ATTRIBUTES, slot_values
 
     from .zero_shot import content_evaluation
 
@@ -231,7 +234,7 @@ def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card
                 continue
             vectors.append(vec)
             exams.append(exam)
-            slots.append(record.slot_values())
+            slots.append(slot_values(record))
             owners.append(p)
     if not vectors:
         return {}
@@ -310,9 +313,9 @@ def _cmd_evaluate(args) -> int:
     )
     from napari_medimp.core.outputs import check_output_folder, replacing_output_folder
     from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
-    from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
+    from napari_medimp.core.prompts import TEMPLATE_VERSION
     from napari_medimp.core.provenance import cohort_identity
-    from napari_medimp.core.terms import HORIZONS
+    from napari_medimp.core.terms import EXAMS, HORIZONS
 
     from .evaluate import evaluate
     from .heads import fit_heads

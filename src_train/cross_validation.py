@@ -30,6 +30,7 @@ class HorizonResult:
     oof: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
     n_splits: int = 0
 
+
 def cross_validate(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
                    labels_by_horizon: Mapping[str, np.ndarray], *, n_splits: int = 5, n_repeats: int = 10,
                    seed: int = 0, C: float = 1.0, progress: Callable[[str], None] | None = None) -> list[HorizonResult]:

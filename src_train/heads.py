@@ -30,6 +30,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str, C: float) 
     """The heads' model (:mod:`src_train.monotone`) on rows ``x`` with outcomes ``y`` (rows, horizons)."""
     return fit_cumulative_logit(x, y, w, feature_signs(kind, x.shape[1]), C=C, max_iter=MAX_ITER)
 
+
 def fit_heads(feature_sets: Sequence[FeatureSet], clinical: ClinicalTable, patients: Sequence[str],
               labels_by_horizon: Mapping[str, np.ndarray], C: float = 1.0) -> dict[str, PrognosisHead]:
     """The final heads: per feature set kind and visit, one model over every horizon (:mod:`.monotone`:

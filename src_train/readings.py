@@ -116,6 +116,7 @@ class FeatureSet:
         image = self.source.reading(patient, subset) if self.source is not None else None
         return features(self.kind, image, clinical)
 
+
 class ClinicalTable:
     """Clinical values per patient and visit (from ``clinical.csv`` rows) and which exams have images."""
 
@@ -129,6 +130,7 @@ class ClinicalTable:
 
     def exams(self, patient: str) -> list[str]:
         return self.images.get(patient, [])
+
 
 def design(fs: FeatureSet, patients: Iterable[str], visit: str, clinical, augment: bool):
     """(X, weights, reading patients) of the readings at ``visit`` of ``patients`` that have that image."""
@@ -147,6 +149,7 @@ def design(fs: FeatureSet, patients: Iterable[str], visit: str, clinical, augmen
     if not rows:
         return np.zeros((0, 0)), np.zeros(0), []
     return np.stack(rows), np.asarray(weights), owners
+
 
 def outcome_matrix(labels_by_horizon: Mapping[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
     """(horizons in order of years, (patients, horizons) outcomes by year h)."""

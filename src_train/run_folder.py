@@ -38,6 +38,7 @@ def reset_log(log_path: Path, keep_before_epoch: int) -> None:
             csv.writer(fh).writerows(rows)
     atomic_write(log_path, write)
 
+
 def append_log_row(log_path: Path, epoch: int, step: int, train_loss: float, lr: float, metrics: dict) -> None:
     """One epoch's row of ``log.csv`` (validation metrics left empty without a validation set)."""
     with open(log_path, "a", newline="") as fh:

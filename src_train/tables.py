@@ -116,6 +116,7 @@ def reliability_figure(results: Sequence[HorizonResult], names: Sequence[str], n
     fig.tight_layout()
     return fig
 
+
 def _cell(value: Any, digits: int) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""

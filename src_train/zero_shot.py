@@ -35,6 +35,7 @@ def _patient_halves(patients: Sequence[str], seed: int) -> np.ndarray:
     half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
     return np.array([0 if p in half else 1 for p in owners])
 
+
 def content_evaluation(vectors: np.ndarray, exams: Sequence[str], slots: Sequence[dict], patients: Sequence[str],
                        attributes: Sequence[str], encode_text: Callable, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Prompt-content retrieval of exam embeddings on a cohort (:func:`src_train.metrics.content_items`):

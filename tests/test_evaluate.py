@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from napari_medimp.core.clinical import ClinicalRecord
 from napari_medimp.core.prognosis import (
     CLINICAL_RISK_SIGNS,
     FEATURES_ID,
@@ -21,7 +22,7 @@ from napari_medimp.core.prognosis import (
     feature_signs,
     subsets_with_visit,
 )
-from napari_medimp.core.prompts import EXAMS, ClinicalRecord
+from napari_medimp.core.terms import EXAMS
 from src_train import cross_validation
 from src_train.bootstrap import auc, bootstrap_intervals, brier, f1, paired_differences
 from src_train.cross_validation import NOT_ENOUGH, cross_validate

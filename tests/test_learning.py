@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_medimp.core.preprocess import PreprocessConfig
-from napari_medimp.core.prompts import prompt_from_slots
+from napari_medimp.core.prompts import prompt_from_slots, slot_values
 from napari_medimp.core.training_run import PRESETS, TrainConfig
 from src_train.metrics import chance_loss, content_key, content_retrieval, duplicate_floor
 
@@ -88,11 +88,12 @@ def test_content_baseline_is_the_commonest_content_at_each_visit():
 
 
 def test_prompt_from_slots_is_the_prompt_builder():
-    from napari_medimp.core.prompts import ClinicalRecord, build_prompt
+    from napari_medimp.core.clinical import ClinicalRecord
+    from napari_medimp.core.prompts import build_prompt
 
     record = ClinicalRecord.from_values(exam="M3", gfr=40, donor_age=70, creatinine=[200, 90, 95])
     for k in (0, 3):
-        assert prompt_from_slots(record.slot_values(), variant=k) == build_prompt(record, variant=k)
+        assert prompt_from_slots(slot_values(record), variant=k) == build_prompt(record, variant=k)
 
 
 def test_untrained_encoder_with_recalibrated_statistics_tells_exams_apart():
