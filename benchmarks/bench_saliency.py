@@ -40,7 +40,8 @@ import torch
 
 
 def exams(n: int, first_seed: int):
-    from napari_medimp.core.prompts import ClinicalRecord, build_prompt
+    from napari_medimp.core.clinical import ClinicalRecord
+    from napari_medimp.core.prompts import build_prompt
     from napari_medimp.core.synth import sample_patient, simulate_exam
     from napari_medimp.core.terms import EXAMS
 

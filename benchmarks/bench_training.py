@@ -37,17 +37,12 @@ def main(argv=None):
 
     from napari_medimp.core.models import build_model
     from napari_medimp.core.training_run import PRESETS, TrainConfig
+    from src_train.batches import batch_images, batch_indices, batch_stream
     from src_train.data import ContrastiveDataset, cohort_items
     from src_train.distributed import setup_distributed
     from src_train.losses import ContrastiveLoss
-    from src_train.train import (
-        _Training,
-        batch_images,
-        batch_indices,
-        batch_stream,
-        model_config,
-        parameter_groups,
-    )
+    from src_train.schedule import parameter_groups
+    from src_train.train import _Training, model_config
 
     workdir = Path(tempfile.mkdtemp())
     cohort = args.cohort

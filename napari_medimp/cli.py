@@ -155,7 +155,7 @@ def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
 def _exam_of(typed: str | None, who, path) -> tuple[str, str]:
     """(exam, where it came from) of an image on its own: the typed ``--exam`` (with a warning when the image
     states another), else the exam the image states (``who``: its ExamIdentity), else :data:`DEFAULT_EXAM`."""
-    from .core.prompts import normalize_exam
+    from .core.clinical import normalize_exam
 
     if typed:
         exam = normalize_exam(typed)
@@ -178,7 +178,7 @@ def _inputs(path) -> set[Path]:
 
 
 def _record(args, exam: str):
-    from .core.prompts import ClinicalRecord
+    from .core.clinical import ClinicalRecord
 
     if all(getattr(args, k) is None for k in ("gfr", "donor_age", "creatinine", "creatinine_std")):
         return None
@@ -292,11 +292,13 @@ def _each_exam(sources, work):
 
 def _cmd_predict(args) -> int:
     from .core.checks import failed_messages
+    from .core.clinical import ClinicalRecord, normalize_exam
     from .core.identity import ExamIdentity
     from .core.inference import analyze
     from .core.io import load_dce
     from .core.outputs import check_output
-    from .core.prompts import EXAMS, ClinicalRecord, build_prompt, normalize_exam
+    from .core.prompts import build_prompt
+    from .core.terms import EXAMS
 
     inputs = _inputs(args.path)
     out = check_output(args.out, args.overwrite, (".csv", ".json"), inputs=inputs)
@@ -400,7 +402,7 @@ def _cmd_saliency(args) -> int:
     table = _cohort_records(Path(args.path), sources) if args.prompt is None else {}
 
     def explain_one(ident, exam, path):
-        from .core.prompts import ClinicalRecord
+        from .core.clinical import ClinicalRecord
 
         exam = (exam or args.exam or DEFAULT_EXAM).upper()
         record = _record(args, exam)
@@ -459,7 +461,7 @@ SAMPLE_ARGUMENT = "sample"
 
 def _refuse_typed_non_numbers(args) -> None:
     """A typed 'nan' / 'inf' is a mistake on the command line (a CSV cell 'nan' means missing)."""
-    from .core.prompts import ClinicalValueError
+    from .core.clinical import ClinicalValueError
 
     for name in ("gfr", "donor_age", "creatinine_std"):
         value = getattr(args, name)
@@ -510,12 +512,13 @@ def _cmd_analyze(args) -> int:
     import numpy as np
 
     from .core.card import default_method
+    from .core.clinical import ClinicalRecord, normalize_exam
     from .core.identity import ExamIdentity, table_source
     from .core.io.cohort import cohort_clinical_row
     from .core.io.nifti import label_names, load_labels
     from .core.outputs import check_output_folder, replacing_output_folder
     from .core.pipeline import ANALYSIS_FILES, AnalysisRequest, run_analysis
-    from .core.prompts import ClinicalRecord, build_prompt, normalize_exam
+    from .core.prompts import build_prompt
     from .core.report import clinical_inputs, report_summary
     from .core.terms import KIDNEY_REGION_NAMES
 

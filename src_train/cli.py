@@ -61,7 +61,8 @@ def _printer(json_lines: bool):
 def _cmd_train(args) -> int:
     import signal
 
-    from .train import command_line, train
+    from .run_folder import command_line
+    from .train import train
 
     config = train_config_from_args(args)
     stop = {"requested": False}
@@ -127,7 +128,7 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
     from napari_medimp.core.models import ModelConfig, build_model
     from napari_medimp.core.preprocess import PreprocessConfig, prepare
 
-    from .evaluate import image_batches, recalibrate_batchnorm
+    from .batch_norm import image_batches, recalibrate_batchnorm
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_dict(loaded.card["architecture"])).eval()
@@ -150,8 +151,9 @@ def _untrained(loaded, seed: int, cohort: Path, patients: list[str], n_calibrati
 
 def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
     """{patient: {visit: ClinicalValues}} from clinical.csv rows; a bad cell is an error naming it."""
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
     from napari_medimp.core.prognosis import ClinicalValues
-    from napari_medimp.core.prompts import EXAMS, MG_DL_TO_UMOL_L, ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.terms import EXAMS, MG_DL_TO_UMOL_L
 
     out = {}
     for p in patients:
@@ -171,7 +173,8 @@ def clinical_values(rows_by_id: dict, patients: list[str]) -> dict:
 def similarity_reference(predictor, embeddings: dict, rows_by_id: dict, cohort: str) -> dict:
     """Range of the image-prompt similarity on a cohort: each exam with the prompt of its own clinical
     values (the prompt ``medimp analyze`` builds), as 5 %, 50 % and 95 % quantiles."""
-    from napari_medimp.core.prompts import ClinicalRecord, ClinicalValueError, build_prompt
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.prompts import build_prompt
 
     values = []
     for p, exams in embeddings.items():
@@ -216,9 +219,10 @@ def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card
     with the prompt attributes the model was trained with."""
     import torch
 
-    from napari_medimp.core.prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
+    from napari_medimp.core.prompts import ATTRIBUTES, slot_values
 
-    from .evaluate import content_evaluation
+    from .zero_shot import content_evaluation
 
     attributes = tuple((card.get("training") or {}).get("config", {}).get("attributes") or ATTRIBUTES)
     vectors, exams, slots, owners = [], [], [], []
@@ -230,7 +234,7 @@ def prompt_content_retrieval(predictor, embeddings: dict, rows_by_id: dict, card
                 continue
             vectors.append(vec)
             exams.append(exam)
-            slots.append(record.slot_values())
+            slots.append(slot_values(record))
             owners.append(p)
     if not vectors:
         return {}
@@ -309,24 +313,15 @@ def _cmd_evaluate(args) -> int:
     )
     from napari_medimp.core.outputs import check_output_folder, replacing_output_folder
     from napari_medimp.core.prognosis import OUTCOME_DEFINITION, clinical_reference
-    from napari_medimp.core.prompts import EXAMS, TEMPLATE_VERSION
+    from napari_medimp.core.prompts import TEMPLATE_VERSION
     from napari_medimp.core.provenance import cohort_identity
+    from napari_medimp.core.terms import EXAMS, HORIZONS
 
-    from .evaluate import (
-        HORIZONS,
-        ClinicalTable,
-        EmbeddingSource,
-        FeatureSet,
-        OracleSource,
-        evaluate,
-        fit_heads,
-        interval_table,
-        labels_from_rows,
-        reliability_figure,
-        to_markdown_table,
-        write_csv,
-        zero_shot_evaluation,
-    )
+    from .evaluate import evaluate
+    from .heads import fit_heads
+    from .readings import ClinicalTable, EmbeddingSource, FeatureSet, OracleSource, labels_from_rows
+    from .tables import interval_table, reliability_figure, to_markdown_table, write_csv
+    from .zero_shot import zero_shot_evaluation
 
     if args.splits < 2:
         raise ValueError(f"--splits {args.splits}: cross-validation needs at least 2 splits")

@@ -18,7 +18,7 @@ import torch
 
 from napari_medimp.core.io import DCEReadError, load_dce
 from napari_medimp.core.preprocess import PreprocessConfig, prepare
-from napari_medimp.core.prompts import ATTRIBUTES, prompt_variants
+from napari_medimp.core.prompts import ATTRIBUTES, prompt_variants, slot_values
 from napari_medimp.core.training_run import (  # the exams and their split are the dialog's too (core)
     ExamItem,
     augmentation_settings,
@@ -271,7 +271,7 @@ class ContrastiveDataset:
 
     def slots(self, index: int) -> dict:
         """The bin words of the prompt of sample ``index`` (every attribute, None where missing)."""
-        return self.items[index].record.slot_values()
+        return slot_values(self.items[index].record)
 
     def augmentation(self, index: int) -> torch.Tensor:
         """The augmentation drawn for sample ``index`` in the current epoch (see :func:`draw_augmentation`)."""

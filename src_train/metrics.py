@@ -57,7 +57,7 @@ def content_retrieval(image_features: torch.Tensor, exams: Sequence[str], slots:
     """Image -> prompt content retrieval over the distinct contents of the set.
 
     ``image_features``: ``(n, d)`` unit-norm embeddings; ``exams`` and ``slots`` (each item's bin words,
-    :meth:`~napari_medimp.core.prompts.ClinicalRecord.slot_values`) per item; ``encode_text`` embeds a
+    :func:`~napari_medimp.core.prompts.slot_values`) per item; ``encode_text`` embeds a
     list of prompts (unit norm). Returns ``content_top1`` (share of images whose own content scores
     highest; a tie counts against it), ``content_baseline`` (share right when always answering the
     commonest content of the image's visit), ``content_mean_rank`` and ``n_contents``; empty when

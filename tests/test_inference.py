@@ -7,11 +7,13 @@ import pytest
 import torch
 from helpers import EMBED, kidney_volume, make_heads, make_model_file
 
+from napari_medimp.core.clinical import ClinicalRecord
 from napari_medimp.core.inference import EmbeddingCache, Predictor, available_devices, pick_device
 from napari_medimp.core.preprocess import RoiBox
 from napari_medimp.core.prognosis import HORIZONS, ClinicalValues, image_features
-from napari_medimp.core.prompts import EXAMS, GFR_BINS, ClinicalRecord
+from napari_medimp.core.prompts import GFR_BINS
 from napari_medimp.core.saliency import compute_saliency
+from napari_medimp.core.terms import EXAMS
 from napari_medimp.core.volume import DCEVolume
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_medimp.core.preprocess import PreprocessConfig
-from napari_medimp.core.prompts import prompt_from_slots
+from napari_medimp.core.prompts import prompt_from_slots, slot_values
 from napari_medimp.core.training_run import PRESETS, TrainConfig
 from src_train.metrics import chance_loss, content_key, content_retrieval, duplicate_floor
 
@@ -88,16 +88,17 @@ def test_content_baseline_is_the_commonest_content_at_each_visit():
 
 
 def test_prompt_from_slots_is_the_prompt_builder():
-    from napari_medimp.core.prompts import ClinicalRecord, build_prompt
+    from napari_medimp.core.clinical import ClinicalRecord
+    from napari_medimp.core.prompts import build_prompt
 
     record = ClinicalRecord.from_values(exam="M3", gfr=40, donor_age=70, creatinine=[200, 90, 95])
     for k in (0, 3):
-        assert prompt_from_slots(record.slot_values(), variant=k) == build_prompt(record, variant=k)
+        assert prompt_from_slots(slot_values(record), variant=k) == build_prompt(record, variant=k)
 
 
 def test_untrained_encoder_with_recalibrated_statistics_tells_exams_apart():
     from napari_medimp.core.models import ModelConfig, build_model
-    from src_train.evaluate import image_batches, recalibrate_batchnorm
+    from src_train.batch_norm import image_batches, recalibrate_batchnorm
 
     torch.manual_seed(0)
     config = ModelConfig(image_encoder="clip_resnet_tiny", image_encoder_kwargs={"width": 8}, embed_dim=16,
@@ -140,7 +141,8 @@ def test_the_loop_overfits_a_handful_of_pairs(handful, tmp_path):
     batch: the training loss falls far below the chance level ln(7) and the images rank their own prompts
     first."""
     from src_train.data import ContrastiveDataset, cohort_items
-    from src_train.train import train, validate
+    from src_train.train import train
+    from src_train.validation import validate
 
     tiny = {"preprocessing": PreprocessConfig(target_spacing=(6.0, 4.0, 4.0), input_size=(8, 16, 16),
                                               phases=("baseline", "first-pass", "late")).to_dict(),
@@ -181,7 +183,7 @@ def _cohort_readings(informative: bool, n_patients: int = 60, seed: int = 0):
 
 
 def test_content_evaluation_adds_the_prior_back_and_credits_only_what_images_show():
-    from src_train.evaluate import content_evaluation
+    from src_train.zero_shot import content_evaluation
 
     feats, exams, slots, patients, encode = _cohort_readings(informative=True)
     out = content_evaluation(feats, exams, slots, patients, ("gfr", "exam", "donor_age"), encode, n_boot=200)

@@ -12,6 +12,7 @@ import pytest
 from helpers import CLINICAL_COEF, kidney_volume
 
 from napari_medimp.cli import main
+from napari_medimp.core.clinical import ClinicalRecord
 from napari_medimp.core.inference import Predictor
 from napari_medimp.core.io import save_dce
 from napari_medimp.core.io.cohort import load_exam, patient_exams
@@ -22,7 +23,6 @@ from napari_medimp.core.longitudinal import (
     analyze_patient_folder,
     exam_date,
 )
-from napari_medimp.core.prompts import ClinicalRecord
 from napari_medimp.core.terms import EXAMS
 
 PATIENT = "P0003"  # seed 21: four exams, its D30 creatinine missing
@@ -280,7 +280,7 @@ def test_dates_and_patient_read_from_dicom_tags_and_sidecars(predictor, tmp_path
 
 
 def test_absurd_table_values_and_wrong_folders_are_refused_by_name(predictor, exams, row, training_cohort):
-    from napari_medimp.core.prompts import ClinicalValueError
+    from napari_medimp.core.clinical import ClinicalValueError
 
     with pytest.raises(ClinicalValueError, match=r"^M3 clinical values \(patient P0003\): .*900") as caught:
         analyze_patient(predictor, {"M3": exams["M3"]}, dict(row, gfr_M3="900"), patient=PATIENT)

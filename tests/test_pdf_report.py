@@ -13,6 +13,7 @@ import pytest
 from helpers import kidney_volume
 
 from napari_medimp.core.checks import OUTSIDE_TRAINING
+from napari_medimp.core.clinical import ClinicalRecord
 from napari_medimp.core.curves import roi_and_region_curves
 from napari_medimp.core.pdf_report import (
     PDF_FILE,
@@ -25,7 +26,7 @@ from napari_medimp.core.pdf_report import (
 )
 from napari_medimp.core.pipeline import AnalysisRequest, AnalysisResult, run_analysis
 from napari_medimp.core.preprocess import RoiBox
-from napari_medimp.core.prompts import ClinicalRecord, build_prompt
+from napari_medimp.core.prompts import build_prompt
 from napari_medimp.core.report import DISCLAIMER, clinical_inputs, describe_inputs
 from napari_medimp.core.saliency import SaliencyMap
 from napari_medimp.core.terms import ARTERY, CORTEX, KIDNEY_REGION_NAMES, MEDULLA

@@ -1,4 +1,5 @@
-"""Clinical record validation, MEDIMP bins, prompt templates/variants and the paraphrase generator."""
+"""Clinical record validation (core.clinical), MEDIMP bins, prompt templates/variants (core.prompts) and the
+paraphrase generator (src_train.paraphrases)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,24 @@ import numpy as np
 import pytest
 
 from napari_medimp.core import prompts as P
+from napari_medimp.core.clinical import ClinicalRecord, ClinicalValueError
 from napari_medimp.core.prompts import (
     ATTRIBUTES,
-    EXAMS,
     GFR_BINS,
     N_VARIANTS,
     TEMPLATES,
-    ClinicalRecord,
-    ClinicalValueError,
     bin_prompts,
     build_prompt,
     choose_variant,
     creatinine_bin,
     donor_age_bin,
     exam_phrase,
-    filter_paraphrases,
-    generate_paraphrases,
     gfr_bin,
-    is_valid_paraphrase,
     prompt_variants,
+    slot_values,
 )
+from napari_medimp.core.terms import EXAMS
+from src_train.paraphrases import filter_paraphrases, generate_paraphrases, is_valid_paraphrase
 
 FULL = dict(exam="M3", donor_age=54, gfr=38.0, creatinine=[100.0, 200.0, 310.0])
 
@@ -103,7 +102,7 @@ def test_creatinine_std_is_population_std():
     assert rec.creatinine_variability == pytest.approx(math.sqrt(5600 / 9), rel=1e-12)  # 24.944
     assert rec.creatinine_variability == pytest.approx(np.std([100, 120, 160]))
     # [100, 200]: population std is exactly 50 -> stable (the sample std, 70.7, would be unstable)
-    assert ClinicalRecord(exam="D30", creatinine=[100, 200]).slot_values()["creatinine"] == "stable"
+    assert slot_values(ClinicalRecord(exam="D30", creatinine=[100, 200]))["creatinine"] == "stable"
     assert ClinicalRecord(exam="D30", creatinine=[150]).creatinine_variability is None
 
 
@@ -155,9 +154,9 @@ def test_from_csv_row_uses_exam_columns_and_creatinine_up_to_exam():
     assert d15.extra["patient_id"] == "P007" and "outcome_3y" in d15.extra and "gfr_M12" not in d15.extra
     m3 = ClinicalRecord.from_csv_row(row, "m3")
     assert m3.gfr is None and m3.creatinine == (400.0, 250.0)  # M3 creatinine missing, M12 not used
-    assert m3.slot_values() == {"gfr": None, "exam": "third month", "creatinine": "unstable", "donor_age": "high"}
+    assert slot_values(m3) == {"gfr": None, "exam": "third month", "creatinine": "unstable", "donor_age": "high"}
     m12 = ClinicalRecord.from_csv_row(row, "M12")
-    assert m12.creatinine == (400.0, 250.0, 120.0) and m12.slot_values()["gfr"] == "high"
+    assert m12.creatinine == (400.0, 250.0, 120.0) and slot_values(m12)["gfr"] == "high"
 
 
 def test_from_csv_row_accepts_pandas_series():
@@ -229,7 +228,7 @@ def test_choose_variant_deterministic_across_processes():
     assert picks == [choose_variant(ClinicalRecord(**FULL), s) for s in range(40)]
     assert build_prompt(rec, seed=7) == build_prompt(rec, variant=picks[7])
     code = (
-        "from napari_medimp.core.prompts import ClinicalRecord, choose_variant;"
+        "from napari_medimp.core.clinical import ClinicalRecord; from napari_medimp.core.prompts import choose_variant;"
         f"print([choose_variant(ClinicalRecord(**{FULL!r}), s) for s in range(40)])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -333,7 +332,7 @@ def test_generate_paraphrases_with_tiny_local_model(tmp_path):
 
 
 def test_check_form_reports_every_bad_field_at_once():
-    from napari_medimp.core.prompts import check_form
+    from napari_medimp.core.clinical import check_form
 
     record, errors = check_form({"exam": "D30", "gfr": "abc", "donor_age": "300", "creatinine": "120; 135"})
     assert record is None and set(errors) == {"gfr", "donor_age"}
@@ -350,7 +349,7 @@ def test_check_form_reports_every_bad_field_at_once():
 
 @pytest.mark.parametrize("text", ["4_5", "\u0664\u0665", "45\n50", "inf", "0x2d", "45 50", "1,2,3", "4.5.1", "nan5"])
 def test_clinical_numbers_are_read_strictly(text):
-    from napari_medimp.core.prompts import ClinicalValueError
+    from napari_medimp.core.clinical import ClinicalValueError
 
     with pytest.raises(ClinicalValueError, match="is not a number"):
         ClinicalRecord.from_values(exam="D30", gfr=text)

@@ -111,7 +111,7 @@ def test_batches_are_the_same_built_inline_or_in_the_background(cohort):
     in a background thread. Either way the batches, their order and their draws are identical."""
     import threading
 
-    from src_train.train import batch_indices, batch_stream
+    from src_train.batches import batch_indices, batch_stream
 
     items, _ = cohort_items(cohort)
     built_in: dict[str, set] = {}

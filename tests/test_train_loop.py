@@ -16,15 +16,10 @@ import torch
 from napari_medimp.core.checkpoint import load_model
 from napari_medimp.core.preprocess import PreprocessConfig
 from napari_medimp.core.training_run import PRESETS
-from src_train.train import (
-    TrainConfig,
-    load_training_state,
-    lr_lambda,
-    parameter_groups,
-    resolve_amp,
-    save_training_state,
-    train,
-)
+from src_train.precision import resolve_amp
+from src_train.schedule import lr_lambda, parameter_groups
+from src_train.state import load_training_state, save_training_state
+from src_train.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +169,7 @@ def test_command_line_train_then_evaluate_stores_heads(cohort, tmp_path, capsys)
 
 
 def test_card_records_resume_commands_and_no_seed_for_other_cohorts(tmp_path):
-    from src_train.train import cohort_provenance, command_line
+    from src_train.run_folder import cohort_provenance, command_line
 
     assert command_line(["train", "--cohort", "a b"], "python -m src_train") == \
         "python -m src_train train --cohort 'a b'"
@@ -389,7 +384,7 @@ def test_prefetch_joins_its_producer_when_the_consumer_stops_early():
     import threading
     import time as _time
 
-    from src_train.train import prefetch
+    from src_train.batches import prefetch
 
     started = threading.Event()
 
@@ -449,7 +444,7 @@ def test_an_earlier_run_is_neither_overwritten_nor_shared(cohort, reference_run,
 
 
 def test_ties_and_nan_count_as_misses_in_retrieval_ranks():
-    from src_train.train import retrieval_ranks
+    from src_train.validation import retrieval_ranks
 
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [float("nan"), 0.2, 0.3]])
     assert retrieval_ranks(sim).tolist() == [1.0, 2.0, 3.0]  # best; tied with another prompt; NaN row last

@@ -531,7 +531,9 @@ def test_evaluation_table_problems(tmp_path):
 
 
 def test_evaluation_table_matches_what_evaluate_writes(tmp_path):
-    from src_train.evaluate import ClinicalTable, EmbeddingSource, FeatureSet, evaluate, write_csv
+    from src_train.evaluate import evaluate
+    from src_train.readings import ClinicalTable, EmbeddingSource, FeatureSet
+    from src_train.tables import write_csv
 
     rng = np.random.default_rng(0)
     pats = [f"P{i}" for i in range(12)]

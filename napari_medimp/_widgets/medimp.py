@@ -40,10 +40,11 @@ from .._layers import (
 )
 from ..core.card import card_facts, default_method, facts_text, is_synthetic
 from ..core.checks import OUTSIDE_TRAINING, failed_messages
+from ..core.clinical import check_form
 from ..core.identity import TYPED, ExamIdentity, labels_mismatch, table_source
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
 from ..core.prognosis import KIND_LABELS, RESULT_KEYS
-from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
+from ..core.prompts import ATTRIBUTES, N_VARIANTS, build_prompt
 from ..core.report import (
     WITHHELD_TEXT,
     clinical_inputs,
@@ -52,7 +53,7 @@ from ..core.report import (
     percent,
     similarity_context,
 )
-from ..core.terms import SALIENCY_METHODS
+from ..core.terms import EXAMS, SALIENCY_METHODS
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -597,8 +598,8 @@ class MedimpWidget(QWidget):
             return {}, None
 
     def _fill_from_table(self, source: Path, patient: str, exam: str) -> None:
+        from ..core.clinical import ClinicalRecord
         from ..core.io.cohort import cohort_clinical_row
-        from ..core.prompts import ClinicalRecord
 
         try:
             row, table, line = cohort_clinical_row(source, patient)

@@ -14,7 +14,7 @@ EXIT_DATA, EXIT_USAGE = 1, 2
 
 #: the project's own errors about the data, files, model files and archives: (module, class)
 _INPUT_ERRORS = (("napari_medimp.core.volume", "DCEReadError"), ("napari_medimp.core.checkpoint", "ModelFileError"),
-                 ("napari_medimp.core.prompts", "ClinicalValueError"), ("napari_medimp.core.pacs", "PacsError"),
+                 ("napari_medimp.core.clinical", "ClinicalValueError"), ("napari_medimp.core.pacs", "PacsError"),
                  ("napari_medimp.core.memory", "MemoryBudgetError"))
 
 

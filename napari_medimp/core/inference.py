@@ -25,6 +25,7 @@ from .atomic import atomic_write
 from .card import is_synthetic, reading_standing
 from .checkpoint import LoadedModel, load_model
 from .checks import Check, embedding_check, failed_messages, image_checks, outside_training
+from .clinical import ClinicalRecord
 from .preprocess import PreparedInput, PreprocessConfig, RoiBox, find_kidney_roi, prepare
 from .prognosis import (
     CLINICAL_LABELS,
@@ -43,7 +44,8 @@ from .prognosis import (
     latest_visit,
     outside_clinical_range,
 )
-from .prompts import ATTRIBUTE_BINS, EXAMS, N_VARIANTS, TEMPLATE_VERSION, ClinicalRecord, bin_prompts
+from .prompts import ATTRIBUTE_BINS, N_VARIANTS, TEMPLATE_VERSION, bin_prompts
+from .terms import EXAMS
 from .volume import DCEVolume
 
 Progress = Callable[[str, float], None]

@@ -1,7 +1,7 @@
 """The patient view: one patient's follow-up exams read in order, visit by visit.
 
 :func:`analyze_patient` takes a patient's exams (exam name -> DCE volume) and their clinical values (a row
-of the cohort's ``clinical.csv``, or one :class:`~napari_medimp.core.prompts.ClinicalRecord` per exam)
+of the cohort's ``clinical.csv``, or one :class:`~napari_medimp.core.clinical.ClinicalRecord` per exam)
 and gives a :class:`PatientResult`: per visit, in follow-up order (D15, D30, M3, M12 as present), its
 date when the data records one, the clinical values of that visit, the prognosis read at that visit from
 the exams so far (images only = MEDIMP, images + clinical values, and the clinical-only reference), the
@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from .checks import OUTSIDE_TRAINING, Check, outside_training
+from .clinical import ClinicalRecord, ClinicalValueError, normalize_exam
 from .identity import exam_date, exam_recorded, patient_recorded, sidecars
 from .outputs import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
-from .prompts import ClinicalRecord, ClinicalValueError, build_prompt, normalize_exam
+from .prompts import build_prompt
 from .report import WITHHELD_TEXT, kind_standing, percent
 from .terms import EXAMS, NOT_RECORDED
 from .volume import DCEVolume
@@ -96,7 +97,7 @@ def visit_clinical_values(clinical, visit: str, creatinine_unit: str = "umol/L")
     ``clinical.csv`` row (``donor_age``, ``gfr_<exam>``, ``creatinine_<exam>``), from one record per exam,
     or None. The values: donor age, the GFR of the visit, the creatinine measured at the visit (None when
     it was not), the creatinine series known at the visit and its variability, in canonical units.
-    A value outside the physiological range is a :class:`~napari_medimp.core.prompts.ClinicalValueError`
+    A value outside the physiological range is a :class:`~napari_medimp.core.clinical.ClinicalValueError`
     naming it."""
     visit = normalize_exam(visit)
     values = {"donor_age_years": None, "gfr_ml_min_1_73m2": None, "creatinine_umol_l": None,

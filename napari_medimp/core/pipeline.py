@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .clinical import ClinicalRecord
 from .curves import check_labels, roi_and_region_curves
 
 # the file names of an analysis folder are owned by .outputs; re-exported here for the callers of this module
@@ -31,7 +32,7 @@ from .outputs import (  # noqa: F401
     saliency_file_name,
 )
 from .preprocess import RoiBox
-from .prompts import ClinicalRecord, gfr_bin
+from .prompts import gfr_bin
 from .report import build_report, describe_inputs, percent, saliency_info, write_report
 from .terms import SALIENCY_METHODS
 from .volume import DCEVolume

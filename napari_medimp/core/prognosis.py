@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import EXAMS, ClinicalRecord
-from .terms import HORIZONS, KIND_LABELS, KINDS  # noqa: F401  (re-exported)
+from .clinical import ClinicalRecord
+from .terms import EXAMS, HORIZONS, KIND_LABELS, KINDS  # noqa: F401  (re-exported)
 
 #: where an analysis result (``Analysis.to_dict``, the report) keeps each kind's risks per horizon
 RESULT_KEYS = {"image": "prognosis_dysfunction_probability", "image+clinical": "prognosis_with_clinical",

@@ -107,7 +107,7 @@ def clinical_inputs(*, gfr=None, donor_age=None, creatinine=None, creatinine_std
                     sources: Mapping[str, str] | None = None, table=None,
                     differs: Mapping[str, Mapping] | None = None) -> dict:
     """Clinical values as entered (text or numbers, with their units and where each came from) and, with
-    ``record`` (a validated :class:`~napari_medimp.core.prompts.ClinicalRecord`), the values used, in
+    ``record`` (a validated :class:`~napari_medimp.core.clinical.ClinicalRecord`), the values used, in
     canonical units.
 
     ``sources``: value name -> where it came from (``typed``, ``clinical.csv line 4``,

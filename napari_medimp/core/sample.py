@@ -71,7 +71,7 @@ def sample_exam(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM) -> tuple[DCEVo
 def sample_record(seed: int = SAMPLE_SEED, exam: str = SAMPLE_EXAM):
     """The sample patient's clinical values at ``exam`` (as its cohort's clinical table would give them)."""
     from . import synth
-    from .prompts import ClinicalRecord
+    from .clinical import ClinicalRecord
 
     patient = synth.sample_patient(seed, 0)
     return ClinicalRecord.from_csv_row(patient["clinical"], exam)

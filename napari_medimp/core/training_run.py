@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from . import safetensors_file
+from .clinical import ClinicalRecord, ClinicalValueError
 from .configs import strict_from_dict
 from .paper import PAPER_EMBED_DIM, PAPER_INPUT_SIZE
 from .preprocess import PreprocessConfig
-from .prompts import ATTRIBUTES, ClinicalRecord, ClinicalValueError
+from .prompts import ATTRIBUTES
 
 #: exit code of ``python -m src_train train`` after a requested stop (checkpoint saved)
 EXIT_STOPPED = 3

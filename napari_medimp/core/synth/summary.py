@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from ..prompts import CREATININE_BINS, DONOR_AGE_BINS, GFR_BINS, ClinicalRecord
+from ..clinical import ClinicalRecord
+from ..prompts import CREATININE_BINS, DONOR_AGE_BINS, GFR_BINS, slot_values
 from .physiology import EXAMS
 
 
@@ -22,7 +23,7 @@ def bin_shares(patients: Iterable[dict]) -> dict:
         counts = {"gfr": Counter(), "donor_age": Counter(), "creatinine": Counter()}
         for p in patients:
             record = ClinicalRecord.from_csv_row(p["clinical"], exam)
-            slots = record.slot_values()
+            slots = slot_values(record)
             for name in counts:
                 if slots[name] is not None:
                     counts[name][slots[name]] += 1
