@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from ..card import EVALUATED_AS, cv_auc
 from ..checks import OUTSIDE_TRAINING, failed_messages
-from ..curves import ENHANCEMENT_DEFINITION
+from ..curves import ENHANCEMENT_DEFINITION, ROI_CURVE
 from ..identity import ExamIdentity
 from ..plots import LIGHT, plot_curves
 from ..prognosis import OUTCOME_DEFINITION, RESULT_KEYS
@@ -433,7 +433,7 @@ def report_pages(result, saliency_maps: Sequence | None = None, report: dict | N
     ``report``: the report to print (default: the one the result last wrote, else :meth:`report`), so that
     the PDF and the JSON of an export agree."""
     report = report or result.written_report or result.report()
-    chosen = key_slices(result.request.volume, result.roi, (result.curves or {}).get("kidney ROI"))
+    chosen = key_slices(result.request.volume, result.roi, (result.curves or {}).get(ROI_CURVE))
     pages: list[Page] = []
     _identity_page(Flow(pages), result, report)
     slice_pages(pages, result, saliency_maps, chosen)

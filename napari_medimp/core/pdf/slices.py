@@ -285,7 +285,7 @@ def slice_pages(pages: list[Page], result, saliency_maps, chosen: dict) -> None:
                           1 - (image_top + size + 0.08 + i * line_height(BODY - 1)) / PAGE_SIZE[1], line,
                           size=BODY - 1, color=ALERT if noted and i == 0 else MUTED, va="top")
             y += size + height
-        handles = [Line2D([], [], color=_curve_color(result, "kidney ROI"), linestyle="--", label="kidney box")]
+        handles = [Line2D([], [], color=_curve_color(result, ROI_CURVE), linestyle="--", label="kidney box")]
         handles += [Line2D([], [], color=_curve_color(result, name), label=name) for name in regions.values()]
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=BODY,
                       bbox_to_anchor=(0.5, (MARGIN_BOTTOM - 0.05) / PAGE_SIZE[1]))
