@@ -300,7 +300,7 @@ def test_overwrite_on_a_full_disk_keeps_the_earlier_analysis_whole(exam, tiny_mo
     while writing the PDF, the folder holds the earlier analysis, byte for byte, and nothing of the new."""
     import errno
 
-    from napari_medimp.core import pdf_report
+    from napari_medimp.core import pdf as pdf_report
 
     image, _, _ = exam
     out = tmp_path / "report"

@@ -79,7 +79,7 @@ def test_clinical_table_lines_are_the_lines_an_editor_shows(tmp_path):
 @pytest.fixture
 def pdf_texts(monkeypatch):
     """The text of every PDF an analysis writes (what a search of the PDF finds)."""
-    from napari_medimp.core import pdf_report
+    from napari_medimp.core import pdf as pdf_report
 
     texts: list[str] = []
     write = pdf_report.write_pdf

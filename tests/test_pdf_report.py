@@ -15,7 +15,7 @@ from helpers import kidney_volume
 from napari_medimp.core.checks import OUTSIDE_TRAINING
 from napari_medimp.core.clinical import ClinicalRecord
 from napari_medimp.core.curves import roi_and_region_curves
-from napari_medimp.core.pdf_report import (
+from napari_medimp.core.pdf import (
     PDF_FILE,
     exam_identity,
     key_slices,

@@ -13,7 +13,7 @@ import pytest
 from helpers import nifti_alone
 from qtpy.QtCore import QPoint
 
-from napari_medimp.core.pdf_report import pdf_text, report_pages
+from napari_medimp.core.pdf import pdf_text, report_pages
 
 pytestmark = pytest.mark.gui
 

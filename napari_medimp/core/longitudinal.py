@@ -358,7 +358,7 @@ class PatientResult:
         visit's checks) and the trend figure (:data:`TREND_FIGURE_FILE`) into ``folder``, each written
         atomically."""
         from .atomic import atomic_write
-        from .pdf_report import write_patient_pdf
+        from .pdf import write_patient_pdf
         from .report import write_report
 
         folder = Path(folder)

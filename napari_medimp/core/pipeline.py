@@ -208,7 +208,7 @@ class AnalysisResult:
         report["files"]["pdf"] = str(folder / PDF_FILE)
         files.update(write_report(report, folder, stem=REPORT_STEM))
         self.written_report = report
-        from .pdf_report import write_pdf
+        from .pdf import write_pdf
 
         files["pdf"] = write_pdf(self, folder / PDF_FILE, report=report)
         return files
