@@ -8,7 +8,14 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .core.terms import DEFAULT_EXAM, TOP_TEXT
+
+if TYPE_CHECKING:
+    from .core.identity import ExamIdentity
 
 
 def _cmd_synth(args) -> int:
@@ -135,21 +142,47 @@ def _predictor(args):
     return Predictor.from_file(args.model or default_model_path(), device=args.device)
 
 
-#: the exam of an image that states none, when none is typed
-DEFAULT_EXAM = "D30"
+@dataclass(frozen=True)
+class ExamSource:
+    """One exam a command reads: its image and its identity as a cohort tree names it (patient and exam from
+    the folders); a file or series on its own carries an empty identity (its data state it when read)."""
+
+    path: Path
+    who: ExamIdentity
+
+    @property
+    def in_tree(self) -> bool:
+        """True for an exam folder of a cohort tree (``<patient>/<exam>/``)."""
+        return self.who.folder is not None
+
+    @property
+    def patient(self) -> str | None:
+        return self.who.patient
+
+    @property
+    def exam(self) -> str | None:
+        return self.who.exam
+
+    @property
+    def label(self) -> str:
+        """The exam's id in outputs and messages: ``patient/exam`` in a cohort tree, else the file's name."""
+        return f"{self.patient}/{self.exam}" if self.in_tree else self.path.name
 
 
-def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
-    """(id, exam, path) of every exam under ``path``: one file/series, or the exams of a cohort tree."""
+def _sources(path: Path) -> list[ExamSource]:
+    """Every exam under ``path``: one file/series, or the exams of a cohort tree."""
+    from .core.identity import FOLDER_NAME, ExamIdentity
     from .core.io.cohort import classify_folder, cohort_exams
 
     if path.is_dir() and classify_folder(path).kind in ("exam", "patient", "cohort"):
-        sources = [(f"{patient}/{exam}", exam, folder) for patient, exam, folder in cohort_exams(path)]
+        sources = [ExamSource(Path(folder), ExamIdentity(patient=str(patient), patient_from=FOLDER_NAME, exam=str(exam),
+                                                         exam_from=FOLDER_NAME, folder=str(folder), source=str(folder)))
+                   for patient, exam, folder in cohort_exams(path)]
         if not sources:
             raise ValueError(f"{path}: no exam with images in this folder (expected "
                              "<patient>/<exam>/<sequence>/ image folders); nothing to do")
         return sources
-    return [(path.name, None, path)]
+    return [ExamSource(path, ExamIdentity())]
 
 
 def _exam_of(typed: str | None, who, path) -> tuple[str, str]:
@@ -195,7 +228,7 @@ def _cohort_records(path: Path, sources) -> dict:
     from .core.io.cohort import cohort_clinical_table, match_clinical_table, sample_ids
 
     rows, table = cohort_clinical_table(path)
-    patients = {ident.split("/")[0] for ident, _exam, _path in sources if "/" in ident}
+    patients = {s.patient for s in sources if s.in_tree}
     if table is None or not patients:
         return rows
     try:
@@ -205,7 +238,7 @@ def _cohort_records(path: Path, sources) -> dict:
             raise
         missing = patients  # one exam: said below, the exam is read without the table's values
     if missing:
-        exams = [ident for ident, _exam, _path in sources if ident.split("/")[0] in missing]
+        exams = [s.label for s in sources if s.in_tree and s.patient in missing]
         print(f"medimp: warning: {table} has no row for {len(exams)} of {len(sources)} exams ({sample_ids(exams)}); "
               "they are read without clinical values (ids are matched exactly)", file=sys.stderr)
     return rows
@@ -225,9 +258,9 @@ def _cmd_embed(args) -> int:
     predictor = _predictor(args)
     ids, vectors = [], []
     sources = _sources(Path(args.path))
-    def embed_one(ident, _exam, path):
-        vectors.append(predictor.embed_image(load_dce(path), _roi(args)).vector)
-        ids.append(ident)
+    def embed_one(source: ExamSource):
+        vectors.append(predictor.embed_image(load_dce(source.path), _roi(args)).vector)
+        ids.append(source.label)
         print(f"\r{len(ids)}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
 
     _each_exam(sources, embed_one)
@@ -267,22 +300,22 @@ def _risk_columns(reading) -> dict:
 
 
 def _each_exam(sources, work):
-    """``work(ident, exam, path)`` for every exam; in a cohort an exam whose image or clinical row cannot be
+    """``work(source)`` for every exam (:class:`ExamSource`); in a cohort an exam whose image or clinical row cannot be
     read is skipped and listed (the others are processed); a single exam's failure is the command's."""
     from .core.failures import failure_message
 
     done, skipped = 0, []
-    for ident, exam, path in sources:
+    for source in sources:
         try:
-            work(ident, exam, path)
+            work(source)
             done += 1
         except (ValueError, OSError, RecursionError, MemoryError) as exc:
             # the exam's own problem (unreadable, RGB, nothing enhances, a bad clinical cell, too large)
             if len(sources) == 1:
                 raise
             why = failure_message(exc)[1]
-            skipped.append(f"{ident}: {why}")
-            print(f"medimp: skipped {ident}: {why}", file=sys.stderr)
+            skipped.append(f"{source.label}: {why}")
+            print(f"medimp: skipped {source.label}: {why}", file=sys.stderr)
     if skipped and not done:
         raise ValueError(f"none of the {len(sources)} exams could be read (first: {skipped[0]})")
     if skipped:
@@ -309,17 +342,18 @@ def _cmd_predict(args) -> int:
     rows, table = [], _cohort_records(Path(args.path), sources)
     # readings use the exams so far: each patient's exams in follow-up order
     order = {e: i for i, e in enumerate(EXAMS)}
-    sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam or DEFAULT_EXAM).upper(), 99)))
+    sources.sort(key=lambda s: (s.patient if s.in_tree else s.label,
+                                order.get((s.exam or args.exam or DEFAULT_EXAM).upper(), 99)))
     by_patient: dict[str, dict] = {}
     last_reading: dict[str, object] = {}
-    def predict_one(ident, exam, path):
-        volume = load_dce(path)
-        patient = ident.split("/")[0] if "/" in ident else None
-        if exam is None:  # a file or series on its own: its exam and patient as its data state them
+    def predict_one(source: ExamSource):
+        volume = load_dce(source.path)
+        exam, patient = source.exam, source.patient
+        if not source.in_tree:  # a file or series on its own: its exam and patient as its data state them
             who = ExamIdentity.from_volume(volume)
-            (exam, _source), patient = _exam_of(args.exam, who, path), who.patient
+            (exam, _source), patient = _exam_of(args.exam, who, source.path), who.patient
         exam = normalize_exam(exam)
-        patient = patient or ident
+        patient = patient or source.label
         record = _record(args, exam)
         if record is None and patient in table:
             record = ClinicalRecord.from_csv_row(table[patient], exam)
@@ -327,19 +361,19 @@ def _cmd_predict(args) -> int:
         result = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args), record=record,
                          earlier=by_patient.get(patient), show_anyway=args.show_anyway)
         by_patient.setdefault(patient, {})[exam] = result.embedding
-        shown = result.to_dict()  # the panel's rule: an exam that failed its checks has its readings withheld
-        row = {"id": ident, "exam": exam, "prompt": prompt or "", "similarity": shown["similarity"],
+        # the panel's rule: an exam that failed its checks has its readings withheld (unless --show-anyway)
+        withheld = result.readings_withheld
+        row = {"id": source.label, "exam": exam, "prompt": prompt or "", "similarity": result.shown_similarity,
                "outside_training": result.outside_training, "failed_checks": "; ".join(failed_messages(result.checks)),
-               "readings_withheld": bool(shown["readings_withheld"]), "shown_anyway": shown["shown_anyway"]}
-        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in shown["zero_shot_gfr"].items()})
-        withheld = bool(shown["readings_withheld"])
-        row.update(_risk_columns(None if withheld else result.reading))
+               "readings_withheld": withheld is not None, "shown_anyway": result.shown_by_choice}
+        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in result.shown_gfr_reading.items()})
+        row.update(_risk_columns(result.shown_reading))
         if as_json:
-            row["checks"] = shown["checks"]
+            row["checks"] = [c.to_dict() for c in result.checks]
         rows.append(row)
         if result.reading is not None:
             # a patient's reading is their latest exam's: withheld when that exam failed its checks
-            last_reading[patient] = (None if withheld else result.reading, shown["readings_withheld"])
+            last_reading[patient] = (result.shown_reading, withheld)
 
     skipped = _each_exam(sources, predict_one)
     patients = [{"patient": p, "readings_withheld": why or "", **_risk_columns(r)}
@@ -375,14 +409,13 @@ def _cmd_saliency(args) -> int:
         raise ValueError(f"--out {out} is one file but {len(sources)} exams x {len(methods)} methods x "
                          f"{len(targets)} targets make several maps; give a folder")
 
-    def file_for(ident, exam, method, target):
+    def file_for(source: ExamSource, method, target):
         if single:
             return out
-        patient = ident.split("/")[0] if "/" in ident else None
-        return out / saliency_file_name(method, target, (exam or args.exam or DEFAULT_EXAM), prefix=patient)
+        return out / saliency_file_name(method, target, (source.exam or args.exam or DEFAULT_EXAM),
+                                        prefix=source.patient if source.in_tree else None)
 
-    planned = {(ident, m, t): file_for(ident, exam, m, t) for ident, exam, _ in sources for m in methods
-               for t in targets}
+    planned = {(source, m, t): file_for(source, m, t) for source in sources for m in methods for t in targets}
     inputs = _inputs(args.path)
     for target in planned.values():
         check_output(target, args.overwrite, inputs=inputs)
@@ -399,23 +432,22 @@ def _cmd_saliency(args) -> int:
 
     table = _cohort_records(Path(args.path), sources) if args.prompt is None else {}
 
-    def explain_one(ident, exam, path):
+    def explain_one(source: ExamSource):
         from .core.prompts import ClinicalRecord
 
-        exam = (exam or args.exam or DEFAULT_EXAM).upper()
+        exam = (source.exam or args.exam or DEFAULT_EXAM).upper()
         record = _record(args, exam)
-        patient = ident.split("/")[0]
-        if record is None and "/" in ident and patient in table:  # the cohort's values, exam by exam
-            record = ClinicalRecord.from_csv_row(table[patient], exam)
+        if record is None and source.in_tree and source.patient in table:  # the cohort's values, exam by exam
+            record = ClinicalRecord.from_csv_row(table[source.patient], exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
-        volume = load_dce(path)
-        labels, names = _exam_labels(path, volume)
+        volume = load_dce(source.path)
+        labels, names = _exam_labels(source.path, volume)
         for method in methods:
             for target in targets:
                 result = compute_saliency(predictor, volume, _roi(args), method=method, target=target,
                                           prompt=prompt, exam=exam)
                 section = saliency_section(result, labels, names, prompt=prompt if target == "similarity" else None)
-                destination = planned[(ident, method, target)]
+                destination = planned[(source, method, target)]
                 save_nifti(destination, result.data, result.roi_affine,
                            sidecar={"method": method, "target": target, "exam": exam, "prompt": prompt,
                                     "score": result.score, "score_meaning": section["score_meaning"],
@@ -424,7 +456,7 @@ def _cmd_saliency(args) -> int:
                                     "method_faithfulness": section["method_faithfulness"],
                                     "model_sha256": predictor.loaded.weights_sha256})
                 shares = _shares_text(section)
-                print(f"{ident}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
+                print(f"{source.label}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
 
     _each_exam(sources, explain_one)
     return 0
@@ -444,11 +476,11 @@ def _exam_labels(path: Path, volume):
 
 
 def _shares_text(section: dict) -> str:
-    """'; top 10 % on graft+artery 64 % (box 15 %)' when the map's region shares are known."""
+    """'; top 10 % on graft and artery 64 % (box 15 %)' when the map's region shares are known."""
     group = (section.get("groups") or {}).get("graft and artery")
     if not group:
         return ""
-    return f"; top 10 % on graft and artery {100 * group['top']:.0f} % (box {100 * group['box']:.0f} %)"
+    return f"; {TOP_TEXT} on graft and artery {100 * group['top']:.0f} % (box {100 * group['box']:.0f} %)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,7 +578,7 @@ def _cmd_analyze(args) -> int:
             raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
                              "(a file, a series or an exam folder) or one patient folder; use `medimp predict` "
                              "for a cohort")
-        _ident, _tree_exam, path = sources[0]
+        path = sources[0].path
         volume, label_file = _load_exam(path)
         source = str(path)
         labels = None
@@ -615,7 +647,7 @@ def _print_saliency_regions(section: dict) -> None:
     if not regions:
         print(f"saliency {section['method']} for {section['target']}: {section.get('regions_note')}")
     else:
-        print(f"saliency {section['method']} for {section['target']}, share of its top 10 % voxels (of the box): "
+        print(f"saliency {section['method']} for {section['target']}, share of its {TOP_TEXT} voxels (of the box): "
               + ", ".join(f"{name} {100 * r['top']:.0f} % ({100 * r['box']:.0f} %)" for name, r in regions.items()))
     print(faithfulness_line(section["method"], section.get("method_faithfulness")))
 

@@ -41,8 +41,8 @@ from .._layers import (
 from ..core.card import card_facts, default_method, facts_text, is_synthetic
 from ..core.checks import OUTSIDE_TRAINING, failed_messages
 from ..core.identity import TYPED, ExamIdentity, labels_mismatch, table_source
+from ..core.longitudinal import exams_of_patient
 from ..core.pipeline import AnalysisRequest, AnalysisResult, explain, run_analysis
-from ..core.prognosis import KIND_LABELS, RESULT_KEYS
 from ..core.prompts import ATTRIBUTES, EXAMS, N_VARIANTS, build_prompt, check_form
 from ..core.report import (
     WITHHELD_TEXT,
@@ -52,7 +52,7 @@ from ..core.report import (
     percent,
     similarity_context,
 )
-from ..core.terms import SALIENCY_METHODS
+from ..core.terms import DEFAULT_EXAM, KIND_LABELS, KINDS, SALIENCY_METHODS, horizon_words
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class MedimpWidget(QWidget):
 
     def _build_clinical_group(self) -> QGroupBox:
         box = QGroupBox("Clinical values")
-        self.fields: dict[str, Any] = {"exam": ComboBox(choices=list(EXAMS), value="D30", label=FIELD_TITLES["exam"])}
+        self.fields: dict[str, Any] = {"exam": ComboBox(choices=list(EXAMS), value=DEFAULT_EXAM, label=FIELD_TITLES["exam"])}
         self.errors: dict[str, Label] = {}
         rows: list = [self.fields["exam"]]
         self.errors["exam"] = Label(value="", label="")
@@ -1175,22 +1175,22 @@ class MedimpWidget(QWidget):
             self.curves_canvas.hide()
             return
         a = result.analysis
-        reading = a.get("zero_shot_gfr") or {}
-        standing = a.get("reading_standing") or {}
-        lines = [f"<b>Results for layer '{_escape(result.layer_name)}'</b> (exam {a['exam']})"]
-        failed = failed_messages(a.get("checks") or [])
-        self.show_anyway_button.setVisible(bool(a.get("readings_withheld")))
-        if a.get("readings_withheld"):
+        reading = a.shown_gfr_reading
+        standing = dict(a.standing or {})
+        lines = [f"<b>Results for layer '{_escape(result.layer_name)}'</b> (exam {a.exam})"]
+        failed = failed_messages(a.checks)
+        self.show_anyway_button.setVisible(a.readings_withheld is not None)
+        if a.readings_withheld is not None:
             lines.append(f"<span style='color:#ff6b6b'><b>Readings withheld:</b> {_escape(WITHHELD_TEXT)}: "
                          + "; ".join(_escape(m) for m in failed) + ".</span>")
         elif failed:
             lines.append(f"<span style='color:#ff6b6b'><b>{OUTSIDE_TRAINING.capitalize()}:</b> "
                          + "; ".join(_escape(m) for m in failed) + ". Shown anyway, by your choice (the report "
                          "says so).</span>")
-        if a.get("similarity") is not None:
-            lines.append(f"Image-prompt similarity: <b>{a['similarity']:.3f}</b>"
-                         f"<br><small>&nbsp;&nbsp;{_escape(similarity_context(a))}</small>")
-        accuracy = a.get("zero_shot_gfr_accuracy") or {}
+        if a.shown_similarity is not None:
+            lines.append(f"Image-prompt similarity: <b>{a.shown_similarity:.3f}</b><br><small>&nbsp;&nbsp;"
+                         f"{_escape(similarity_context(a.shown_similarity, a.similarity_reference))}</small>")
+        accuracy = a.gfr_reading_accuracy or {}
         if reading and standing.get("zero_shot_gfr"):
             best = max(reading, key=reading.get)
             lines.append(f"<span style='color:{GREY}'>Zero-shot GFR reading ({_escape(best)}, "
@@ -1204,8 +1204,8 @@ class MedimpWidget(QWidget):
                              f"exams of patients the model never saw (always answering the commonest range: "
                              f"{accuracy['majority_accuracy']:.0%}).</small>")
         lines += prognosis_lines(a)
-        if a.get("prognosis_note"):
-            lines.append(f"<span style='color:#ffb347'>{_escape(a['prognosis_note'])}</span>")
+        if a.prognosis_note:
+            lines.append(f"<span style='color:#ffb347'>{_escape(a.prognosis_note)}</span>")
         for note in result.inputs.get("reading_notes") or []:
             lines.append(f"<span style='color:#ffb347'>How the image was read: "
                          f"{_escape(note_without_path(note))}</span>")
@@ -1231,16 +1231,9 @@ class MedimpWidget(QWidget):
         layer = self.current_layer()
         if layer is None:
             return None, {}
-        patient = str((layer.metadata.get("dce_metadata") or {}).get("patient") or "") or None
-        if patient is None:
-            return None, {}
-        exams: dict[str, Any] = {}
-        for other in self._layers_of("image"):
-            meta = other.metadata.get("dce_metadata") or {}
-            exam = str(meta.get("exam") or "").upper()
-            if str(meta.get("patient") or "") == patient and exam in EXAMS:
-                exams.setdefault(exam, other)
-        return patient, {exam: exams[exam] for exam in EXAMS if exam in exams}
+        return exams_of_patient(ExamIdentity.from_layer_metadata(layer.metadata),
+                                ((ExamIdentity.from_layer_metadata(other.metadata), other)
+                                 for other in self._layers_of("image")))
 
     def _show_patient(self) -> None:
         if not hasattr(self, "patient_box"):
@@ -1361,7 +1354,7 @@ class MedimpWidget(QWidget):
             self._notify_error("nothing to export: analyse the current layer first")
             return None
         patient = ExamIdentity.from_volume(result.request.volume).patient
-        who = "-".join(str(v) for v in (patient, result.analysis.get("exam")) if v)
+        who = "-".join(str(v) for v in (patient, result.analysis.exam) if v)
         name = f"{who or 'medimp'}-{datetime.fromtimestamp(result.finished):%Y%m%d-%H%M%S}"
         try:
             folder = new_export_folder(folder, name)
@@ -1466,18 +1459,20 @@ def _leave_a_core_to_the_viewer() -> None:
 GREY = "#8a8f98"
 
 
-def prognosis_lines(analysis: dict) -> list[str]:
-    """HTML lines of the prognosis: each kind of reading with its risks and what it used; a reading no
-    better than a trivial answer greyed with why, a kind whose heads need not make clinical sense not shown."""
-    reading = analysis.get("prognosis_reading") or {}
-    inputs = reading.get("inputs") or {}
-    standing = analysis.get("reading_standing") or {}
+def prognosis_lines(analysis) -> list[str]:
+    """HTML lines of the prognosis of an :class:`~napari_medimp.core.inference.Analysis`: each kind of reading
+    with its risks and what it used; a reading no better than a trivial answer greyed with why, a kind whose
+    heads need not make clinical sense not shown."""
+    reading = analysis.shown_reading
+    inputs = reading.inputs() if reading is not None else {}
+    not_shown = reading.not_shown if reading is not None else {}
+    standing = dict(analysis.standing or {})
     lines = []
-    for kind, key in RESULT_KEYS.items():
-        risks = analysis.get(key) or {}
+    for kind in KINDS:
+        risks = analysis.shown_risks(kind)
         label = KIND_LABELS[kind]
         label = f"{label[0].upper()}{label[1:]}"
-        why_not = (reading.get("not_shown") or {}).get(kind)
+        why_not = (not_shown or {}).get(kind)
         if why_not:
             lines.append(f"<span style='color:{GREY}'>{_escape(label)}: not shown, {_escape(why_not)}.</span>")
             continue
@@ -1486,25 +1481,20 @@ def prognosis_lines(analysis: dict) -> list[str]:
         used = f"<br><small>&nbsp;&nbsp;from {_escape(inputs[kind])}</small>" if inputs.get(kind) else ""
         common = kind_standing(standing, kind, risks)
         if common:
-            values = ", ".join(f"{horizon_text(h)} {percent(p)}" for h, p in risks.items())
+            values = ", ".join(f"{horizon_words(h)} {percent(p)}" for h, p in risks.items())
             lines.append(f"<span style='color:{GREY}'>{_escape(label)} ({values}): not a finding, "
                          f"{_escape(common)}.</span>{used}")
             continue
         values = ", ".join(
-            f"<span style='color:{GREY}'>{horizon_text(h)} {percent(p)} (not a finding)</span>"
-            if standing.get(f"{kind}/{h}") else f"{horizon_text(h)} <b>{percent(p)}</b>" for h, p in risks.items())
+            f"<span style='color:{GREY}'>{horizon_words(h)} {percent(p)} (not a finding)</span>"
+            if standing.get(f"{kind}/{h}") else f"{horizon_words(h)} <b>{percent(p)}</b>" for h, p in risks.items())
         lines.append(f"{label}: {values}{used}")
     if lines:
-        visit = reading.get("visit") or analysis.get("exam")
+        visit = (reading.visit if reading is not None else None) or analysis.exam
         lines.insert(0, f"<b>Probability of graft dysfunction by year h</b> (reading at {_escape(visit)}):")
-    for note in reading.get("outside_range") or []:
+    for note in (reading.outside_range if reading is not None else None) or []:
         lines.append(f"<span style='color:#ffb347'>Outside the training range: {_escape(note)}.</span>")
     return lines
-
-
-def horizon_text(horizon: str) -> str:
-    """``"2y"`` -> ``"2 years"``."""
-    return f"{horizon[:-1]} years" if horizon.endswith("y") else horizon
 
 
 def saliency_colormap():
@@ -1533,7 +1523,7 @@ def patient_lines(result) -> list[str]:
             risks = visit.risks.get(kind)
             if not risks:
                 continue
-            values = ", ".join(f"{horizon_text(h)} {percent(p)}" for h, p in risks.items())
+            values = ", ".join(f"{horizon_words(h)} {percent(p)}" for h, p in risks.items())
             common = kind_standing(visit.standing, kind, risks)
             if common:
                 lines.append(f"&nbsp;&nbsp;<span style='color:{GREY}'>{_escape(label)} ({values}): not a finding, "
