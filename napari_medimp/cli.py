@@ -8,14 +8,19 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .cli_sources import (
+    ExamSource,
+    cohort_records,
+    each_exam,
+    exam_label_file,
+    exam_labels,
+    exam_of,
+    exam_sources,
+    input_paths,
+)
 from .core.terms import DEFAULT_EXAM, TOP_TEXT
-
-if TYPE_CHECKING:
-    from .core.identity import ExamIdentity
 
 
 def _cmd_synth(args) -> int:
@@ -142,74 +147,6 @@ def _predictor(args):
     return Predictor.from_file(args.model or default_model_path(), device=args.device)
 
 
-@dataclass(frozen=True)
-class ExamSource:
-    """One exam a command reads: its image and its identity as a cohort tree names it (patient and exam from
-    the folders); a file or series on its own carries an empty identity (its data state it when read)."""
-
-    path: Path
-    who: ExamIdentity
-
-    @property
-    def in_tree(self) -> bool:
-        """True for an exam folder of a cohort tree (``<patient>/<exam>/``)."""
-        return self.who.folder is not None
-
-    @property
-    def patient(self) -> str | None:
-        return self.who.patient
-
-    @property
-    def exam(self) -> str | None:
-        return self.who.exam
-
-    @property
-    def label(self) -> str:
-        """The exam's id in outputs and messages: ``patient/exam`` in a cohort tree, else the file's name."""
-        return f"{self.patient}/{self.exam}" if self.in_tree else self.path.name
-
-
-def _sources(path: Path) -> list[ExamSource]:
-    """Every exam under ``path``: one file/series, or the exams of a cohort tree."""
-    from .core.identity import FOLDER_NAME, ExamIdentity
-    from .core.io.cohort import classify_folder, cohort_exams
-
-    if path.is_dir() and classify_folder(path).kind in ("exam", "patient", "cohort"):
-        sources = [ExamSource(Path(folder), ExamIdentity(patient=str(patient), patient_from=FOLDER_NAME, exam=str(exam),
-                                                         exam_from=FOLDER_NAME, folder=str(folder), source=str(folder)))
-                   for patient, exam, folder in cohort_exams(path)]
-        if not sources:
-            raise ValueError(f"{path}: no exam with images in this folder (expected "
-                             "<patient>/<exam>/<sequence>/ image folders); nothing to do")
-        return sources
-    return [ExamSource(path, ExamIdentity())]
-
-
-def _exam_of(typed: str | None, who, path) -> tuple[str, str]:
-    """(exam, where it came from) of an image on its own: the typed ``--exam`` (with a warning when the image
-    states another), else the exam the image states (``who``: its ExamIdentity), else :data:`DEFAULT_EXAM`."""
-    from .core.prompts import normalize_exam
-
-    if typed:
-        exam = normalize_exam(typed)
-        if who.exam and exam != who.exam:
-            print(f"medimp: warning: --exam {exam} typed, but {path} is exam {who.exam} (from its "
-                  f"{who.exam_from}); read as {exam}", file=sys.stderr)
-        return exam, "typed (--exam)"
-    if who.exam:
-        return who.exam, who.exam_from
-    return DEFAULT_EXAM, f"default ({DEFAULT_EXAM})"
-
-
-def _inputs(path) -> set[Path]:
-    """Every file a command reads from ``path`` (with the cohort's clinical table): never an output."""
-    from .core.io.cohort import find_clinical_table
-    from .core.outputs import input_files
-
-    table = find_clinical_table(path)
-    return input_files([path, *([table] if table is not None else [])])
-
-
 def _record(args, exam: str):
     from .core.prompts import ClinicalRecord
 
@@ -218,30 +155,6 @@ def _record(args, exam: str):
     return ClinicalRecord.from_values(exam=exam, donor_age=args.donor_age, gfr=args.gfr,
                                       creatinine=args.creatinine, creatinine_std=args.creatinine_std,
                                       creatinine_unit=args.creatinine_unit)
-
-
-def _cohort_records(path: Path, sources) -> dict:
-    """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table.
-
-    The exams of patients without a row are named in one warning line; a table that matches none of the
-    patients of several exams is refused (it would leave every exam without its clinical values)."""
-    from .core.io.cohort import cohort_clinical_table, match_clinical_table, sample_ids
-
-    rows, table = cohort_clinical_table(path)
-    patients = {s.patient for s in sources if s.in_tree}
-    if table is None or not patients:
-        return rows
-    try:
-        missing = set(match_clinical_table(table, rows, patients))
-    except ValueError:
-        if len(sources) > 1:
-            raise
-        missing = patients  # one exam: said below, the exam is read without the table's values
-    if missing:
-        exams = [s.label for s in sources if s.in_tree and s.patient in missing]
-        print(f"medimp: warning: {table} has no row for {len(exams)} of {len(sources)} exams ({sample_ids(exams)}); "
-              "they are read without clinical values (ids are matched exactly)", file=sys.stderr)
-    return rows
 
 
 def _roi(args):
@@ -254,16 +167,16 @@ def _cmd_embed(args) -> int:
     from .core.io import load_dce
     from .core.outputs import check_output, spreadsheet_safe
 
-    out = check_output(args.out, args.overwrite, (".npz", ".csv"), inputs=_inputs(args.path))
+    out = check_output(args.out, args.overwrite, (".npz", ".csv"), inputs=input_paths(args.path))
     predictor = _predictor(args)
     ids, vectors = [], []
-    sources = _sources(Path(args.path))
+    sources = exam_sources(Path(args.path))
     def embed_one(source: ExamSource):
         vectors.append(predictor.embed_image(load_dce(source.path), _roi(args)).vector)
         ids.append(source.label)
         print(f"\r{len(ids)}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
 
-    _each_exam(sources, embed_one)
+    each_exam(sources, embed_one)
     print(file=sys.stderr)
     from .core.atomic import atomic_write
     from .core.outputs import write_csv
@@ -299,30 +212,6 @@ def _risk_columns(reading) -> dict:
     return row
 
 
-def _each_exam(sources, work):
-    """``work(source)`` for every exam (:class:`ExamSource`); in a cohort an exam whose image or clinical row cannot be
-    read is skipped and listed (the others are processed); a single exam's failure is the command's."""
-    from .core.failures import failure_message
-
-    done, skipped = 0, []
-    for source in sources:
-        try:
-            work(source)
-            done += 1
-        except (ValueError, OSError, RecursionError, MemoryError) as exc:
-            # the exam's own problem (unreadable, RGB, nothing enhances, a bad clinical cell, too large)
-            if len(sources) == 1:
-                raise
-            why = failure_message(exc)[1]
-            skipped.append(f"{source.label}: {why}")
-            print(f"medimp: skipped {source.label}: {why}", file=sys.stderr)
-    if skipped and not done:
-        raise ValueError(f"none of the {len(sources)} exams could be read (first: {skipped[0]})")
-    if skipped:
-        print(f"medimp: {len(skipped)} of {len(sources)} exams skipped (listed above)", file=sys.stderr)
-    return skipped
-
-
 def _cmd_predict(args) -> int:
     from .core.checks import failed_messages
     from .core.identity import ExamIdentity
@@ -331,15 +220,15 @@ def _cmd_predict(args) -> int:
     from .core.outputs import check_output
     from .core.prompts import EXAMS, ClinicalRecord, build_prompt, normalize_exam
 
-    inputs = _inputs(args.path)
+    inputs = input_paths(args.path)
     out = check_output(args.out, args.overwrite, (".csv", ".json"), inputs=inputs)
     patients_out = out.with_name(out.stem + "_patients.csv")
     if out.suffix == ".csv":
         check_output(patients_out, args.overwrite, option="--out (its patients' table)", inputs=inputs)
     predictor = _predictor(args)
     as_json = out.suffix == ".json"
-    sources = _sources(Path(args.path))
-    rows, table = [], _cohort_records(Path(args.path), sources)
+    sources = exam_sources(Path(args.path))
+    rows, table = [], cohort_records(Path(args.path), sources)
     # readings use the exams so far: each patient's exams in follow-up order
     order = {e: i for i, e in enumerate(EXAMS)}
     sources.sort(key=lambda s: (s.patient if s.in_tree else s.label,
@@ -351,7 +240,7 @@ def _cmd_predict(args) -> int:
         exam, patient = source.exam, source.patient
         if not source.in_tree:  # a file or series on its own: its exam and patient as its data state them
             who = ExamIdentity.from_volume(volume)
-            (exam, _source), patient = _exam_of(args.exam, who, source.path), who.patient
+            (exam, _source), patient = exam_of(args.exam, who, source.path), who.patient
         exam = normalize_exam(exam)
         patient = patient or source.label
         record = _record(args, exam)
@@ -375,7 +264,7 @@ def _cmd_predict(args) -> int:
             # a patient's reading is their latest exam's: withheld when that exam failed its checks
             last_reading[patient] = (result.shown_reading, withheld)
 
-    skipped = _each_exam(sources, predict_one)
+    skipped = each_exam(sources, predict_one)
     patients = [{"patient": p, "readings_withheld": why or "", **_risk_columns(r)}
                 for p, (r, why) in last_reading.items()]
     from .core.atomic import atomic_write_bytes
@@ -402,7 +291,7 @@ def _cmd_saliency(args) -> int:
 
     methods = list(dict.fromkeys(args.method or [default_method(_model_card(args))]))
     targets = list(dict.fromkeys(args.target))
-    sources = _sources(Path(args.path))
+    sources = exam_sources(Path(args.path))
     out = Path(args.out)
     single = len(sources) == 1 and len(methods) == 1 and len(targets) == 1 and out.name.endswith((".nii", ".nii.gz"))
     if out.name.endswith((".nii", ".nii.gz")) and not single:
@@ -416,7 +305,7 @@ def _cmd_saliency(args) -> int:
                                         prefix=source.patient if source.in_tree else None)
 
     planned = {(source, m, t): file_for(source, m, t) for source in sources for m in methods for t in targets}
-    inputs = _inputs(args.path)
+    inputs = input_paths(args.path)
     for target in planned.values():
         check_output(target, args.overwrite, inputs=inputs)
         check_output(target.with_name(target.name.split(".nii")[0] + ".json"), args.overwrite,
@@ -430,7 +319,7 @@ def _cmd_saliency(args) -> int:
     for method in methods:
         print(faithfulness_line(method, card_faithfulness(predictor.card, method)))
 
-    table = _cohort_records(Path(args.path), sources) if args.prompt is None else {}
+    table = cohort_records(Path(args.path), sources) if args.prompt is None else {}
 
     def explain_one(source: ExamSource):
         from .core.prompts import ClinicalRecord
@@ -441,7 +330,7 @@ def _cmd_saliency(args) -> int:
             record = ClinicalRecord.from_csv_row(table[source.patient], exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
         volume = load_dce(source.path)
-        labels, names = _exam_labels(source.path, volume)
+        labels, names = exam_labels(source.path, volume)
         for method in methods:
             for target in targets:
                 result = compute_saliency(predictor, volume, _roi(args), method=method, target=target,
@@ -458,21 +347,8 @@ def _cmd_saliency(args) -> int:
                 shares = _shares_text(section)
                 print(f"{source.label}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
 
-    _each_exam(sources, explain_one)
+    each_exam(sources, explain_one)
     return 0
-
-
-def _exam_labels(path: Path, volume):
-    """(labels on the exam's grid, their region names) from an exam folder's segmentation, else (None, None)."""
-    from .core.io.nifti import label_names, load_labels
-
-    label_file = _exam_label_file(path)
-    if label_file is None:
-        return None, None
-    labels, _ = load_labels(label_file)
-    if labels.shape != volume.shape[1:]:
-        return None, None
-    return labels, label_names(label_file)
 
 
 def _shares_text(section: dict) -> str:
@@ -520,22 +396,7 @@ def _load_exam(path: Path):
                            "the image is constant (no signal): nothing to analyse")
     for note in notes:
         print(f"medimp: warning: {note}", file=sys.stderr)
-    return volume, _exam_label_file(path)
-
-
-def _exam_label_file(path: Path) -> Path | None:
-    """The segmentation of an exam folder (its ``seg`` sequence holding one file), else None."""
-    if not path.is_dir():
-        return None
-    from .core.io.cohort import classify_folder, exam_sequences
-
-    if classify_folder(path).kind != "exam":
-        return None
-    from .core.io.nifti import list_phase_files
-
-    seg = exam_sequences(path)[1]
-    files = list_phase_files(seg) if seg is not None else []
-    return files[0] if len(files) == 1 else None
+    return volume, exam_label_file(path)
 
 
 def _cmd_analyze(args) -> int:
@@ -573,7 +434,7 @@ def _cmd_analyze(args) -> int:
         names = KIDNEY_REGION_NAMES
         label_file = None
     else:
-        sources = _sources(Path(args.path))
+        sources = exam_sources(Path(args.path))
         if len(sources) != 1:
             raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
                              "(a file, a series or an exam folder) or one patient folder; use `medimp predict` "
@@ -583,7 +444,7 @@ def _cmd_analyze(args) -> int:
         source = str(path)
         labels = None
         who = ExamIdentity.from_volume(volume)  # a file reads its sidecar as an exam folder does
-        exam, exam_source = _exam_of(args.exam, who, path)
+        exam, exam_source = exam_of(args.exam, who, path)
         if who.patient:
             row, table, line = cohort_clinical_row(Path(path), who.patient)
     if args.labels or label_file:

@@ -11,7 +11,7 @@ from helpers import kidney_volume
 from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
-from napari_medimp._widgets.medimp import _grid, _key
+from napari_medimp._widgets._panel_util import _grid, _key
 from napari_medimp.core.checks import failed_messages
 from napari_medimp.core.preprocess import RoiBox
 
