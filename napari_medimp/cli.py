@@ -10,6 +10,18 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cli_sources import (
+    ExamSource,
+    cohort_records,
+    each_exam,
+    exam_label_file,
+    exam_labels,
+    exam_of,
+    exam_sources,
+    input_paths,
+)
+from .core.terms import DEFAULT_EXAM, TOP_TEXT
+
 
 def _cmd_synth(args) -> int:
     from .core import synth
@@ -135,48 +147,6 @@ def _predictor(args):
     return Predictor.from_file(args.model or default_model_path(), device=args.device)
 
 
-#: the exam of an image that states none, when none is typed
-DEFAULT_EXAM = "D30"
-
-
-def _sources(path: Path) -> list[tuple[str, str | None, Path]]:
-    """(id, exam, path) of every exam under ``path``: one file/series, or the exams of a cohort tree."""
-    from .core.io.cohort import classify_folder, cohort_exams
-
-    if path.is_dir() and classify_folder(path).kind in ("exam", "patient", "cohort"):
-        sources = [(f"{patient}/{exam}", exam, folder) for patient, exam, folder in cohort_exams(path)]
-        if not sources:
-            raise ValueError(f"{path}: no exam with images in this folder (expected "
-                             "<patient>/<exam>/<sequence>/ image folders); nothing to do")
-        return sources
-    return [(path.name, None, path)]
-
-
-def _exam_of(typed: str | None, who, path) -> tuple[str, str]:
-    """(exam, where it came from) of an image on its own: the typed ``--exam`` (with a warning when the image
-    states another), else the exam the image states (``who``: its ExamIdentity), else :data:`DEFAULT_EXAM`."""
-    from .core.clinical import normalize_exam
-
-    if typed:
-        exam = normalize_exam(typed)
-        if who.exam and exam != who.exam:
-            print(f"medimp: warning: --exam {exam} typed, but {path} is exam {who.exam} (from its "
-                  f"{who.exam_from}); read as {exam}", file=sys.stderr)
-        return exam, "typed (--exam)"
-    if who.exam:
-        return who.exam, who.exam_from
-    return DEFAULT_EXAM, f"default ({DEFAULT_EXAM})"
-
-
-def _inputs(path) -> set[Path]:
-    """Every file a command reads from ``path`` (with the cohort's clinical table): never an output."""
-    from .core.io.cohort import find_clinical_table
-    from .core.outputs import input_files
-
-    table = find_clinical_table(path)
-    return input_files([path, *([table] if table is not None else [])])
-
-
 def _record(args, exam: str):
     from .core.clinical import ClinicalRecord
 
@@ -185,30 +155,6 @@ def _record(args, exam: str):
     return ClinicalRecord.from_values(exam=exam, donor_age=args.donor_age, gfr=args.gfr,
                                       creatinine=args.creatinine, creatinine_std=args.creatinine_std,
                                       creatinine_unit=args.creatinine_unit)
-
-
-def _cohort_records(path: Path, sources) -> dict:
-    """patient id -> clinical.csv row, when ``path`` is (inside) a cohort with a clinical table.
-
-    The exams of patients without a row are named in one warning line; a table that matches none of the
-    patients of several exams is refused (it would leave every exam without its clinical values)."""
-    from .core.io.cohort import cohort_clinical_table, match_clinical_table, sample_ids
-
-    rows, table = cohort_clinical_table(path)
-    patients = {ident.split("/")[0] for ident, _exam, _path in sources if "/" in ident}
-    if table is None or not patients:
-        return rows
-    try:
-        missing = set(match_clinical_table(table, rows, patients))
-    except ValueError:
-        if len(sources) > 1:
-            raise
-        missing = patients  # one exam: said below, the exam is read without the table's values
-    if missing:
-        exams = [ident for ident, _exam, _path in sources if ident.split("/")[0] in missing]
-        print(f"medimp: warning: {table} has no row for {len(exams)} of {len(sources)} exams ({sample_ids(exams)}); "
-              "they are read without clinical values (ids are matched exactly)", file=sys.stderr)
-    return rows
 
 
 def _roi(args):
@@ -221,16 +167,16 @@ def _cmd_embed(args) -> int:
     from .core.io import load_dce
     from .core.outputs import check_output, spreadsheet_safe
 
-    out = check_output(args.out, args.overwrite, (".npz", ".csv"), inputs=_inputs(args.path))
+    out = check_output(args.out, args.overwrite, (".npz", ".csv"), inputs=input_paths(args.path))
     predictor = _predictor(args)
     ids, vectors = [], []
-    sources = _sources(Path(args.path))
-    def embed_one(ident, _exam, path):
-        vectors.append(predictor.embed_image(load_dce(path), _roi(args)).vector)
-        ids.append(ident)
+    sources = exam_sources(Path(args.path))
+    def embed_one(source: ExamSource):
+        vectors.append(predictor.embed_image(load_dce(source.path), _roi(args)).vector)
+        ids.append(source.label)
         print(f"\r{len(ids)}/{len(sources)} exams", end="", file=sys.stderr, flush=True)
 
-    _each_exam(sources, embed_one)
+    each_exam(sources, embed_one)
     print(file=sys.stderr)
     from .core.atomic import atomic_write
     from .core.outputs import write_csv
@@ -266,30 +212,6 @@ def _risk_columns(reading) -> dict:
     return row
 
 
-def _each_exam(sources, work):
-    """``work(ident, exam, path)`` for every exam; in a cohort an exam whose image or clinical row cannot be
-    read is skipped and listed (the others are processed); a single exam's failure is the command's."""
-    from .core.failures import failure_message
-
-    done, skipped = 0, []
-    for ident, exam, path in sources:
-        try:
-            work(ident, exam, path)
-            done += 1
-        except (ValueError, OSError, RecursionError, MemoryError) as exc:
-            # the exam's own problem (unreadable, RGB, nothing enhances, a bad clinical cell, too large)
-            if len(sources) == 1:
-                raise
-            why = failure_message(exc)[1]
-            skipped.append(f"{ident}: {why}")
-            print(f"medimp: skipped {ident}: {why}", file=sys.stderr)
-    if skipped and not done:
-        raise ValueError(f"none of the {len(sources)} exams could be read (first: {skipped[0]})")
-    if skipped:
-        print(f"medimp: {len(skipped)} of {len(sources)} exams skipped (listed above)", file=sys.stderr)
-    return skipped
-
-
 def _cmd_predict(args) -> int:
     from .core.checks import failed_messages
     from .core.clinical import ClinicalRecord, normalize_exam
@@ -300,28 +222,29 @@ def _cmd_predict(args) -> int:
     from .core.prompts import build_prompt
     from .core.terms import EXAMS
 
-    inputs = _inputs(args.path)
+    inputs = input_paths(args.path)
     out = check_output(args.out, args.overwrite, (".csv", ".json"), inputs=inputs)
     patients_out = out.with_name(out.stem + "_patients.csv")
     if out.suffix == ".csv":
         check_output(patients_out, args.overwrite, option="--out (its patients' table)", inputs=inputs)
     predictor = _predictor(args)
     as_json = out.suffix == ".json"
-    sources = _sources(Path(args.path))
-    rows, table = [], _cohort_records(Path(args.path), sources)
+    sources = exam_sources(Path(args.path))
+    rows, table = [], cohort_records(Path(args.path), sources)
     # readings use the exams so far: each patient's exams in follow-up order
     order = {e: i for i, e in enumerate(EXAMS)}
-    sources.sort(key=lambda s: (s[0].split("/")[0], order.get((s[1] or args.exam or DEFAULT_EXAM).upper(), 99)))
+    sources.sort(key=lambda s: (s.patient if s.in_tree else s.label,
+                                order.get((s.exam or args.exam or DEFAULT_EXAM).upper(), 99)))
     by_patient: dict[str, dict] = {}
     last_reading: dict[str, object] = {}
-    def predict_one(ident, exam, path):
-        volume = load_dce(path)
-        patient = ident.split("/")[0] if "/" in ident else None
-        if exam is None:  # a file or series on its own: its exam and patient as its data state them
+    def predict_one(source: ExamSource):
+        volume = load_dce(source.path)
+        exam, patient = source.exam, source.patient
+        if not source.in_tree:  # a file or series on its own: its exam and patient as its data state them
             who = ExamIdentity.from_volume(volume)
-            (exam, _source), patient = _exam_of(args.exam, who, path), who.patient
+            (exam, _source), patient = exam_of(args.exam, who, source.path), who.patient
         exam = normalize_exam(exam)
-        patient = patient or ident
+        patient = patient or source.label
         record = _record(args, exam)
         if record is None and patient in table:
             record = ClinicalRecord.from_csv_row(table[patient], exam)
@@ -329,21 +252,21 @@ def _cmd_predict(args) -> int:
         result = analyze(predictor, volume, exam=exam, prompt=prompt, roi=_roi(args), record=record,
                          earlier=by_patient.get(patient), show_anyway=args.show_anyway)
         by_patient.setdefault(patient, {})[exam] = result.embedding
-        shown = result.to_dict()  # the panel's rule: an exam that failed its checks has its readings withheld
-        row = {"id": ident, "exam": exam, "prompt": prompt or "", "similarity": shown["similarity"],
+        # the panel's rule: an exam that failed its checks has its readings withheld (unless --show-anyway)
+        withheld = result.readings_withheld
+        row = {"id": source.label, "exam": exam, "prompt": prompt or "", "similarity": result.shown_similarity,
                "outside_training": result.outside_training, "failed_checks": "; ".join(failed_messages(result.checks)),
-               "readings_withheld": bool(shown["readings_withheld"]), "shown_anyway": shown["shown_anyway"]}
-        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in shown["zero_shot_gfr"].items()})
-        withheld = bool(shown["readings_withheld"])
-        row.update(_risk_columns(None if withheld else result.reading))
+               "readings_withheld": withheld is not None, "shown_anyway": result.shown_by_choice}
+        row.update({f"gfr_{k.replace(' ', '_')}": round(v, 4) for k, v in result.shown_gfr_reading.items()})
+        row.update(_risk_columns(result.shown_reading))
         if as_json:
-            row["checks"] = shown["checks"]
+            row["checks"] = [c.to_dict() for c in result.checks]
         rows.append(row)
         if result.reading is not None:
             # a patient's reading is their latest exam's: withheld when that exam failed its checks
-            last_reading[patient] = (None if withheld else result.reading, shown["readings_withheld"])
+            last_reading[patient] = (result.shown_reading, withheld)
 
-    skipped = _each_exam(sources, predict_one)
+    skipped = each_exam(sources, predict_one)
     patients = [{"patient": p, "readings_withheld": why or "", **_risk_columns(r)}
                 for p, (r, why) in last_reading.items()]
     from .core.atomic import atomic_write_bytes
@@ -370,22 +293,21 @@ def _cmd_saliency(args) -> int:
 
     methods = list(dict.fromkeys(args.method or [default_method(_model_card(args))]))
     targets = list(dict.fromkeys(args.target))
-    sources = _sources(Path(args.path))
+    sources = exam_sources(Path(args.path))
     out = Path(args.out)
     single = len(sources) == 1 and len(methods) == 1 and len(targets) == 1 and out.name.endswith((".nii", ".nii.gz"))
     if out.name.endswith((".nii", ".nii.gz")) and not single:
         raise ValueError(f"--out {out} is one file but {len(sources)} exams x {len(methods)} methods x "
                          f"{len(targets)} targets make several maps; give a folder")
 
-    def file_for(ident, exam, method, target):
+    def file_for(source: ExamSource, method, target):
         if single:
             return out
-        patient = ident.split("/")[0] if "/" in ident else None
-        return out / saliency_file_name(method, target, (exam or args.exam or DEFAULT_EXAM), prefix=patient)
+        return out / saliency_file_name(method, target, (source.exam or args.exam or DEFAULT_EXAM),
+                                        prefix=source.patient if source.in_tree else None)
 
-    planned = {(ident, m, t): file_for(ident, exam, m, t) for ident, exam, _ in sources for m in methods
-               for t in targets}
-    inputs = _inputs(args.path)
+    planned = {(source, m, t): file_for(source, m, t) for source in sources for m in methods for t in targets}
+    inputs = input_paths(args.path)
     for target in planned.values():
         check_output(target, args.overwrite, inputs=inputs)
         check_output(target.with_name(target.name.split(".nii")[0] + ".json"), args.overwrite,
@@ -399,25 +321,24 @@ def _cmd_saliency(args) -> int:
     for method in methods:
         print(faithfulness_line(method, card_faithfulness(predictor.card, method)))
 
-    table = _cohort_records(Path(args.path), sources) if args.prompt is None else {}
+    table = cohort_records(Path(args.path), sources) if args.prompt is None else {}
 
-    def explain_one(ident, exam, path):
+    def explain_one(source: ExamSource):
         from .core.clinical import ClinicalRecord
 
-        exam = (exam or args.exam or DEFAULT_EXAM).upper()
+        exam = (source.exam or args.exam or DEFAULT_EXAM).upper()
         record = _record(args, exam)
-        patient = ident.split("/")[0]
-        if record is None and "/" in ident and patient in table:  # the cohort's values, exam by exam
-            record = ClinicalRecord.from_csv_row(table[patient], exam)
+        if record is None and source.in_tree and source.patient in table:  # the cohort's values, exam by exam
+            record = ClinicalRecord.from_csv_row(table[source.patient], exam)
         prompt = args.prompt or (build_prompt(record) if record is not None else None)
-        volume = load_dce(path)
-        labels, names = _exam_labels(path, volume)
+        volume = load_dce(source.path)
+        labels, names = exam_labels(source.path, volume)
         for method in methods:
             for target in targets:
                 result = compute_saliency(predictor, volume, _roi(args), method=method, target=target,
                                           prompt=prompt, exam=exam)
                 section = saliency_section(result, labels, names, prompt=prompt if target == "similarity" else None)
-                destination = planned[(ident, method, target)]
+                destination = planned[(source, method, target)]
                 save_nifti(destination, result.data, result.roi_affine,
                            sidecar={"method": method, "target": target, "exam": exam, "prompt": prompt,
                                     "score": result.score, "score_meaning": section["score_meaning"],
@@ -426,31 +347,18 @@ def _cmd_saliency(args) -> int:
                                     "method_faithfulness": section["method_faithfulness"],
                                     "model_sha256": predictor.loaded.weights_sha256})
                 shares = _shares_text(section)
-                print(f"{ident}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
+                print(f"{source.label}: {method} for {target} (score {result.score:.3f}){shares} -> {destination}")
 
-    _each_exam(sources, explain_one)
+    each_exam(sources, explain_one)
     return 0
 
 
-def _exam_labels(path: Path, volume):
-    """(labels on the exam's grid, their region names) from an exam folder's segmentation, else (None, None)."""
-    from .core.io.nifti import label_names, load_labels
-
-    label_file = _exam_label_file(path)
-    if label_file is None:
-        return None, None
-    labels, _ = load_labels(label_file)
-    if labels.shape != volume.shape[1:]:
-        return None, None
-    return labels, label_names(label_file)
-
-
 def _shares_text(section: dict) -> str:
-    """'; top 10 % on graft+artery 64 % (box 15 %)' when the map's region shares are known."""
+    """'; top 10 % on graft and artery 64 % (box 15 %)' when the map's region shares are known."""
     group = (section.get("groups") or {}).get("graft and artery")
     if not group:
         return ""
-    return f"; top 10 % on graft and artery {100 * group['top']:.0f} % (box {100 * group['box']:.0f} %)"
+    return f"; {TOP_TEXT} on graft and artery {100 * group['top']:.0f} % (box {100 * group['box']:.0f} %)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,22 +398,7 @@ def _load_exam(path: Path):
                            "the image is constant (no signal): nothing to analyse")
     for note in notes:
         print(f"medimp: warning: {note}", file=sys.stderr)
-    return volume, _exam_label_file(path)
-
-
-def _exam_label_file(path: Path) -> Path | None:
-    """The segmentation of an exam folder (its ``seg`` sequence holding one file), else None."""
-    if not path.is_dir():
-        return None
-    from .core.io.cohort import classify_folder, exam_sequences
-
-    if classify_folder(path).kind != "exam":
-        return None
-    from .core.io.nifti import list_phase_files
-
-    seg = exam_sequences(path)[1]
-    files = list_phase_files(seg) if seg is not None else []
-    return files[0] if len(files) == 1 else None
+    return volume, exam_label_file(path)
 
 
 def _cmd_analyze(args) -> int:
@@ -544,17 +437,17 @@ def _cmd_analyze(args) -> int:
         names = KIDNEY_REGION_NAMES
         label_file = None
     else:
-        sources = _sources(Path(args.path))
+        sources = exam_sources(Path(args.path))
         if len(sources) != 1:
             raise ValueError(f"{args.path} holds {len(sources)} exams; `medimp analyze` takes one exam "
                              "(a file, a series or an exam folder) or one patient folder; use `medimp predict` "
                              "for a cohort")
-        _ident, _tree_exam, path = sources[0]
+        path = sources[0].path
         volume, label_file = _load_exam(path)
         source = str(path)
         labels = None
         who = ExamIdentity.from_volume(volume)  # a file reads its sidecar as an exam folder does
-        exam, exam_source = _exam_of(args.exam, who, path)
+        exam, exam_source = exam_of(args.exam, who, path)
         if who.patient:
             row, table, line = cohort_clinical_row(Path(path), who.patient)
     if args.labels or label_file:
@@ -618,7 +511,7 @@ def _print_saliency_regions(section: dict) -> None:
     if not regions:
         print(f"saliency {section['method']} for {section['target']}: {section.get('regions_note')}")
     else:
-        print(f"saliency {section['method']} for {section['target']}, share of its top 10 % voxels (of the box): "
+        print(f"saliency {section['method']} for {section['target']}, share of its {TOP_TEXT} voxels (of the box): "
               + ", ".join(f"{name} {100 * r['top']:.0f} % ({100 * r['box']:.0f} %)" for name, r in regions.items()))
     print(faithfulness_line(section["method"], section.get("method_faithfulness")))
 

@@ -84,7 +84,7 @@ def test_three_kinds_of_reading_per_horizon_at_every_visit(patient):
         assert set(visit.risks) == {"image", "image+clinical", "clinical"}
         for risks in visit.risks.values():
             assert set(risks) == {"2y", "3y", "4y"} and all(0 <= p <= 1 for p in risks.values())
-        assert visit.result.analysis["exam"] == visit.visit  # the exam's own analysis, for side by side
+        assert visit.result.analysis.exam == visit.visit  # the exam's own analysis, for side by side
 
 
 def test_reading_equals_the_predictor_on_the_exams_so_far(patient, predictor):
@@ -259,7 +259,7 @@ def test_a_patient_folder_without_clinical_table_reads_images_only(predictor, tm
     assert [v.visit for v in result.visits] == ["D15", "M3"]
     assert result.clinical_source is None and "no clinical.csv" in result.notes[0]
     assert result.visit("M3").clinical["gfr_ml_min_1_73m2"] is None
-    assert result.visit("M3").result.analysis["prognosis_reading"]["clinical_missing"]
+    assert result.visit("M3").result.analysis.shown_reading.clinical_missing
 
 
 def test_dates_and_patient_read_from_dicom_tags_and_sidecars(predictor, tmp_path):
@@ -289,3 +289,22 @@ def test_absurd_table_values_and_wrong_folders_are_refused_by_name(predictor, ex
         analyze_patient_folder(predictor, training_cohort / PATIENT / "D15")
     with pytest.raises(ValueError, match="is a cohort folder: the patient view reads one patient"):
         analyze_patient_folder(predictor, training_cohort)
+
+
+def test_exams_group_by_identity_so_a_nifti_with_a_sidecar_joins_its_patient(training_cohort, tmp_path):
+    from napari_medimp.core.identity import ExamIdentity
+    from napari_medimp.core.io import load_dce
+    from napari_medimp.core.longitudinal import exams_of_patient
+
+    d15, _ = load_exam(patient_exams(training_cohort / PATIENT)["D15"])
+    alone = save_dce(kidney_volume(n_frames=6), tmp_path / "elsewhere.nii.gz",
+                     sidecar={"PatientID": PATIENT, "Exam": "M3"})
+    other = save_dce(kidney_volume(seed=1, n_frames=6), tmp_path / "other.nii.gz",
+                     sidecar={"PatientID": "P9999", "Exam": "D30"})
+    unnamed = save_dce(kidney_volume(seed=2, n_frames=6), tmp_path / "unnamed.nii.gz")
+    candidates = [(ExamIdentity.from_volume(v), name) for v, name in (
+        (load_dce(unnamed), "unnamed"), (load_dce(other), "other"), (load_dce(alone), "alone"), (d15, "D15"))]
+    patient, exams = exams_of_patient(ExamIdentity.from_volume(d15), candidates)
+    assert patient == PATIENT and exams == {"D15": "D15", "M3": "alone"}  # in follow-up order, by identity
+    assert list(exams) == ["D15", "M3"]
+    assert exams_of_patient(ExamIdentity.from_volume(load_dce(unnamed)), candidates) == (None, {})

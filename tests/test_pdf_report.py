@@ -308,5 +308,5 @@ def test_the_frame_shown_is_named_by_number_and_time_and_enhancement_has_one_def
         in slices
     assert _flat(ENHANCEMENT_DEFINITION[1:]) in _flat(" ".join(pages[2].texts))
     roi_rise = labelled.report()["curves"]["regions"][ROI_CURVE]["relative_peak_enhancement"]
-    check = next(c for c in labelled.analysis["checks"] if c["id"] == "enhancement")
-    assert f"its mean signal (the kidney-ROI curve) by {percent(roi_rise)}" in check["message"]
+    check = next(c for c in labelled.analysis.checks if c.id == "enhancement")
+    assert f"its mean signal (the kidney-ROI curve) by {percent(roi_rise)}" in check.message

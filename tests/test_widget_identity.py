@@ -133,7 +133,7 @@ def test_a_nifti_opened_alone_reads_its_sidecar_and_the_cohort_table(panel, qtbo
     widget.analyze()
     _wait(qtbot, widget)
     result = widget.current_result()
-    assert result.analysis["exam"] == exam
+    assert result.analysis.exam == exam
     files = widget.export_report(tmp_path / "export")
     assert files["json"].parent.name.startswith(f"P0001-{exam}-")
     report = json.loads(files["json"].read_text())

@@ -11,7 +11,7 @@ from helpers import kidney_volume
 from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_medimp._layers import box_rectangle, roi_from_vertices, volume_from_layer_data, volume_layer_data
-from napari_medimp._widgets.medimp import _grid, _key
+from napari_medimp._widgets._panel_util import _grid, _key
 from napari_medimp.core.checks import failed_messages
 from napari_medimp.core.preprocess import RoiBox
 
@@ -109,15 +109,15 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     _wait(qtbot, widget)
     result = widget.current_result()
     assert result is not None and result.layer_name == "graft A"
-    assert set(result.analysis["prognosis_dysfunction_probability"]) == {"2y", "3y", "4y"}
-    assert abs(sum(result.analysis["zero_shot_gfr"].values()) - 1) < 1e-6
+    assert set(result.analysis.shown_risks("image")) == {"2y", "3y", "4y"}
+    assert abs(sum(result.analysis.shown_gfr_reading.values()) - 1) < 1e-6
     assert "kidney ROI" in result.curves and len(result.curves["kidney ROI"]) == layer.data.shape[0]
     assert "Results for layer 'graft A'" in widget.results_label.text()
     # the three readings, each saying what it used; the typed GFR reaches the ones that use clinical values
     text = widget.results_label.text()
     assert "Images (MEDIMP)" in text and "Images + clinical values" in text and "Clinical values only" in text
     assert "from images of D30" in text and "clinical values: donor age, GFR" in text
-    assert set(result.analysis["prognosis_with_clinical"]) == set(result.analysis["prognosis_clinical_only"]) == \
+    assert set(result.analysis.shown_risks("image+clinical")) == set(result.analysis.shown_risks("clinical")) == \
         {"2y", "3y", "4y"}
     assert "not a finding, not checked on patients the model never saw" in text
 
@@ -128,7 +128,7 @@ def test_analyze_then_saliency_overlay_on_the_source_geometry(viewer_widget, qtb
     _wait(qtbot, widget)
     overlay = viewer.layers[-1]
     assert overlay.name == "saliency occlusion 3y D30 · graft A"  # method, target and exam
-    roi = RoiBox.from_sequence(result.analysis["roi_zyx"])
+    roi = RoiBox.from_sequence(result.analysis.roi.to_list())
     assert overlay.data.shape == roi.shape
     np.testing.assert_allclose(overlay.scale, layer.scale[1:])
     np.testing.assert_allclose(overlay.translate, np.asarray(layer.translate[1:]) + np.asarray(roi.start) * layer.scale[1:])
@@ -214,7 +214,7 @@ def test_kidney_box_is_shown_and_a_moved_box_is_used(viewer_widget, qtbot):
     _fill(widget)
     widget.analyze()
     _wait(qtbot, widget)
-    roi = widget.current_result().analysis["roi_zyx"]
+    roi = widget.current_result().analysis.roi.to_list()
     assert roi[:2] == [auto.z0, auto.z1]  # slices from the automatic box
     assert roi[2:4] == [8, 31]
     assert roi[4:] == [auto.x0, auto.x1]
@@ -247,7 +247,7 @@ def test_a_one_frame_layer_is_not_offered_and_a_brain_fmri_is_labelled_outside_t
     assert "Readings withheld:" in text and "not a dynamic series" in text
     assert "no enhancing kidney found" in text and "Probability of graft dysfunction" not in text
     assert widget.show_anyway_button.isVisibleTo(widget)
-    assert widget.current_result().analysis["prognosis_dysfunction_probability"] == {}
+    assert widget.current_result().analysis.shown_risks("image") == {}
     widget.show_anyway()
     _wait(qtbot, widget)
     text = widget.results_label.text()
@@ -255,7 +255,7 @@ def test_a_one_frame_layer_is_not_offered_and_a_brain_fmri_is_labelled_outside_t
     assert "Probability of graft dysfunction by year h" in text
     assert not widget.show_anyway_button.isVisibleTo(widget)
     result = widget.current_result()
-    assert result.analysis["shown_anyway"] is True and result.report()["results"]["shown_anyway"] is True
+    assert result.analysis.shown_by_choice is True and result.report()["results"]["shown_anyway"] is True
 
 
 def test_at_napari_default_window_size_nothing_is_clipped_or_shifted_and_results_come_into_view(
@@ -407,7 +407,7 @@ def test_the_exam_and_values_come_from_the_opened_exam_never_from_the_previous_p
     widget.analyze()
     assert widget.busy
     _wait(qtbot, widget)
-    assert widget.current_result().analysis["exam"] == "M12"  # as confirmed
+    assert widget.current_result().analysis.exam == "M12"  # as confirmed
 
     viewer.open(str(training_cohort / "P0003" / "D30"), plugin="napari-medimp")
     assert widget.layer_combo.currentText() == "P0003 D30" and widget.fields["exam"].value == "D30"

@@ -502,24 +502,65 @@ class Analysis:
         """Image-only (MEDIMP) risk per horizon."""
         return dict(self.reading.risks.get("image", {})) if self.reading else {}
 
+    # what a person is shown: an exam outside what the model was trained on has its readings withheld
+    # unless the user chose to see them (:attr:`shown_anyway`)
+    @property
+    def hidden(self) -> bool:
+        """True while the readings are withheld from view."""
+        return self.withheld is not None and not self.shown_anyway
+
+    @property
+    def readings_withheld(self) -> str | None:
+        """Why the readings are withheld from view, None when they are shown."""
+        return self.withheld if self.hidden else None
+
+    @property
+    def shown_by_choice(self) -> bool:
+        """True when the readings of an exam that failed its checks are shown by the user's choice."""
+        return bool(self.shown_anyway and self.withheld is not None)
+
+    @property
+    def shown_similarity(self) -> float | None:
+        return None if self.hidden else self.similarity
+
+    @property
+    def shown_gfr_reading(self) -> dict[str, float]:
+        """The zero-shot GFR bins (bin -> probability) as shown; empty while withheld."""
+        return {} if self.hidden else dict(self.gfr_reading)
+
+    @property
+    def shown_reading(self) -> PrognosisReading | None:
+        """The prognosis reading as shown; None while withheld (or without prognosis heads)."""
+        return None if self.hidden else self.reading
+
+    def shown_risks(self, kind: str) -> dict[str, float]:
+        """Horizon -> probability of one kind of reading (``image``, ``image+clinical``, ``clinical``) as
+        shown; empty while withheld or when the model has no such heads."""
+        reading = self.shown_reading
+        return dict(reading.risks.get(kind, {})) if reading is not None else {}
+
+    @property
+    def prognosis_note(self) -> str | None:
+        reading = self.shown_reading
+        return "; ".join(reading.notes) if reading is not None and reading.notes else None
+
     def to_dict(self) -> dict:
-        hide = self.withheld is not None and not self.shown_anyway
-        risks = self.reading.risks if self.reading and not hide else {}
+        """The analysis as JSON-native values (for a report or a predictions file; the one serialiser)."""
+        reading = self.shown_reading
         return {
             "exam": self.exam,
             "roi_zyx": self.roi.to_list(),
             "prompt": self.prompt,
-            "similarity": None if hide else self.similarity,
+            "similarity": self.shown_similarity,
             "similarity_reference": self.similarity_reference,
-            "zero_shot_gfr": {} if hide else self.gfr_reading,
+            "zero_shot_gfr": self.shown_gfr_reading,
             "zero_shot_gfr_accuracy": self.gfr_reading_accuracy,
-            **{key: dict(risks.get(kind, {})) for kind, key in RESULT_KEYS.items()},
-            "prognosis_reading": self.reading.to_dict() if self.reading and not hide else None,
-            "prognosis_note": "; ".join(self.reading.notes) if self.reading and self.reading.notes and not hide
-            else None,
+            **{key: self.shown_risks(kind) for kind, key in RESULT_KEYS.items()},
+            "prognosis_reading": reading.to_dict() if reading is not None else None,
+            "prognosis_note": self.prognosis_note,
             "reading_standing": self.standing,
-            "readings_withheld": self.withheld if hide else None,
-            "shown_anyway": bool(self.shown_anyway and self.withheld is not None),
+            "readings_withheld": self.readings_withheld,
+            "shown_anyway": self.shown_by_choice,
             "model": self.model,
             "checks": [c.to_dict() for c in self.checks],
             "outside_training": self.outside_training,

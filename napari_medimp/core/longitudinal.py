@@ -18,22 +18,22 @@ layout), never assumed: a date the data does not hold is "date unknown".
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .checks import OUTSIDE_TRAINING, Check, outside_training
 from .clinical import ClinicalRecord, ClinicalValueError, normalize_exam
-from .identity import exam_date, exam_recorded, patient_recorded, sidecars
+from .identity import ExamIdentity, exam_date, exam_recorded, patient_recorded, sidecars
 from .outputs import TREND_FIGURE_FILE
 from .prognosis import KIND_LABELS, KINDS, RESULT_KEYS
 from .prompts import build_prompt
 from .report import WITHHELD_TEXT, kind_standing, percent
-from .terms import EXAMS, NOT_RECORDED
+from .terms import EXAMS, HORIZONS, KIND_SHORT_LABELS, NOT_RECORDED, horizon_words
 from .volume import DCEVolume
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "analyze_patient",
     "analyze_patient_folder",
     "exam_date",
+    "exams_of_patient",
     "patient_recorded",
     "patient_trends_figure",
     "visit_clinical_values",
@@ -76,6 +77,26 @@ def _patient_in_data(volume: DCEVolume) -> str | None:
 
 def _exam_in_data(volume: DCEVolume) -> str | None:
     return exam_recorded(volume)[0]
+
+
+T = TypeVar("T")
+
+
+def exams_of_patient(current: ExamIdentity, candidates: Iterable[tuple[ExamIdentity, T]]
+                     ) -> tuple[str | None, dict[str, T]]:
+    """The patient of the exam ``current`` and that patient's exams among ``candidates`` ((identity, item)
+    pairs, e.g. open layers): exam -> item in follow-up order, the first item of each exam kept. Exams are
+    grouped by their :class:`~napari_medimp.core.identity.ExamIdentity`, which reads the patient and the
+    exam from the data (DICOM tags, a NIfTI's sidecar) before the cohort's folder names: a NIfTI opened on
+    its own whose sidecar names its patient joins that patient's exams. ``(None, {})`` when ``current``
+    names no patient."""
+    if not current.patient:
+        return None, {}
+    exams: dict[str, T] = {}
+    for who, item in candidates:
+        if who.patient == current.patient and who.exam in EXAMS:
+            exams.setdefault(who.exam, item)
+    return current.patient, {exam: exams[exam] for exam in EXAMS if exam in exams}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,12 +181,15 @@ class VisitResult:
         return DATE_UNKNOWN
 
     @property
-    def reading(self) -> dict | None:
-        return self.result.analysis.get("prognosis_reading")
+    def reading(self):
+        """This visit's :class:`~napari_medimp.core.inference.PrognosisReading` as its analysis shows it
+        (None while withheld, or without prognosis heads)."""
+        return self.result.analysis.shown_reading
 
     @property
     def exams_used(self) -> list[str]:
-        return list((self.reading or {}).get("exams_used") or [self.visit])
+        reading = self.reading
+        return list((reading.exams_used if reading is not None else None) or [self.visit])
 
     @property
     def risks(self) -> dict[str, dict[str, float]]:
@@ -173,7 +197,8 @@ class VisitResult:
         the readings are withheld (:attr:`withheld`)."""
         if self.withheld:
             return {}
-        return {k: dict(v) for k, v in ((self.reading or {}).get("risks") or {}).items()}
+        reading = self.reading
+        return {k: dict(v) for k, v in (reading.risks if reading is not None else {}).items()}
 
     @property
     def withheld(self) -> str | None:
@@ -186,7 +211,7 @@ class VisitResult:
     @property
     def standing(self) -> dict[str, str | None]:
         """Per reading, why it is no finding (:func:`~napari_medimp.core.card.reading_standing`)."""
-        return dict(self.result.analysis.get("reading_standing") or {})
+        return dict(self.result.analysis.standing or {})
 
     @property
     def failed_checks(self) -> list[str]:
@@ -204,7 +229,8 @@ class VisitResult:
 
     def to_dict(self) -> dict:
         analysis = self.result.analysis
-        reading = dict(analysis.get("zero_shot_gfr") or {})
+        reading = analysis.shown_gfr_reading
+        prognosis = self.reading
         return {
             "visit": self.visit,
             "date": self.date,
@@ -214,15 +240,15 @@ class VisitResult:
             "source_file": self.source,
             "patient_in_data": self.patient_in_data,
             "clinical": dict(self.clinical),
-            "prompt": analysis.get("prompt"),
+            "prompt": analysis.prompt,
             "exams_used": self.exams_used,
             "risks": self.risks,
             **{key: dict(self.risks.get(kind, {})) for kind, key in RESULT_KEYS.items()},
-            "reading": self.reading,
-            "similarity": analysis.get("similarity"),
+            "reading": prognosis.to_dict() if prognosis is not None else None,
+            "similarity": analysis.shown_similarity,
             "zero_shot_gfr": reading,
             "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
-            "roi_zyx": analysis.get("roi_zyx"),
+            "roi_zyx": analysis.roi.to_list(),
             "checks": {exam: [c.to_dict() for c in checks] for exam, checks in self.checks.items()},
             "outside_training": self.outside_training,
             "label": self.label,
@@ -254,7 +280,7 @@ class PatientResult:
     @property
     def horizons(self) -> list[str]:
         found = {h for v in self.visits for risks in v.risks.values() for h in risks}
-        return [h for h in ("2y", "3y", "4y") if h in found] + sorted(found - {"2y", "3y", "4y"})
+        return [h for h in HORIZONS if h in found] + sorted(found - set(HORIZONS))
 
     def trend(self) -> dict:
         """GFR and creatinine per visit (None where not measured), with the visits' dates."""
@@ -463,8 +489,9 @@ def analyze_patient(predictor, exams: Mapping[str, DCEVolume], clinical=None, *,
         embeddings[exam] = result.embedding
         day, where, date_notes = exam_date(volume)
         checks_so_far = {v.visit: v.checks[v.visit] for v in visits}
-        used = (result.analysis.get("prognosis_reading") or {}).get("exams_used") or [exam]
-        own = [Check(**c) for c in result.analysis["checks"]]
+        shown = result.analysis.shown_reading
+        used = (shown.exams_used if shown is not None else None) or [exam]
+        own = list(result.analysis.checks)
         visit_checks = {e: (own if e == exam else checks_so_far.get(e, [])) for e in used}
         visits.append(VisitResult(exam, day, where, _days_after_transplant(volume), values, record, result,
                                   visit_checks, source=request.source, patient_in_data=_patient_in_data(volume),
@@ -602,7 +629,6 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
     ax.grid(axis="y", color=colors["grid"], linewidth=0.6)
     ax.set_xlabel(f"{axis_words} (log scale)" if timed else f"visit, {axis_words}", fontsize=FONT_SIZE - 1)
 
-    labels = {"image": "images (MEDIMP)", "image+clinical": "images + clinical", "clinical": "clinical only"}
     for ax, horizon in zip(axes[1:], horizons or [None], strict=False):
         style_axes(ax, dark)
         if horizon is None:
@@ -612,12 +638,12 @@ def patient_trends_figure(result: PatientResult, *, dark: bool = False):
             ax.text(0.5, 0.5, "no prognosis heads in this model", transform=ax.transAxes, ha="center",
                     va="center", color=colors["muted"], fontsize=FONT_SIZE)
             continue
-        ax.set_title(f"dysfunction at {horizon[:-1]} years" if horizon.endswith("y") else horizon)
+        ax.set_title(f"dysfunction at {horizon_words(horizon)}")
         for kind in KINDS:
             ys = np.array([v.risks.get(kind, {}).get(horizon, np.nan) for v in visits], float)
             if np.isfinite(ys).any():
-                ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, color=KIND_COLORS[labels[kind]],
-                        linestyle="--" if kind == "clinical" else "-", label=labels[kind])
+                ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, color=KIND_COLORS[KIND_SHORT_LABELS[kind]],
+                        linestyle="--" if kind == "clinical" else "-", label=KIND_SHORT_LABELS[kind])
         _time_axis(ax, xs, timed)
         for x, v in zip(xs, visits, strict=True):
             if v.outside_training:

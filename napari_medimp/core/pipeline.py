@@ -34,7 +34,7 @@ from .outputs import (  # noqa: F401
 from .preprocess import RoiBox
 from .prompts import gfr_bin
 from .report import build_report, describe_inputs, percent, saliency_info, write_report
-from .terms import SALIENCY_METHODS
+from .terms import SALIENCY_METHODS, TOP_TEXT
 from .volume import DCEVolume
 
 Progress = Callable[[str, float], None]
@@ -87,10 +87,11 @@ class AnalysisRequest:
 
 @dataclass
 class AnalysisResult:
-    """What was computed for one exam; ``analysis`` is :meth:`inference.Analysis.to_dict`."""
+    """What was computed for one exam; ``analysis`` is the typed :class:`inference.Analysis` (it becomes a dict
+    only when the report is built, :meth:`report`)."""
 
     request: AnalysisRequest
-    analysis: dict
+    analysis: Any  # inference.Analysis
     roi: RoiBox
     curves: dict
     inputs: dict
@@ -107,22 +108,17 @@ class AnalysisResult:
     finished: float = field(default_factory=time.time)
     #: the report as :meth:`write` last wrote it (with the files it lists)
     written_report: dict | None = field(default=None, repr=False)
-    #: the analysis before it became ``analysis`` (for :meth:`show_anyway`)
-    typed: Any = field(default=None, repr=False)
 
     @property
     def withheld(self) -> str | None:
         """Why the readings are withheld (the exam failed its checks), None when they are shown."""
-        return self.analysis.get("readings_withheld")
+        return self.analysis.readings_withheld
 
     def show_anyway(self) -> None:
         """Show the withheld readings of an exam outside what the model was trained on; the report records
         the choice (``shown_anyway``)."""
-        if self.typed is None:
-            raise ValueError("this result has no withheld readings to show")
-        self.typed.shown_anyway = True
+        self.analysis.shown_anyway = True
         self.request.show_anyway = True
-        self.analysis = self.typed.to_dict()
 
     @property
     def times(self):
@@ -161,11 +157,11 @@ class AnalysisResult:
         return report
 
     def figure(self):
+        from .identity import ExamIdentity
         from .plots import results_figure
 
-        patient = (self.request.volume.metadata or {}).get("patient")
         return results_figure(self.analysis, self.curves, self.times, self.expected_bin,
-                              patient=str(patient) if patient else None)
+                              patient=ExamIdentity.from_volume(self.request.volume).patient)
 
     def panel_images(self) -> tuple[bytes, bytes]:
         from .plots import panel_images
@@ -243,8 +239,8 @@ def run_analysis(predictor, request: AnalysisRequest, progress: Progress | None 
                              exam_source=request.exam_source,
                              labels=request.labels_origin if request.labels is not None else None)
     inputs["device"] = analysis.model.get("device")
-    result = AnalysisResult(request=request, analysis=analysis.to_dict(), roi=analysis.roi, curves=curves,
-                            inputs=inputs, model=analysis.model, embedding=analysis.embedding, typed=analysis)
+    result = AnalysisResult(request=request, analysis=analysis, roi=analysis.roi, curves=curves,
+                            inputs=inputs, model=analysis.model, embedding=analysis.embedding)
     if with_map:
         target = default_saliency_target(request, predictor)
         if target is None:
@@ -269,7 +265,7 @@ def explain(predictor, request: AnalysisRequest, method: str, target: str, progr
 def saliency_section(smap, labels=None, region_names=None, prompt: str | None = None) -> dict:
     """The report section of one saliency map: :func:`report.saliency_info`, the exam, what the score is,
     the map's share per tissue region when labels name the kidney regions (``regions``: per region its
-    share of the map's top 10 % voxels, of its energy and of the box; ``groups``: the graft, the graft and
+    share of the map's top voxels (:data:`~napari_medimp.core.terms.TOP_TEXT`), of its energy and of the box; ``groups``: the graft, the graft and
     its artery), the method's faithfulness figures from the model card, and all of it in words
     (``explanation``)."""
     from .faithfulness import kidney_regions, region_shares
@@ -288,7 +284,7 @@ def saliency_section(smap, labels=None, region_names=None, prompt: str | None = 
             section["regions_note"] = str(exc)
         else:
             section["regions"], section["groups"] = shares["regions"], shares["groups"]
-            section["regions_note"] = ("per region: 'top', its share of the map's top 10 % voxels; 'energy', "
+            section["regions_note"] = (f"per region: 'top', its share of the map's {TOP_TEXT} voxels; 'energy', "
                                        "its share of the map's sum; 'box', its share of the kidney box, what a "
                                        "map without preference would give")
     section["method_faithfulness"] = smap.method_faithfulness
@@ -314,11 +310,11 @@ def saliency_explanation(section: dict) -> str:
     regions = section.get("regions") or {}
     if "graft and artery" in groups:
         g = groups["graft and artery"]
-        text.append(f"On this exam {percent(g['top'])} of its top 10 % voxels lie on the graft and its artery, "
+        text.append(f"On this exam {percent(g['top'])} of its {TOP_TEXT} voxels lie on the graft and its artery, "
                     f"which fill {percent(g['box'])} of the kidney box (a map without preference would put "
                     f"{percent(g['box'])} there).")
     if regions:
-        text.append("Its top 10 % voxels per region (the region's share of the box): " + ", ".join(
+        text.append(f"Its {TOP_TEXT} voxels per region (the region's share of the box): " + ", ".join(
             f"{name} {percent(r['top'])} (box {percent(r['box'])})" for name, r in regions.items()) + ".")
     else:
         text.append(section.get("regions_note", "") + ".")
@@ -326,7 +322,7 @@ def saliency_explanation(section: dict) -> str:
     if measured:
         check = "passed" if measured.get("randomisation_check") else "failed"
         text.append(
-            f"On unseen synthetic exams this method put {percent(measured['top_graft_artery'])} of its top 10 % "
+            f"On unseen synthetic exams this method put {percent(measured['top_graft_artery'])} of its {TOP_TEXT} "
             f"voxels on the graft and artery (box {percent(measured['box_graft_artery'])}); deletion area "
             f"{measured['deletion_auc']:.2f} against {measured['random_deletion_auc']:.2f} for a random order "
             f"(lower is better), insertion {measured['insertion_auc']:.2f} against "
@@ -344,7 +340,7 @@ def faithfulness_line(method: str, measured: dict | None) -> str:
     if not measured:
         return f"{method}: this model's card records no faithfulness figures for it"
     check = "passed" if measured.get("randomisation_check") else "failed"
-    return (f"{method} on unseen synthetic exams: {percent(measured['top_graft_artery'])} of its top 10 % voxels "
+    return (f"{method} on unseen synthetic exams: {percent(measured['top_graft_artery'])} of its {TOP_TEXT} voxels "
             f"on the graft and artery (they fill {percent(measured['box_graft_artery'])} of the box); weight-"
             f"randomisation sanity check {check} (rank correlation {measured['rank_correlation']:+.2f}, passes "
             "below 0.5)")

@@ -15,7 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from .prognosis import RESULT_KEYS
 from .report import percent
+from .terms import KIND_SHORT_LABELS, horizon_words
 
 __all__ = [
     "DARK",
@@ -138,15 +140,11 @@ def plot_zero_shot(ax, reading: Mapping[str, float], expected: str | None = None
             text.set_color(colors["text"])
 
 
-def _horizon_label(horizon: str) -> str:
-    text = str(horizon)
-    return f"{text[:-1]} years" if text.endswith("y") and text[:-1].isdigit() else text
-
-
-#: bar colours of the reading kinds (images, images + clinical values, clinical values only)
-KIND_COLORS = {"images (MEDIMP)": "#4c9be8", "images + clinical": "#e8a33d", "clinical only": "#9a9a9a"}
+#: bar colours of the reading kinds (images, images + clinical values, clinical values only), by their short label
+KIND_COLORS = {KIND_SHORT_LABELS["image"]: "#4c9be8", KIND_SHORT_LABELS["image+clinical"]: "#e8a33d",
+               KIND_SHORT_LABELS["clinical"]: "#9a9a9a"}
 #: the head kind behind each bar group
-GROUP_KINDS = {"images (MEDIMP)": "image", "images + clinical": "image+clinical", "clinical only": "clinical"}
+GROUP_KINDS = {label: kind for kind, label in KIND_SHORT_LABELS.items()}
 
 
 def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
@@ -166,11 +164,11 @@ def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
         _empty(ax, "no prognosis heads in this model\n(add them with\n`medimp evaluate --write-heads`)", colors)
         return
     names = list(prognosis)
-    groups = [("images (MEDIMP)", prognosis)]
+    groups = [(KIND_SHORT_LABELS["image"], prognosis)]
     if with_clinical:
-        groups.append(("images + clinical", with_clinical))
+        groups.append((KIND_SHORT_LABELS["image+clinical"], with_clinical))
     if clinical_only:
-        groups.append(("clinical only", clinical_only))
+        groups.append((KIND_SHORT_LABELS["clinical"], clinical_only))
     xs = np.arange(len(names))
     width = 0.8 / len(groups)
     for i, (label, values) in enumerate(groups):
@@ -199,7 +197,7 @@ def plot_prognosis(ax, prognosis: Mapping[str, float], *, dark: bool = False,
                     rotation=90, fontsize=FONT_SIZE - 2,
                     color="#ffffff" if inside else colors["text"])
     ax.axhline(0.5, color=colors["reference"], linestyle="--", linewidth=1.0)
-    ax.set_xticks(xs, [_horizon_label(n) for n in names])
+    ax.set_xticks(xs, [horizon_words(n) for n in names])
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylim(0.0, 1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
@@ -251,46 +249,61 @@ def plot_curves(ax, curves: Mapping[str, np.ndarray], times: np.ndarray | None, 
         text.set_color(colors["text"])
 
 
-def _plot_readings(ax_zero, ax_prognosis, analysis: Mapping, expected_bin: str | None, dark: bool) -> None:
-    """The zero-shot and prognosis panels of an analysis (``Analysis.to_dict`` or a report's results),
-    with withheld readings and readings that are no finding said as such."""
-    standing = analysis.get("reading_standing") or {}
-    withheld = bool(analysis.get("readings_withheld"))
-    plot_zero_shot(ax_zero, analysis.get("zero_shot_gfr") or {}, expected_bin, dark=dark, withheld=withheld,
+def _shown(analysis) -> dict:
+    """What the figures draw of an analysis: the typed :class:`~napari_medimp.core.inference.Analysis` (its
+    readings as shown), or the ``results`` section of a written report."""
+    if isinstance(analysis, Mapping):  # a written report's results
+        return {"exam": analysis.get("exam"), "prompt": analysis.get("prompt"),
+                "similarity": analysis.get("similarity"), "gfr": analysis.get("zero_shot_gfr") or {},
+                "risks": {kind: analysis.get(key) or {} for kind, key in RESULT_KEYS.items()},
+                "standing": analysis.get("reading_standing") or {},
+                "withheld": bool(analysis.get("readings_withheld"))}
+    return {"exam": analysis.exam, "prompt": analysis.prompt, "similarity": analysis.shown_similarity,
+            "gfr": analysis.shown_gfr_reading, "risks": {kind: analysis.shown_risks(kind) for kind in RESULT_KEYS},
+            "standing": dict(analysis.standing or {}), "withheld": analysis.readings_withheld is not None}
+
+
+def _plot_readings(ax_zero, ax_prognosis, analysis, expected_bin: str | None, dark: bool) -> None:
+    """The zero-shot and prognosis panels of an analysis (see :func:`_shown`), with withheld readings and
+    readings that are no finding said as such."""
+    shown = _shown(analysis)
+    standing, withheld, risks = shown["standing"], shown["withheld"], shown["risks"]
+    plot_zero_shot(ax_zero, shown["gfr"], expected_bin, dark=dark, withheld=withheld,
                    not_a_finding=standing.get("zero_shot_gfr"))
-    plot_prognosis(ax_prognosis, analysis.get("prognosis_dysfunction_probability") or {}, dark=dark,
-                   with_clinical=analysis.get("prognosis_with_clinical"),
-                   clinical_only=analysis.get("prognosis_clinical_only"), standing=standing, withheld=withheld)
+    plot_prognosis(ax_prognosis, risks["image"], dark=dark, with_clinical=risks["image+clinical"],
+                   clinical_only=risks["clinical"], standing=standing, withheld=withheld)
 
 
-def results_figure(analysis_dict: Mapping, curves: Mapping[str, np.ndarray] | None, times,
+def results_figure(analysis, curves: Mapping[str, np.ndarray] | None, times,
                    expected_bin: str | None = None, *, dark: bool = False, unit: str = "s",
                    patient: str | None = None) -> Figure:
     """The three panels side by side (zero-shot bins, prognosis, curves) with the prompt as title.
 
-    ``analysis_dict`` is :meth:`Analysis.to_dict` (or the ``results`` section of a report): it needs
-    ``zero_shot_gfr`` and ``prognosis_dysfunction_probability``; ``prompt``, ``similarity`` and ``exam``
-    are shown when present, with ``patient`` as the image states it (said when it does not).
+    ``analysis`` is the typed :class:`~napari_medimp.core.inference.Analysis` (or the ``results`` section of
+    a written report: it needs ``zero_shot_gfr`` and ``prognosis_dysfunction_probability``); the prompt,
+    similarity and exam are shown when present, with ``patient`` as the image states it (said when it does
+    not).
     """
     colors = theme(dark)
     figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
     axes = figure.subplots(1, 3, width_ratios=(1.1, 0.8, 1.4))
-    _plot_readings(axes[0], axes[1], analysis_dict, expected_bin, dark)
+    _plot_readings(axes[0], axes[1], analysis, expected_bin, dark)
     plot_curves(axes[2], curves or {}, times, unit, dark=dark)
+    shown = _shown(analysis)
     parts = [f"patient {patient}" if patient else "patient not stated in the image"]
-    if analysis_dict.get("exam"):
-        parts.append(f"exam {analysis_dict['exam']}")
-    if analysis_dict.get("similarity") is not None:
-        parts.append(f"image-prompt similarity {float(analysis_dict['similarity']):.3f}")
+    if shown["exam"]:
+        parts.append(f"exam {shown['exam']}")
+    if shown["similarity"] is not None:
+        parts.append(f"image-prompt similarity {float(shown['similarity']):.3f}")
     parts.append("research software, not for clinical use")
     title = " - ".join(parts)
-    if analysis_dict.get("prompt"):
-        title += "\n" + textwrap.fill(f"prompt: {analysis_dict['prompt']}", 160)
+    if shown["prompt"]:
+        title += "\n" + textwrap.fill(f"prompt: {shown['prompt']}", 160)
     figure.suptitle(title, color=colors["text"], fontsize=FONT_SIZE + 1)
     return figure
 
 
-def panel_images(analysis: dict, curves: dict, times, expected_bin: str | None) -> tuple[bytes, bytes]:
+def panel_images(analysis, curves: dict, times, expected_bin: str | None) -> tuple[bytes, bytes]:
     """PNG bytes of the panel's results (zero-shot GFR bins + prognosis) and of its time-intensity curves, in
     napari's dark theme, rendered with matplotlib's Agg backend (safe off the main thread: no Qt)."""
     import io

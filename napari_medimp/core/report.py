@@ -216,33 +216,35 @@ def _curve_section(curves: Mapping[str, np.ndarray], times) -> dict:
 # --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
-def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dict, saliency: dict | None = None,
+def build_report(*, analysis, inputs: dict, prompt: str | None, model: dict, saliency: dict | None = None,
                  curves: dict | None = None, times=None, software: dict | None = None) -> dict:
     """One JSON-serialisable dict describing an analysis.
 
-    ``analysis``: :meth:`Analysis.to_dict`; ``inputs``: :func:`describe_inputs`; ``model``:
-    :meth:`Predictor.model_facts`; ``saliency``: :func:`saliency_info` (or None); ``curves``: region
-    name -> mean signal per frame with their ``times`` in seconds (None: frame indices);
-    ``software``: :func:`software_versions` by default.
+    ``analysis``: the typed :class:`~napari_medimp.core.inference.Analysis` (its readings as shown:
+    withheld ones are not in the report; :meth:`~napari_medimp.core.inference.Analysis.to_dict` is its one
+    serialiser); ``inputs``: :func:`describe_inputs`; ``model``: :meth:`Predictor.model_facts`;
+    ``saliency``: :func:`saliency_info` (or None); ``curves``: region name -> mean signal per frame with
+    their ``times`` in seconds (None: frame indices); ``software``: :func:`software_versions` by default.
     """
     from .prompts import GFR_BINS, gfr_bin
 
-    reading = {str(k): float(v) for k, v in (analysis.get("zero_shot_gfr") or {}).items()}
+    shown = analysis.to_dict()
+    reading = {str(k): float(v) for k, v in shown["zero_shot_gfr"].items()}
     results: dict[str, Any] = {
-        "exam": analysis.get("exam"),
-        "roi_zyx": analysis.get("roi_zyx"),
-        "similarity": analysis.get("similarity"),
+        "exam": shown["exam"],
+        "roi_zyx": shown["roi_zyx"],
+        "similarity": shown["similarity"],
         "zero_shot_gfr": reading,
         "zero_shot_gfr_most_likely": max(reading, key=reading.get) if reading else None,
-        **{key: dict(analysis.get(key) or {}) for key in RESULT_KEYS.values()},
-        "prognosis_reading": analysis.get("prognosis_reading"),
-        "prognosis_note": analysis.get("prognosis_note"),
-        "zero_shot_gfr_accuracy": analysis.get("zero_shot_gfr_accuracy"),
-        "similarity_reference": analysis.get("similarity_reference"),
-        "reading_standing": analysis.get("reading_standing") or {},
-        "outside_training": bool(analysis.get("outside_training")),
-        "readings_withheld": analysis.get("readings_withheld"),
-        "shown_anyway": bool(analysis.get("shown_anyway")),
+        **{key: dict(shown[key]) for key in RESULT_KEYS.values()},
+        "prognosis_reading": shown["prognosis_reading"],
+        "prognosis_note": shown["prognosis_note"],
+        "zero_shot_gfr_accuracy": shown["zero_shot_gfr_accuracy"],
+        "similarity_reference": shown["similarity_reference"],
+        "reading_standing": shown["reading_standing"] or {},
+        "outside_training": bool(shown["outside_training"]),
+        "readings_withheld": shown["readings_withheld"],
+        "shown_anyway": bool(shown["shown_anyway"]),
     }
     used = ((inputs.get("clinical") or {}).get("used") or {})
     gfr = used.get("gfr_ml_min_1_73m2")
@@ -257,7 +259,7 @@ def build_report(*, analysis: dict, inputs: dict, prompt: str | None, model: dic
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER + (" " + SYNTHETIC_DISCLAIMER if synthetic else ""),
         "inputs": inputs,
-        "checks": list(analysis.get("checks") or []),
+        "checks": list(shown["checks"]),
         "prompt": prompt,
         "model": {**model, "trained_on_synthetic_data": synthetic},
         "results": results,
@@ -321,22 +323,24 @@ def write_report(report: dict, out_dir, stem: str = "medimp_report") -> dict[str
 WITHHELD_TEXT = "the exam is outside what the model was trained on, so its readings are not shown"
 
 
-def similarity_context(results: Mapping) -> str:
+def similarity_context(similarity: float, reference: Mapping | None) -> str:
     """How to read the similarity: cosine, and the range it takes on the exams the model's heads were
-    fitted on, when known (below it, the image and the prompt's values disagree)."""
+    fitted on (``reference``: the card's ``similarity_reference``), when known (below it, the image and the
+    prompt's values disagree)."""
     text = "cosine"
-    ref = results.get("similarity_reference") or {}
+    ref = reference or {}
     if ref.get("low") is not None:
         text += (f"; on {ref['n_exams']} exams with their own prompts it ranged {ref['low']:.2f} to "
                  f"{ref['high']:.2f}, median {ref['median']:.2f}")
-        if results["similarity"] < ref["low"]:
+        if similarity < ref["low"]:
             text += "; below that range: the image and the prompt's values disagree"
     return text
 
 
 def similarity_text(results: Mapping) -> str:
-    """The similarity with :func:`similarity_context` in brackets."""
-    return f"{results['similarity']:.3f} ({similarity_context(results)})"
+    """The similarity of a report's results with :func:`similarity_context` in brackets."""
+    return (f"{results['similarity']:.3f} "
+            f"({similarity_context(results['similarity'], results.get('similarity_reference'))})")
 
 
 def kind_standing(standing: Mapping, kind: str, risks: Mapping) -> str | None:

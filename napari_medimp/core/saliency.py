@@ -23,7 +23,7 @@ from torch import nn
 from .preprocess import PreparedInput, RoiBox
 from .prognosis import FEATURES_ID
 from .prompts import EXAMS
-from .terms import SALIENCY_METHODS
+from .terms import DEFAULT_EXAM, SALIENCY_METHODS
 from .volume import DCEVolume
 
 METHODS = SALIENCY_METHODS
@@ -210,7 +210,7 @@ class SaliencyMap:
 
 
 def compute_saliency(predictor, volume: DCEVolume, roi=None, *, method: str = "gradcam",
-                     target: str = "similarity", prompt: str | None = None, exam: str = "D30",
+                     target: str = "similarity", prompt: str | None = None, exam: str = DEFAULT_EXAM,
                      mask_size: int | tuple[int, int, int] | None = None,
                      progress: Callable[[str, float], None] | None = None) -> SaliencyMap:
     """Saliency of one exam for ``target`` = "similarity" (with ``prompt``) or a prognosis horizon."""

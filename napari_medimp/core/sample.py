@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from .io.nifti import load_labels, load_nifti, save_nifti
+from .terms import DEFAULT_EXAM
 from .volume import DCEVolume
 
 #: the sample patient is in neither the demo model's pretraining cohort (seed 2023) nor its evaluation cohort (2024)
 SAMPLE_SEED = 2025
-SAMPLE_EXAM = "D30"
+#: the sample's visit: the default exam (the paper's main visit)
+SAMPLE_EXAM = DEFAULT_EXAM
 
 
 def cache_dir() -> Path:
