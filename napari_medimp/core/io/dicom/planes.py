@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 
 from ...volume import DCEReadError
-from .scaling import _scaling
+from .scaling import _philips_frame_item, _philips_scale_slope, _scaling
 from .tags import _acquisition_seconds, _dt_seconds, _float, _tm_seconds, _vector
 
 
@@ -135,6 +135,7 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
                     return value
         return None
 
+    philips = "philips" in str(ds.get("Manufacturer", "")).lower()
     planes = []
     for index, item in enumerate(per_frame):
         label = f"frame {index + 1}"
@@ -154,13 +155,19 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
         intercept = lookup(item, "PixelValueTransformationSequence", "RescaleIntercept")
         frame_ds = pydicom.Dataset()
         frame_ds.Manufacturer = ds.get("Manufacturer", "")
-        for tag, value in (("RescaleSlope", slope if slope is not None else ds.get("RescaleSlope")),
-                           ("RescaleIntercept", intercept if intercept is not None else ds.get("RescaleIntercept"))):
+        # Philips: the frame's private item holds its classic header (rescale and private scale slope)
+        private = (_philips_frame_item(item) or _philips_frame_item(shared)) if philips else None
+        for tag, value in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+            for fallback in (private, ds):
+                if value is None and fallback is not None:
+                    value = fallback.get(tag)
             if value is not None:
                 setattr(frame_ds, tag, value)
         rwv = next((group.RealWorldValueMappingSequence[0] for group in (item, shared)
                     if group is not None and group.get("RealWorldValueMappingSequence")), None)
-        frame_slope, frame_intercept, scaling = _scaling(frame_ds, rwv, where=(path, label))
+        frame_slope, frame_intercept, scaling = _scaling(
+            frame_ds, rwv, where=(path, label),
+            philips_scale=_philips_scale_slope(ds, (item, shared)) if philips else None)
         planes.append(
             _Plane(
                 path=path,

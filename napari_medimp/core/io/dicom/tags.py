@@ -3,46 +3,52 @@
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from pathlib import Path
 
 import numpy as np
+from pydicom.valuerep import DA, DT, TM
 
 from ...volume import DCEReadError
 
+_DAY_S = 86400.0
+
+
+def _parsed(kind, text: str):
+    """``text`` as pydicom's DA, TM or DT value (a date, time or datetime), None when it is not one."""
+    if not text:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns before changing a leap second 60 to 59
+        try:
+            return kind(text)
+        except (ValueError, TypeError, OverflowError):
+            return None
+
+
+def _seconds_of_day(clock: _dt.time) -> float:
+    return clock.hour * 3600 + clock.minute * 60 + clock.second + clock.microsecond / 1e6
+
 
 def _tm_seconds(value) -> float | None:
-    """Seconds since midnight of a DICOM TM ('HHMMSS.FFFFFF', also the old 'HH:MM:SS')."""
-    text = str(value).strip().replace(":", "")
-    if len(text) < 2 or not text[:2].isdigit():
-        return None
-    try:
-        hours = int(text[:2])
-        minutes = int(text[2:4]) if len(text) >= 4 else 0
-        seconds = float(text[4:]) if len(text) > 4 else 0.0
-    except ValueError:
-        return None
-    return hours * 3600 + minutes * 60 + seconds
+    """Seconds since midnight of a DICOM TM ('HHMMSS.FFFFFF', also the old ACR-NEMA 'HH:MM:SS')."""
+    clock = _parsed(TM, str(value).strip().replace(":", ""))
+    return None if clock is None else _seconds_of_day(clock)
 
 
 def _da_seconds(value) -> float | None:
-    text = str(value).strip().replace(".", "")
-    try:
-        return float(_dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])).toordinal()) * 86400
-    except (ValueError, IndexError):
-        return None
+    """Seconds from day 1 of year 1 to the start of a DICOM DA ('YYYYMMDD', also the old 'YYYY.MM.DD')."""
+    day = _parsed(DA, str(value).strip())
+    return None if day is None else float(day.toordinal()) * _DAY_S
 
 
 def _dt_seconds(value) -> float | None:
-    """Seconds of a DICOM DT ('YYYYMMDDHHMMSS.FFFFFF&ZZXX'); the UTC offset is ignored."""
-    text = str(value).strip()
-    for sign in "+-":
-        if sign in text[8:]:
-            text = text[: 8 + text[8:].index(sign)]
-    day = _da_seconds(text[:8])
-    if day is None:
+    """Seconds of a DICOM DT ('YYYYMMDDHHMMSS.FFFFFF&ZZXX') on the scale of :func:`_da_seconds`; the UTC
+    offset is ignored (the times of one exam share it)."""
+    stamp = _parsed(DT, str(value).strip())
+    if stamp is None:
         return None
-    clock = _tm_seconds(text[8:]) if len(text) > 8 else 0.0
-    return None if clock is None else day + clock
+    return float(stamp.date().toordinal()) * _DAY_S + _seconds_of_day(stamp.time())
 
 
 def _acquisition_seconds(ds) -> float | None:
