@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pydicom.dataset
 import pydicom.uid
+from pydicom.pixels import get_decoder
 
 from ...volume import DCEReadError, DCEReadWarning, sanitize
 from ..orient import reorient_xyz
@@ -30,6 +31,57 @@ def _set_transfer_syntax(ds) -> None:
     ds.file_meta.TransferSyntaxUID = uid
 
 
+def _syntax_words(uid: pydicom.uid.UID) -> str:
+    return f"'{uid.name}' ({uid})" if uid.name != str(uid) else str(uid)
+
+
+def _other_decoders(uid: pydicom.uid.UID) -> str:
+    """The packages of pydicom's decoders for ``uid`` that are not installed, as 'a and b, or c'."""
+    try:
+        missing = get_decoder(uid).missing_dependencies
+    except NotImplementedError:
+        return ""
+    return ", or ".join(text.split(" - requires ", 1)[-1] for text in missing)
+
+
+def _decoder_problem(uid) -> str | None:
+    """Why pixel data in transfer syntax ``uid`` cannot be decoded here, naming the syntax and what to install;
+    None for uncompressed data and for compressed data that an installed decoder reads."""
+    uid = pydicom.uid.UID(str(uid))
+    if not uid or (uid.is_transfer_syntax and not uid.is_compressed):
+        return None
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return (f"pixel data compressed as {_syntax_words(uid)}, which no DICOM image decoder reads (a video or "
+                "an unknown encoding); export the series uncompressed or as JPEG Lossless")
+    if decoder.is_available:
+        return None
+    hint = _other_decoders(uid)
+    return (f"pixel data compressed as {_syntax_words(uid)} and no decoder for it is installed"
+            + (f": install {hint}" if hint else "; export the series uncompressed"))
+
+
+def _check_decodable(items) -> None:
+    """Refuse a series whose pixel data no installed decoder reads, before any pixel is read, naming the
+    transfer syntax and what to install. ``items``: (path, header) pairs."""
+    seen = set()
+    for path, ds in items:
+        uid = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if uid in seen:
+            continue
+        seen.add(uid)
+        problem = _decoder_problem(uid)
+        if problem is not None:
+            raise DCEReadError(path, problem)
+
+
+def _transfer_syntaxes(items) -> str:
+    """The transfer syntaxes of a series' files, by name ('; ' between them)."""
+    uids = {str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "") for _, ds in items}
+    return "; ".join(sorted(pydicom.uid.UID(uid).name for uid in uids if uid))
+
+
 def _pixels(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
@@ -41,11 +93,22 @@ def _pixels(path: Path) -> np.ndarray:
         raise DCEReadError(path, "no pixel data in this file")
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         _set_transfer_syntax(ds)
+    uid = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
+    problem = _decoder_problem(uid)
+    if problem is not None:
+        raise DCEReadError(path, problem)
     try:
-        return np.asarray(ds.pixel_array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(ds.pixel_array)
     except Exception as exc:
-        raise DCEReadError(path, f"pixel data cannot be read: file truncated, corrupt or compressed "
-                                 f"with an unavailable codec ({exc})") from None
+        reason = " ".join(str(exc).split())
+        if uid.is_compressed:
+            hint = _other_decoders(uid)
+            raise DCEReadError(path, f"pixel data compressed as {_syntax_words(uid)} cannot be decoded by the "
+                                     f"installed decoders ({reason})"
+                                     + (f"; other decoders: install {hint}" if hint else "")) from None
+        raise DCEReadError(path, f"pixel data cannot be read: file truncated or corrupt ({reason})") from None
 
 
 def _read_phase(planes: list[_Plane], ornt: np.ndarray, cache: dict | None = None) -> np.ndarray:

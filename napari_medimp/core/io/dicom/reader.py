@@ -19,7 +19,7 @@ from .geometry import (
     _series_geometry,
     _slice_indices,
 )
-from .pixels import _dedupe, _read_phase
+from .pixels import _check_decodable, _dedupe, _read_phase, _transfer_syntaxes
 from .planes import _Plane, _planes
 from .scan import _select_series, _series_listing, _several_series
 from .tags import _float, _metadata
@@ -107,6 +107,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     if not planes:
         raise DCEReadError(source, "the series holds no images")
     _check_consistent(planes)
+    _check_decodable(items)
     _unwrap_midnight(planes, source)
 
     normal = np.cross(planes[0].row_cos, planes[0].col_cos)
@@ -158,6 +159,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
         grouped_by=grouped_by,
         frame_times_from=times_from,
         multiframe=any(p.frame is not None for p in planes),
+        transfer_syntax=_transfer_syntaxes(items),
         source_orientation="".join(aff2axcodes(affine)),
         duplicates_ignored=n_duplicates,
         files_ignored=[str(e.path) for e in unreadable] if path.is_dir() else [],
