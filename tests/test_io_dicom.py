@@ -291,6 +291,22 @@ def test_two_series_need_a_series_uid(tmp_path):
     assert {uid: len(files) for uid, files in find_series(folder).items()} == {uid_a: 15, uid_b: 2}
 
 
+def test_a_series_is_chosen_by_uid_or_number_and_the_message_says_how(tmp_path):
+    folder = tmp_path / "s"
+    uid_a = write_series(folder, seed=10, description="dce", SeriesNumber=7)
+    uid_b = write_series(folder, n_phases=1, n_slices=2, phase_tags=lambda t: {}, seed=11, description="t2",
+                         SeriesNumber=3)
+    with pytest.raises(DCEReadError, match=r"name it by SeriesInstanceUID or SeriesNumber \(the --series option "
+                                           r"of medimp info.*\(number 7\) 'dce'.*\(number 3\) 't2'"):
+        load_dce(folder)
+    assert load_dce(folder, series=uid_b).metadata["series_uid"] == uid_b
+    assert load_dce(folder, series=7).metadata["series_uid"] == uid_a
+    assert load_dicom_series(folder, series_uid="3").metadata["series_uid"] == uid_b
+    with pytest.raises(DCEReadError, match=r"no DICOM series with SeriesInstanceUID or SeriesNumber 9 in this "
+                                           r"folder: .*\(number 7\)"):
+        load_dce(folder, series=9)
+
+
 def test_opening_one_file_reads_its_series_only(tmp_path):
     folder = tmp_path / "s"
     write_series(folder, seed=12)

@@ -13,7 +13,9 @@ One module per step: :mod:`.scan` (files, series, DICOMDIR), :mod:`.tags` (tag v
 from __future__ import annotations
 
 from .reader import load_dicom_series
-from .scan import DICOM_SUFFIXES, find_series, is_dicom_file
+from .scan import DICOM_SUFFIXES, chosen_series, find_series, is_dicom_file
 from .timing import PHASE_TAGS, TIME_TAGS
 
-__all__ = ["DICOM_SUFFIXES", "PHASE_TAGS", "TIME_TAGS", "find_series", "is_dicom_file", "load_dicom_series"]
+__all__ = [
+    "DICOM_SUFFIXES", "PHASE_TAGS", "TIME_TAGS", "chosen_series", "find_series", "is_dicom_file", "load_dicom_series",
+]

@@ -88,8 +88,9 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
     """Read one DICOM series as a (t, z, y, x) float32 DCE volume in canonical RAS orientation.
 
     ``path`` is a folder (its files, not subfolders) or one file (then its series, looked up among the
-    files of its folder). A folder with several series needs ``series_uid``. Rescale slope/intercept are
-    applied; ``frame_times`` are seconds from the first phase (None when no time tag is present).
+    files of its folder). A folder with several series needs ``series_uid`` (a SeriesInstanceUID, or a
+    SeriesNumber that one series alone has). Pixel scaling is applied (see :mod:`.scaling`); ``frame_times``
+    are seconds from the first phase (None when no time tag is present).
     ``lazy=None`` reads lazily (one dask chunk per phase) above ``LAZY_THRESHOLD_BYTES`` of float32 data.
     """
     path = Path(path)

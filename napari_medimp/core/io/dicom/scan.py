@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import pydicom
@@ -13,6 +15,8 @@ from ...volume import DCEReadError, DCEReadWarning
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
+#: the series chosen for a whole command (:func:`chosen_series`)
+_CHOSEN_SERIES: ContextVar[str | None] = ContextVar("chosen_dicom_series", default=None)
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 
 
@@ -183,22 +187,49 @@ def _select_series(path: Path, series_uid: str | None):
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warnings.warn(f"{folder}: {len(skipped)} file(s) that are not DICOM skipped: {shown}", DCEReadWarning,
                       stacklevel=3)
+    if series_uid is None and len(series) > 1:
+        series_uid = _CHOSEN_SERIES.get()  # a choice made for a whole command applies where there is a choice
     if series_uid is None:
         return folder, series, unreadable
-    if series_uid not in series:
-        raise DCEReadError(folder, f"no DICOM series with SeriesInstanceUID {series_uid} in this folder")
-    return folder, {series_uid: series[series_uid]}, unreadable
+    uid = _find_series(series, str(series_uid))
+    if uid is None:
+        raise DCEReadError(folder, f"no DICOM series with SeriesInstanceUID or SeriesNumber {series_uid} in this "
+                                   f"folder: {_series_listing(series)}")
+    return folder, {uid: series[uid]}, unreadable
+
+
+def _find_series(series: dict, choice: str) -> str | None:
+    """The UID of the series that ``choice`` names: its SeriesInstanceUID, else its SeriesNumber when one
+    series alone has that number."""
+    if choice in series:
+        return choice
+    numbered = [uid for uid, items in series.items() if str(items[0][1].get("SeriesNumber", "")).strip() == choice.strip()]
+    return numbered[0] if len(numbered) == 1 else None
+
+
+@contextmanager
+def chosen_series(choice: str | int | None):
+    """Within this block, a DICOM folder holding several series opens the one that ``choice`` names
+    (SeriesInstanceUID or SeriesNumber), wherever the folder is opened from: the ``--series`` of the
+    ``medimp`` commands. Folders holding one series are not affected; ``None`` chooses nothing."""
+    token = _CHOSEN_SERIES.set(None if choice is None else str(choice))
+    try:
+        yield
+    finally:
+        _CHOSEN_SERIES.reset(token)
 
 
 def _series_listing(series: dict) -> str:
     return "; ".join(
-        f"{uid or '(no SeriesInstanceUID)'} '{items[0][1].get('SeriesDescription', '')}' ({len(items)} files)"
+        f"{uid or '(no SeriesInstanceUID)'} (number {items[0][1].get('SeriesNumber', '?')}) "
+        f"'{items[0][1].get('SeriesDescription', '')}' ({len(items)} files)"
         for uid, items in series.items()
     )
 
 
 def _several_series(folder: Path, series: dict) -> DCEReadError:
     return DCEReadError(
-        folder, f"this folder holds {len(series)} DICOM series; put the series to read in a folder of its own: "
-        f"{_series_listing(series)}"
+        folder, f"this folder holds {len(series)} DICOM series; put the series to read in a folder of its own, "
+        "or name it by SeriesInstanceUID or SeriesNumber (the --series option of medimp info, embed, predict, "
+        f"saliency and analyze; load_dce(path, series=...) in Python): {_series_listing(series)}"
     )
