@@ -516,8 +516,14 @@ def _print_saliency_regions(section: dict) -> None:
     print(faithfulness_line(section["method"], section.get("method_faithfulness")))
 
 
+def _series_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", metavar="UID_OR_NUMBER",
+                   help="in a DICOM folder holding several series: the one to open (SeriesInstanceUID or SeriesNumber)")
+
+
 def _model_options(p: argparse.ArgumentParser, clinical: bool = True, path_help: str | None = None) -> None:
     p.add_argument("path", help=path_help or "a DCE file or series, an exam folder, or a cohort/patient folder")
+    _series_option(p)
     p.add_argument("--model", help="model file (.safetensors with its .json card); default: the demo model")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     p.add_argument("--roi", type=int, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
@@ -567,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a DCE-MRI file or folder as it will be opened")
     p.add_argument("path")
+    _series_option(p)
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("embed", help="image embeddings of one exam or every exam of a cohort")
@@ -661,6 +668,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .core.failures import run_reporting_failures
 
+    if getattr(args, "series", None) is not None:
+        from .core.io import chosen_series
+
+        with chosen_series(args.series):
+            return run_reporting_failures(args.func, args, "medimp", debug)
     return run_reporting_failures(args.func, args, "medimp", debug)
 
 

@@ -30,6 +30,29 @@ def test_info_on_a_broken_file_names_it_and_fails(tmp_path, capsys):
     assert "bad.nii" in err and "Traceback" not in err
 
 
+def test_info_chooses_a_dicom_series_with_series(tmp_path, capsys):
+    from test_io_dicom import write_series
+
+    folder = tmp_path / "two"
+    write_series(folder, seed=10, description="dce", SeriesNumber=7)
+    uid = write_series(folder, n_phases=1, n_slices=2, phase_tags=lambda t: {}, seed=11, SeriesNumber=3)
+    assert main(["info", str(folder)]) == 1
+    assert "--series option" in capsys.readouterr().err
+    assert main(["info", str(folder), "--series", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["shape_tzyx"] == [3, 5, 4, 6]
+    assert main(["info", str(folder), "--series", uid]) == 0
+    assert json.loads(capsys.readouterr().out)["shape_tzyx"][:2] == [1, 2]
+    for command in ("embed", "predict", "saliency", "analyze"):
+        assert "--series" in {a for action in _subparser(command)._actions for a in action.option_strings}
+
+
+def _subparser(name: str):
+    from napari_medimp.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if hasattr(a, "choices") and a.choices and name in a.choices).choices[name]
+
+
 def test_synth_writes_a_cohort(tmp_path):
     out = tmp_path / "cohort"
     assert main(["synth", "--patients", "2", "--seed", "5", "--out", str(out)]) == 0

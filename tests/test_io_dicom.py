@@ -291,6 +291,22 @@ def test_two_series_need_a_series_uid(tmp_path):
     assert {uid: len(files) for uid, files in find_series(folder).items()} == {uid_a: 15, uid_b: 2}
 
 
+def test_a_series_is_chosen_by_uid_or_number_and_the_message_says_how(tmp_path):
+    folder = tmp_path / "s"
+    uid_a = write_series(folder, seed=10, description="dce", SeriesNumber=7)
+    uid_b = write_series(folder, n_phases=1, n_slices=2, phase_tags=lambda t: {}, seed=11, description="t2",
+                         SeriesNumber=3)
+    with pytest.raises(DCEReadError, match=r"name it by SeriesInstanceUID or SeriesNumber \(the --series option "
+                                           r"of medimp info.*\(number 7\) 'dce'.*\(number 3\) 't2'"):
+        load_dce(folder)
+    assert load_dce(folder, series=uid_b).metadata["series_uid"] == uid_b
+    assert load_dce(folder, series=7).metadata["series_uid"] == uid_a
+    assert load_dicom_series(folder, series_uid="3").metadata["series_uid"] == uid_b
+    with pytest.raises(DCEReadError, match=r"no DICOM series with SeriesInstanceUID or SeriesNumber 9 in this "
+                                           r"folder: .*\(number 7\)"):
+        load_dce(folder, series=9)
+
+
 def test_opening_one_file_reads_its_series_only(tmp_path):
     folder = tmp_path / "s"
     write_series(folder, seed=12)
@@ -312,6 +328,89 @@ def test_pydicom_mr_small_opens_as_one_slice(tmp_path):
     # identity orientation (columns Left, rows Posterior) becomes RAS by flipping both in-plane axes
     np.testing.assert_array_equal(vol.data[0, 0], ds.pixel_array[::-1, ::-1].astype(np.float32))
     assert vol.metadata["n_files"] == 1  # the same instance in other transfer syntaxes is not stacked
+
+
+# --------------------------------------------------------------------------------------------------
+# compressed transfer syntaxes (pydicom's test files; JPEG Lossless SV1 made with GDCM, the declared decoder)
+# --------------------------------------------------------------------------------------------------
+def _test_file(name: str):
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+def _alone(path, folder) -> object:
+    """A copy of one test file in a folder of its own (pydicom's folder holds many series)."""
+    import shutil
+
+    folder.mkdir()
+    return shutil.copy(path, folder / "image.dcm")
+
+
+def _jpeg_lossless_sv1(source, target) -> None:
+    """``source`` re-encoded as JPEG Lossless, first-order prediction (process 14, selection value 1)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+
+
+@pytest.mark.parametrize("name, syntax", [
+    ("MR_small_RLE.dcm", "RLE Lossless"),
+    ("MR_small_jp2klossless.dcm", "JPEG 2000 Image Compression (Lossless Only)"),
+    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless Image Compression"),
+    ("SV1", "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])"),
+])
+def test_lossless_compressed_series_give_the_uncompressed_values(tmp_path, name, syntax):
+    reference = load_dce(_alone(_test_file("MR_small.dcm"), tmp_path / "reference"))
+    if name == "SV1":
+        (tmp_path / "c").mkdir()
+        path = tmp_path / "c" / "image.dcm"
+        _jpeg_lossless_sv1(_test_file("MR_small.dcm"), path)
+    else:
+        path = _alone(_test_file(name), tmp_path / "c")
+    assert str(pydicom.dcmread(path).file_meta.TransferSyntaxUID.name) == syntax
+    for lazy in (False, True):
+        vol = load_dce(path, lazy=lazy)
+        assert vol.metadata["transfer_syntax"] == syntax
+        np.testing.assert_array_equal(np.asarray(vol.load().data), reference.data)
+        # in-plane axes and origin (the files' SliceThickness differs: some copies were written by other tools)
+        np.testing.assert_array_equal(vol.affine[:, [0, 1, 3]], reference.affine[:, [0, 1, 3]])
+
+
+def test_twelve_bit_jpeg_extended_without_its_decoder_is_refused_naming_syntax_and_package(tmp_path):
+    """GDCM (the declared decoder) and Pillow do not decode 12-bit JPEG Extended; pylibjpeg-libjpeg would."""
+    path = _alone(_test_file("JPGExtended.dcm"), tmp_path / "c")
+    ds = pydicom.dcmread(path)
+    ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 0], list(AXIAL), [1, 1]
+    ds.save_as(path)
+    with pytest.raises(DCEReadError, match=r"image.dcm.*'JPEG Extended \(Process 2 and 4\)'.*cannot be decoded.*"
+                                           r"install pylibjpeg>=2.0 and pylibjpeg-libjpeg"):
+        load_dce(path)
+
+
+@pytest.mark.parametrize("uid, match", [
+    (pydicom.uid.HTJ2KLossless, r"'High-Throughput JPEG 2000 Image Compression \(Lossless Only\)' .* and no "
+                                r"decoder for it is installed: install pylibjpeg>=2.0 and pylibjpeg-openjpeg"),
+    (pydicom.uid.MPEG2MPML, r"'MPEG2 Main Profile / Main Level' .*, which no DICOM image decoder reads"),
+])
+def test_series_without_a_decoder_is_refused_before_any_pixel_is_read(tmp_path, uid, match):
+    path = _alone(_test_file("MR_small_jp2klossless.dcm"), tmp_path / "c")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.save_as(path)
+    with pytest.raises(DCEReadError, match=match):
+        load_dce(path, lazy=True)  # refused on opening, not when the first frame is shown
 
 
 # --------------------------------------------------------------------------------------------------

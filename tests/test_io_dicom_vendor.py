@@ -3,6 +3,7 @@ cross-check of geometry and values against dcm2niix, the field's reference conve
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 from helpers import kidney_volume
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from napari_medimp.core.io import DCEReadError, DCEReadWarning, load_dce
 from napari_medimp.core.io.dicom_write import save_dicom_series
@@ -135,6 +137,80 @@ def test_philips_private_scale_slope_gives_floating_point_values(tmp_path):
     pv, rs, ri, ss = stored[name]
     expected = (pv * rs + ri) / (rs * ss)
     np.testing.assert_allclose(out.data[1, 4], expected, rtol=1e-5)  # z index 4 = slice 5, axes y, x unchanged
+
+
+def _philips_frame_header(item: Dataset, rs: float, ri: float, ss: float) -> None:
+    """What a Philips enhanced MR frame carries: its display rescaling in the standard functional group, and
+    its classic header, scale slope included, in the private per-frame item (2005,140F)."""
+    item.PixelValueTransformationSequence = Sequence([Dataset()])
+    item.PixelValueTransformationSequence[0].RescaleSlope = rs
+    item.PixelValueTransformationSequence[0].RescaleIntercept = ri
+    header = Dataset()
+    header.RescaleSlope, header.RescaleIntercept = rs, ri
+    header.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", ss)
+    item.private_block(0x2005, "Philips MR Imaging DD 005", create=True).add_new(0x0F, "SQ", Sequence([header]))
+
+
+def test_philips_enhanced_scaling_per_phase_gives_floating_point_values(tmp_path):
+    """Per-frame private scale slopes that differ between phases: every phase in the scanner's floating-point
+    values, FP = (SV * RS + RI) / (RS * SS), not in its display values SV * RS + RI (which would bend the curves)."""
+    from test_io_dicom import COLS, MARKER, ROWS, expected_axial, make_enhanced
+
+    path = tmp_path / "enh.dcm"
+    make_enhanced(path)
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer = "Philips Medical Systems"
+    scales = {0: (2.0, 0.0, 0.25), 1: (3.1, 4.0, 0.004), 2: (1.25, -2.0, 0.03)}  # per phase: RS, RI, SS
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        _philips_frame_header(item, *scales[int(item.FrameContentSequence[0].TemporalPositionIndex) - 1])
+    ds.save_as(path)
+    out = load_dce(path)
+    assert out.shape == (3, 4, ROWS, COLS)
+    assert out.metadata["scaling"] == "Philips floating-point values (private scale slope)"
+    stored = expected_axial(3, 4).astype(float)
+    stored[2, 1, ROWS - 1 - 3, COLS - 1 - 0] = MARKER  # make_enhanced's marker pixel
+    for t, (rs, ri, ss) in scales.items():
+        np.testing.assert_allclose(out.data[t], (stored[t] * rs + ri) / (rs * ss), rtol=1e-5)
+        assert not np.allclose(out.data[t], stored[t] * rs + ri)
+
+
+def _philips_enhanced_file(path: Path) -> np.ndarray:
+    """nibabel's Philips enhanced MR test file (a 3D MPRAGE whose pixels are blank) with random stored values."""
+    import gzip
+
+    source = Path(nib.__file__).parent / "nicom" / "tests" / "data" / "philips_mprage.dcm.gz"
+    with gzip.open(source) as fh:
+        ds = pydicom.dcmread(fh)
+    stored = np.random.default_rng(5).integers(0, 4000, (int(ds.NumberOfFrames), ds.Rows, ds.Columns), np.uint16)
+    ds.PixelData = stored.tobytes()
+    path.parent.mkdir(parents=True)
+    ds.save_as(path)
+    return stored
+
+
+def test_philips_enhanced_file_matches_dcm2niix_precise_float_values(tmp_path):
+    """A real Philips enhanced file: the values are dcm2niix's (its default Philips precise float scaling,
+    with the RS and SS it reports in its sidecar), 1 / (RS * SS) = 1768 times the display values."""
+    stored = _philips_enhanced_file(tmp_path / "dicom" / "philips.dcm")
+    ours = load_dce(tmp_path / "dicom" / "philips.dcm")
+    assert ours.metadata["scaling"] == "Philips floating-point values (private scale slope)"
+    out = tmp_path / "nii"
+    out.mkdir()
+    done = subprocess.run([_dcm2niix(), "-z", "n", "-o", str(out), "-f", "philips", str(tmp_path / "dicom")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sidecar = json.loads((out / "philips.json").read_text())
+    assert sidecar["UsePhilipsFloatNotDisplayScaling"] == 1
+    rs, ss = sidecar["PhilipsRescaleSlope"], sidecar["PhilipsScaleSlope"]
+    assert (rs, ss) == pytest.approx((2.10794, 0.00026825), rel=1e-5)
+    image = nib.as_closest_canonical(nib.load(out / "philips.nii"))
+    theirs = np.asarray(image.get_fdata()).transpose(2, 1, 0)  # (x, y, z) -> (z, y, x), both canonical RAS
+    assert ours.shape == (1, *theirs.shape)
+    np.testing.assert_allclose(ours.affine, image.affine, atol=1e-3)
+    np.testing.assert_allclose(ours.data[0], theirs, rtol=1e-5, atol=1e-3)
+    # the ratio to the display values (stored x RS) the reader used to return
+    assert float(ours.data.max()) / (float(stored.max()) * rs) == pytest.approx(1 / (rs * ss), rel=1e-4)
+    assert 1 / (rs * ss) == pytest.approx(1768, abs=1)
 
 
 def test_real_world_value_mapping_is_applied_and_named(tmp_path):

@@ -11,6 +11,7 @@ __all__ = [
     "DCEReadError",
     "DCEReadWarning",
     "DCEVolume",
+    "chosen_series",
     "load_dce",
     "load_nifti",
     "load_phase_folder",
@@ -19,8 +20,16 @@ __all__ = [
 ]
 
 
+def chosen_series(choice: str | int | None):
+    """Context manager: DICOM folders holding several series open the one ``choice`` names (SeriesInstanceUID
+    or SeriesNumber) inside the block; see :func:`.dicom.scan.chosen_series`."""
+    from .dicom.scan import chosen_series as choose
+
+    return choose(choice)
+
+
 @keeps_reading_notes
-def load_dce(path, lazy: bool | None = None) -> DCEVolume:
+def load_dce(path, lazy: bool | None = None, series: str | int | None = None) -> DCEVolume:
     """Open any supported DCE input and return one :class:`DCEVolume`.
 
     * ``*.nii`` / ``*.nii.gz``: a 4D file (a 3D file becomes one frame);
@@ -28,10 +37,16 @@ def load_dce(path, lazy: bool | None = None) -> DCEVolume:
     * a folder of 3D NIfTI phases;
     * an exam folder of a MEDIMP cohort tree ``patient/exam/sequence/``.
 
+    ``series``: in a DICOM folder holding several series, the one to read (SeriesInstanceUID or
+    SeriesNumber); folders holding one series are not affected.
+
     What the reader had to assume or ignore (:class:`DCEReadWarning`) is warned as usual and also kept
     in ``metadata["reading_notes"]``, so that reports state it with the result.
     """
-    return _open(Path(path), lazy)
+    if series is None:
+        return _open(Path(path), lazy)
+    with chosen_series(series):
+        return _open(Path(path), lazy)
 
 
 def _open(path: Path, lazy: bool | None) -> DCEVolume:
