@@ -197,5 +197,8 @@ SALIENCY_FILES = tuple(name for method in SALIENCY_METHODS for target in SALIENC
 PDF_FILE = f"{REPORT_STEM}.pdf"
 #: the patient view's figure (:mod:`.longitudinal`)
 TREND_FIGURE_FILE = "patient_trends.png"
+#: what a PACS retrieval records beside the images it brought into the cache (:mod:`.pacs`); readers of the
+#: cached folder pass over it silently
+RETRIEVAL_RECORD_FILE = "retrieval.json"
 ANALYSIS_FILES = (f"{REPORT_STEM}.json", f"{REPORT_STEM}.csv", PDF_FILE, FIGURE_FILE, *SALIENCY_FILES,
                   "medimp_screenshot.png", TREND_FIGURE_FILE)

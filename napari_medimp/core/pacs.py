@@ -44,11 +44,13 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .failures import quiet_logger
+from .outputs import RETRIEVAL_RECORD_FILE
 from .pacs_receive import Receiver, completeness_problem
 from .pacs_status import ended_words, rejection_words, status_words, unsupported_words
 
 CONFIG_ENV = "NAPARI_MEDIMP_PACS_CONFIG"
-MANIFEST = "retrieval.json"
+#: the retrieval record beside a cached series (its name is owned by :mod:`.outputs`)
+MANIFEST = RETRIEVAL_RECORD_FILE
 _MAX_CONFIG_BYTES = 256 * 1024
 _AET = re.compile(r"^[\x20-\x7e]{1,16}$")
 _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 
+from ...outputs import RETRIEVAL_RECORD_FILE
 from ...volume import DCEReadError, DCEReadWarning
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -105,7 +106,8 @@ def _scan(folder: Path, first: Path | None = None):
         try:
             ds = _read_header(path)
         except _NotDicom:
-            skipped.append(path.name)
+            if path.name != RETRIEVAL_RECORD_FILE:  # the record of a PACS retrieval, beside its images
+                skipped.append(path.name)
             continue
         except DCEReadError as exc:
             unreadable.append(exc)
