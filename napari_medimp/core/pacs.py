@@ -222,6 +222,20 @@ def _accepted(assoc, model) -> bool:
     return any(str(cx.abstract_syntax) == str(model) for cx in assoc.accepted_contexts)
 
 
+@contextlib.contextmanager
+def _association(ae, server: PacsServer, model=None, operation: str = "", **kwargs):
+    """An association of ``ae`` with the archive, released on leaving. With ``model``: refused in words when
+    the archive does not offer that service (``operation``: "find", "get", "move")."""
+    assoc = _associate(ae, server, **kwargs)
+    try:
+        if model is not None and not _accepted(assoc, model):
+            raise PacsError(unsupported_words(server.name, operation))
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
 def _station_may_query(server: PacsServer, study_uid: str) -> bool:
     """Whether the archive answers a query of this station (then it knows the station)."""
     from pydicom.dataset import Dataset
@@ -229,18 +243,14 @@ def _station_may_query(server: PacsServer, study_uid: str) -> bool:
 
     ae = _application_entity(server)
     ae.add_requested_context(FindModel)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
     try:
-        assoc = _associate(ae, server)
+        with _association(ae, server, FindModel, "find") as assoc:
+            return all(bool(status) for status, _ in assoc.send_c_find(query, FindModel))
     except PacsError:
         return False
-    try:
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study_uid
-        return _accepted(assoc, FindModel) and all(bool(status) for status, _ in assoc.send_c_find(query, FindModel))
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _no_answer(server: PacsServer, operation: str, since: float, during: str, study_uid: str = "") -> PacsError:
@@ -259,15 +269,11 @@ def echo(server: PacsServer) -> None:
     with _quiet_network_log():
         ae = _application_entity(server)
         ae.add_requested_context(Verification)
-        assoc = _associate(ae, server)
-        started = time.monotonic()
-        try:
+        with _association(ae, server) as assoc:
+            started = time.monotonic()
             status = assoc.send_c_echo()
             if not status:
                 raise _no_answer(server, "echo", started, "the verification request")
-        finally:
-            if assoc.is_established:
-                assoc.release()
     if status.Status != 0:
         raise PacsError(f"PACS '{server.name}' did not answer the verification request")
 
@@ -330,10 +336,7 @@ def find(server: PacsServer, patient_id: str = "", study_date: str = "", modalit
     with _quiet_network_log():
         ae = _application_entity(server)
         ae.add_requested_context(FindModel)
-        assoc = _associate(ae, server)
-        try:
-            if not _accepted(assoc, FindModel):
-                raise PacsError(unsupported_words(server.name, "find"))
+        with _association(ae, server, FindModel, "find") as assoc:
             study_query = Dataset()
             study_query.QueryRetrieveLevel = "STUDY"
             study_query.PatientID = patient_id
@@ -367,9 +370,6 @@ def find(server: PacsServer, patient_id: str = "", study_date: str = "", modalit
                         modality=str(series.get("Modality", "")),
                         n_images=int(count) if count not in (None, "") else None,
                     ))
-        finally:
-            if assoc.is_established:
-                assoc.release()
     return sorted(matches, key=lambda m: (m.patient_id, m.study_date, m.study_uid, m.series_number or 0))
 
 
@@ -449,15 +449,10 @@ def _get(server: PacsServer, series: list[SeriesMatch], receiver: Receiver) -> N
     for context in StoragePresentationContexts[:127]:
         ae.add_requested_context(context.abstract_syntax)
         roles.append(build_role(context.abstract_syntax, scp_role=True))
-    assoc = _associate(ae, server, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver.on_store)])
-    try:
-        if not _accepted(assoc, GetModel):
-            raise PacsError(unsupported_words(server.name, "get"))
+    with _association(ae, server, GetModel, "get", ext_neg=roles,
+                      evt_handlers=[(evt.EVT_C_STORE, receiver.on_store)]) as assoc:
         for match in series:
             _follow(server, "get", match, assoc.send_c_get(_series_query(match), GetModel), receiver, assoc)
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _move(server: PacsServer, series: list[SeriesMatch], receiver: Receiver) -> None:
@@ -482,16 +477,10 @@ def _move(server: PacsServer, series: list[SeriesMatch], receiver: Receiver) -> 
     try:
         ae = _application_entity(server)
         ae.add_requested_context(MoveModel)
-        assoc = _associate(ae, server)
-        try:
-            if not _accepted(assoc, MoveModel):
-                raise PacsError(unsupported_words(server.name, "move"))
+        with _association(ae, server, MoveModel, "move") as assoc:
             for match in series:
                 _follow(server, "move", match, assoc.send_c_move(_series_query(match), destination, MoveModel),
                         receiver, assoc)
-        finally:
-            if assoc.is_established:
-                assoc.release()
     finally:
         listener.shutdown()
 
