@@ -109,18 +109,25 @@ def test_a_server_that_never_answers_times_out_with_a_message(archive, tmp_path)
 # --------------------------------------------------------------------------------------------------
 # retrieval
 # --------------------------------------------------------------------------------------------------
+def _opened_as_p7(folder, archive):
+    """The retrieved folder opens as P7's exam, without a warning (the retrieval's own record beside the
+    images is no "file that is not DICOM")."""
+    assert (folder / pacs.MANIFEST).is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        volume = load_dce(folder)
+    assert volume.shape == (3, 20, 40, 48)
+    np.testing.assert_allclose(volume.frame_times, TIMES)
+    np.testing.assert_allclose(volume.data, archive.volume.data, atol=0.02)
+    return volume
+
+
 def test_retrieve_opens_as_one_dce_volume_and_is_cached(archive, settings, tmp_path):
     server = pacs.server_named(path=settings)
     seen = []
     folder = pacs.retrieve(server, _p7(settings), root=tmp_path / "cache", progress=lambda n, m: seen.append((n, m)))
     assert seen[-1] == (60, 60) and len(seen) == 60
-    assert (folder / pacs.MANIFEST).is_file()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the retrieval's own record is no "file that is not DICOM"
-        volume = load_dce(folder)
-    assert volume.shape == (3, 20, 40, 48)
-    np.testing.assert_allclose(volume.frame_times, TIMES)
-    np.testing.assert_allclose(volume.data, archive.volume.data, atol=0.02)
+    volume = _opened_as_p7(folder, archive)
     np.testing.assert_allclose(volume.affine, archive.volume.affine, atol=1e-4)
     assert volume.metadata["patient_id"] == "P7"
     stamp = (folder / pacs.MANIFEST).stat().st_mtime_ns
@@ -279,13 +286,7 @@ def test_c_move_retrieves_the_same_exam_as_c_get_into_the_cache(strict, archive,
     matches = pacs.find(server, patient_id="P7")
     folder = pacs.retrieve(server, matches, root=tmp_path / "cache", progress=lambda n, m: seen.append((n, m)))
     assert seen[-1] == (60, 60) and len(seen) == 60
-    assert (folder / pacs.MANIFEST).is_file()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the retrieval's own record is no "file that is not DICOM"
-        volume = load_dce(folder)
-    assert volume.shape == (3, 20, 40, 48)
-    np.testing.assert_allclose(volume.frame_times, TIMES)
-    np.testing.assert_allclose(volume.data, archive.volume.data, atol=0.02)
+    volume = _opened_as_p7(folder, archive)
     assert json.loads((folder / pacs.MANIFEST).read_text())["retrieval"] == "move"
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", strict.move_port), timeout=2):
         pass  # this station listens only during the retrieval

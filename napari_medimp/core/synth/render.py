@@ -9,6 +9,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from ..terms import DEFAULT_EXAM
 from ..volume import DCEVolume
 from .anatomy import (
     AIR,
@@ -300,7 +301,7 @@ def sidecar_for(patient: dict, params: dict) -> dict:
     }
 
 
-def simulate_exam(seed: int = 0, patient_index: int = 0, exam: str = "D30", *,
+def simulate_exam(seed: int = 0, patient_index: int = 0, exam: str = DEFAULT_EXAM, *,
                   settings: SynthSettings | None = None, overrides: dict | None = None,
                   patient: dict | None = None, **setting_changes) -> SyntheticExam:
     """Render one exam of one synthetic patient in memory.
