@@ -210,3 +210,17 @@ def test_a_patient_listed_twice_is_refused_naming_both_rows(tmp_path):
     table.write_text("patient_id,gfr_D30\nP1,74\nP2,50\nP1,12\n")
     with pytest.raises(ValueError, match=r"patient P1 is listed twice \(lines 2 and 4\)"):
         read_clinical_table(table)
+
+
+def test_stacking_phase_series_beyond_the_memory_budget_is_refused_before_reading(tmp_path, monkeypatch):
+    from napari_medimp.core.memory import BUDGET_ENV, MemoryBudgetError
+
+    exam = tmp_path / "001-0001" / "D15"
+    vol = write_medimp_exam(exam, times=["10:00:00", "10:00:30", "10:01:00"])
+    # 3 phases of 20 x 40 x 48 float32 = 450 KiB: read eagerly, the phases and their stack take 900 KiB
+    monkeypatch.setenv(BUDGET_ENV, "0.7M")
+    with pytest.raises(MemoryBudgetError, match=r"D15: stacking 3 phase series of 20 x 40 x 48 voxels would need "
+                                                r"900\.0 KiB"):
+        load_dce(exam, lazy=False)
+    lazy = load_dce(exam, lazy=True)  # one phase at a time beside the stack fits (600 KiB)
+    np.testing.assert_allclose(np.asarray(lazy.data[1]), vol.data[3], atol=1e-4)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..memory import check_memory
 from ..volume import LAZY_THRESHOLD_BYTES, DCEReadError, DCEReadWarning, DCEVolume
 
 LAYOUT_FILE = "medimp_layout.json"
@@ -199,8 +200,13 @@ def load_phase_sequences(exam_folder, folders: list[Path], load_sequence, layout
             DCEReadWarning, stacklevel=3,
         )
 
+    n_bytes = sum(int(np.prod(v.shape)) * 4 for v in phases)
     if lazy is None:
-        lazy = sum(int(np.prod(v.shape)) * 4 for v in phases) > LAZY_THRESHOLD_BYTES
+        lazy = n_bytes > LAZY_THRESHOLD_BYTES
+    # eager: every phase read, then the stacked copy; lazy: one phase at a time beside the stack once computed
+    check_memory(n_bytes + n_bytes // len(phases) if lazy else 2 * n_bytes,
+                 f"{exam_folder}: stacking {len(phases)} phase series of "
+                 f"{' x '.join(map(str, reference.shape[1:]))} voxels")
     if lazy:
         import dask.array as da
 
