@@ -734,12 +734,3 @@ def test_frame_times_come_from_the_next_timing_tag_when_one_is_the_same_in_every
     with pytest.warns(DCEReadWarning, match="frame times read from TemporalPositionIdentifier x TemporalResolution"):
         vol = load_dicom_series(tmp_path / "resolution")
     np.testing.assert_allclose(vol.frame_times, [0.0, 7.5, 15.0])
-
-
-def test_a_siemens_mosaic_is_refused_by_name_never_read_with_a_wrong_geometry(tmp_path):
-    """Two files of a MOSAIC series (slices tiled in one image) were read as one 896 x 896 slice with two
-    frames; dcm2niix gives 128 x 128 x 48 x 2. They are refused, naming the file and what to do."""
-    write_series(tmp_path / "mosaic", n_phases=2, n_slices=1, seed=7,
-                 per_file=lambda t, k: {"ImageType": ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]})
-    with pytest.raises(DCEReadError, match=r"IM\d+\.dcm: a Siemens mosaic .*convert the series first"):
-        load_dicom_series(tmp_path / "mosaic")

@@ -3,10 +3,13 @@ cross-check of geometry and values against dcm2niix, the field's reference conve
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -277,3 +280,80 @@ def test_geometry_and_values_match_dcm2niix(tmp_path, per_phase):
     np.testing.assert_allclose(ours.spacing, images[0].header.get_zooms()[:3][::-1], rtol=1e-5)
     assert "".join(nib.aff2axcodes(ours.affine)) == "".join(nib.aff2axcodes(images[0].affine)) == "RAS"
     np.testing.assert_allclose(ours.data, theirs, atol=0.02 * float(np.ptp(theirs)) / 1000 + 1e-3)
+
+
+# Siemens MOSAIC
+# --------------------------------------------------------------------------------------------------
+_NIBABEL_DATA = Path(nib.__file__).parent / "nicom" / "tests" / "data"
+
+
+def _siemens_mosaics(folder: Path, edit=None) -> list[np.ndarray]:
+    """nibabel's two Siemens DWI mosaic files (one series, b=0 then b=1000: 48 slices of 128 x 128 tiled 7 x 7
+    in an 896 x 896 image), decompressed into ``folder``. Their stored pixels are all zero, so each file is
+    given random pixels (returned) to compare values; ``edit(ds)`` changes a header before saving."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(8)
+    stored = []
+    for name in ("siemens_dwi_0", "siemens_dwi_1000"):
+        ds = pydicom.dcmread(io.BytesIO(gzip.decompress((_NIBABEL_DATA / f"{name}.dcm.gz").read_bytes())))
+        pixels = rng.integers(0, 4000, size=(ds.Rows, ds.Columns), dtype=np.uint16)
+        ds.PixelData = pixels.tobytes()
+        if edit is not None:
+            edit(ds)
+        ds.save_as(folder / f"{name}.dcm")
+        stored.append(pixels)
+    return stored
+
+
+def test_siemens_mosaic_series_matches_dcm2niix(tmp_path):
+    """Two mosaic files of one series are two phases of 48 slices unpacked from the tiles, with dcm2niix's
+    shape, values and affine (within 1e-3 mm), the slices placed from the CSA header."""
+    stored = _siemens_mosaics(tmp_path / "dicom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DCEReadWarning)
+        ours = load_dce(tmp_path / "dicom" / "siemens_dwi_1000.dcm")  # one file opens its series
+    (image,) = _convert(tmp_path / "dicom", tmp_path / "nii")
+    assert image.shape == (128, 128, 48, 2)
+    theirs = np.moveaxis(np.asarray(image.dataobj, dtype=float), 3, 0).transpose(0, 3, 2, 1)  # -> (t, z, y, x)
+    assert ours.shape == theirs.shape == (2, 48, 128, 128)
+    np.testing.assert_array_equal(ours.data, theirs)
+    np.testing.assert_allclose(ours.affine, image.affine, atol=1e-3)
+    np.testing.assert_allclose(ours.spacing, image.header.get_zooms()[:3][::-1], rtol=1e-5)
+    for phase, pixels in zip(ours.data, stored, strict=True):  # 48 tiles of 49: the last one is padding
+        assert phase.sum(dtype=np.float64) == pixels.sum(dtype=np.float64) - pixels[768:, 768:].sum(dtype=np.float64)
+    assert ours.metadata["mosaic"] is True and ours.metadata["n_files"] == 2
+    assert ours.metadata["grouped_by"] == ours.metadata["frame_times_from"] == "AcquisitionTime"
+    np.testing.assert_allclose(ours.frame_times, [0.0, 6.6275], atol=1e-3)  # 20:29:59.925 -> 20:30:06.5525
+
+
+def _csa_image_header(ds):
+    """The Siemens CSA image header element, (0029,1010) under the 'SIEMENS CSA HEADER' private creator."""
+    return ds.private_block(0x0029, "SIEMENS CSA HEADER")[0x10]
+
+
+def _without_mosaic_count(ds) -> None:
+    element = _csa_image_header(ds)
+    assert b"NumberOfImagesInMosaic" in element.value
+    element.value = element.value.replace(b"NumberOfImagesInMosaic", b"NumberOfImagesInMosaiX")
+
+
+def _unreadable_csa(ds) -> None:
+    element = _csa_image_header(ds)
+    assert element.value.startswith(b"SV10")
+    element.value = element.value[:8] + b"\xff\xff\xff\x7f" + element.value[12:]  # a huge number of tags
+
+
+def _tiles_that_do_not_fit(ds) -> None:
+    ds.Columns = 900
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (_without_mosaic_count, "has no NumberOfImagesInMosaic in its Siemens CSA image header"),
+    (_unreadable_csa, r"whose Siemens CSA image header cannot be read \("),
+    (_tiles_that_do_not_fit, r"whose 48 slices \(NumberOfImagesInMosaic\), 7 per row and column, do not fit its "
+                             r"896x900 matrix"),
+], ids=["no NumberOfImagesInMosaic", "unreadable CSA header", "tiles do not fit"])
+def test_a_siemens_mosaic_whose_slices_cannot_be_placed_is_refused_naming_why(tmp_path, edit, problem):
+    _siemens_mosaics(tmp_path / "dicom", edit=edit)
+    with pytest.raises(DCEReadError, match=r"siemens_dwi_\d+\.dcm: a Siemens mosaic .*" + problem):
+        load_dce(tmp_path / "dicom")

@@ -13,6 +13,7 @@ from pydicom.pixels import get_decoder
 
 from ...volume import DCEReadError, DCEReadWarning, sanitize
 from ..orient import reorient_xyz
+from .mosaic import mosaic_tile
 from .planes import _Plane
 from .scan import _read_header
 
@@ -123,6 +124,8 @@ def _read_phase(planes: list[_Plane], ornt: np.ndarray, cache: dict | None = Non
         image = array
         if plane.frame is not None and array.ndim == 3:
             image = array[plane.frame] if plane.frame < len(array) else None
+        elif plane.tile is not None:
+            image = mosaic_tile(array, plane.tile, (rows, cols))
         if image is None or image.shape != (rows, cols):
             raise DCEReadError(
                 plane.path, f"{plane.label}: pixel data has shape {array.shape}, expected {rows} x {cols} images"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from ...volume import DCEReadError
+from .mosaic import is_mosaic, mosaic_slices
 from .scaling import _philips_frame_item, _philips_scale_slope, _scaling
 from .tags import _acquisition_seconds, _dt_seconds, _float, _tm_seconds, _vector
 
@@ -31,9 +32,12 @@ class _Plane:
     instance: int = 0
     thickness: float | None = None
     gap: float | None = None
+    tile: int | None = None  # slice of a Siemens mosaic, in tile order (see :mod:`.mosaic`)
 
     @property
     def label(self) -> str:
+        if self.tile is not None:
+            return f"{self.path.name} (mosaic slice {self.tile + 1})"
         return self.path.name if self.frame is None else f"{self.path.name} (frame {self.frame + 1})"
 
 
@@ -55,12 +59,6 @@ def _pixel_spacing(value) -> tuple[float, float] | None:
 def _check_image_tags(path: Path, ds) -> tuple[int, int]:
     if "Rows" not in ds or "Columns" not in ds:
         raise DCEReadError(path, "no pixel data (Rows/Columns missing); not an image")
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    if "MOSAIC" in image_type:
-        # several slices tiled into one image: read as one plane its geometry would be silently wrong
-        raise DCEReadError(path, f"a Siemens mosaic ({ds.Rows}x{ds.Columns} image holding several slices side "
-                                 "by side); it is not read, so as never to give it a wrong geometry: convert "
-                                 "the series first (e.g. dcm2niix) and open the NIfTI")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DCEReadError(path, f"colour images (SamplesPerPixel={ds.SamplesPerPixel}) are not supported")
     return int(ds.Rows), int(ds.Columns)
@@ -189,7 +187,17 @@ def _enhanced_planes(path: Path, ds) -> list[_Plane]:
     return planes
 
 
+def _mosaic_planes(path: Path, ds) -> list[_Plane]:
+    """One plane per slice of a Siemens mosaic: the file's tags, the slice's size and position."""
+    (plane,) = _classic_planes(path, ds)
+    shape, positions = mosaic_slices(path, ds)
+    return [replace(plane, position=position, shape=shape, tile=k, times=dict(plane.times))
+            for k, position in enumerate(positions)]
+
+
 def _planes(path: Path, ds) -> list[_Plane]:
     if ds.get("PerFrameFunctionalGroupsSequence"):
         return _enhanced_planes(path, ds)
+    if is_mosaic(ds):
+        return _mosaic_planes(path, ds)
     return _classic_planes(path, ds)

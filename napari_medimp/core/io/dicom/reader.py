@@ -165,6 +165,7 @@ def load_dicom_series(path, series_uid: str | None = None, lazy: bool | None = N
         duplicates_ignored=n_duplicates,
         files_ignored=[str(e.path) for e in unreadable] if path.is_dir() else [],
         lazy=bool(lazy),
+        **({"mosaic": True} if any(p.tile is not None for p in planes) else {}),
     )
     starts = [planes[i].times.get("AcquisitionTime") for i in phases[0]]
     if all(t is not None for t in starts):
