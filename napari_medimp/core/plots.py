@@ -263,10 +263,9 @@ def _shown(analysis) -> dict:
             "standing": dict(analysis.standing or {}), "withheld": analysis.readings_withheld is not None}
 
 
-def _plot_readings(ax_zero, ax_prognosis, analysis, expected_bin: str | None, dark: bool) -> None:
-    """The zero-shot and prognosis panels of an analysis (see :func:`_shown`), with withheld readings and
-    readings that are no finding said as such."""
-    shown = _shown(analysis)
+def _plot_readings(ax_zero, ax_prognosis, shown: dict, expected_bin: str | None, dark: bool) -> None:
+    """The zero-shot and prognosis panels of an analysis as :func:`_shown` gives it, with withheld readings
+    and readings that are no finding said as such."""
     standing, withheld, risks = shown["standing"], shown["withheld"], shown["risks"]
     plot_zero_shot(ax_zero, shown["gfr"], expected_bin, dark=dark, withheld=withheld,
                    not_a_finding=standing.get("zero_shot_gfr"))
@@ -287,9 +286,9 @@ def results_figure(analysis, curves: Mapping[str, np.ndarray] | None, times,
     colors = theme(dark)
     figure = Figure(figsize=(14.0, 4.6), dpi=100, layout="constrained", facecolor=colors["background"])
     axes = figure.subplots(1, 3, width_ratios=(1.1, 0.8, 1.4))
-    _plot_readings(axes[0], axes[1], analysis, expected_bin, dark)
-    plot_curves(axes[2], curves or {}, times, unit, dark=dark)
     shown = _shown(analysis)
+    _plot_readings(axes[0], axes[1], shown, expected_bin, dark)
+    plot_curves(axes[2], curves or {}, times, unit, dark=dark)
     parts = [f"patient {patient}" if patient else "patient not stated in the image"]
     if shown["exam"]:
         parts.append(f"exam {shown['exam']}")
@@ -317,7 +316,7 @@ def panel_images(analysis, curves: dict, times, expected_bin: str | None) -> tup
         FigureCanvasAgg(figure)
         if kind == "results":
             ax_zero, ax_prog = figure.subplots(2, 1)
-            _plot_readings(ax_zero, ax_prog, analysis, expected_bin, True)
+            _plot_readings(ax_zero, ax_prog, _shown(analysis), expected_bin, True)
         else:
             plot_curves(figure.add_subplot(1, 1, 1), curves, times, "s" if times is not None else "frame", dark=True)
         figure.tight_layout()
